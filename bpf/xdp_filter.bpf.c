@@ -1,0 +1,553 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pyxdp datapath: one XDP program that parses a frame once and decides
+ *   1. source prefix (IPv4/IPv6, longest match, allow or deny, optional expiry)
+ *   2. destination port (tcp/udp, allow or deny)
+ *   3. default policy (pass or drop)
+ * ARP always passes, IPv6 neighbour discovery is never cut by the policy,
+ * malformed or too deeply nested headers are dropped. Every decision is
+ * counted per reason; tracing sends sampled events to a ring buffer.
+ *
+ * Prefix index: one hash map per family keyed by (prefix length, masked
+ * address). The lengths in use are listed, longest first, in the config;
+ * the datapath probes them in order and the first live hit is the longest
+ * match. The cost is one hash probe per distinct prefix length in use down
+ * to the match, independent of the number of entries.
+ *
+ * The struct layouts below are mirrored in pyxdp/layout.py; a test checks the
+ * mirror against this object's BTF.
+ */
+#include "../vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+/* IPv6 next-header values (in uapi/linux/in6.h as macros, so not in BTF) */
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_DSTOPTS 60
+
+#define MAX_VLAN 4       /* stacked 802.1Q/802.1ad tags walked */
+#define MAX_EXTHDR 8     /* IPv6 extension headers walked */
+#define LENS4_SLOTS 36   /* >= 33 possible IPv4 prefix lengths */
+#define LENS6_SLOTS 132  /* >= 129 possible IPv6 prefix lengths */
+
+enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
+
+enum reason {
+	R_SRC_ALLOW = 0,
+	R_SRC_DENY = 1,
+	R_PORT_ALLOW = 2,
+	R_PORT_DENY = 3,
+	R_POLICY = 4,
+	R_ARP = 5,
+	R_ND = 6,
+	R_FRAGMENT = 7,
+	R_MALFORMED = 8,
+	R_TOO_DEEP = 9,
+	R_MAX = 10,
+};
+
+enum verdict { V_PASS = 0, V_DROP = 1 };
+
+struct entry {
+	__u64 expires;   /* CLOCK_MONOTONIC ns (read coarse here); 0 = never */
+	__u64 hits;
+	__u32 action;    /* enum action */
+	__u32 flags;
+};
+
+struct key4 {
+	__u32 plen;
+	__u32 addr;      /* network order, host bits zero */
+};
+
+struct key6 {
+	__u32 plen;
+	__u8 addr[16];
+};
+
+/* A prefix length in use and its network-order mask, computed by the control
+ * plane so that the datapath probes without branching on the length. */
+struct len4 {
+	__u32 plen;
+	__u32 mask;
+};
+
+struct len6 {
+	__u32 plen;
+	__u32 mask[4];
+};
+
+struct config {
+	__u32 policy;      /* enum verdict for unmatched packets */
+	__u32 trace_every; /* 0: tracing off; N: one event per N packets (random) */
+	__u32 n4;          /* number of entries used in lens4 */
+	__u32 n6;
+	struct len4 lens4[LENS4_SLOTS]; /* IPv4 prefix lengths in use, longest first */
+	struct len6 lens6[LENS6_SLOTS];
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct event {
+	__u64 ts;        /* CLOCK_MONOTONIC ns */
+	__u32 ifindex;
+	__u32 pkt_len;
+	__u8 verdict;
+	__u8 reason;
+	__u8 family;     /* 4, 6 or 0 */
+	__u8 proto;      /* IP protocol of the L4 header found, 0 if none */
+	__u16 sport;     /* host order; ICMP: type, code */
+	__u16 dport;
+	__u8 src[16];
+	__u8 dst[16];
+	__u8 plen;       /* matched source prefix length */
+	__u8 vlans;
+	__u8 fragment;   /* 1: first fragment, 2: later fragment */
+	__u8 pad;
+	__u16 ethertype;
+	__u16 pad2;
+};
+
+struct iface_key {
+	__u32 ifindex;
+	char netns[60];
+};
+
+struct iface_val {
+	char ifname[16];
+	__u32 mode;
+	__u32 prog_id;
+};
+
+/*
+ * Knobs fixed before load (const volatile: the verifier prunes what they turn
+ * off). `pyxdp-load replay` loads a second instance with trace_all = 1 and
+ * count_hits = 0: an event for every test packet, and live hit counters left
+ * alone. The attached filter keeps the defaults.
+ */
+const volatile struct knobs {
+	__u32 trace_all;
+	__u32 count_hits;
+} knobs = { .trace_all = 0, .count_hits = 1 };
+
+
+/* Never called: keeps struct event in BTF for the Python layout check. */
+__noinline int event_layout(struct event *ev)
+{
+	return ev ? 0 : 1;
+}
+
+/* cfg[0] and cfg[1] are two generations; cfg_sel[0] names the live one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cfg_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key4);
+	__type(value, struct entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key6);
+	__type(value, struct entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6 SEC(".maps");
+
+/* index: 0..65535 tcp destination port, 65536..131071 udp */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, struct entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ports SEC(".maps");
+
+/* index: reason * 2 + verdict; the last slot counts lost trace events */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, R_MAX * 2 + 1);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* Control-plane bookkeeping: entries per prefix length (IPv4 0..32 at
+ * 0..32, IPv6 0..128 at 33..161), so that a length leaves the probe list in
+ * cfg when its last entry goes. Never read here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 33 + 129);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lens_count SEC(".maps");
+
+/* Control-plane bookkeeping of attached interfaces; never read here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct iface_key);
+	__type(value, struct iface_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ifaces SEC(".maps");
+
+struct pkt {
+	__u16 ethertype;
+	__u8 vlans;
+	__u8 family;
+	__u8 proto;
+	__u8 fragment;
+	__u8 has_ports;
+	__u8 is_nd;
+	__u16 sport;
+	__u16 dport;
+	__u32 saddr4;
+	__u32 daddr4;
+	struct in6_addr saddr6;
+	struct in6_addr daddr6;
+};
+
+static __always_inline int is_exthdr(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
+}
+
+/* Reads the L4 header at cur. Returns a reason on error, -1 when fine. */
+static __always_inline int parse_l4(struct pkt *p, void *cur, void *end)
+{
+	if (p->fragment == 2)
+		return -1; /* a later fragment: bytes here are payload, not a header */
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *t = cur;
+		if ((void *)(t + 1) > end)
+			return R_MALFORMED;
+		p->sport = bpf_ntohs(t->source);
+		p->dport = bpf_ntohs(t->dest);
+		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *u = cur;
+		if ((void *)(u + 1) > end)
+			return R_MALFORMED;
+		p->sport = bpf_ntohs(u->source);
+		p->dport = bpf_ntohs(u->dest);
+		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6) {
+		__u8 *ic = cur;
+		if ((void *)(ic + 4) > end)
+			return R_MALFORMED;
+		p->sport = ic[0];
+		p->dport = ic[1];
+		if (p->proto == IPPROTO_ICMPV6 && ic[0] >= 133 && ic[0] <= 137)
+			p->is_nd = 1;
+	}
+	return -1;
+}
+
+static __always_inline int parse(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	void *cur;
+	__u16 proto;
+
+	if ((void *)(eth + 1) > end)
+		return R_MALFORMED;
+	proto = eth->h_proto;
+	cur = eth + 1;
+
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		struct vlan_hdr *vh = cur;
+		if ((void *)(vh + 1) > end)
+			return R_MALFORMED;
+		proto = vh->h_vlan_encapsulated_proto;
+		cur = vh + 1;
+		p->vlans++;
+	}
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return R_TOO_DEEP;
+	p->ethertype = bpf_ntohs(proto);
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = cur;
+		if ((void *)(ip + 1) > end)
+			return R_MALFORMED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return R_MALFORMED;
+		cur = (void *)ip + ip->ihl * 4;
+		if (cur > end)
+			return R_MALFORMED;
+		p->family = 4;
+		p->saddr4 = ip->saddr;
+		p->daddr4 = ip->daddr;
+		p->proto = ip->protocol;
+		__u16 frag = bpf_ntohs(ip->frag_off);
+		if (frag & 0x1fff)
+			p->fragment = 2;
+		else if (frag & 0x2000)
+			p->fragment = 1;
+		return parse_l4(p, cur, end);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = cur;
+		__u8 nh;
+		if ((void *)(ip6 + 1) > end)
+			return R_MALFORMED;
+		if (ip6->version != 6)
+			return R_MALFORMED;
+		p->family = 6;
+		p->saddr6 = ip6->saddr;
+		p->daddr6 = ip6->daddr;
+		nh = ip6->nexthdr;
+		cur = ip6 + 1;
+#pragma unroll
+		for (int i = 0; i < MAX_EXTHDR; i++) {
+			if (!is_exthdr(nh))
+				break;
+			__u8 *h = cur;
+			if ((void *)(h + 8) > end)
+				return R_MALFORMED;
+			if (nh == IPPROTO_FRAGMENT) {
+				struct frag_hdr *fh = cur;
+				__u16 off = bpf_ntohs(fh->frag_off);
+				p->fragment = (off & 0xfff8) ? 2 : ((off & 1) ? 1 : p->fragment);
+				nh = h[0];
+				cur = h + 8;
+			} else if (nh == IPPROTO_AH) {
+				nh = h[0];
+				cur = h + ((__u32)h[1] + 2) * 4;
+			} else {
+				nh = h[0];
+				cur = h + ((__u32)h[1] + 1) * 8;
+			}
+			if (cur > end)
+				return R_MALFORMED;
+			if (p->fragment == 2)
+				break; /* the rest is payload of a later fragment */
+		}
+		if (p->fragment != 2 && is_exthdr(nh))
+			return R_TOO_DEEP;
+		p->proto = nh;
+		return parse_l4(p, cur, end);
+	}
+	return -1;
+}
+
+/* An entry counts only while it has not expired; *now is read lazily. */
+static __always_inline int live(struct entry *e, __u64 *now)
+{
+	if (!e->expires)
+		return 1;
+	if (!*now)
+		*now = bpf_ktime_get_coarse_ns();
+	return *now < e->expires;
+}
+
+/*
+ * Prefix matching lives in global functions: the verifier checks each of them
+ * once, on its own, instead of once per parser path that reaches it. They
+ * return -1 for no live match, else (action << 8) | prefix length, and count
+ * the hit on the entry that matched.
+ */
+static __always_inline int hit(struct entry *e, __u32 plen)
+{
+	if (knobs.count_hits)
+		__sync_fetch_and_add(&e->hits, 1);
+	return (int)((e->action << 8) | plen);
+}
+
+__noinline int match4(__u32 cfg_idx, __u32 saddr)
+{
+	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
+	struct key4 k;
+	__u64 now = 0;
+
+	if (!c)
+		return -1;
+	for (__u32 i = 0; i < LENS4_SLOTS; i++) {
+		if (i >= c->n4)
+			break;
+		k.plen = c->lens4[i].plen;
+		k.addr = saddr & c->lens4[i].mask;
+		struct entry *e = bpf_map_lookup_elem(&src4, &k);
+		if (e && live(e, &now))
+			return hit(e, k.plen);
+	}
+	return -1;
+}
+
+__noinline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+{
+	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
+	struct key6 k;
+	__u32 *kw = (__u32 *)k.addr;
+	__u64 now = 0;
+
+	if (!c)
+		return -1;
+	for (__u32 i = 0; i < LENS6_SLOTS; i++) {
+		if (i >= c->n6)
+			break;
+		struct len6 *l = &c->lens6[i];
+		k.plen = l->plen;
+		kw[0] = a0 & l->mask[0];
+		kw[1] = a1 & l->mask[1];
+		kw[2] = a2 & l->mask[2];
+		kw[3] = a3 & l->mask[3];
+		struct entry *e = bpf_map_lookup_elem(&src6, &k);
+		if (e && live(e, &now))
+			return hit(e, k.plen);
+	}
+	return -1;
+}
+
+static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p, __u8 *plen,
+				  __u32 *verdict)
+{
+	__u64 now = 0;
+	int m = -1;
+
+	if (p->ethertype == ETH_P_ARP) {
+		*verdict = V_PASS;
+		return R_ARP;
+	}
+	if (p->family == 4)
+		m = match4(cfg_idx, p->saddr4);
+	else if (p->family == 6)
+		m = match6(cfg_idx, p->saddr6.in6_u.u6_addr32[0], p->saddr6.in6_u.u6_addr32[1],
+			   p->saddr6.in6_u.u6_addr32[2], p->saddr6.in6_u.u6_addr32[3]);
+	if (m >= 0) {
+		*plen = m & 0xff;
+		*verdict = (m >> 8) == ACT_ALLOW ? V_PASS : V_DROP;
+		return (m >> 8) == ACT_ALLOW ? R_SRC_ALLOW : R_SRC_DENY;
+	}
+	if (p->has_ports) {
+		__u32 idx = p->dport + (p->proto == IPPROTO_UDP ? 65536 : 0);
+		struct entry *e = bpf_map_lookup_elem(&ports, &idx);
+		if (e && e->action != ACT_NONE && live(e, &now)) {
+			if (knobs.count_hits)
+				__sync_fetch_and_add(&e->hits, 1);
+			*verdict = e->action == ACT_ALLOW ? V_PASS : V_DROP;
+			return e->action == ACT_ALLOW ? R_PORT_ALLOW : R_PORT_DENY;
+		}
+	}
+	if (p->is_nd) {
+		*verdict = V_PASS;
+		return R_ND;
+	}
+	*verdict = c->policy == V_DROP ? V_DROP : V_PASS;
+	return p->fragment == 2 ? R_FRAGMENT : R_POLICY;
+}
+
+static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reason, __u32 verdict,
+				  __u8 plen, __u32 len)
+{
+	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		__u32 lost = R_MAX * 2;
+		struct counter *c = bpf_map_lookup_elem(&stats, &lost);
+		if (c)
+			c->packets++;
+		return;
+	}
+	ev->ts = bpf_ktime_get_ns();
+	ev->ifindex = ctx->ingress_ifindex;
+	ev->pkt_len = len;
+	ev->verdict = verdict;
+	ev->reason = reason;
+	ev->family = p->family;
+	ev->proto = p->proto;
+	ev->sport = p->sport;
+	ev->dport = p->dport;
+	if (p->family == 4) {
+		__builtin_memset(ev->src, 0, sizeof(ev->src) * 2);
+		__builtin_memcpy(ev->src, &p->saddr4, 4);
+		__builtin_memcpy(ev->dst, &p->daddr4, 4);
+	} else {
+		__builtin_memcpy(ev->src, &p->saddr6, 16);
+		__builtin_memcpy(ev->dst, &p->daddr6, 16);
+	}
+	ev->plen = plen;
+	ev->vlans = p->vlans;
+	ev->fragment = p->fragment;
+	ev->pad = 0;
+	ev->ethertype = p->ethertype;
+	ev->pad2 = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("xdp")
+int xdp_filter(struct xdp_md *ctx)
+{
+	struct pkt p = {};
+	__u32 zero = 0, verdict = V_DROP, idx;
+	__u32 len = ctx->data_end - ctx->data;
+	__u8 plen = 0;
+	int reason;
+
+	__u32 *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
+	if (!sel)
+		return XDP_PASS;
+	idx = *sel & 1;
+	struct config *c = bpf_map_lookup_elem(&cfg, &idx);
+	if (!c)
+		return XDP_PASS;
+
+	reason = parse(ctx, &p);
+	if (reason < 0)
+		reason = decide(idx, c, &p, &plen, &verdict);
+
+	idx = (__u32)reason * 2 + verdict;
+	struct counter *cnt = bpf_map_lookup_elem(&stats, &idx);
+	if (cnt) {
+		cnt->packets++;
+		cnt->bytes += len;
+	}
+	if (knobs.trace_all)
+		trace(ctx, &p, reason, verdict, plen, len);
+	else if (c->trace_every && (c->trace_every == 1 || bpf_get_prandom_u32() % c->trace_every == 0))
+		trace(ctx, &p, reason, verdict, plen, len);
+	return verdict == V_DROP ? XDP_DROP : XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,545 @@
+"""BPF objects: open a ``.bpf.o``, pin its maps, load it, and use its programs
+and maps as Python objects (bytes in, bytes out), with batch operations, a
+ring-buffer reader and BPF_PROG_TEST_RUN. Built on :mod:`pyxdp.libbpf`."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from .errors import BpfError, IncompatibleMap, UsageError, VerifierError, bpf_error
+from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
+
+BPFFS = "/sys/fs/bpf"
+BPF_FS_MAGIC = 0xCAFE4A11
+
+# bpf_map_update_elem flags
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+
+class MapType(IntEnum):
+    HASH = 1
+    ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+    RINGBUF = 27
+
+    @property
+    def percpu(self) -> bool:
+        return self in (MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What the kernel knows of a map's shape."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+    def differences(self, other: MapSpec) -> list[str]:
+        """Human-readable list of fields in which ``other`` differs from self."""
+        out = []
+        for field in ("type", "key_size", "value_size", "max_entries", "flags"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                out.append(f"{field} {theirs} (pinned) != {mine} (wanted)")
+        return out
+
+
+_MAP_INFO = struct.Struct("=IIIIII16sIIQQIIIIQ")
+_PROG_INFO = struct.Struct("=II8sIIQQQIIQ16s")
+
+
+def _obj_info(fd: int, what: str) -> bytes:
+    buf = ffi.new("char[]", 256)
+    size = ffi.new("__u32 *", 256)
+    check(lib.bpf_obj_get_info_by_fd(fd, buf, size), what)
+    return bytes(ffi.buffer(buf, size[0]))
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def is_bpffs(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` lies on a mounted bpffs."""
+    try:
+        import ctypes  # statfs is not in os; ctypes is stdlib and cheap enough here
+
+        class _Statfs(ctypes.Structure):
+            _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        st = _Statfs()
+        if libc.statfs(os.fsencode(os.fspath(path)), ctypes.byref(st)) != 0:
+            return False
+        return (st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+    except OSError:
+        return False
+
+
+def ensure_bpffs(root: str = BPFFS) -> None:
+    """Mount bpffs at ``root`` when it is not mounted (a fresh machine has none)."""
+    if is_bpffs(root):
+        return
+    import subprocess
+
+    os.makedirs(root, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "bpf", "bpf", root], capture_output=True, text=True, check=False
+    )
+    if res.returncode != 0 or not is_bpffs(root):
+        msg = res.stderr.strip() or "not a bpffs after mount"
+        raise BpfError(errno.EPERM, f"cannot mount bpffs at {root} ({msg})")
+
+
+class _Fd:
+    """An owned file descriptor: close() it or use the object as a context manager."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise ValueError(f"{type(self).__name__} is closed")
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        _close(fd)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            import warnings
+
+            warnings.warn(f"unclosed {type(self).__name__}", ResourceWarning, stacklevel=2)
+            self.close()
+
+
+class Map(_Fd):
+    """A BPF map. Keys and values are ``bytes`` of the map's sizes; per-CPU
+    maps take and return one value per possible CPU, concatenated."""
+
+    def __init__(self, fd: int, name: str, spec: MapSpec, map_id: int = 0) -> None:
+        super().__init__(fd)
+        self.name = name
+        self.spec = spec
+        self.id = map_id
+        self.type = spec.type
+        self.key_size = spec.key_size
+        self.value_size = spec.value_size
+        self.percpu = spec.type in (5, 6, 10)
+        self._vsize = ((spec.value_size + 7) // 8 * 8) * num_possible_cpus() if self.percpu else spec.value_size
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Map:
+        """Wrap (and own) a map fd, reading its shape from the kernel."""
+        (mtype, map_id, ks, vs, me, flags, name, *_rest) = _MAP_INFO.unpack_from(
+            _obj_info(fd, "map info").ljust(_MAP_INFO.size, b"\0")
+        )
+        return cls(fd, name.rstrip(b"\0").decode(), MapSpec(mtype, ks, vs, me, flags), map_id)
+
+    @classmethod
+    def from_pin(cls, path: str | os.PathLike[str]) -> Map:
+        """Open a pinned map."""
+        fd = check(lib.bpf_obj_get(os.fsencode(os.fspath(path))), f"open pinned map {path}")
+        try:
+            return cls.from_fd(fd)
+        except BaseException:
+            _close(fd)
+            raise
+
+    def _key(self, key: bytes) -> Any:
+        if len(key) != self.key_size:
+            raise UsageError(f"map {self.name}: key of {len(key)} bytes, want {self.key_size}")
+        return ffi.from_buffer(key)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        val = ffi.new("char[]", self._vsize)
+        ret = lib.bpf_map_lookup_elem(self.fd, self._key(key), val)
+        if ret == -errno.ENOENT:
+            return None
+        check(ret, f"lookup in map {self.name}")
+        return bytes(ffi.buffer(val, self._vsize))
+
+    def __getitem__(self, key: bytes) -> bytes:
+        val = self.lookup(key)
+        if val is None:
+            raise bpf_error(errno.ENOENT, f"map {self.name}: no such key")
+        return val
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        if len(value) != self._vsize:
+            raise UsageError(f"map {self.name}: value of {len(value)} bytes, want {self._vsize}")
+        check(
+            lib.bpf_map_update_elem(self.fd, self._key(key), ffi.from_buffer(value), flags),
+            f"update map {self.name}",
+        )
+
+    __setitem__ = update
+
+    def delete(self, key: bytes) -> None:
+        check(lib.bpf_map_delete_elem(self.fd, self._key(key)), f"delete from map {self.name}")
+
+    def keys(self) -> Iterator[bytes]:
+        cur = ffi.NULL
+        nxt = ffi.new("char[]", self.key_size)
+        while True:
+            ret = lib.bpf_map_get_next_key(self.fd, cur, nxt)
+            if ret == -errno.ENOENT:
+                return
+            check(ret, f"iterate map {self.name}")
+            key = bytes(ffi.buffer(nxt, self.key_size))
+            yield key
+            cur = ffi.new("char[]", key)
+
+    def items(self, chunk: int = 8192) -> Iterator[tuple[bytes, bytes]]:
+        """All (key, value) pairs, read in batches where the kernel allows."""
+        ks, vs = self.key_size, self._vsize
+        keys = ffi.new("char[]", ks * chunk)
+        vals = ffi.new("char[]", vs * chunk)
+        count = ffi.new("__u32 *")
+        out_batch = ffi.new("char[]", max(ks, 8))
+        in_batch = ffi.NULL
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        while True:
+            count[0] = chunk
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, count, opts)
+            if ret < 0 and ret not in (-errno.ENOENT,):
+                if ret == -errno.EINVAL and in_batch == ffi.NULL:  # no batch support: walk
+                    for k in self.keys():
+                        v = self.lookup(k)
+                        if v is not None:
+                            yield k, v
+                    return
+                check(ret, f"read map {self.name}")
+            kb = ffi.buffer(keys, ks * count[0])
+            vb = ffi.buffer(vals, vs * count[0])
+            for i in range(count[0]):
+                yield bytes(kb[i * ks : (i + 1) * ks]), bytes(vb[i * vs : (i + 1) * vs])
+            if ret == -errno.ENOENT:
+                return
+            in_batch = out_batch
+            out_batch = ffi.new("char[]", max(ks, 8))
+
+    def keys_fast(self, chunk: int = 65536) -> Iterator[bytes]:
+        """All keys, read with batch lookups (values are read and dropped)."""
+        for k, _v in self.items(chunk):
+            yield k
+
+    def update_batch(self, keys: bytes, values: bytes, elem_flags: int = BPF_ANY) -> int:
+        """Write ``len(keys) // key_size`` elements in one call. Returns how many
+        were written; a failure raises, with ``done`` set on the exception."""
+        n = len(keys) // self.key_size
+        if n * self.key_size != len(keys) or n * self._vsize != len(values):
+            raise UsageError(f"map {self.name}: batch buffers do not match the map's sizes")
+        if n == 0:
+            return 0
+        count = ffi.new("__u32 *", n)
+        opts = ffi.new(
+            "struct bpf_map_batch_opts *",
+            {"sz": ffi.sizeof("struct bpf_map_batch_opts"), "elem_flags": elem_flags},
+        )
+        ret = lib.bpf_map_update_batch(self.fd, ffi.from_buffer(keys), ffi.from_buffer(values), count, opts)
+        if ret < 0:
+            exc = bpf_error(-ret, f"batch update of map {self.name}")
+            exc.done = count[0]  # type: ignore[attr-defined]
+            raise exc
+        return int(count[0])
+
+    def delete_batch(self, keys: bytes) -> int:
+        n = len(keys) // self.key_size
+        if n == 0:
+            return 0
+        count = ffi.new("__u32 *", n)
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        ret = lib.bpf_map_delete_batch(self.fd, ffi.from_buffer(keys), count, opts)
+        if ret < 0:
+            exc = bpf_error(-ret, f"batch delete from map {self.name}")
+            exc.done = count[0]  # type: ignore[attr-defined]
+            raise exc
+        return int(count[0])
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin map {self.name} at {path}")
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """Result of BPF_PROG_TEST_RUN: the program's return value, the kernel's
+    average time per repetition in ns, and the packet as the program left it."""
+
+    retval: int
+    duration_ns: int
+    data_out: bytes
+
+
+@dataclass(frozen=True)
+class ProgInfo:
+    type: int
+    id: int
+    tag: str
+    name: str
+
+
+class Program(_Fd):
+    """A loaded BPF program."""
+
+    def __init__(self, fd: int, name: str = "") -> None:
+        super().__init__(fd)
+        info = self.info()
+        self.name = name or info.name
+        self.id = info.id
+        self.tag = info.tag
+
+    def info(self) -> ProgInfo:
+        ptype, pid, tag, *_rest, name = _PROG_INFO.unpack_from(
+            _obj_info(self.fd, "program info").ljust(_PROG_INFO.size, b"\0")
+        )
+        return ProgInfo(ptype, pid, tag.hex(), name.rstrip(b"\0").decode())
+
+    @classmethod
+    def from_pin(cls, path: str | os.PathLike[str]) -> Program:
+        fd = check(lib.bpf_obj_get(os.fsencode(os.fspath(path))), f"open pinned program {path}")
+        try:
+            return cls(fd)
+        except BaseException:
+            _close(fd)
+            raise
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> Program:
+        fd = check(lib.bpf_prog_get_fd_by_id(prog_id), f"open program id {prog_id}")
+        try:
+            return cls(fd)
+        except BaseException:
+            _close(fd)
+            raise
+
+    def pin(self, path: str | os.PathLike[str]) -> None:
+        check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin program {self.name} at {path}")
+
+    def test_run(self, data: bytes, repeat: int = 1) -> TestRun:
+        """Run the program on one packet through BPF_PROG_TEST_RUN."""
+        out = ffi.new("char[]", len(data) + 256)
+        buf = ffi.from_buffer(data)
+        opts = ffi.new(
+            "struct bpf_test_run_opts *",
+            {
+                "sz": ffi.sizeof("struct bpf_test_run_opts"),
+                "data_in": buf,
+                "data_size_in": len(data),
+                "data_out": out,
+                "data_size_out": len(data) + 256,
+                "repeat": repeat,
+            },
+        )
+        check(lib.bpf_prog_test_run_opts(self.fd, opts), f"test run of {self.name}")
+        return TestRun(int(opts.retval), int(opts.duration), bytes(ffi.buffer(out, opts.data_size_out)))
+
+
+class BpfObject:
+    """An opened ``.bpf.o``. Set capacities and pin paths, then :meth:`load`.
+    Maps with ``pinning`` set are pinned under ``pin_root`` and reused when
+    already there, after a check that the pinned map has the same shape."""
+
+    LOG_SIZE = 1 << 24
+
+    def __init__(self, path: str | os.PathLike[str], pin_root: str | None = None) -> None:
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise UsageError(f"no such object file: {self.path}")
+        self._log = ffi.new("char[]", self.LOG_SIZE)
+        self._keep = [ffi.new("char[]", os.fsencode(pin_root))] if pin_root else []
+        opts = ffi.new(
+            "struct bpf_object_open_opts *",
+            {
+                "sz": ffi.sizeof("struct bpf_object_open_opts"),
+                "pin_root_path": self._keep[0] if pin_root else ffi.NULL,
+                "kernel_log_buf": self._log,
+                "kernel_log_size": self.LOG_SIZE,
+                "kernel_log_level": 0,
+            },
+        )
+        obj = lib.bpf_object__open_file(os.fsencode(self.path), opts)
+        if obj == ffi.NULL:
+            err = ffi.errno or errno.EINVAL
+            raise UsageError(f"{self.path}: not a loadable BPF object ({os.strerror(err)})")
+        self._obj = obj
+        self.pin_root = pin_root
+        self.loaded = False
+        self._maps: dict[str, Any] = {}
+        m = lib.bpf_object__next_map(obj, ffi.NULL)
+        while m != ffi.NULL:
+            self._maps[ffi.string(lib.bpf_map__name(m)).decode()] = m
+            m = lib.bpf_object__next_map(obj, m)
+        self._progs: dict[str, Any] = {}
+        p = lib.bpf_object__next_program(obj, ffi.NULL)
+        while p != ffi.NULL:
+            self._progs[ffi.string(lib.bpf_program__name(p)).decode()] = p
+            p = lib.bpf_object__next_program(obj, p)
+
+    @property
+    def map_names(self) -> list[str]:
+        return list(self._maps)
+
+    @property
+    def program_names(self) -> list[str]:
+        return list(self._progs)
+
+    def map_spec(self, name: str) -> MapSpec:
+        m = self._maps[name]
+        return MapSpec(
+            lib.bpf_map__type(m),
+            lib.bpf_map__key_size(m),
+            lib.bpf_map__value_size(m),
+            lib.bpf_map__max_entries(m),
+            lib.bpf_map__map_flags(m),
+        )
+
+    def set_max_entries(self, name: str, n: int) -> None:
+        check(lib.bpf_map__set_max_entries(self._maps[name], n), f"set capacity of map {name}")
+
+    def check_pinned(self, name: str, pinned: MapSpec) -> None:
+        """Raise IncompatibleMap when a pinned map differs from this object's."""
+        diff = self.map_spec(name).differences(pinned)
+        if diff:
+            raise IncompatibleMap(f"pinned map {name} differs: " + "; ".join(diff))
+
+    def private_map(self, name: str) -> None:
+        """Do not pin or reuse ``name``: this instance gets its own."""
+        check(lib.bpf_map__set_pin_path(self._maps[name], ffi.NULL), f"unpin map {name}")
+
+    def set_rodata(self, data: bytes) -> None:
+        """Set the initial bytes of the object's ``.rodata`` (its ``const
+        volatile`` knobs) before load."""
+        names = [n for n in self._maps if n.endswith(".rodata")]
+        if not names:
+            raise UsageError(f"{self.path}: has no .rodata")
+        size = ffi.new("size_t *")
+        ptr = lib.bpf_map__initial_value(self._maps[names[0]], size)
+        if ptr == ffi.NULL or size[0] < len(data):
+            raise UsageError(f"{self.path}: .rodata is {size[0]} bytes, cannot set {len(data)}")
+        ffi.memmove(ptr, data, len(data))
+
+    def no_programs(self) -> None:
+        """Create the maps only (no program is loaded, nothing is verified)."""
+        for p in self._progs.values():
+            lib.bpf_program__set_autoload(p, False)
+
+    def only_program(self, name: str) -> None:
+        """Load only ``name`` of the object's programs."""
+        if name not in self._progs:
+            have = ", ".join(self._progs) or "none"
+            raise UsageError(f"{self.path}: no program named {name} (has: {have})")
+        for pname, p in self._progs.items():
+            lib.bpf_program__set_autoload(p, pname == name)
+
+    def load(self) -> None:
+        ret = lib.bpf_object__load(self._obj)
+        if ret < 0:
+            log = ffi.string(self._log).decode(errors="replace")
+            if log.strip():
+                raise VerifierError(-ret, f"loading {os.path.basename(self.path)}", log)
+            raise bpf_error(-ret, f"loading {os.path.basename(self.path)}")
+        self.loaded = True
+
+    def program(self, name: str | None = None) -> Program:
+        """A new, owned handle on a loaded program (the first one if no name)."""
+        if not self._progs:
+            raise UsageError(f"{self.path}: holds no program")
+        if name is None:
+            name = next(n for n, p in self._progs.items() if lib.bpf_program__fd(p) >= 0)
+        if name not in self._progs:
+            raise UsageError(f"{self.path}: no program named {name}")
+        fd = check(lib.bpf_program__fd(self._progs[name]), f"program {name} not loaded")
+        return Program(os.dup(fd), name)
+
+    def map(self, name: str) -> Map:
+        """A new, owned handle on a loaded map."""
+        fd = check(lib.bpf_map__fd(self._maps[name]), f"map {name} not created")
+        return Map.from_fd(os.dup(fd))
+
+    def close(self) -> None:
+        obj, self._obj = self._obj, ffi.NULL
+        if obj != ffi.NULL:
+            lib.bpf_object__close(obj)
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_obj", ffi.NULL) != ffi.NULL:
+            self.close()
+
+
+class RingBuffer:
+    """Reads a BPF ring buffer. ``callback(data: bytes)`` runs for each record;
+    an exception it raises stops the poll and is re-raised from :meth:`poll`."""
+
+    def __init__(self, ring: Map, callback: Callable[[bytes], None]) -> None:
+        self._exc: BaseException | None = None
+        self._callback = callback
+
+        def _sample(_ctx: Any, data: Any, size: int) -> int:
+            try:
+                callback(bytes(ffi.buffer(data, size)))
+            except BaseException as exc:  # stored, re-raised after the C call returns
+                self._exc = exc
+                return -1
+            return 0
+
+        self._cb = ffi.callback("ring_buffer_sample_fn", _sample)
+        self._rb = check_ptr(lib.ring_buffer__new(ring.fd, self._cb, ffi.NULL, ffi.NULL), "open ring buffer")
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Wait up to ``timeout_ms`` for records and handle them; returns how many."""
+        ret = lib.ring_buffer__poll(self._rb, timeout_ms)
+        if self._exc is not None:
+            exc, self._exc = self._exc, None
+            raise exc
+        if ret == -errno.EINTR:
+            return 0
+        return check(ret, "poll ring buffer")
+
+    def close(self) -> None:
+        rb, self._rb = self._rb, ffi.NULL
+        if rb != ffi.NULL:
+            lib.ring_buffer__free(rb)
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pin_exists(path: str | os.PathLike[str]) -> bool:
+    return Path(path).exists()

@@ -1,0 +1,865 @@
+"""The shipped firewall: its pinned state, its entries, policy, statistics,
+tracing and replay, and attaching it to interfaces.
+
+State lives in a pin directory on bpffs (default ``/sys/fs/bpf/pyxdp``).
+Every change takes an exclusive ``flock`` on that directory, so concurrent
+callers never interleave; readers take no lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import layout as L
+from .bpf import BPF_EXIST, BPF_NOEXIST, BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
+from .entries import MASKS4, MASKS6, Entry, Port, Prefix, Target
+from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
+from .layout import Action, Reason, Verdict
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
+OBJECT_PATH = Path(__file__).with_name("xdp_filter.bpf.o")
+PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "ports", "stats", "events", "ifaces", "lens_count")
+PROG_PIN = "prog"
+DEFAULT_CAPACITY = 1 << 20
+
+
+def monotonic_ns() -> int:
+    """The datapath's clock for expiry (it reads CLOCK_MONOTONIC coarsely)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The knobs that change while running."""
+
+    policy: Verdict = Verdict.PASS
+    trace_every: int = 0
+    lens4: tuple[int, ...] = ()
+    lens6: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        out = [L.CONFIG_HEAD.pack(self.policy, self.trace_every, len(self.lens4), len(self.lens6))]
+        out += [L.LEN4.pack(n, MASKS4[n]) for n in self.lens4]
+        out.append(b"\0" * (L.LEN4.size * (L.LENS4_SLOTS - len(self.lens4))))
+        out += [L.LEN6.pack(n, MASKS6[n]) for n in self.lens6]
+        out.append(b"\0" * (L.LEN6.size * (L.LENS6_SLOTS - len(self.lens6))))
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Config:
+        policy, every, n4, n6 = L.CONFIG_HEAD.unpack_from(raw)
+        off4 = L.CONFIG_HEAD.size
+        off6 = off4 + L.LEN4.size * L.LENS4_SLOTS
+        lens4 = tuple(L.LEN4.unpack_from(raw, off4 + i * L.LEN4.size)[0] for i in range(min(n4, L.LENS4_SLOTS)))
+        lens6 = tuple(L.LEN6.unpack_from(raw, off6 + i * L.LEN6.size)[0] for i in range(min(n6, L.LENS6_SLOTS)))
+        return cls(Verdict(policy & 1), every, lens4, lens6)
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """An entry as the maps hold it now."""
+
+    target: Target
+    action: Action
+    hits: int
+    expires_in: float | None  # seconds left; None: never; <= 0: expired, not yet swept
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"action": self.action.name.lower(), "hits": self.hits}
+        if isinstance(self.target, Prefix):
+            d["prefix"] = str(self.target)
+        else:
+            d["port"] = self.target.port
+            d["proto"] = self.target.proto
+        d["expires_in"] = None if self.expires_in is None else round(self.expires_in, 3)
+        return d
+
+
+@dataclass(frozen=True)
+class StatLine:
+    verdict: Verdict
+    reason: Reason
+    packets: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict.label, "reason": self.reason.label, "packets": self.packets, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class Stats:
+    lines: tuple[StatLine, ...]
+    lost_events: int
+
+    def get(self, verdict: Verdict, reason: Reason) -> StatLine:
+        for ln in self.lines:
+            if ln.verdict == verdict and ln.reason == reason:
+                return ln
+        return StatLine(verdict, reason, 0, 0)
+
+    def total(self, verdict: Verdict) -> int:
+        return sum(ln.packets for ln in self.lines if ln.verdict == verdict)
+
+
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One traced packet, as the datapath decided it."""
+
+    ts_ns: int
+    ifindex: int
+    pkt_len: int
+    verdict: Verdict
+    reason: Reason
+    family: int
+    proto: int
+    sport: int
+    dport: int
+    src: str
+    dst: str
+    plen: int
+    vlans: int
+    fragment: int
+    ethertype: int
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Event:
+        (ts, ifindex, plen_b, verdict, reason, family, proto, sport, dport, src, dst, plen, vlans, frag, _pad,
+         ethertype, _pad2) = L.EVENT.unpack_from(raw)
+        if family == 4:
+            s, d = socket.inet_ntop(socket.AF_INET, src[:4]), socket.inet_ntop(socket.AF_INET, dst[:4])
+        elif family == 6:
+            s, d = socket.inet_ntop(socket.AF_INET6, src), socket.inet_ntop(socket.AF_INET6, dst)
+        else:
+            s = d = ""
+        return cls(ts, ifindex, plen_b, Verdict(verdict), Reason(reason), family, proto, sport, dport, s, d,
+                   plen, vlans, frag, ethertype)
+
+    @property
+    def proto_name(self) -> str:
+        if not self.family:
+            return "arp" if self.ethertype == 0x0806 else f"ether-0x{self.ethertype:04x}"
+        return _PROTO_NAMES.get(self.proto, str(self.proto))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.label,
+            "reason": self.reason.label,
+            "src": self.src,
+            "dst": self.dst,
+            "proto": self.proto_name,
+            "sport": self.sport,
+            "dport": self.dport,
+            "ifindex": self.ifindex,
+            "len": self.pkt_len,
+            "prefix_len": self.plen if self.reason in (Reason.SRC_ALLOW, Reason.SRC_DENY) else None,
+            "vlans": self.vlans,
+            "fragment": ("", "first", "later")[self.fragment] or None,
+            "ts_ns": self.ts_ns,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.src} -> {self.dst}" if self.family else "-"
+        ports = f" {self.sport} -> {self.dport}" if self.proto in (6, 17) else ""
+        if self.proto in (1, 58):
+            ports = f" type {self.sport} code {self.dport}"
+        return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.proto_name} {where}{ports}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    ifname: str
+    ifindex: int
+    netns: str | None
+    mode: str
+    prog_id: int
+    attached: bool  # the interface still runs the recorded program
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ifname": self.ifname, "ifindex": self.ifindex, "netns": self.netns, "mode": self.mode,
+                "prog_id": self.prog_id, "attached": self.attached}
+
+
+def _iface_key(ifindex: int, netns: str | None) -> bytes:
+    return L.IFACE_KEY.pack(ifindex, (netns or "").encode())
+
+
+def _prefix_key(p: Prefix) -> bytes:
+    return (L.KEY4 if p.family == 4 else L.KEY6).pack(p.plen, p.addr)
+
+
+def _len_slot(family: int, plen: int) -> int:
+    return plen if family == 4 else 33 + plen
+
+
+class _DirLock:
+    """An exclusive flock on the pin directory (released with the fd)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _check_root() -> None:
+    if os.geteuid() != 0:
+        raise PermissionError("pyxdp needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo")
+
+
+class Filter:
+    """Handle on the filter state in one pin directory. Open it with
+    :meth:`open` (or :meth:`create`), use it as a context manager."""
+
+    def __init__(self, pin_dir: str, maps: dict[str, Map], lock: _DirLock | None) -> None:
+        self.pin_dir = pin_dir
+        self._maps = maps
+        self._lock = lock
+
+    # ---- opening and state --------------------------------------------------
+
+    @classmethod
+    def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
+             capacity: int | None = None) -> Filter:
+        """Open the state in ``pin_dir``. ``create`` makes it when missing
+        (mounting bpffs if needed); ``lock`` holds the directory's lock until
+        :meth:`close` (take it for any change)."""
+        _check_root()
+        pin_dir = os.path.abspath(pin_dir)
+        if create:
+            _prepare_dir(pin_dir)
+        elif not os.path.exists(os.path.join(pin_dir, "cfg")):
+            raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
+        lk = _DirLock(pin_dir) if lock or create else None
+        try:
+            if create:
+                _create_maps(pin_dir, capacity)
+            maps = {}
+            try:
+                for name in PINNED_MAPS:
+                    maps[name] = Map.from_pin(os.path.join(pin_dir, name))
+            except BpfError as exc:
+                for m in maps.values():
+                    m.close()
+                if exc.errno == errno.ENOENT:
+                    raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: {exc}") from None
+                raise
+            flt = cls(pin_dir, maps, lk)
+            if create and capacity is not None and maps["src4"].spec.max_entries != capacity:
+                flt.close()
+                raise IncompatibleMap(
+                    f"state in {pin_dir} has capacity {maps['src4'].spec.max_entries}, not {capacity}; "
+                    "detach everywhere (without --keep) to change it"
+                )
+            if not lock and lk is not None:
+                lk.release()
+                flt._lock = None
+            return flt
+        except BaseException:
+            if lk is not None:
+                lk.release()
+            raise
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Filter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, name: str) -> Map:
+        return self._maps[name]
+
+    @property
+    def capacity(self) -> int:
+        return self._maps["src4"].spec.max_entries
+
+    def _require_lock(self) -> None:
+        if self._lock is None:
+            raise UsageError("this Filter was opened read-only (lock=False)")
+
+    # ---- config ---------------------------------------------------------------
+
+    def _sel(self) -> int:
+        raw = self._maps["cfg_sel"].lookup(L.U32.pack(0))
+        return L.U32.unpack(raw)[0] & 1 if raw else 0
+
+    def config(self) -> Config:
+        raw = self._maps["cfg"].lookup(L.U32.pack(self._sel()))
+        return Config.decode(raw) if raw else Config()
+
+    def _write_config(self, cfg: Config) -> None:
+        """Write the idle generation, then switch: a packet sees all of the old
+        config or all of the new one."""
+        nxt = self._sel() ^ 1
+        self._maps["cfg"].update(L.U32.pack(nxt), cfg.encode())
+        self._maps["cfg_sel"].update(L.U32.pack(0), L.U32.pack(nxt))
+
+    @property
+    def policy(self) -> Verdict:
+        return self.config().policy
+
+    def set_policy(self, policy: Verdict) -> None:
+        self._require_lock()
+        cur = self.config()
+        self._write_config(Config(policy, cur.trace_every, cur.lens4, cur.lens6))
+
+    def set_trace(self, every: int) -> None:
+        """Trace one packet in ``every`` (0 turns tracing off)."""
+        if every < 0:
+            raise UsageError("trace sampling must be 0 (off) or a positive number")
+        cur = self.config()
+        self._write_config(Config(cur.policy, every, cur.lens4, cur.lens6))
+
+    def _len_counts(self) -> list[int]:
+        counts = [0] * (33 + 129)
+        for k, v in self._maps["lens_count"].items():
+            counts[L.U32.unpack(k)[0]] = int.from_bytes(v[:8], "little")
+        return counts
+
+    def _apply_counts(self, delta: Counter[int]) -> None:
+        """Add ``delta`` (slot -> change) to the per-length counts and rebuild
+        the probe lists in the config."""
+        counts = self._len_counts()
+        m = self._maps["lens_count"]
+        for slot, d in delta.items():
+            if d:
+                counts[slot] = max(0, counts[slot] + d)
+                m.update(L.U32.pack(slot), counts[slot].to_bytes(8, "little"))
+        cur = self.config()
+        lens4 = tuple(n for n in range(32, -1, -1) if counts[n])
+        lens6 = tuple(n for n in range(128, -1, -1) if counts[33 + n])
+        if (lens4, lens6) != (cur.lens4, cur.lens6):
+            self._write_config(Config(cur.policy, cur.trace_every, lens4, lens6))
+
+    # ---- entries --------------------------------------------------------------
+
+    def allow(self, *targets: str | Target, ttl: int | None = None) -> None:
+        self.add([Entry(_target(t), Action.ALLOW, ttl) for t in targets])
+
+    def deny(self, *targets: str | Target, ttl: int | None = None) -> None:
+        self.add([Entry(_target(t), Action.DENY, ttl) for t in targets])
+
+    def add(self, entries: Iterable[Entry]) -> int:
+        """Add or replace entries, all or nothing. Returns how many."""
+        self._require_lock()
+        now = monotonic_ns()
+        by_map: dict[str, dict[bytes, bytes]] = {"src4": {}, "src6": {}}
+        ports: dict[bytes, bytes] = {}
+        n = 0
+        for e in entries:
+            n += 1
+            if e.action not in (Action.ALLOW, Action.DENY):
+                raise UsageError(f"entry {e.target}: action must be allow or deny")
+            expires = now + e.ttl * 1_000_000_000 if e.ttl else 0
+            value = L.ENTRY.pack(expires, 0, e.action, 0)
+            t = e.target
+            if isinstance(t, Prefix):
+                by_map["src4" if t.family == 4 else "src6"][_prefix_key(t)] = value
+            else:
+                ports[L.U32.pack(t.index)] = value
+        done: list[tuple[Map, list[bytes], dict[bytes, bytes]]] = []
+        counts = self._len_counts() if any(by_map.values()) else []
+        try:
+            for name, items in by_map.items():
+                if items:
+                    m = self._maps[name]
+                    held = sum(counts[:33]) if name == "src4" else sum(counts[33:])
+                    new, old = _insert(m, items, held)
+                    done.append((m, new, old))
+            if ports:
+                m = self._maps["ports"]
+                old_ports = {k: m[k] for k in ports}
+                done.append((m, [], old_ports))
+                for k, v in ports.items():
+                    m.update(k, v)
+        except BaseException:
+            for m, new, old in reversed(done):
+                _rollback(m, new, old)
+            raise
+        delta: Counter[int] = Counter()
+        for m, new, _old in done:
+            if m.name in ("src4", "src6"):
+                base = 0 if m.name == "src4" else 33
+                delta.update(base + int.from_bytes(k[:4], "little") for k in new)
+        if delta:
+            self._apply_counts(delta)
+        return n
+
+    def delete(self, targets: Iterable[Target], action: Action = Action.NONE) -> int:
+        """Delete entries, all or nothing: every target must exist (and have
+        ``action``, unless it is NONE). Returns how many."""
+        self._require_lock()
+        plan: list[tuple[Map, bytes, bytes]] = []
+        for t in targets:
+            m, key = self._locate(t)
+            raw = m.lookup(key)
+            cur = L.ENTRY.unpack(raw)[2] if raw else Action.NONE
+            if cur == Action.NONE:
+                raise UsageError(f"no entry for {t}")
+            if action != Action.NONE and cur != action:
+                raise UsageError(f"{t} is an {Action(cur).name.lower()} entry, not {action.name.lower()}")
+            assert raw is not None
+            plan.append((m, key, raw))
+        delta: Counter[int] = Counter()
+        gone: list[tuple[Map, bytes, bytes]] = []
+        try:
+            for m, key, raw in plan:
+                if m.name == "ports":
+                    m.update(key, L.ENTRY.pack(0, 0, 0, 0))
+                else:
+                    m.delete(key)
+                    base = 0 if m.name == "src4" else 33
+                    delta[base + int.from_bytes(key[:4], "little")] -= 1
+                gone.append((m, key, raw))
+        except BaseException:
+            for m, key, raw in reversed(gone):
+                m.update(key, raw)
+            raise
+        if delta:
+            self._apply_counts(delta)
+        return len(plan)
+
+    def _locate(self, t: Target) -> tuple[Map, bytes]:
+        if isinstance(t, Prefix):
+            return self._maps["src4" if t.family == 4 else "src6"], _prefix_key(t)
+        return self._maps["ports"], L.U32.pack(t.index)
+
+    def entries(self) -> list[EntryState]:
+        """Every entry with its hits and time left, prefixes first."""
+        now = monotonic_ns()
+        out: list[EntryState] = []
+        for name, fam, af in (("src4", 4, socket.AF_INET), ("src6", 6, socket.AF_INET6)):
+            kst = L.KEY4 if fam == 4 else L.KEY6
+            for k, v in self._maps[name].items():
+                plen, addr = kst.unpack(k)
+                out.append(_state(Prefix(fam, addr, plen), v, now))
+            del af
+        for k, v in self._maps["ports"].items():
+            if L.ENTRY.unpack_from(v)[2] == Action.NONE:
+                continue
+            idx = L.U32.unpack(k)[0]
+            out.append(_state(Port("udp" if idx >= 65536 else "tcp", idx & 0xFFFF), v, now))
+        out.sort(key=lambda s: (s.target.kind == "port", getattr(s.target, "family", 0), s.target))
+        return out
+
+    def sweep(self) -> int:
+        """Remove expired entries (the datapath already ignores them)."""
+        self._require_lock()
+        now = monotonic_ns()
+        expired = [s.target for s in self.entries() if s.expires_in is not None and s.expires_in <= 0]
+        return self.delete(expired) if expired else 0
+
+    # ---- statistics and tracing ---------------------------------------------
+
+    def stats(self) -> Stats:
+        lines = []
+        lost = 0
+        for k, v in self._maps["stats"].items():
+            slot = L.U32.unpack(k)[0]
+            pk = by = 0
+            for off in range(0, len(v), L.COUNTER.size):
+                p, b = L.COUNTER.unpack_from(v, off)
+                pk += p
+                by += b
+            if slot == L.LOST_SLOT:
+                lost = pk
+            elif slot < L.LOST_SLOT and pk:
+                lines.append(StatLine(Verdict(slot & 1), Reason(slot >> 1), pk, by))
+        return Stats(tuple(lines), lost)
+
+    def trace(self, every: int = 1) -> Tracer:
+        """Stream events (``with flt.trace() as t: for ev in t: ...``)."""
+        return Tracer(self, every)
+
+    # ---- program and interfaces -----------------------------------------------
+
+    def program(self, reload: bool = False) -> Program:
+        """The filter program pinned in this state, loaded and pinned first
+        when missing (or when ``reload``)."""
+        path = os.path.join(self.pin_dir, PROG_PIN)
+        if not reload and os.path.exists(path):
+            return Program.from_pin(path)
+        self._require_lock()
+        with _open_object(self.pin_dir, None) as obj:
+            obj.load()
+            prog = obj.program("xdp_filter")
+        tmp = path + "_new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        prog.pin(tmp)
+        os.replace(tmp, path)
+        return prog
+
+    def attach(self, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
+               reload: bool = False) -> Attachment:
+        """Attach the filter to ``ifname`` (in ``netns``). Replaces our own
+        program atomically; refuses another program unless ``force``."""
+        from .xdp import Netlink, XdpMode
+
+        self._require_lock()
+        mode = mode or XdpMode.AUTO
+        with Netlink(netns) as nl:
+            st = nl.state(ifname)  # validates the interface before anything loads
+            prog = self.program(reload=reload)
+            try:
+                rec = self._ifaces().get((netns, st.ifindex))
+                if st.prog_id == prog.id:
+                    used = st.mode
+                elif st.prog_id:
+                    ours = rec is not None and rec.prog_id == st.prog_id
+                    if not ours and not force:
+                        other = _prog_name(st.prog_id)
+                        raise AttachError(
+                            errno.EBUSY,
+                            f"{ifname} already runs XDP program {st.prog_id} ({other}), not this pyxdp filter; "
+                            "--force replaces it",
+                        )
+                    with Program.from_id(st.prog_id) as old:
+                        want = st.mode if mode is XdpMode.AUTO else mode
+                        used = nl.attach(ifname, prog.fd, want or XdpMode.AUTO, replace_fd=old.fd)
+                else:
+                    used = nl.attach(ifname, prog.fd, mode, force=force)
+                assert used is not None
+                self._maps["ifaces"].update(
+                    _iface_key(st.ifindex, netns), L.IFACE_VAL.pack(ifname.encode(), _MODES.index(used.value), prog.id)
+                )
+                return Attachment(ifname, st.ifindex, netns, used.value, prog.id, True)
+            finally:
+                prog.close()
+
+    def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
+        """Take the filter off ``ifname``. When no interface is left, the pin
+        directory is removed unless ``keep``. Returns True if it was removed."""
+        from .xdp import Netlink, XdpMode
+
+        self._require_lock()
+        with Netlink(netns) as nl:
+            st = nl.state(ifname)
+            rec = self._ifaces().get((netns, st.ifindex))
+            if rec is None:
+                where = f" in netns {netns}" if netns else ""
+                raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
+            if st.prog_id == rec.prog_id and st.mode is not None:
+                with Program.from_id(st.prog_id) as old:
+                    nl.detach(ifname, st.mode if st.mode is not XdpMode.AUTO else XdpMode.AUTO, expected_fd=old.fd)
+            self._maps["ifaces"].delete(_iface_key(st.ifindex, netns))
+        if not keep and not self._ifaces():
+            self.remove_state()
+            return True
+        return False
+
+    def _ifaces(self) -> dict[tuple[str | None, int], Attachment]:
+        out = {}
+        for k, v in self._maps["ifaces"].items():
+            idx, ns = L.IFACE_KEY.unpack(k)
+            name, mode, pid = L.IFACE_VAL.unpack(v)
+            netns = ns.rstrip(b"\0").decode() or None
+            out[(netns, idx)] = Attachment(name.rstrip(b"\0").decode(), idx, netns, _MODES[mode], pid, True)
+        return out
+
+    def interfaces(self) -> list[Attachment]:
+        """Recorded attachments, each checked against what the kernel runs."""
+        from .xdp import Netlink
+
+        out = []
+        for (netns, _idx), a in sorted(self._ifaces().items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+            try:
+                with Netlink(netns) as nl:
+                    st = nl.state(a.ifname)
+                live = st.prog_id == a.prog_id and st.ifindex == a.ifindex
+            except (UsageError, AttachError):
+                live = False
+            out.append(Attachment(a.ifname, a.ifindex, netns, a.mode, a.prog_id, live))
+        return out
+
+    def remove_state(self) -> None:
+        """Unpin everything and remove the pin directory."""
+        self._require_lock()
+        for name in (*PINNED_MAPS, PROG_PIN):
+            try:
+                os.unlink(os.path.join(self.pin_dir, name))
+            except FileNotFoundError:
+                pass
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        try:
+            os.rmdir(self.pin_dir)
+        except OSError:
+            pass
+
+    # ---- replay ---------------------------------------------------------------
+
+    def replay(self, packets: Iterable[bytes]) -> Iterator[ReplayResult]:
+        """Run each packet through BPF_PROG_TEST_RUN on a private instance of
+        the filter that shares this state's rules (its own counters and trace
+        ring, live hit counters untouched)."""
+        with _open_object(self.pin_dir, None) as obj:
+            obj.private_map("stats")
+            obj.private_map("events")
+            obj.set_rodata(L.U32.pack(1) + L.U32.pack(0))  # knobs: trace_all=1, count_hits=0
+            obj.load()
+            with obj.program("xdp_filter") as prog, obj.map("events") as ring:
+                got: list[bytes] = []
+                with RingBuffer(ring, got.append) as rb:
+                    for i, pkt in enumerate(packets, 1):
+                        if len(pkt) < 14:
+                            yield ReplayResult(i, len(pkt), Verdict.DROP, Reason.MALFORMED, None, XDP_SHORT)
+                            continue
+                        res = prog.test_run(pkt)
+                        got.clear()
+                        rb.poll(0)
+                        ev = Event.decode(got[-1]) if got else None
+                        verdict = Verdict.DROP if res.retval == L.XDP_DROP else Verdict.PASS
+                        reason = ev.reason if ev else Reason.POLICY
+                        yield ReplayResult(i, len(pkt), verdict, reason, ev, res.retval)
+
+
+XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    index: int
+    length: int
+    verdict: Verdict
+    reason: Reason
+    event: Event | None
+    retval: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"packet": self.index, "len": self.length}
+        if self.event:
+            d.update(self.event.to_dict())
+            for k in ("ts_ns", "ifindex", "len"):
+                d.pop(k, None)
+        d["verdict"] = self.verdict.label
+        d["reason"] = self.reason.label
+        return d
+
+
+class Tracer:
+    """Turns tracing on while open and yields :class:`Event` objects. One
+    tracer at a time per state: a ring buffer has one reader."""
+
+    def __init__(self, flt: Filter, every: int) -> None:
+        if every < 1:
+            raise UsageError("sample must be 1 (every packet) or more")
+        self._flt = flt
+        self._every = every
+        self._queue: list[bytes] = []
+        self._rb: RingBuffer | None = None
+        self._lost0 = 0
+
+    def _set(self, every: int) -> None:
+        if self._flt._lock is not None:
+            self._flt.set_trace(every)
+            return
+        lk = _DirLock(self._flt.pin_dir)
+        try:
+            self._flt.set_trace(every)
+        finally:
+            lk.release()
+
+    def __enter__(self) -> Tracer:
+        self._rb = RingBuffer(self._flt.map("events"), self._queue.append)
+        self._rb.poll(0)  # events left from an earlier tracer
+        self._queue.clear()
+        self._lost0 = self._flt.stats().lost_events
+        self._set(self._every)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._rb is not None:
+            try:
+                self._set(0)
+            finally:
+                self._rb.close()
+                self._rb = None
+
+    @property
+    def lost(self) -> int:
+        """Events the datapath could not queue since this tracer started."""
+        return self._flt.stats().lost_events - self._lost0
+
+    def poll(self, timeout_ms: int = 100) -> list[Event]:
+        """Events that arrived within ``timeout_ms``."""
+        if self._rb is None:
+            raise UsageError("tracer is not open")
+        self._rb.poll(timeout_ms)
+        out = [Event.decode(r) for r in self._queue]
+        self._queue.clear()
+        return out
+
+    def __iter__(self) -> Iterator[Event]:
+        while self._rb is not None:
+            yield from self.poll(200)
+
+
+_MODES = ("auto", "native", "generic", "offload")
+
+
+def _target(t: str | Target) -> Target:
+    if isinstance(t, (Prefix, Port)):
+        return t
+    from .entries import parse_port, parse_prefix
+
+    if "/" in t and t.split("/", 1)[1] in ("tcp", "udp") or t.isdigit():
+        ports = parse_port(t)
+        if len(ports) != 1:
+            raise UsageError(f"{t}: give the protocol (22/tcp) when passing ports one by one")
+        return ports[0]
+    return parse_prefix(t)
+
+
+def _state(t: Target, raw: bytes, now: int) -> EntryState:
+    expires, hits, action, _flags = L.ENTRY.unpack_from(raw)
+    left = None if not expires else (expires - now) / 1e9
+    return EntryState(t, Action(action), hits, left)
+
+
+BATCH = 65536
+
+
+def _existing(m: Map, keys: list[bytes], count: int) -> dict[bytes, bytes]:
+    """Current values of those ``keys`` that are in ``m`` (holding ``count``
+    elements): one lookup per key, or one read of the whole map when that is
+    cheaper."""
+    if len(keys) <= 256 or len(keys) * 4 < count:
+        found = {}
+        for k in keys:
+            v = m.lookup(k)
+            if v is not None:
+                found[k] = v
+        return found
+    present = set(m.keys_fast())
+    return {k: m[k] for k in keys if k in present}
+
+
+def _insert(m: Map, items: dict[bytes, bytes], count: int) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """Write ``items`` into ``m`` (holding ``count`` elements) in batches.
+    Returns (keys that were new, old values of the keys replaced). Checks
+    capacity first; on failure undoes its own work and raises."""
+    keys = list(items)
+    old = _existing(m, keys, count)
+    new = [k for k in keys if k not in old]
+    if count + len(new) > m.spec.max_entries:
+        raise MapFull(errno.E2BIG, f"map {m.name} is full: {count} + {len(new)} new entries > capacity "
+                                   f"{m.spec.max_entries}")
+    done = 0
+    try:
+        for pos in range(0, len(keys), BATCH):
+            chunk = keys[pos:pos + BATCH]
+            try:
+                m.update_batch(b"".join(chunk), b"".join(items[k] for k in chunk))
+            except BpfError as exc:
+                done += getattr(exc, "done", 0)
+                raise
+            done += len(chunk)
+    except BaseException:
+        written = set(keys[:done])
+        _rollback(m, [k for k in new if k in written], {k: v for k, v in old.items() if k in written})
+        raise
+    return new, old
+
+
+def _rollback(m: Map, new: list[bytes], old: dict[bytes, bytes]) -> None:
+    if new:
+        if m.name == "ports":
+            for k in new:
+                m.update(k, old.get(k, L.ENTRY.pack(0, 0, 0, 0)))
+        else:
+            try:
+                m.delete_batch(b"".join(new))
+            except BpfError:
+                for k in new:
+                    try:
+                        m.delete(k)
+                    except BpfError:
+                        pass
+    for k, v in old.items():
+        m.update(k, v)
+
+
+def _prog_name(prog_id: int) -> str:
+    try:
+        with Program.from_id(prog_id) as p:
+            return p.name or "unnamed"
+    except BpfError:
+        return "unknown"
+
+
+def _prepare_dir(pin_dir: str) -> None:
+    """Make the pin directory (mode 0700) on a mounted bpffs."""
+    if pin_dir == BPFFS or pin_dir.startswith(BPFFS + "/"):
+        ensure_bpffs(BPFFS)
+    parent = os.path.dirname(pin_dir)
+    if not os.path.isdir(parent):
+        raise UsageError(f"pin dir parent {parent} does not exist")
+    if not is_bpffs(parent):
+        raise UsageError(f"pin dir {pin_dir} is not on a bpffs (mount -t bpf bpf {parent})")
+    try:
+        os.mkdir(pin_dir, 0o700)
+    except FileExistsError:
+        pass
+    os.chmod(pin_dir, 0o700)
+
+
+def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
+    """The shipped object with its maps pinned in ``pin_dir``; capacities are
+    those of maps already pinned there (checked for shape), else ``capacity``."""
+    obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
+    try:
+        for name in PINNED_MAPS:
+            path = os.path.join(pin_dir, name)
+            if os.path.exists(path):
+                with Map.from_pin(path) as pinned:
+                    if name in ("src4", "src6"):
+                        obj.set_max_entries(name, pinned.spec.max_entries)
+                    obj.check_pinned(name, pinned.spec)
+            elif capacity is not None and name in ("src4", "src6"):
+                obj.set_max_entries(name, capacity)
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def _create_maps(pin_dir: str, capacity: int | None) -> None:
+    if all(os.path.exists(os.path.join(pin_dir, n)) for n in PINNED_MAPS):
+        return
+    with _open_object(pin_dir, capacity or DEFAULT_CAPACITY) as obj:
+        obj.no_programs()
+        obj.load()
+
+
+def remove_empty_state(pin_dir: str) -> None:
+    """Remove ``pin_dir`` if it holds nothing."""
+    try:
+        os.rmdir(pin_dir)
+    except OSError:
+        pass
