@@ -8,10 +8,8 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import IntEnum
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from .errors import BpfError, IncompatibleMap, UsageError, VerifierError, bpf_error
 from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
@@ -42,8 +40,7 @@ class MapType(IntEnum):
         return self in (MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH)
 
 
-@dataclass(frozen=True)
-class MapSpec:
+class MapSpec(NamedTuple):
     """What the kernel knows of a map's shape."""
 
     type: int
@@ -288,8 +285,7 @@ class Map(_Fd):
         check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin map {self.name} at {path}")
 
 
-@dataclass(frozen=True)
-class TestRun:
+class TestRun(NamedTuple):
     """Result of BPF_PROG_TEST_RUN: the program's return value, the kernel's
     average time per repetition in ns, and the packet as the program left it."""
 
@@ -298,8 +294,7 @@ class TestRun:
     data_out: bytes
 
 
-@dataclass(frozen=True)
-class ProgInfo:
+class ProgInfo(NamedTuple):
     type: int
     id: int
     tag: str
@@ -539,7 +534,3 @@ class RingBuffer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def pin_exists(path: str | os.PathLike[str]) -> bool:
-    return Path(path).exists()

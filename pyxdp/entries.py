@@ -10,11 +10,9 @@ extend the same parser."""
 
 from __future__ import annotations
 
-import re
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Optional, Union
 
 from .errors import UsageError
 from .layout import PORT_BASE, Action
@@ -23,8 +21,7 @@ PROTOS = ("tcp", "udp")
 MAX_TTL = 10 * 365 * 86400
 
 
-@dataclass(frozen=True, order=True)
-class Prefix:
+class Prefix(NamedTuple):
     """A source prefix: ``family`` 4 or 6, ``addr`` in network order with the
     host bits zero, ``plen`` the prefix length."""
 
@@ -41,8 +38,7 @@ class Prefix:
         return "src"
 
 
-@dataclass(frozen=True, order=True)
-class Port:
+class Port(NamedTuple):
     """A destination port of one protocol."""
 
     proto: str
@@ -63,14 +59,13 @@ class Port:
 Target = Union[Prefix, Port]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One filter entry: a target, what to do with it, and an optional
     time-to-live in seconds."""
 
     target: Target
     action: Action
-    ttl: int | None = None
+    ttl: Optional[int] = None  # noqa: UP045 (NamedTuple fields are evaluated at run time on 3.9)
 
     def __str__(self) -> str:
         words = [self.action.name.lower(), "from" if isinstance(self.target, Prefix) else "", str(self.target)]
@@ -139,16 +134,17 @@ def parse_port(text: str) -> list[Port]:
     return [Port(p, port) for p in PROTOS]
 
 
-_TTL = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_ttl(text: str) -> int:
     """Seconds, or a number with s/m/h/d."""
-    m = _TTL.match(text.strip())
-    if not m:
+    t = text.strip()
+    unit = _UNITS.get(t[-1:], 1) if t[-1:] in _UNITS else 1
+    num = t[:-1] if t[-1:] in _UNITS else t
+    if not num.isdigit() or not num.isascii() or len(num) > 12:
         raise UsageError(f"bad ttl {text!r}: give seconds, or a number with s, m, h or d")
-    secs = int(m.group(1)) * _UNITS[m.group(2)]
+    secs = int(num) * unit
     if not 0 < secs <= MAX_TTL:
         raise UsageError(f"bad ttl {text!r}: must be between 1 second and 10 years")
     return secs

@@ -14,9 +14,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from . import layout as L
 from .bpf import BPF_EXIST, BPF_NOEXIST, BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
@@ -25,7 +23,7 @@ from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, 
 from .layout import Action, Reason, Verdict
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
-OBJECT_PATH = Path(__file__).with_name("xdp_filter.bpf.o")
+OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "ports", "stats", "events", "ifaces", "lens_count")
 PROG_PIN = "prog"
 DEFAULT_CAPACITY = 1 << 20
@@ -36,8 +34,7 @@ def monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """The knobs that change while running."""
 
     policy: Verdict = Verdict.PASS
@@ -63,8 +60,7 @@ class Config:
         return cls(Verdict(policy & 1), every, lens4, lens6)
 
 
-@dataclass(frozen=True)
-class EntryState:
+class EntryState(NamedTuple):
     """An entry as the maps hold it now."""
 
     target: Target
@@ -83,8 +79,7 @@ class EntryState:
         return d
 
 
-@dataclass(frozen=True)
-class StatLine:
+class StatLine(NamedTuple):
     verdict: Verdict
     reason: Reason
     packets: int
@@ -94,8 +89,7 @@ class StatLine:
         return {"verdict": self.verdict.label, "reason": self.reason.label, "packets": self.packets, "bytes": self.bytes}
 
 
-@dataclass(frozen=True)
-class Stats:
+class Stats(NamedTuple):
     lines: tuple[StatLine, ...]
     lost_events: int
 
@@ -112,8 +106,7 @@ class Stats:
 _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One traced packet, as the datapath decided it."""
 
     ts_ns: int
@@ -176,8 +169,7 @@ class Event:
         return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.proto_name} {where}{ports}"
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(NamedTuple):
     ifname: str
     ifindex: int
     netns: str | None
@@ -247,21 +239,15 @@ class Filter:
         try:
             if create:
                 _create_maps(pin_dir, capacity)
-            maps = {}
-            try:
-                for name in PINNED_MAPS:
-                    maps[name] = Map.from_pin(os.path.join(pin_dir, name))
-            except BpfError as exc:
-                for m in maps.values():
-                    m.close()
-                if exc.errno == errno.ENOENT:
-                    raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: {exc}") from None
-                raise
-            flt = cls(pin_dir, maps, lk)
-            if create and capacity is not None and maps["src4"].spec.max_entries != capacity:
+            missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
+            if missing:
+                raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
+            flt = cls(pin_dir, {}, lk)
+            if create and capacity is not None and flt.capacity != capacity:
+                have = flt.capacity
                 flt.close()
                 raise IncompatibleMap(
-                    f"state in {pin_dir} has capacity {maps['src4'].spec.max_entries}, not {capacity}; "
+                    f"state in {pin_dir} has capacity {have}, not {capacity}; "
                     "detach everywhere (without --keep) to change it"
                 )
             if not lock and lk is not None:
@@ -288,11 +274,17 @@ class Filter:
         self.close()
 
     def map(self, name: str) -> Map:
-        return self._maps[name]
+        """The pinned map ``name``, opened on first use."""
+        m = self._maps.get(name)
+        if m is None:
+            if name not in PINNED_MAPS:
+                raise KeyError(name)
+            m = self._maps[name] = Map.from_pin(os.path.join(self.pin_dir, name))
+        return m
 
     @property
     def capacity(self) -> int:
-        return self._maps["src4"].spec.max_entries
+        return self.map("src4").spec.max_entries
 
     def _require_lock(self) -> None:
         if self._lock is None:
@@ -301,19 +293,19 @@ class Filter:
     # ---- config ---------------------------------------------------------------
 
     def _sel(self) -> int:
-        raw = self._maps["cfg_sel"].lookup(L.U32.pack(0))
+        raw = self.map("cfg_sel").lookup(L.U32.pack(0))
         return L.U32.unpack(raw)[0] & 1 if raw else 0
 
     def config(self) -> Config:
-        raw = self._maps["cfg"].lookup(L.U32.pack(self._sel()))
+        raw = self.map("cfg").lookup(L.U32.pack(self._sel()))
         return Config.decode(raw) if raw else Config()
 
     def _write_config(self, cfg: Config) -> None:
         """Write the idle generation, then switch: a packet sees all of the old
         config or all of the new one."""
         nxt = self._sel() ^ 1
-        self._maps["cfg"].update(L.U32.pack(nxt), cfg.encode())
-        self._maps["cfg_sel"].update(L.U32.pack(0), L.U32.pack(nxt))
+        self.map("cfg").update(L.U32.pack(nxt), cfg.encode())
+        self.map("cfg_sel").update(L.U32.pack(0), L.U32.pack(nxt))
 
     @property
     def policy(self) -> Verdict:
@@ -333,7 +325,7 @@ class Filter:
 
     def _len_counts(self) -> list[int]:
         counts = [0] * (33 + 129)
-        for k, v in self._maps["lens_count"].items():
+        for k, v in self.map("lens_count").items():
             counts[L.U32.unpack(k)[0]] = int.from_bytes(v[:8], "little")
         return counts
 
@@ -341,7 +333,7 @@ class Filter:
         """Add ``delta`` (slot -> change) to the per-length counts and rebuild
         the probe lists in the config."""
         counts = self._len_counts()
-        m = self._maps["lens_count"]
+        m = self.map("lens_count")
         for slot, d in delta.items():
             if d:
                 counts[slot] = max(0, counts[slot] + d)
@@ -383,12 +375,12 @@ class Filter:
         try:
             for name, items in by_map.items():
                 if items:
-                    m = self._maps[name]
+                    m = self.map(name)
                     held = sum(counts[:33]) if name == "src4" else sum(counts[33:])
                     new, old = _insert(m, items, held)
                     done.append((m, new, old))
             if ports:
-                m = self._maps["ports"]
+                m = self.map("ports")
                 old_ports = {k: m[k] for k in ports}
                 done.append((m, [], old_ports))
                 for k, v in ports.items():
@@ -442,8 +434,8 @@ class Filter:
 
     def _locate(self, t: Target) -> tuple[Map, bytes]:
         if isinstance(t, Prefix):
-            return self._maps["src4" if t.family == 4 else "src6"], _prefix_key(t)
-        return self._maps["ports"], L.U32.pack(t.index)
+            return self.map("src4" if t.family == 4 else "src6"), _prefix_key(t)
+        return self.map("ports"), L.U32.pack(t.index)
 
     def entries(self) -> list[EntryState]:
         """Every entry with its hits and time left, prefixes first."""
@@ -451,11 +443,11 @@ class Filter:
         out: list[EntryState] = []
         for name, fam, af in (("src4", 4, socket.AF_INET), ("src6", 6, socket.AF_INET6)):
             kst = L.KEY4 if fam == 4 else L.KEY6
-            for k, v in self._maps[name].items():
+            for k, v in self.map(name).items():
                 plen, addr = kst.unpack(k)
                 out.append(_state(Prefix(fam, addr, plen), v, now))
             del af
-        for k, v in self._maps["ports"].items():
+        for k, v in self.map("ports").items():
             if L.ENTRY.unpack_from(v)[2] == Action.NONE:
                 continue
             idx = L.U32.unpack(k)[0]
@@ -475,7 +467,7 @@ class Filter:
     def stats(self) -> Stats:
         lines = []
         lost = 0
-        for k, v in self._maps["stats"].items():
+        for k, v in self.map("stats").items():
             slot = L.U32.unpack(k)[0]
             pk = by = 0
             for off in range(0, len(v), L.COUNTER.size):
@@ -541,7 +533,7 @@ class Filter:
                 else:
                     used = nl.attach(ifname, prog.fd, mode, force=force)
                 assert used is not None
-                self._maps["ifaces"].update(
+                self.map("ifaces").update(
                     _iface_key(st.ifindex, netns), L.IFACE_VAL.pack(ifname.encode(), _MODES.index(used.value), prog.id)
                 )
                 return Attachment(ifname, st.ifindex, netns, used.value, prog.id, True)
@@ -563,7 +555,7 @@ class Filter:
             if st.prog_id == rec.prog_id and st.mode is not None:
                 with Program.from_id(st.prog_id) as old:
                     nl.detach(ifname, st.mode if st.mode is not XdpMode.AUTO else XdpMode.AUTO, expected_fd=old.fd)
-            self._maps["ifaces"].delete(_iface_key(st.ifindex, netns))
+            self.map("ifaces").delete(_iface_key(st.ifindex, netns))
         if not keep and not self._ifaces():
             self.remove_state()
             return True
@@ -571,7 +563,7 @@ class Filter:
 
     def _ifaces(self) -> dict[tuple[str | None, int], Attachment]:
         out = {}
-        for k, v in self._maps["ifaces"].items():
+        for k, v in self.map("ifaces").items():
             idx, ns = L.IFACE_KEY.unpack(k)
             name, mode, pid = L.IFACE_VAL.unpack(v)
             netns = ns.rstrip(b"\0").decode() or None
@@ -639,8 +631,7 @@ class Filter:
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
 
 
-@dataclass(frozen=True)
-class ReplayResult:
+class ReplayResult(NamedTuple):
     index: int
     length: int
     verdict: Verdict

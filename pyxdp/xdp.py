@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import errno
 import sys
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from .errors import AttachError, UsageError
 
@@ -18,8 +17,11 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_HW_MODE = 1 << 3
 XDP_FLAGS_REPLACE = 1 << 4
 
-# IFLA_XDP_ATTACHED values
-_ATTACHED = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+# IFLA_XDP_ATTACHED values, as numbers and as pyroute2's names for them
+_ATTACHED: dict[object, int] = {
+    None: 0, 0: 0, 1: 1, 2: 2, 3: 3, 4: 4, "xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4,
+}
+_MODE_OF = {1: "native", 2: "generic", 3: "offload"}
 
 
 class XdpMode(Enum):
@@ -48,8 +50,7 @@ class XdpMode(Enum):
             raise UsageError(f"bad mode {text!r}: auto, native, generic or offload") from None
 
 
-@dataclass(frozen=True)
-class XdpState:
+class XdpState(NamedTuple):
     """What an interface runs: program id (0 for none) and mode."""
 
     ifname: str
@@ -115,13 +116,13 @@ class Netlink:
         xdp = link.get_attr("IFLA_XDP")
         prog_id, mode = 0, None
         if xdp is not None:
-            attached = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
+            attached = _ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED"), 0)
             prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
             if attached == 4:  # multi: one in each of driver and skb
                 prog_id = xdp.get_attr("IFLA_XDP_DRV_PROG_ID") or xdp.get_attr("IFLA_XDP_SKB_PROG_ID") or 0
                 attached = 1 if xdp.get_attr("IFLA_XDP_DRV_PROG_ID") else 2
             if attached:
-                mode = XdpMode(_ATTACHED[attached])
+                mode = XdpMode(_MODE_OF[attached])
         return XdpState(ifname, idx, int(prog_id), mode)
 
     def _set(self, ifindex: int, attrs: list[tuple[str, int]], what: str) -> None:

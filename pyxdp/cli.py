@@ -1,0 +1,439 @@
+"""``pyxdp-load``: the command line, a thin layer over the public API.
+
+Exit codes: 0 fine, 1 runtime failure, 2 bad usage or input. Errors are one
+line on stderr. Imports are kept lazy: a ``deny from X`` (what fail2ban runs
+per ban) loads neither pyroute2 nor anything it does not use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO, Any, NoReturn
+
+PROG = "pyxdp-load"
+
+
+class _Usage(Exception):
+    """Bad command line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(message)
+
+
+def _pin_dir(args: argparse.Namespace) -> str:
+    from .filter import DEFAULT_PIN_DIR
+
+    return str(args.pin_dir or os.environ.get("PYXDP_PIN_DIR") or DEFAULT_PIN_DIR)
+
+
+def _open(args: argparse.Namespace, create: bool = False, lock: bool = True) -> Any:
+    from .filter import Filter
+
+    return Filter.open(_pin_dir(args), create=create, lock=lock, capacity=getattr(args, "capacity", None))
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
+
+
+# ---- commands ------------------------------------------------------------------
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .xdp import XdpMode
+
+    mode = XdpMode.parse(args.mode)
+    with _open(args, create=True) as flt:
+        a = flt.attach(args.iface, mode=mode, netns=args.netns, force=args.force, reload=args.reload)
+    where = f" (netns {a.netns})" if a.netns else ""
+    print(f"attached to {a.ifname}{where}: {a.mode} mode, program id {a.prog_id}")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    with _open(args) as flt:
+        removed = flt.detach(args.iface, netns=args.netns, keep=args.keep)
+    print(f"detached from {args.iface}" + ("; no interface left, state removed" if removed else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .errors import NotLoaded
+
+    try:
+        flt = _open(args, lock=False)
+    except NotLoaded:
+        if args.json:
+            _emit({"pin_dir": _pin_dir(args), "loaded": False, "interfaces": []})
+        else:
+            print(f"not loaded ({_pin_dir(args)} holds no state)")
+        return 0
+    with flt:
+        ifaces = flt.interfaces()
+        cfg = flt.config()
+        n = len(flt.entries()) if not args.json else None
+        if args.json:
+            _emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
+                   "capacity": flt.capacity, "interfaces": [a.to_dict() for a in ifaces]})
+            return 0
+        print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  entries: {n}  capacity: {flt.capacity}/family")
+        if not ifaces:
+            print("no interface attached")
+        for a in ifaces:
+            ns = f" netns {a.netns}" if a.netns else ""
+            state = "" if a.attached else "  (NOT attached any more)"
+            print(f"  {a.ifname} (ifindex {a.ifindex}{ns}): {a.mode}, program id {a.prog_id}{state}")
+    return 0
+
+
+def _read_file_prefixes(path: str) -> Iterator[Any]:
+    from .entries import read_prefix_lines
+    from .errors import UsageError
+
+    if path == "-":
+        yield from read_prefix_lines(sys.stdin, "stdin")
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            yield from read_prefix_lines(fh, path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file") from None
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from .entries import Entry, parse_action, parse_entry_words, parse_ttl
+    from .errors import UsageError
+
+    action = parse_action(args.command)
+    ttl = parse_ttl(args.ttl) if args.ttl is not None else None
+    targets = parse_entry_words(args.words) if args.words else []
+    if args.file:
+        targets.extend(_read_file_prefixes(args.file))
+    if not targets:
+        raise UsageError(f"{args.command}: nothing to add (give 'from ADDRESS', 'PORT/PROTO' or --file)")
+    entries = [Entry(t, action, ttl) for t in targets]
+    with _open(args, create=True) as flt:
+        n = flt.add(entries)
+    if not args.quiet:
+        print(f"{args.command}: {n} entr{'y' if n == 1 else 'ies'}" + (f", ttl {ttl}s" if ttl else ""))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from .entries import parse_action, parse_entry_words
+    from .layout import Action
+
+    words = list(args.words)
+    action = Action.NONE
+    if words and words[0] in ("allow", "deny"):
+        action = parse_action(words.pop(0))
+    targets = parse_entry_words(words)
+    with _open(args) as flt:
+        n = flt.delete(targets, action)
+    print(f"deleted {n} entr{'y' if n == 1 else 'ies'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _open(args, lock=False) as flt:
+        states = flt.entries()
+    if args.json:
+        for s in states:
+            _emit(s.to_dict())
+        return 0
+    if not states:
+        print("no entries")
+    for s in states:
+        left = "" if s.expires_in is None else (
+            "  expired" if s.expires_in <= 0 else f"  expires in {int(s.expires_in)}s")
+        what = f"from {s.target}" if s.target.kind == "src" else str(s.target)
+        print(f"{s.action.name.lower():5} {what:45} hits {s.hits}{left}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .layout import Verdict
+
+    if args.policy is None:
+        with _open(args, lock=False) as flt:
+            print(flt.policy.label)
+        return 0
+    if args.policy not in ("pass", "drop"):
+        raise UsageError(f"bad policy {args.policy!r}: pass or drop")
+    with _open(args, create=True) as flt:
+        flt.set_policy(Verdict[args.policy.upper()])
+    print(f"policy: {args.policy}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args, lock=False) as flt:
+        st = flt.stats()
+    if args.json:
+        _emit({"stats": [ln.to_dict() for ln in st.lines], "lost_events": st.lost_events})
+        return 0
+    print(f"{'verdict':8}{'reason':12}{'packets':>14}{'bytes':>16}")
+    for ln in sorted(st.lines, key=lambda ln: (ln.verdict, ln.reason)):
+        print(f"{ln.verdict.label:8}{ln.reason.label:12}{ln.packets:>14}{ln.bytes:>16}")
+    print(f"lost trace events: {st.lost_events}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be 1 or more")
+    seen = 0
+    with _open(args, lock=False) as flt, flt.trace(args.sample) as tr:
+        if not args.json:
+            print(f"tracing 1 in {args.sample} packets (Ctrl-C stops)", file=sys.stderr, flush=True)
+        for ev in tr:
+            if args.json:
+                _emit(ev.to_dict())
+            else:
+                print(ev)
+            sys.stdout.flush()
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .pcap import read_pcap
+
+    try:
+        fh: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    counts: dict[str, int] = {}
+    with fh, _open(args, lock=False) as flt:
+        packets = list(read_pcap(fh, args.file))
+        for r in flt.replay(packets):
+            counts[r.verdict.label] = counts.get(r.verdict.label, 0) + 1
+            if args.json:
+                _emit(r.to_dict())
+            else:
+                ev = r.event
+                desc = str(ev).split(None, 2)[2] if ev else f"{r.length} bytes"
+                print(f"{r.index:6} {r.verdict.label:4} {r.reason.label:10} {desc}")
+    total = sum(counts.values())
+    if args.json:
+        _emit({"summary": True, "packets": total, "pass": counts.get("pass", 0), "drop": counts.get("drop", 0)})
+    else:
+        print(f"{total} packets: {counts.get('pass', 0)} pass, {counts.get('drop', 0)} drop")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    with _open(args) as flt:
+        n = flt.sweep()
+    print(f"removed {n} expired entr{'y' if n == 1 else 'ies'}")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from .generic import load_object
+    from .xdp import XdpMode
+
+    prog_id, mode = load_object(args.object, args.iface, program=args.program, mode=XdpMode.parse(args.mode),
+                                netns=args.netns, force=args.force)
+    print(f"loaded {os.path.basename(args.object)} on {args.iface}: {mode.value} mode, program id {prog_id}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    from .generic import unload
+
+    prog_id = unload(args.iface, netns=args.netns)
+    print(f"unloaded program {prog_id} from {args.iface}")
+    return 0
+
+
+def cmd_printk(args: argparse.Namespace) -> int:
+    from .generic import trace_pipe
+
+    for n, line in enumerate(trace_pipe(), 1):
+        print(line, flush=True)
+        if args.count is not None and n >= args.count:
+            break
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------
+
+
+COMMANDS = ("attach", "detach", "status", "allow", "deny", "delete", "list", "policy", "stats", "trace",
+            "replay", "sweep", "load", "unload", "printk")
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (after global options), if any."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--pin-dir":
+            skip = True
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``only`` one subcommand's (building all
+    fifteen costs more than a fail2ban call should)."""
+    p = _Parser(prog=PROG, description="Load and manage the pyxdp XDP packet filter.")
+    p.add_argument("--pin-dir", help="state directory on bpffs (default /sys/fs/bpf/pyxdp, or $PYXDP_PIN_DIR)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def cmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return _Parser(add_help=False)  # built and dropped: cheap
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    def netns(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--netns", metavar="NAME", help="the interface is in network namespace NAME (ip netns)")
+
+    def mode(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--mode", default="auto", help="auto (native, else generic), native or generic")
+        sp.add_argument("--force", action="store_true", help="replace an XDP program that is not ours")
+
+    sp = cmd("attach", cmd_attach, "load the filter (once) and attach it to an interface")
+    sp.add_argument("iface")
+    mode(sp)
+    netns(sp)
+    sp.add_argument("--capacity", type=_positive, help="prefix entries per family when state is created "
+                    "(default 1048576; memory is used only for entries present)")
+    sp.add_argument("--reload", action="store_true", help="load the program afresh (after an upgrade)")
+
+    sp = cmd("detach", cmd_detach, "detach the filter from an interface (the last one removes the state)")
+    sp.add_argument("iface")
+    netns(sp)
+    sp.add_argument("--keep", action="store_true", help="keep the state even when no interface is left")
+
+    sp = cmd("status", cmd_status, "attached interfaces, policy and capacity")
+    sp.add_argument("--json", action="store_true")
+
+    for name in ("allow", "deny"):
+        sp = cmd(name, cmd_add, f"{name} traffic: 'from PREFIX [PREFIX...]' or 'PORT[/tcp|udp] ...'")
+        sp.add_argument("words", nargs="*", metavar="WORD")
+        sp.add_argument("--ttl", help="expire after SECONDS (or 10m, 2h, 1d)")
+        sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
+        sp.add_argument("-q", "--quiet", action="store_true")
+
+    sp = cmd("delete", cmd_delete, "delete entries: '[allow|deny] from PREFIX...' or '[allow|deny] PORT/PROTO'")
+    sp.add_argument("words", nargs="+", metavar="WORD")
+
+    sp = cmd("list", cmd_list, "entries with hit counts and time left")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("policy", cmd_policy, "show or set the default policy for unmatched packets: pass or drop")
+    sp.add_argument("policy", nargs="?")
+
+    sp = cmd("stats", cmd_stats, "packets and bytes per verdict and reason")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("trace", cmd_trace, "one line per packet with its verdict (sampled)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--count", type=int, help="exit after N events")
+    sp.add_argument("--sample", type=_positive, default=1, help="trace one packet in N (default 1)")
+
+    sp = cmd("replay", cmd_replay, "what the loaded filter does to each packet of a pcap file")
+    sp.add_argument("file", help="a pcap file ('-': stdin)")
+    sp.add_argument("--json", action="store_true")
+
+    cmd("sweep", cmd_sweep, "remove expired entries (the datapath ignores them already)")
+
+    sp = cmd("load", cmd_load, "attach any precompiled XDP object (e.g. examples/packets.bpf.o)")
+    sp.add_argument("object")
+    sp.add_argument("iface")
+    sp.add_argument("--program", help="program name in the object (default: the first)")
+    mode(sp)
+    netns(sp)
+
+    sp = cmd("unload", cmd_unload, "detach the XDP program that 'load' attached")
+    sp.add_argument("iface")
+    netns(sp)
+
+    sp = cmd("printk", cmd_printk, "stream bpf_printk output (trace_pipe; mounts tracefs when missing)")
+    sp.add_argument("--count", type=int, help="exit after N lines")
+    return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        word = _command_word(argv)
+        if word is not None and ("-h" in argv or "--help" in argv):
+            word = None
+        args = build_parser(word).parse_args(argv)
+        return int(args.func(args))
+    except _Usage as exc:
+        return _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line
+        from .errors import UsageError
+
+        if isinstance(exc, UsageError):
+            return _fail(str(exc), 2)
+        if isinstance(exc, PermissionError) and not getattr(exc, "what", None):
+            return _fail(str(exc) if "root" in str(exc) else f"permission denied: {exc}", 1)
+        if os.environ.get("PYXDP_DEBUG"):
+            raise
+        return _fail(_describe(exc), 1)
+
+
+def _describe(exc: BaseException) -> str:
+    from .errors import PyxdpError, VerifierError
+
+    if isinstance(exc, VerifierError):
+        import tempfile
+
+        path = os.path.join(tempfile.gettempdir(), "pyxdp-verifier.log")
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(exc.log)
+            return f"{exc} (verifier log: {path})"
+        except OSError:
+            return str(exc)
+    if isinstance(exc, PyxdpError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
