@@ -292,7 +292,7 @@ static __always_inline int parse_l4(void *data, void *end, struct pkt *p, __u64 
 			return R_MALFORMED;
 		p->sport = ic[0];
 		p->dport = ic[1];
-		if (p->proto == IPPROTO_ICMPV6 && ic[0] >= 133 && ic[0] <= 137)
+		if (p->proto == IPPROTO_ICMPV6 && p->family == 6 && ic[0] >= 133 && ic[0] <= 137)
 			p->is_nd = 1;
 	}
 	return -1;

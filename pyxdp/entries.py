@@ -169,6 +169,12 @@ class _Tokens:
 KEYWORDS = ("from", "to", "port", "proto")
 
 
+def _is_port(word: str) -> bool:
+    """``22``, ``22/tcp``: a port spec, not an address."""
+    num, _, proto = word.partition("/")
+    return num.isdigit() and (not proto or proto.isalpha())
+
+
 def parse_entry_words(words: list[str]) -> list[Target]:
     """The words after ``allow``/``deny``/``delete ACTION`` -> targets."""
     toks = _Tokens(words)
@@ -185,7 +191,7 @@ def parse_entry_words(words: list[str]) -> list[Target]:
             if first == "any":
                 continue
             sources.append(parse_prefix(first))
-            while toks.peek() is not None and toks.peek() not in KEYWORDS:
+            while toks.peek() is not None and toks.peek() not in KEYWORDS and not _is_port(toks.peek() or ""):
                 sources.append(parse_prefix(toks.take("an address")))
         elif word == "to":
             dst = toks.take("a destination after 'to'")
@@ -193,7 +199,7 @@ def parse_entry_words(words: list[str]) -> list[Target]:
                 raise UsageError(f"destination {dst!r}: only 'to any' is supported by simple entries")
         elif word == "port":
             dst_port = parse_port_number(toks.take("a port after 'port'"))
-        elif word[:1].isdigit() and ("/" in word or word.isdigit()):
+        elif _is_port(word):
             ports.extend(parse_port(word))
         else:
             raise UsageError(

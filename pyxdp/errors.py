@@ -74,6 +74,13 @@ class NotLoaded(PyxdpError, FileNotFoundError):
 class AttachError(PyxdpError, OSError):
     """Netlink refused to attach or detach (the extended ack is in the text)."""
 
+    def __init__(self, err: int, msg: str) -> None:
+        OSError.__init__(self, err, msg)
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
 
 class LibbpfMissing(PyxdpError, ImportError):
     """libbpf.so.1 could not be loaded."""

@@ -220,6 +220,7 @@ class Filter:
         self.pin_dir = pin_dir
         self._maps = maps
         self._lock = lock
+        self.created = False  # this handle made the state: a failure removes it again
 
     # ---- opening and state --------------------------------------------------
 
@@ -237,12 +238,12 @@ class Filter:
             raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
         lk = _DirLock(pin_dir) if lock or create else None
         try:
-            if create:
-                _create_maps(pin_dir, capacity)
+            created = _create_maps(pin_dir, capacity) if create else False
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
             flt = cls(pin_dir, {}, lk)
+            flt.created = created
             if create and capacity is not None and flt.capacity != capacity:
                 have = flt.capacity
                 flt.close()
@@ -270,7 +271,9 @@ class Filter:
     def __enter__(self) -> Filter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and self.created and self._lock is not None:
+            self.remove_state()  # nothing half-made stays behind
         self.close()
 
     def map(self, name: str) -> Map:
@@ -605,27 +608,13 @@ class Filter:
 
     def replay(self, packets: Iterable[bytes]) -> Iterator[ReplayResult]:
         """Run each packet through BPF_PROG_TEST_RUN on a private instance of
-        the filter that shares this state's rules (its own counters and trace
-        ring, live hit counters untouched)."""
-        with _open_object(self.pin_dir, None) as obj:
-            obj.private_map("stats")
-            obj.private_map("events")
-            obj.set_rodata(L.U32.pack(1) + L.U32.pack(0))  # knobs: trace_all=1, count_hits=0
-            obj.load()
-            with obj.program("xdp_filter") as prog, obj.map("events") as ring:
-                got: list[bytes] = []
-                with RingBuffer(ring, got.append) as rb:
-                    for i, pkt in enumerate(packets, 1):
-                        if len(pkt) < 14:
-                            yield ReplayResult(i, len(pkt), Verdict.DROP, Reason.MALFORMED, None, XDP_SHORT)
-                            continue
-                        res = prog.test_run(pkt)
-                        got.clear()
-                        rb.poll(0)
-                        ev = Event.decode(got[-1]) if got else None
-                        verdict = Verdict.DROP if res.retval == L.XDP_DROP else Verdict.PASS
-                        reason = ev.reason if ev else Reason.POLICY
-                        yield ReplayResult(i, len(pkt), verdict, reason, ev, res.retval)
+        the filter that shares this state's rules (see :class:`Tester`)."""
+        with self.tester() as t:
+            for i, pkt in enumerate(packets, 1):
+                yield t.run(pkt, i)
+
+    def tester(self) -> Tester:
+        return Tester(self.pin_dir)
 
 
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
@@ -648,6 +637,51 @@ class ReplayResult(NamedTuple):
         d["verdict"] = self.verdict.label
         d["reason"] = self.reason.label
         return d
+
+
+class Tester:
+    """A private instance of the filter program for BPF_PROG_TEST_RUN: it
+    reads this state's rules and policy, but has its own counters and trace
+    ring, traces every packet (so each result has its reason) and leaves the
+    live hit counters alone. Needs no interface attached."""
+
+    def __init__(self, pin_dir: str) -> None:
+        self._obj = _open_object(pin_dir, None)
+        try:
+            self._obj.private_map("stats")
+            self._obj.private_map("events")
+            self._obj.set_rodata(L.U32.pack(1) + L.U32.pack(0))  # knobs: trace_all=1, count_hits=0
+            self._obj.load()
+            self.program = self._obj.program("xdp_filter")
+            self._ring = self._obj.map("events")
+            self._got: list[bytes] = []
+            self._rb = RingBuffer(self._ring, self._got.append)
+        except BaseException:
+            self._obj.close()
+            raise
+
+    def run(self, pkt: bytes, index: int = 0) -> ReplayResult:
+        if len(pkt) < 14:  # the kernel refuses to run XDP on less than an Ethernet header
+            return ReplayResult(index, len(pkt), Verdict.DROP, Reason.MALFORMED, None, XDP_SHORT)
+        res = self.program.test_run(pkt)
+        self._got.clear()
+        self._rb.poll(0)
+        ev = Event.decode(self._got[-1]) if self._got else None
+        verdict = Verdict.DROP if res.retval == L.XDP_DROP else Verdict.PASS
+        reason = ev.reason if ev else Reason.POLICY
+        return ReplayResult(index, len(pkt), verdict, reason, ev, res.retval)
+
+    def close(self) -> None:
+        self._rb.close()
+        self._ring.close()
+        self.program.close()
+        self._obj.close()
+
+    def __enter__(self) -> Tester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Tracer:
@@ -840,12 +874,14 @@ def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
     return obj
 
 
-def _create_maps(pin_dir: str, capacity: int | None) -> None:
+def _create_maps(pin_dir: str, capacity: int | None) -> bool:
+    """Create and pin the maps that are missing; True if any was."""
     if all(os.path.exists(os.path.join(pin_dir, n)) for n in PINNED_MAPS):
-        return
+        return False
     with _open_object(pin_dir, capacity or DEFAULT_CAPACITY) as obj:
         obj.no_programs()
         obj.load()
+    return True
 
 
 def remove_empty_state(pin_dir: str) -> None:

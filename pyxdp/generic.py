@@ -4,6 +4,7 @@ scenario (print "got a packet" for every packet on lo) without a compiler."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ def trace_pipe(root: str = TRACEFS) -> Iterator[str]:
         res = subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True, text=True,
                              check=False)
         if res.returncode != 0 or not os.path.exists(pipe):
-            raise AttachError(f"cannot mount tracefs at {root}: {res.stderr.strip() or 'no trace_pipe'}")
+            raise AttachError(errno.ENODEV, f"cannot mount tracefs at {root}: {res.stderr.strip() or 'no trace_pipe'}")
     with open(pipe, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             yield line.rstrip("\n")

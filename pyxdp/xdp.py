@@ -68,7 +68,7 @@ def _iproute_class() -> Any:
 
         spec = importlib.util.find_spec("pyroute2")
         if spec is None or spec.submodule_search_locations is None:
-            raise AttachError("pyroute2 is not installed (pip install 'pyroute2>=0.9.1')")
+            raise AttachError(errno.ENOPKG, "pyroute2 is not installed (pip install 'pyroute2>=0.9.1')")
         pkg = types.ModuleType("pyroute2")
         pkg.__path__ = list(spec.submodule_search_locations)
         pkg.__spec__ = spec

@@ -1,0 +1,219 @@
+"""Verdicts of the kernel program on crafted packets, through
+BPF_PROG_TEST_RUN (no interface involved)."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any
+
+import packets as P
+import pytest
+from conftest import needs_root
+from model import Rules, decide
+
+from pyxdp import Action, Reason, Verdict
+from pyxdp.entries import Port, parse_prefix
+
+pytestmark = needs_root
+
+
+def check(tester: Any, pkt: bytes, verdict: Verdict, reason: Reason) -> None:
+    r = tester.run(pkt)
+    assert (r.verdict, r.reason) == (verdict, reason)
+
+
+def test_empty_filter_passes_everything(tester: Any) -> None:
+    check(tester, P.udp4("192.0.2.1"), Verdict.PASS, Reason.POLICY)
+    check(tester, P.tcp6("2001:db8::1", 22), Verdict.PASS, Reason.POLICY)
+
+
+def test_source_prefix_and_longer_exception(flt: Any, tester: Any) -> None:
+    flt.deny("203.0.113.0/24")
+    flt.allow("203.0.113.7")
+    check(tester, P.udp4("203.0.113.5"), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.udp4("203.0.113.7"), Verdict.PASS, Reason.SRC_ALLOW)
+    check(tester, P.udp4("203.0.112.255"), Verdict.PASS, Reason.POLICY)
+    r = tester.run(P.udp4("203.0.113.5"))
+    assert r.event is not None and r.event.plen == 24 and r.event.src == "203.0.113.5"
+
+
+def test_ipv6_prefixes(flt: Any, tester: Any) -> None:
+    flt.deny("2001:db8::/32")
+    flt.allow("2001:db8:1::/48")
+    flt.deny("2001:db8:1:2::/64")
+    check(tester, P.udp6("2001:db8:5::1"), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.udp6("2001:db8:1:1::1"), Verdict.PASS, Reason.SRC_ALLOW)
+    check(tester, P.udp6("2001:db8:1:2::1"), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.udp6("2001:db9::1"), Verdict.PASS, Reason.POLICY)
+
+
+def test_ports_after_prefixes(flt: Any, tester: Any) -> None:
+    flt.deny("53/udp")
+    flt.allow("22/tcp")
+    flt.allow("198.51.100.0/24")
+    check(tester, P.udp4("192.0.2.1", 53), Verdict.DROP, Reason.PORT_DENY)
+    check(tester, P.tcp4("192.0.2.1", 53), Verdict.PASS, Reason.POLICY)  # tcp/53 is not udp/53
+    check(tester, P.udp4("198.51.100.9", 53), Verdict.PASS, Reason.SRC_ALLOW)  # source decides first
+    flt.set_policy(Verdict.DROP)
+    check(tester, P.tcp4("192.0.2.1", 22), Verdict.PASS, Reason.PORT_ALLOW)
+    check(tester, P.tcp4("192.0.2.1", 23), Verdict.DROP, Reason.POLICY)
+    check(tester, P.udp6("2001:db8::1", 53), Verdict.DROP, Reason.PORT_DENY)
+
+
+def test_vlan_and_stacked_vlan(flt: Any, tester: Any) -> None:
+    flt.deny("192.0.2.0/24")
+    inner = P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53))
+    for tags in [((P.VLAN_Q, 10),), ((P.VLAN_AD, 100), (P.VLAN_Q, 10)), ((P.VLAN_Q, 1),) * 4]:
+        check(tester, P.eth(P.ETH_IP, inner, tags), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.eth(P.ETH_IP, inner, ((P.VLAN_Q, 1),) * 5), Verdict.DROP, Reason.TOO_DEEP)
+    truncated = P.eth(P.ETH_IP, b"", ((P.VLAN_Q, 1),))[:16]
+    check(tester, truncated, Verdict.DROP, Reason.MALFORMED)
+
+
+def test_ipv4_options_use_ihl(flt: Any, tester: Any) -> None:
+    flt.deny("53/udp")
+    opts = b"\x01" * 40  # 40 bytes of NOP options: IHL 15
+    check(tester, P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53), options=opts)),
+          Verdict.DROP, Reason.PORT_DENY)
+    # were the options ignored, the "port" would be read from option bytes
+    check(tester, P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 54), options=opts)),
+          Verdict.PASS, Reason.POLICY)
+    check(tester, P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53), ihl=4)),
+          Verdict.DROP, Reason.MALFORMED)
+    check(tester, P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53), version=6)),
+          Verdict.DROP, Reason.MALFORMED)
+
+
+def test_ipv6_extension_headers(flt: Any, tester: Any) -> None:
+    flt.deny("53/udp")
+    chain = P.ext_opts(P.ROUTING) + P.ext_opts(P.AH, 1) + P.ext_ah(P.UDP, 4)
+    pkt = P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.HOPOPTS, chain + P.udp(1, 53)))
+    check(tester, pkt, Verdict.DROP, Reason.PORT_DENY)
+    deep = b"".join(P.ext_opts(P.DSTOPTS) for _ in range(8)) + P.udp(1, 53)
+    check(tester, P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.DSTOPTS, deep)),
+          Verdict.DROP, Reason.TOO_DEEP)
+    cut = P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.HOPOPTS, P.ext_opts(P.UDP, 2)[:12]))
+    check(tester, cut, Verdict.DROP, Reason.MALFORMED)
+    none = P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.NONXT, b""))
+    check(tester, none, Verdict.PASS, Reason.POLICY)
+
+
+def test_fragments_never_match_ports_on_later_fragments(flt: Any, tester: Any) -> None:
+    flt.deny("53/udp")
+    first = P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53), more_frags=True))
+    later = P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.UDP, P.udp(1, 53), frag_off=3))
+    check(tester, first, Verdict.DROP, Reason.PORT_DENY)
+    check(tester, later, Verdict.PASS, Reason.FRAGMENT)  # the bytes that look like port 53 are payload
+    f6_first = P.ext_frag(P.UDP, 0, more=True) + P.udp(1, 53)
+    f6_later = P.ext_frag(P.UDP, 5) + P.udp(1, 53)
+    check(tester, P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.FRAGMENT, f6_first)),
+          Verdict.DROP, Reason.PORT_DENY)
+    check(tester, P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "2001:db8::2", P.FRAGMENT, f6_later)),
+          Verdict.PASS, Reason.FRAGMENT)
+    flt.deny("192.0.2.0/24")  # sources still match on later fragments
+    check(tester, later, Verdict.DROP, Reason.SRC_DENY)
+    flt.set_policy(Verdict.DROP)
+    check(tester, P.eth(P.ETH_IP, P.ipv4("198.51.100.1", "10.0.0.1", P.UDP, P.udp(1, 80), frag_off=9)),
+          Verdict.DROP, Reason.FRAGMENT)
+
+
+@pytest.mark.parametrize("cut", [13, 14, 20, 33, 34 + 7, 34 + 19])
+def test_truncated_headers(flt: Any, tester: Any, cut: int) -> None:
+    pkt = P.tcp4("192.0.2.1", 22)[:cut]
+    want = decide(pkt, Rules())
+    assert want[1] == Reason.MALFORMED
+    check(tester, pkt, *want)
+
+
+def test_arp_and_nd_survive_drop_policy(flt: Any, tester: Any) -> None:
+    flt.set_policy(Verdict.DROP)
+    check(tester, P.eth(P.ETH_ARP, P.arp()), Verdict.PASS, Reason.ARP)
+    for icmp_type in (133, 134, 135, 136, 137):
+        nd = P.eth(P.ETH_IPV6, P.ipv6("fe80::1", "ff02::1", P.ICMPV6, P.icmp(icmp_type)))
+        check(tester, nd, Verdict.PASS, Reason.ND)
+    echo = P.eth(P.ETH_IPV6, P.ipv6("fe80::1", "ff02::1", P.ICMPV6, P.icmp(128)))
+    check(tester, echo, Verdict.DROP, Reason.POLICY)
+    check(tester, P.udp4("192.0.2.1"), Verdict.DROP, Reason.POLICY)
+    # an IPv4 packet claiming protocol 58 is not neighbour discovery
+    fake = P.eth(P.ETH_IP, P.ipv4("192.0.2.1", "10.0.0.1", P.ICMPV6, P.icmp(135)))
+    check(tester, fake, Verdict.DROP, Reason.POLICY)
+
+
+def test_ttl_expiry_falls_back_to_shorter_prefix(flt: Any, tester: Any) -> None:
+    flt.deny("198.51.100.0/24")
+    flt.allow("198.51.100.7", ttl=1)
+    check(tester, P.udp4("198.51.100.7"), Verdict.PASS, Reason.SRC_ALLOW)
+    time.sleep(1.1)
+    check(tester, P.udp4("198.51.100.7"), Verdict.DROP, Reason.SRC_DENY)
+    assert [s.expires_in <= 0 for s in flt.entries() if s.expires_in is not None] == [True]
+    assert flt.sweep() == 1
+    assert [str(s.target) for s in flt.entries()] == ["198.51.100.0/24"]
+
+
+def test_expired_entry_written_in_the_past_is_ignored(flt: Any, tester: Any) -> None:
+    from pyxdp import layout as L
+    from pyxdp.filter import _prefix_key, monotonic_ns
+
+    flt.deny("192.0.2.0/24")
+    key = _prefix_key(parse_prefix("192.0.2.0/24"))
+    flt.map("src4").update(key, L.ENTRY.pack(monotonic_ns() - 10**9, 0, Action.DENY, 0))
+    check(tester, P.udp4("192.0.2.1"), Verdict.PASS, Reason.POLICY)
+
+
+def test_hits_are_counted_and_test_runs_do_not_count(flt: Any, tester: Any) -> None:
+    flt.deny("192.0.2.0/24")
+    flt.deny("53/udp")
+    for _ in range(3):
+        tester.run(P.udp4("192.0.2.1"))
+    assert {str(s.target): s.hits for s in flt.entries()} == {"192.0.2.0/24": 0, "53/udp": 0}
+    with flt.program() as prog:
+        for _ in range(3):
+            prog.test_run(P.udp4("192.0.2.1"))
+        prog.test_run(P.udp4("10.9.9.9", 53))
+    assert {str(s.target): s.hits for s in flt.entries()} == {"192.0.2.0/24": 3, "53/udp": 1}
+    st = flt.stats()
+    assert st.get(Verdict.DROP, Reason.SRC_DENY).packets == 3
+    assert st.get(Verdict.DROP, Reason.PORT_DENY).packets == 1
+    assert st.get(Verdict.DROP, Reason.SRC_DENY).bytes == 3 * 60
+
+
+def test_delete_and_all_or_nothing(flt: Any, tester: Any) -> None:
+    from pyxdp.errors import UsageError
+
+    flt.deny("192.0.2.0/24", "198.51.100.0/24")
+    with pytest.raises(UsageError, match="no entry for 203.0.113.0/24"):
+        flt.delete([parse_prefix("192.0.2.0/24"), parse_prefix("203.0.113.0/24")])
+    assert len(flt.entries()) == 2
+    with pytest.raises(UsageError, match="is an deny entry, not allow|is a deny entry"):
+        flt.delete([parse_prefix("192.0.2.0/24")], Action.ALLOW)
+    flt.delete([parse_prefix("192.0.2.0/24")], Action.DENY)
+    check(tester, P.udp4("192.0.2.1"), Verdict.PASS, Reason.POLICY)
+    assert flt.config().lens4 == (24,)
+    flt.delete([parse_prefix("198.51.100.0/24"), Port("udp", 53)] if False else [parse_prefix("198.51.100.0/24")])
+    assert flt.config().lens4 == ()
+
+
+def test_capacity_full_changes_nothing(pin_dir: str) -> None:
+    from pyxdp import Filter
+    from pyxdp.errors import MapFull
+
+    with Filter.open(pin_dir, create=True, capacity=4) as f:
+        f.deny("10.0.0.1", "10.0.0.2")
+        with pytest.raises(MapFull, match="full"):
+            f.deny("10.0.1.1", "10.0.1.2", "10.0.1.3")
+        assert sorted(str(s.target) for s in f.entries()) == ["10.0.0.1/32", "10.0.0.2/32"]
+        f.deny("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")  # replacing existing ones fits
+        assert len(f.entries()) == 4
+
+
+def test_bulk_insert_uses_batches(flt: Any, tester: Any) -> None:
+    from pyxdp.entries import Entry
+
+    entries = [Entry(parse_prefix(f"10.{i >> 8}.{i & 255}.0/24"), Action.DENY) for i in range(20000)]
+    assert flt.add(entries) == 20000
+    assert flt.add(entries[:300]) == 300  # re-adding existing ones keeps the count right
+    assert sum(1 for _ in flt.map("src4").keys_fast()) == 20000
+    check(tester, P.udp4("10.77.32.9"), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.udp4("11.0.0.1"), Verdict.PASS, Reason.POLICY)
+    assert struct.unpack("=Q", flt.map("lens_count").lookup(struct.pack("=I", 24)))[0] == 20000
