@@ -232,8 +232,9 @@ class Filter:
         :meth:`close` (take it for any change)."""
         _check_root()
         pin_dir = os.path.abspath(pin_dir)
+        made_dir = False
         if create:
-            _prepare_dir(pin_dir)
+            made_dir = _prepare_dir(pin_dir)
         elif not os.path.exists(os.path.join(pin_dir, "cfg")):
             raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
         lk = _DirLock(pin_dir) if lock or create else None
@@ -258,6 +259,8 @@ class Filter:
         except BaseException:
             if lk is not None:
                 lk.release()
+            if made_dir:
+                _remove_pins(pin_dir)
             raise
 
     def close(self) -> None:
@@ -591,18 +594,10 @@ class Filter:
     def remove_state(self) -> None:
         """Unpin everything and remove the pin directory."""
         self._require_lock()
-        for name in (*PINNED_MAPS, PROG_PIN):
-            try:
-                os.unlink(os.path.join(self.pin_dir, name))
-            except FileNotFoundError:
-                pass
         for m in self._maps.values():
             m.close()
         self._maps = {}
-        try:
-            os.rmdir(self.pin_dir)
-        except OSError:
-            pass
+        _remove_pins(self.pin_dir)
 
     # ---- replay ---------------------------------------------------------------
 
@@ -838,8 +833,20 @@ def _prog_name(prog_id: int) -> str:
         return "unknown"
 
 
-def _prepare_dir(pin_dir: str) -> None:
-    """Make the pin directory (mode 0700) on a mounted bpffs."""
+def _remove_pins(pin_dir: str) -> None:
+    for name in (*PINNED_MAPS, PROG_PIN):
+        try:
+            os.unlink(os.path.join(pin_dir, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(pin_dir)
+    except OSError:
+        pass
+
+
+def _prepare_dir(pin_dir: str) -> bool:
+    """Make the pin directory (mode 0700) on a mounted bpffs; True if made now."""
     if pin_dir == BPFFS or pin_dir.startswith(BPFFS + "/"):
         ensure_bpffs(BPFFS)
     parent = os.path.dirname(pin_dir)
@@ -847,11 +854,13 @@ def _prepare_dir(pin_dir: str) -> None:
         raise UsageError(f"pin dir parent {parent} does not exist")
     if not is_bpffs(parent):
         raise UsageError(f"pin dir {pin_dir} is not on a bpffs (mount -t bpf bpf {parent})")
+    made = True
     try:
         os.mkdir(pin_dir, 0o700)
     except FileExistsError:
-        pass
+        made = False
     os.chmod(pin_dir, 0o700)
+    return made
 
 
 def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
@@ -884,9 +893,3 @@ def _create_maps(pin_dir: str, capacity: int | None) -> bool:
     return True
 
 
-def remove_empty_state(pin_dir: str) -> None:
-    """Remove ``pin_dir`` if it holds nothing."""
-    try:
-        os.rmdir(pin_dir)
-    except OSError:
-        pass
