@@ -32,15 +32,72 @@ _EXPORTS = {
     "load_object": "generic", "unload": "generic",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Action",
+    "AttachError",
+    "Attachment",
+    "BpfError",
+    "BpfObject",
+    "Config",
+    "DEFAULT_PIN_DIR",
+    "Entry",
+    "EntryState",
+    "Event",
+    "Filter",
+    "IncompatibleMap",
+    "KeyNotFound",
+    "LibbpfMissing",
+    "Map",
+    "MapFull",
+    "NotLoaded",
+    "Port",
+    "Prefix",
+    "Program",
+    "PyxdpError",
+    "Reason",
+    "ReplayResult",
+    "RingBuffer",
+    "StatLine",
+    "Stats",
+    "Tracer",
+    "UsageError",
+    "Verdict",
+    "VerifierError",
+    "XdpMode",
+    "load_object",
+    "parse_port",
+    "parse_prefix",
+    "parse_ttl",
+    "unload",
+]
 
 if TYPE_CHECKING:
     from .bpf import BpfObject, Map, Program, RingBuffer
     from .entries import Entry, Port, Prefix, parse_port, parse_prefix, parse_ttl
-    from .errors import (AttachError, BpfError, IncompatibleMap, KeyNotFound, LibbpfMissing, MapFull,
-                         NotLoaded, PyxdpError, UsageError, VerifierError)
-    from .filter import (DEFAULT_PIN_DIR, Attachment, Config, EntryState, Event, Filter, ReplayResult,
-                         StatLine, Stats, Tracer)
+    from .errors import (
+        AttachError,
+        BpfError,
+        IncompatibleMap,
+        KeyNotFound,
+        LibbpfMissing,
+        MapFull,
+        NotLoaded,
+        PyxdpError,
+        UsageError,
+        VerifierError,
+    )
+    from .filter import (
+        DEFAULT_PIN_DIR,
+        Attachment,
+        Config,
+        EntryState,
+        Event,
+        Filter,
+        ReplayResult,
+        StatLine,
+        Stats,
+        Tracer,
+    )
     from .generic import load_object, unload
     from .layout import Action, Reason, Verdict
     from .xdp import XdpMode

@@ -9,7 +9,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from .errors import BpfError, IncompatibleMap, UsageError, VerifierError, bpf_error
 from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
@@ -87,7 +87,7 @@ def is_bpffs(path: str | os.PathLike[str]) -> bool:
         st = _Statfs()
         if libc.statfs(os.fsencode(os.fspath(path)), ctypes.byref(st)) != 0:
             return False
-        return (st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+        return bool((st.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC)
     except OSError:
         return False
 

@@ -226,7 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else:
                 ev = r.event
                 desc = str(ev).split(None, 2)[2] if ev else f"{r.length} bytes"
-                print(f"{r.index:6} {r.verdict.label:4} {r.reason.label:10} {desc}")
+                print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:10} {desc}")
     total = sum(counts.values())
     if args.json:
         _emit({"summary": True, "packets": total, "pass": counts.get("pass", 0), "drop": counts.get("drop", 0)})

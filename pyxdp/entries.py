@@ -48,7 +48,8 @@ class Port(NamedTuple):
         return f"{self.port}/{self.proto}"
 
     @property
-    def index(self) -> int:
+    def slot(self) -> int:
+        """Index in the datapath's ports array."""
         return PORT_BASE[self.proto] + self.port
 
     @property

@@ -13,11 +13,11 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 from . import layout as L
-from .bpf import BPF_EXIST, BPF_NOEXIST, BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
+from .bpf import BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
 from .entries import MASKS4, MASKS6, Entry, Port, Prefix, Target
 from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
@@ -86,7 +86,8 @@ class StatLine(NamedTuple):
     bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict.label, "reason": self.reason.label, "packets": self.packets, "bytes": self.bytes}
+        return {"verdict": self.verdict.label, "reason": self.reason.label, "packets": self.packets,
+                "bytes": self.bytes}
 
 
 class Stats(NamedTuple):
@@ -375,7 +376,7 @@ class Filter:
             if isinstance(t, Prefix):
                 by_map["src4" if t.family == 4 else "src6"][_prefix_key(t)] = value
             else:
-                ports[L.U32.pack(t.index)] = value
+                ports[L.U32.pack(t.slot)] = value
         done: list[tuple[Map, list[bytes], dict[bytes, bytes]]] = []
         counts = self._len_counts() if any(by_map.values()) else []
         try:
@@ -441,7 +442,7 @@ class Filter:
     def _locate(self, t: Target) -> tuple[Map, bytes]:
         if isinstance(t, Prefix):
             return self.map("src4" if t.family == 4 else "src6"), _prefix_key(t)
-        return self.map("ports"), L.U32.pack(t.index)
+        return self.map("ports"), L.U32.pack(t.slot)
 
     def entries(self) -> list[EntryState]:
         """Every entry with its hits and time left, prefixes first."""
@@ -464,7 +465,6 @@ class Filter:
     def sweep(self) -> int:
         """Remove expired entries (the datapath already ignores them)."""
         self._require_lock()
-        now = monotonic_ns()
         expired = [s.target for s in self.entries() if s.expires_in is not None and s.expires_in <= 0]
         return self.delete(expired) if expired else 0
 
@@ -616,7 +616,7 @@ XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run
 
 
 class ReplayResult(NamedTuple):
-    index: int
+    number: int
     length: int
     verdict: Verdict
     reason: Reason
@@ -624,7 +624,7 @@ class ReplayResult(NamedTuple):
     retval: int
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"packet": self.index, "len": self.length}
+        d: dict[str, Any] = {"packet": self.number, "len": self.length}
         if self.event:
             d.update(self.event.to_dict())
             for k in ("ts_ns", "ifindex", "len"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import IO
 
 from .errors import UsageError
 
@@ -18,7 +18,7 @@ _MAGICS = {
 }
 
 
-def read_pcap(stream: BinaryIO, name: str = "pcap") -> Iterator[bytes]:
+def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
     """Yield each packet's captured bytes."""
     head = stream.read(24)
     if len(head) < 24:
@@ -49,7 +49,7 @@ def read_pcap(stream: BinaryIO, name: str = "pcap") -> Iterator[bytes]:
         yield data
 
 
-def write_pcap(stream: BinaryIO, packets: Iterable[bytes]) -> None:
+def write_pcap(stream: IO[bytes], packets: Iterable[bytes]) -> None:
     stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_ETHERNET))
     for i, pkt in enumerate(packets):
         stream.write(struct.pack("<IIII", i, 0, len(pkt), len(pkt)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import sys
 from enum import Enum
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from .errors import AttachError, UsageError
 

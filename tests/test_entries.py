@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from pyxdp.entries import (Entry, Port, Prefix, parse_action, parse_entry_words, parse_port, parse_prefix,
-                           parse_ttl, read_prefix_lines)
+from pyxdp.entries import (
+    Entry,
+    Port,
+    Prefix,
+    parse_action,
+    parse_entry_words,
+    parse_port,
+    parse_prefix,
+    parse_ttl,
+    read_prefix_lines,
+)
 from pyxdp.errors import UsageError
 from pyxdp.filter import Config
 from pyxdp.layout import CONFIG_SIZE, Action, Verdict
@@ -61,7 +70,7 @@ def test_prefix_key_is_masked_network_order() -> None:
 def test_ports() -> None:
     assert parse_port("22/tcp") == [Port("tcp", 22)]
     assert parse_port("53") == [Port("tcp", 53), Port("udp", 53)]
-    assert Port("udp", 53).index == 65536 + 53
+    assert Port("udp", 53).slot == 65536 + 53
     for bad in ("0/tcp", "65536/udp", "22/sctp", "x/tcp", "-1"):
         with pytest.raises(UsageError):
             parse_port(bad)

@@ -129,7 +129,8 @@ def load(flt: Any, rules: Rules) -> None:
     flt.set_policy(rules.policy)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(rules=rule_sets(), pkts=st.lists(frames(), min_size=1, max_size=15))
 def test_kernel_matches_model(bench: tuple[Any, Any], rules: Rules, pkts: list[bytes]) -> None:
     flt, tester = bench
