@@ -225,7 +225,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 _emit(r.to_dict())
             else:
                 ev = r.event
-                desc = str(ev).split(None, 2)[2] if ev else f"{r.length} bytes"
+                desc = ev.flow if ev else f"{r.length} bytes"
                 print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:10} {desc}")
     total = sum(counts.values())
     if args.json:

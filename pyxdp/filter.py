@@ -162,12 +162,17 @@ class Event(NamedTuple):
             "ts_ns": self.ts_ns,
         }
 
-    def __str__(self) -> str:
+    @property
+    def flow(self) -> str:
+        """``udp 192.0.2.1 -> 198.51.100.1 40000 -> 53``"""
         where = f"{self.src} -> {self.dst}" if self.family else "-"
         ports = f" {self.sport} -> {self.dport}" if self.proto in (6, 17) else ""
         if self.proto in (1, 58):
             ports = f" type {self.sport} code {self.dport}"
-        return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.proto_name} {where}{ports}"
+        return f"{self.proto_name} {where}{ports}"
+
+    def __str__(self) -> str:
+        return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.flow}"
 
 
 class Attachment(NamedTuple):

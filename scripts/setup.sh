@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what pyxdp needs on a fresh Debian 12 machine and builds .venv.
+#   scripts/setup.sh          runtime only: the package and its two Python deps
+#   scripts/setup.sh --test   also clang-19, bpftool, libbpf-dev and the test tools
+# Run as root (apt-get). Idempotent: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=(libbpf1 iproute2)
+if [[ "${1:-}" == "--test" ]]; then
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux)
+fi
+python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+if [[ "${1:-}" == "--test" ]]; then
+  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check '.[test]' >/dev/null
+else
+  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check . >/dev/null
+fi
+echo "setup: .venv ready ($(.venv/bin/python --version), pyxdp-load at .venv/bin/pyxdp-load)"
