@@ -11,7 +11,7 @@ libbpf (libbpf.so.1) loads it through cffi."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from ._record import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .bpf import BpfObject, Map, Program, RingBuffer
     from .entries import Entry, Port, Prefix, parse_port, parse_prefix, parse_ttl
     from .errors import (

@@ -9,10 +9,13 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import Any, NamedTuple
 
+from ._record import TYPE_CHECKING, Record
 from .errors import BpfError, IncompatibleMap, UsageError, VerifierError, bpf_error
 from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
+
+if TYPE_CHECKING:
+    from typing import Any
 
 BPFFS = "/sys/fs/bpf"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -40,7 +43,7 @@ class MapType(IntEnum):
         return self in (MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH)
 
 
-class MapSpec(NamedTuple):
+class MapSpec(Record):
     """What the kernel knows of a map's shape."""
 
     type: int
@@ -285,7 +288,7 @@ class Map(_Fd):
         check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin map {self.name} at {path}")
 
 
-class TestRun(NamedTuple):
+class TestRun(Record):
     """Result of BPF_PROG_TEST_RUN: the program's return value, the kernel's
     average time per repetition in ns, and the packet as the program left it."""
 
@@ -294,7 +297,7 @@ class TestRun(NamedTuple):
     data_out: bytes
 
 
-class ProgInfo(NamedTuple):
+class ProgInfo(Record):
     type: int
     id: int
     tag: str

@@ -7,11 +7,14 @@ per ban) loads neither pyroute2 nor anything it does not use."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, Any, NoReturn
+
+from ._record import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import IO, Any, NoReturn
 
 PROG = "pyxdp-load"
 
@@ -20,7 +23,27 @@ class _Usage(Exception):
     """Bad command line (exit 2)."""
 
 
+class _Unused:
+    """Stands in for the subparsers a call does not name."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter asks shutil for the terminal width on every
+    argument added (importing shutil costs 2 ms); $COLUMNS or 100 will do."""
+
+    def __init__(self, prog: str) -> None:
+        cols = os.environ.get("COLUMNS", "")
+        super().__init__(prog, width=int(cols) - 2 if cols.isdigit() and int(cols) > 40 else 98)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise _Usage(message)
 
@@ -38,6 +61,8 @@ def _open(args: argparse.Namespace, create: bool = False, lock: bool = True) -> 
 
 
 def _emit(obj: Any) -> None:
+    import json
+
     sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
 
 
@@ -298,17 +323,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def cmd(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+    def cmd(name: str, func: Any, help: str) -> Any:
         if only is not None and name != only:
-            return _Parser(add_help=False)  # built and dropped: cheap
+            return _Unused()
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
         return sp
 
-    def netns(sp: argparse.ArgumentParser) -> None:
+    def netns(sp: Any) -> None:
         sp.add_argument("--netns", metavar="NAME", help="the interface is in network namespace NAME (ip netns)")
 
-    def mode(sp: argparse.ArgumentParser) -> None:
+    def mode(sp: Any) -> None:
         sp.add_argument("--mode", default="auto", help="auto (native, else generic), native or generic")
         sp.add_argument("--force", action="store_true", help="replace an XDP program that is not ours")
 

@@ -10,17 +10,24 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import time
+
+# _socket, not socket: socket.py builds its enums at import (3 ms a CLI call)
+from _socket import AF_INET, AF_INET6, inet_ntop
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
 
 from . import layout as L
+from ._record import TYPE_CHECKING, Record
 from .bpf import BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
-from .entries import MASKS4, MASKS6, Entry, Port, Prefix, Target
+from .entries import MASKS4, MASKS6, Entry, Port, Prefix
 from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .entries import Target
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
@@ -34,7 +41,7 @@ def monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
-class Config(NamedTuple):
+class Config(Record):
     """The knobs that change while running."""
 
     policy: Verdict = Verdict.PASS
@@ -60,7 +67,7 @@ class Config(NamedTuple):
         return cls(Verdict(policy & 1), every, lens4, lens6)
 
 
-class EntryState(NamedTuple):
+class EntryState(Record):
     """An entry as the maps hold it now."""
 
     target: Target
@@ -79,7 +86,7 @@ class EntryState(NamedTuple):
         return d
 
 
-class StatLine(NamedTuple):
+class StatLine(Record):
     verdict: Verdict
     reason: Reason
     packets: int
@@ -90,7 +97,7 @@ class StatLine(NamedTuple):
                 "bytes": self.bytes}
 
 
-class Stats(NamedTuple):
+class Stats(Record):
     lines: tuple[StatLine, ...]
     lost_events: int
 
@@ -107,7 +114,7 @@ class Stats(NamedTuple):
 _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
-class Event(NamedTuple):
+class Event(Record):
     """One traced packet, as the datapath decided it."""
 
     ts_ns: int
@@ -131,9 +138,9 @@ class Event(NamedTuple):
         (ts, ifindex, plen_b, verdict, reason, family, proto, sport, dport, src, dst, plen, vlans, frag, _pad,
          ethertype, _pad2) = L.EVENT.unpack_from(raw)
         if family == 4:
-            s, d = socket.inet_ntop(socket.AF_INET, src[:4]), socket.inet_ntop(socket.AF_INET, dst[:4])
+            s, d = inet_ntop(AF_INET, src[:4]), inet_ntop(AF_INET, dst[:4])
         elif family == 6:
-            s, d = socket.inet_ntop(socket.AF_INET6, src), socket.inet_ntop(socket.AF_INET6, dst)
+            s, d = inet_ntop(AF_INET6, src), inet_ntop(AF_INET6, dst)
         else:
             s = d = ""
         return cls(ts, ifindex, plen_b, Verdict(verdict), Reason(reason), family, proto, sport, dport, s, d,
@@ -175,7 +182,7 @@ class Event(NamedTuple):
         return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.flow}"
 
 
-class Attachment(NamedTuple):
+class Attachment(Record):
     ifname: str
     ifindex: int
     netns: str | None
@@ -239,7 +246,7 @@ class Filter:
         _check_root()
         pin_dir = os.path.abspath(pin_dir)
         made_dir = False
-        if create:
+        if create and not os.path.exists(os.path.join(pin_dir, "cfg")):
             made_dir = _prepare_dir(pin_dir)
         elif not os.path.exists(os.path.join(pin_dir, "cfg")):
             raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
@@ -453,7 +460,7 @@ class Filter:
         """Every entry with its hits and time left, prefixes first."""
         now = monotonic_ns()
         out: list[EntryState] = []
-        for name, fam, af in (("src4", 4, socket.AF_INET), ("src6", 6, socket.AF_INET6)):
+        for name, fam, af in (("src4", 4, AF_INET), ("src6", 6, AF_INET6)):
             kst = L.KEY4 if fam == 4 else L.KEY6
             for k, v in self.map(name).items():
                 plen, addr = kst.unpack(k)
@@ -620,7 +627,7 @@ class Filter:
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
 
 
-class ReplayResult(NamedTuple):
+class ReplayResult(Record):
     number: int
     length: int
     verdict: Verdict

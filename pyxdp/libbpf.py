@@ -5,10 +5,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from ._libbpf_ffi import ffi
+from ._record import TYPE_CHECKING
 from .errors import LibbpfMissing, bpf_error
+
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ffi", "lib", "check", "check_ptr", "num_possible_cpus"]
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from typing import IO
 
+from ._record import TYPE_CHECKING
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from typing import IO
 
 LINKTYPE_ETHERNET = 1
 _MAGICS = {

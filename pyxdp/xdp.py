@@ -7,9 +7,12 @@ from __future__ import annotations
 import errno
 import sys
 from enum import Enum
-from typing import Any, NamedTuple
 
+from ._record import TYPE_CHECKING, Record
 from .errors import AttachError, UsageError
+
+if TYPE_CHECKING:
+    from typing import Any
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -50,7 +53,7 @@ class XdpMode(Enum):
             raise UsageError(f"bad mode {text!r}: auto, native, generic or offload") from None
 
 
-class XdpState(NamedTuple):
+class XdpState(Record):
     """What an interface runs: program id (0 for none) and mode."""
 
     ifname: str
