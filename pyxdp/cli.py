@@ -54,10 +54,11 @@ def _pin_dir(args: argparse.Namespace) -> str:
     return str(args.pin_dir or os.environ.get("PYXDP_PIN_DIR") or DEFAULT_PIN_DIR)
 
 
-def _open(args: argparse.Namespace, create: bool = False, lock: bool = True) -> Any:
+def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, with_program: bool = False) -> Any:
     from .filter import Filter
 
-    return Filter.open(_pin_dir(args), create=create, lock=lock, capacity=getattr(args, "capacity", None))
+    return Filter.open(_pin_dir(args), create=create, lock=lock, capacity=getattr(args, "capacity", None),
+                       with_program=with_program)
 
 
 def _emit(obj: Any) -> None:
@@ -70,10 +71,12 @@ def _emit(obj: Any) -> None:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .xdp import XdpMode
+    from .xdp import XdpMode, preload
 
     mode = XdpMode.parse(args.mode)
-    with _open(args, create=True) as flt:
+    loading = preload()  # pyroute2's import overlaps the verifier
+    with _open(args, create=True, with_program=True) as flt:
+        loading.join()
         a = flt.attach(args.iface, mode=mode, netns=args.netns, force=args.force, reload=args.reload)
     where = f" (netns {a.netns})" if a.netns else ""
     print(f"attached to {a.ifname}{where}: {a.mode} mode, program id {a.prog_id}")

@@ -239,10 +239,12 @@ class Filter:
 
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
-             capacity: int | None = None) -> Filter:
+             capacity: int | None = None, with_program: bool = False) -> Filter:
         """Open the state in ``pin_dir``. ``create`` makes it when missing
         (mounting bpffs if needed); ``lock`` holds the directory's lock until
-        :meth:`close` (take it for any change)."""
+        :meth:`close` (take it for any change). ``with_program``: when the
+        state is made now, load and pin the program in the same object load
+        (what attach wants; one load instead of two)."""
         _check_root()
         pin_dir = os.path.abspath(pin_dir)
         made_dir = False
@@ -252,7 +254,7 @@ class Filter:
             raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
         lk = _DirLock(pin_dir) if lock or create else None
         try:
-            created = _create_maps(pin_dir, capacity) if create else False
+            created = _create_maps(pin_dir, capacity, with_program) if create else False
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
@@ -514,11 +516,7 @@ class Filter:
         with _open_object(self.pin_dir, None) as obj:
             obj.load()
             prog = obj.program("xdp_filter")
-        tmp = path + "_new"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        prog.pin(tmp)
-        os.replace(tmp, path)
+        _pin_program(prog, self.pin_dir)
         return prog
 
     def attach(self, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
@@ -530,7 +528,7 @@ class Filter:
         self._require_lock()
         mode = mode or XdpMode.AUTO
         with Netlink(netns) as nl:
-            st = nl.state(ifname)  # validates the interface before anything loads
+            st = nl.state(ifname)
             prog = self.program(reload=reload)
             try:
                 rec = self._ifaces().get((netns, st.ifindex))
@@ -895,13 +893,28 @@ def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
     return obj
 
 
-def _create_maps(pin_dir: str, capacity: int | None) -> bool:
-    """Create and pin the maps that are missing; True if any was."""
+def _pin_program(prog: Program, pin_dir: str) -> None:
+    """Pin ``prog`` as the state's program, replacing the old pin in one step."""
+    path = os.path.join(pin_dir, PROG_PIN)
+    tmp = path + "_new"  # bpffs refuses names with dots
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    prog.pin(tmp)
+    os.replace(tmp, path)
+
+
+def _create_maps(pin_dir: str, capacity: int | None, with_program: bool = False) -> bool:
+    """Create and pin the maps that are missing (and the program, with
+    ``with_program``); True if any map was."""
     if all(os.path.exists(os.path.join(pin_dir, n)) for n in PINNED_MAPS):
         return False
     with _open_object(pin_dir, capacity or DEFAULT_CAPACITY) as obj:
-        obj.no_programs()
+        if not with_program:
+            obj.no_programs()
         obj.load()
+        if with_program:
+            with obj.program("xdp_filter") as prog:
+                _pin_program(prog, pin_dir)
     return True
 
 

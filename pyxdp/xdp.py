@@ -82,6 +82,23 @@ def _iproute_class() -> Any:
     return IPRoute
 
 
+def preload() -> Any:
+    """Import pyroute2 in a background thread and return the thread: the
+    import (tens of ms) then overlaps a program load, which spends its time
+    in the kernel's verifier with the GIL released. Join it before use."""
+    import threading
+
+    def _load() -> None:
+        try:
+            _iproute_class()
+        except Exception:  # noqa: BLE001 - Netlink() raises it again, in the caller's thread
+            pass
+
+    t = threading.Thread(target=_load, name="pyxdp-preload", daemon=True)
+    t.start()
+    return t
+
+
 class Netlink:
     """An rtnetlink socket, in the host's namespace or in ``netns`` (a name
     from ``ip netns``). Use as a context manager."""
