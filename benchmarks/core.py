@@ -246,7 +246,8 @@ def environment() -> str:
     return "\n".join([
         f"- date: {time.strftime('%Y-%m-%d')}; host: {socket.gethostname()}",
         f"- kernel {platform.release()}; {os.cpu_count()} CPUs: {cpu}",
-        f"- libbpf {libbpf}; {out(['clang-19', '--version'])}; {out(['xdp-filter', '--version'])}",
+        f"- libbpf {libbpf}; {out(['clang-19', '--version'])}; "
+        f"xdp-tools {out(['dpkg-query', '-W', '-f', '${Version}', 'xdp-tools'])}",
         f"- Python {platform.python_version()}",
     ])
 

@@ -2,13 +2,18 @@
 # Installs what pyxdp needs on a fresh Debian 12 machine and builds .venv.
 #   scripts/setup.sh          runtime only: the package and its two Python deps
 #   scripts/setup.sh --test   also clang-19, bpftool, libbpf-dev and the test tools
+#   scripts/setup.sh --bench  --test, plus the peers measured against (xdp-tools)
 # Run as root (apt-get). Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(libbpf1 iproute2)
-if [[ "${1:-}" == "--test" ]]; then
+mode=${1:-}
+if [[ $mode == --test || $mode == --bench ]]; then
   want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux)
+fi
+if [[ $mode == --bench ]]; then
+  want+=(xdp-tools)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 
@@ -24,7 +29,7 @@ fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-if [[ "${1:-}" == "--test" ]]; then
+if [[ $mode == --test || $mode == --bench ]]; then
   .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
   .venv/bin/pip install -q --disable-pip-version-check '.[test]' >/dev/null
 else
