@@ -8,11 +8,9 @@
  * malformed or too deeply nested headers are dropped. Every decision is
  * counted per reason; tracing sends sampled events to a ring buffer.
  *
- * Prefix index: one hash map per family keyed by (prefix length, masked
- * address). The lengths in use are listed, longest first, in the config;
- * the datapath probes them in order and the first live hit is the longest
- * match. The cost is one hash probe per distinct prefix length in use down
- * to the match, independent of the number of entries.
+ * Prefix index: per family, a hash keyed by (prefix length, masked address)
+ * for the few most-populated lengths, and an LPM trie for the others; see
+ * match4. The cost does not grow with the number of entries.
  *
  * The struct layouts below are mirrored in pyxdp/layout.py; a test checks the
  * mirror against this object's BTF.
@@ -46,12 +44,8 @@
 #define MAX_EXTHDR 8     /* IPv6 extension headers walked */
 #define MAX_L3_OFF (14 + 4 * MAX_VLAN)
 #define MAX_L4_OFF 1024  /* deeper L4 headers are "too deep" */
-#ifndef LENS4_SLOTS
-#define LENS4_SLOTS 36   /* >= 33 possible IPv4 prefix lengths */
-#endif
-#ifndef LENS6_SLOTS
-#define LENS6_SLOTS 132  /* >= 129 possible IPv6 prefix lengths */
-#endif
+#define LENS4_SLOTS 8    /* hashed IPv4 prefix lengths: 4, plus room while one moves */
+#define LENS6_SLOTS 8
 
 enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
 
@@ -75,7 +69,7 @@ struct entry {
 	__u64 expires;   /* CLOCK_MONOTONIC ns (read coarse here); 0 = never */
 	__u64 hits;
 	__u32 action;    /* enum action */
-	__u32 flags;
+	__u32 plen;      /* the entry's prefix length (an LPM lookup does not say it) */
 };
 
 struct key4 {
@@ -105,7 +99,9 @@ struct config {
 	__u32 trace_every; /* 0: tracing off; N: one event per N packets (random) */
 	__u32 n4;          /* number of entries used in lens4 */
 	__u32 n6;
-	struct len4 lens4[LENS4_SLOTS]; /* IPv4 prefix lengths in use, longest first */
+	__u32 trie4;       /* 1: lpm4 holds entries (of lengths not in lens4) */
+	__u32 trie6;
+	struct len4 lens4[LENS4_SLOTS]; /* hashed IPv4 prefix lengths, longest first */
 	struct len6 lens6[LENS6_SLOTS];
 };
 
@@ -198,6 +194,25 @@ struct {
 	__type(value, struct entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } src6 SEC(".maps");
+
+/* Prefixes of the lengths that are not hashed (see match4). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key4);
+	__type(value, struct entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lpm4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key6);
+	__type(value, struct entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lpm6 SEC(".maps");
 
 /* index: 0..65535 tcp destination port, 65536..131071 udp */
 struct {
@@ -437,16 +452,43 @@ static __always_inline int hit(struct entry *e, __u32 plen)
 	return (int)((e->action << 8) | plen);
 }
 
+/*
+ * The longest live prefix holding the source. The few most-populated prefix
+ * lengths (the control plane picks at most four) live in a hash per family,
+ * keyed by (length, masked address); all other lengths live in an LPM trie.
+ * One trie lookup (only when the trie holds anything) gives the best trie
+ * match; then the hashed lengths longer than it are probed, longest first.
+ * An expired trie entry sends the lookup on to shorter prefixes.
+ */
 static __always_inline int match4(__u32 cfg_idx, __u32 saddr)
 {
 	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
+	struct entry *trie = NULL;
+	int trie_len = -1;
 	struct key4 k;
 	__u64 now = 0;
 
 	if (!c)
 		return -1;
+	if (c->trie4) {
+		k.plen = 32;
+		k.addr = saddr;
+		for (int i = 0; i < 33; i++) {
+			struct entry *e = bpf_map_lookup_elem(&lpm4, &k);
+			if (!e)
+				break;
+			if (live(e, &now)) {
+				trie = e;
+				trie_len = e->plen;
+				break;
+			}
+			if (!e->plen)
+				break;
+			k.plen = e->plen - 1;
+		}
+	}
 	for (__u32 i = 0; i < LENS4_SLOTS; i++) {
-		if (i >= c->n4)
+		if (i >= c->n4 || (int)c->lens4[i].plen <= trie_len)
 			break;
 		k.plen = c->lens4[i].plen;
 		k.addr = saddr & c->lens4[i].mask;
@@ -454,20 +496,42 @@ static __always_inline int match4(__u32 cfg_idx, __u32 saddr)
 		if (e && live(e, &now))
 			return hit(e, k.plen);
 	}
-	return -1;
+	return trie ? hit(trie, trie_len & 0xff) : -1;
 }
 
 static __always_inline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
 {
 	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
+	struct entry *trie = NULL;
+	int trie_len = -1;
 	struct key6 k;
 	__u32 *kw = (__u32 *)k.addr;
 	__u64 now = 0;
 
 	if (!c)
 		return -1;
+	if (c->trie6) {
+		k.plen = 128;
+		kw[0] = a0;
+		kw[1] = a1;
+		kw[2] = a2;
+		kw[3] = a3;
+		for (int i = 0; i < 129; i++) {
+			struct entry *e = bpf_map_lookup_elem(&lpm6, &k);
+			if (!e)
+				break;
+			if (live(e, &now)) {
+				trie = e;
+				trie_len = e->plen;
+				break;
+			}
+			if (!e->plen)
+				break;
+			k.plen = e->plen - 1;
+		}
+	}
 	for (__u32 i = 0; i < LENS6_SLOTS; i++) {
-		if (i >= c->n6)
+		if (i >= c->n6 || (int)c->lens6[i].plen <= trie_len)
 			break;
 		struct len6 *l = &c->lens6[i];
 		k.plen = l->plen;
@@ -479,7 +543,7 @@ static __always_inline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, _
 		if (e && live(e, &now))
 			return hit(e, k.plen);
 	}
-	return -1;
+	return trie ? hit(trie, trie_len & 0xff) : -1;
 }
 
 static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p, __u8 *plen,

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from . import layout as L
 from ._record import TYPE_CHECKING, Record
-from .bpf import BPFFS, BpfObject, Map, Program, RingBuffer, ensure_bpffs, is_bpffs
+from .bpf import BPFFS, BpfObject, Map, MapType, Program, RingBuffer, ensure_bpffs, is_bpffs
 from .entries import MASKS4, MASKS6, Entry, Port, Prefix
 from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
-PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "ports", "stats", "events", "ifaces", "lens_count")
+PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats", "events", "ifaces", "lens_count")
+PREFIX_MAPS = ("src4", "src6", "lpm4", "lpm6")
+# family -> (hash map, trie map, first lens_count slot, longest prefix)
+_FAMILIES = {4: ("src4", "lpm4", 0, 32), 6: ("src6", "lpm6", 33, 128)}
 PROG_PIN = "prog"
 DEFAULT_CAPACITY = 1 << 20
 
@@ -42,15 +45,20 @@ def monotonic_ns() -> int:
 
 
 class Config(Record):
-    """The knobs that change while running."""
+    """The knobs that change while running, and the prefix index's layout:
+    which prefix lengths are hashed (longest first) and whether the LPM
+    tries hold entries."""
 
     policy: Verdict = Verdict.PASS
     trace_every: int = 0
     lens4: tuple[int, ...] = ()
     lens6: tuple[int, ...] = ()
+    trie4: bool = False
+    trie6: bool = False
 
     def encode(self) -> bytes:
-        out = [L.CONFIG_HEAD.pack(self.policy, self.trace_every, len(self.lens4), len(self.lens6))]
+        out = [L.CONFIG_HEAD.pack(self.policy, self.trace_every, len(self.lens4), len(self.lens6),
+                                  int(self.trie4), int(self.trie6))]
         out += [L.LEN4.pack(n, MASKS4[n]) for n in self.lens4]
         out.append(b"\0" * (L.LEN4.size * (L.LENS4_SLOTS - len(self.lens4))))
         out += [L.LEN6.pack(n, MASKS6[n]) for n in self.lens6]
@@ -59,12 +67,21 @@ class Config(Record):
 
     @classmethod
     def decode(cls, raw: bytes) -> Config:
-        policy, every, n4, n6 = L.CONFIG_HEAD.unpack_from(raw)
+        policy, every, n4, n6, trie4, trie6 = L.CONFIG_HEAD.unpack_from(raw)
         off4 = L.CONFIG_HEAD.size
         off6 = off4 + L.LEN4.size * L.LENS4_SLOTS
         lens4 = tuple(L.LEN4.unpack_from(raw, off4 + i * L.LEN4.size)[0] for i in range(min(n4, L.LENS4_SLOTS)))
         lens6 = tuple(L.LEN6.unpack_from(raw, off6 + i * L.LEN6.size)[0] for i in range(min(n6, L.LENS6_SLOTS)))
-        return cls(Verdict(policy & 1), every, lens4, lens6)
+        return cls(Verdict(policy & 1), every, lens4, lens6, bool(trie4), bool(trie6))
+
+    def hashed(self, family: int) -> tuple[int, ...]:
+        return self.lens4 if family == 4 else self.lens6
+
+    def with_index(self, family: int, hashed: Iterable[int], trie: bool) -> Config:
+        lens = tuple(sorted(set(hashed), reverse=True))
+        if family == 4:
+            return self._replace(lens4=lens, trie4=trie)
+        return self._replace(lens6=lens, trie6=trie)
 
 
 class EntryState(Record):
@@ -335,14 +352,14 @@ class Filter:
     def set_policy(self, policy: Verdict) -> None:
         self._require_lock()
         cur = self.config()
-        self._write_config(Config(policy, cur.trace_every, cur.lens4, cur.lens6))
+        self._write_config(cur._replace(policy=policy))
 
     def set_trace(self, every: int) -> None:
         """Trace one packet in ``every`` (0 turns tracing off)."""
         if every < 0:
             raise UsageError("trace sampling must be 0 (off) or a positive number")
         cur = self.config()
-        self._write_config(Config(cur.policy, every, cur.lens4, cur.lens6))
+        self._write_config(cur._replace(trace_every=every))
 
     def _len_counts(self) -> list[int]:
         counts = [0] * (33 + 129)
@@ -350,9 +367,10 @@ class Filter:
             counts[L.U32.unpack(k)[0]] = int.from_bytes(v[:8], "little")
         return counts
 
-    def _apply_counts(self, delta: Counter[int]) -> None:
-        """Add ``delta`` (slot -> change) to the per-length counts and rebuild
-        the probe lists in the config."""
+    def _apply_counts(self, delta: Counter[int], hashed: dict[int, list[int]] | None = None) -> None:
+        """Add ``delta`` (slot -> change) to the per-length counts, write the
+        index layout (``hashed`` overrides the hashed lengths of a family),
+        then rebalance."""
         counts = self._len_counts()
         m = self.map("lens_count")
         for slot, d in delta.items():
@@ -360,10 +378,50 @@ class Filter:
                 counts[slot] = max(0, counts[slot] + d)
                 m.update(L.U32.pack(slot), counts[slot].to_bytes(8, "little"))
         cur = self.config()
-        lens4 = tuple(n for n in range(32, -1, -1) if counts[n])
-        lens6 = tuple(n for n in range(128, -1, -1) if counts[33 + n])
-        if (lens4, lens6) != (cur.lens4, cur.lens6):
-            self._write_config(Config(cur.policy, cur.trace_every, lens4, lens6))
+        cfg = cur
+        for fam, (_h, _t, base, maxlen) in _FAMILIES.items():
+            lens = [n for n in (hashed or {}).get(fam, cfg.hashed(fam)) if counts[base + n]]
+            trie = any(counts[base + n] for n in range(maxlen + 1) if n not in lens)
+            cfg = cfg.with_index(fam, lens, trie)
+        if cfg != cur:
+            self._write_config(cfg)
+        self._rebalance(counts)
+
+    def _rebalance(self, counts: list[int]) -> None:
+        """Keep the most-populated prefix lengths hashed: fill free hash slots
+        from the trie, and swap a trie length in when it holds more than twice
+        the entries of the smallest hashed one (the margin stops flapping)."""
+        for fam, (_h, _t, base, maxlen) in _FAMILIES.items():
+            while True:
+                hashed = list(self.config().hashed(fam))
+                in_trie = {n: counts[base + n] for n in range(maxlen + 1) if counts[base + n] and n not in hashed}
+                if not in_trie:
+                    break
+                best = max(in_trie, key=lambda n: (in_trie[n], n))
+                if len(hashed) < L.HASHED_MAX:
+                    self._move(fam, best, to_hash=True, counts=counts)
+                    continue
+                worst = min(hashed, key=lambda n: (counts[base + n], -n))
+                if in_trie[best] <= 2 * counts[base + worst]:
+                    break
+                self._move(fam, worst, to_hash=False, counts=counts)
+                self._move(fam, best, to_hash=True, counts=counts)
+
+    def _move(self, fam: int, plen: int, to_hash: bool, counts: list[int]) -> None:
+        """Move every entry of one prefix length between the hash and the trie.
+        Copy, switch the config, then delete: a packet finds each entry in one
+        place or the other throughout (hits counted during the move may be
+        lost)."""
+        hname, tname, base, maxlen = _FAMILIES[fam]
+        src, dst = (self.map(tname), self.map(hname)) if to_hash else (self.map(hname), self.map(tname))
+        items = [(k, v) for k, v in src.items() if int.from_bytes(k[:4], "little") == plen]
+        keys = [k for k, _v in items]
+        _write_all(dst, keys, [v for _k, v in items])
+        cfg = self.config()
+        hashed = [n for n in cfg.hashed(fam) if n != plen] + ([plen] if to_hash else [])
+        trie = any(counts[base + n] for n in range(maxlen + 1) if n not in hashed)
+        self._write_config(cfg.with_index(fam, hashed, trie))
+        _delete_all(src, keys)
 
     # ---- entries --------------------------------------------------------------
 
@@ -377,7 +435,7 @@ class Filter:
         """Add or replace entries, all or nothing. Returns how many."""
         self._require_lock()
         now = monotonic_ns()
-        by_map: dict[str, dict[bytes, bytes]] = {"src4": {}, "src6": {}}
+        prefixes: dict[int, dict[bytes, bytes]] = {4: {}, 6: {}}
         ports: dict[bytes, bytes] = {}
         n = 0
         for e in entries:
@@ -385,21 +443,38 @@ class Filter:
             if e.action not in (Action.ALLOW, Action.DENY):
                 raise UsageError(f"entry {e.target}: action must be allow or deny")
             expires = now + e.ttl * 1_000_000_000 if e.ttl else 0
-            value = L.ENTRY.pack(expires, 0, e.action, 0)
             t = e.target
             if isinstance(t, Prefix):
-                by_map["src4" if t.family == 4 else "src6"][_prefix_key(t)] = value
+                prefixes[t.family][_prefix_key(t)] = L.ENTRY.pack(expires, 0, e.action, t.plen)
             else:
-                ports[L.U32.pack(t.slot)] = value
+                ports[L.U32.pack(t.slot)] = L.ENTRY.pack(expires, 0, e.action, 0)
         done: list[tuple[Map, list[bytes], dict[bytes, bytes]]] = []
-        counts = self._len_counts() if any(by_map.values()) else []
+        hashed: dict[int, list[int]] = {}
+        delta: Counter[int] = Counter()
         try:
-            for name, items in by_map.items():
-                if items:
-                    m = self.map(name)
-                    held = sum(counts[:33]) if name == "src4" else sum(counts[33:])
-                    new, old = _insert(m, items, held)
-                    done.append((m, new, old))
+            if prefixes[4] or prefixes[6]:
+                counts = self._len_counts()
+                cfg = self.config()
+                for fam, items in prefixes.items():
+                    if not items:
+                        continue
+                    hname, tname, base, maxlen = _FAMILIES[fam]
+                    lens = list(cfg.hashed(fam))
+                    held_hash = sum(counts[base + n] for n in lens)
+                    held_trie = sum(counts[base : base + maxlen + 1]) - held_hash
+                    for plen in sorted({_key_plen(k) for k in items}, reverse=True):
+                        if plen not in lens and not counts[base + plen] and len(lens) < L.HASHED_MAX:
+                            lens.append(plen)  # a new length takes a free hash slot
+                    hashed[fam] = lens
+                    in_hash = set(lens)
+                    parts = ((hname, held_hash, True), (tname, held_trie, False))
+                    for name, held, want_hashed in parts:
+                        part = {k: v for k, v in items.items() if (_key_plen(k) in in_hash) == want_hashed}
+                        if part:
+                            m = self.map(name)
+                            new, old = _insert(m, part, held)
+                            done.append((m, new, old))
+                            delta.update(base + _key_plen(k) for k in new)
             if ports:
                 m = self.map("ports")
                 old_ports = {k: m[k] for k in ports}
@@ -410,23 +485,19 @@ class Filter:
             for m, new, old in reversed(done):
                 _rollback(m, new, old)
             raise
-        delta: Counter[int] = Counter()
-        for m, new, _old in done:
-            if m.name in ("src4", "src6"):
-                base = 0 if m.name == "src4" else 33
-                delta.update(base + int.from_bytes(k[:4], "little") for k in new)
-        if delta:
-            self._apply_counts(delta)
+        if delta or hashed:
+            self._apply_counts(delta, hashed)
         return n
 
     def delete(self, targets: Iterable[Target], action: Action = Action.NONE) -> int:
         """Delete entries, all or nothing: every target must exist (and have
         ``action``, unless it is NONE). Returns how many."""
         self._require_lock()
+        cfg = self.config()
         plan: list[tuple[Map, bytes, bytes]] = []
         for t in targets:
-            m, key = self._locate(t)
-            raw = m.lookup(key)
+            m, key = self._locate(t, cfg)
+            raw = _exact(m, key)
             cur = L.ENTRY.unpack(raw)[2] if raw else Action.NONE
             if cur == Action.NONE:
                 raise UsageError(f"no entry for {t}")
@@ -442,8 +513,7 @@ class Filter:
                     m.update(key, L.ENTRY.pack(0, 0, 0, 0))
                 else:
                     m.delete(key)
-                    base = 0 if m.name == "src4" else 33
-                    delta[base + int.from_bytes(key[:4], "little")] -= 1
+                    delta[(0 if m.name in ("src4", "lpm4") else 33) + _key_plen(key)] -= 1
                 gone.append((m, key, raw))
         except BaseException:
             for m, key, raw in reversed(gone):
@@ -453,21 +523,22 @@ class Filter:
             self._apply_counts(delta)
         return len(plan)
 
-    def _locate(self, t: Target) -> tuple[Map, bytes]:
+    def _locate(self, t: Target, cfg: Config) -> tuple[Map, bytes]:
         if isinstance(t, Prefix):
-            return self.map("src4" if t.family == 4 else "src6"), _prefix_key(t)
+            hname, tname, _base, _maxlen = _FAMILIES[t.family]
+            return self.map(hname if t.plen in cfg.hashed(t.family) else tname), _prefix_key(t)
         return self.map("ports"), L.U32.pack(t.slot)
 
     def entries(self) -> list[EntryState]:
         """Every entry with its hits and time left, prefixes first."""
         now = monotonic_ns()
         out: list[EntryState] = []
-        for name, fam, af in (("src4", 4, AF_INET), ("src6", 6, AF_INET6)):
+        for fam, (hname, tname, _base, _maxlen) in _FAMILIES.items():
             kst = L.KEY4 if fam == 4 else L.KEY6
-            for k, v in self.map(name).items():
-                plen, addr = kst.unpack(k)
-                out.append(_state(Prefix(fam, addr, plen), v, now))
-            del af
+            for name in (hname, tname):
+                for k, v in self.map(name).items():
+                    plen, addr = kst.unpack(k)
+                    out.append(_state(Prefix(fam, addr, plen), v, now))
         for k, v in self.map("ports").items():
             if L.ENTRY.unpack_from(v)[2] == Action.NONE:
                 continue
@@ -767,7 +838,7 @@ def _target(t: str | Target) -> Target:
 
 
 def _state(t: Target, raw: bytes, now: int) -> EntryState:
-    expires, hits, action, _flags = L.ENTRY.unpack_from(raw)
+    expires, hits, action, _plen = L.ENTRY.unpack_from(raw)
     left = None if not expires else (expires - now) / 1e9
     return EntryState(t, Action(action), hits, left)
 
@@ -782,7 +853,7 @@ def _existing(m: Map, keys: list[bytes], count: int) -> dict[bytes, bytes]:
     if len(keys) <= 256 or len(keys) * 4 < count:
         found = {}
         for k in keys:
-            v = m.lookup(k)
+            v = _exact(m, k)
             if v is not None:
                 found[k] = v
         return found
@@ -815,6 +886,51 @@ def _insert(m: Map, items: dict[bytes, bytes], count: int) -> tuple[list[bytes],
         _rollback(m, [k for k in new if k in written], {k: v for k, v in old.items() if k in written})
         raise
     return new, old
+
+
+def _key_plen(key: bytes) -> int:
+    return int.from_bytes(key[:4], "little")
+
+
+def _exact(m: Map, key: bytes) -> bytes | None:
+    """The value stored under exactly ``key``. An LPM trie's lookup returns
+    the longest prefix covering the key, so its answer counts only when the
+    entry's own prefix length (kept in the value) is the key's."""
+    v = m.lookup(key)
+    if v is not None and m.type == MapType.LPM_TRIE and L.ENTRY.unpack_from(v)[3] != _key_plen(key):
+        return None
+    return v
+
+
+def _write_all(m: Map, keys: list[bytes], values: list[bytes]) -> None:
+    """Batch writes, one by one where the kernel has no batch op for the map."""
+    for pos in range(0, len(keys), BATCH):
+        ks, vs = keys[pos : pos + BATCH], values[pos : pos + BATCH]
+        try:
+            m.update_batch(b"".join(ks), b"".join(vs))
+        except BpfError as exc:
+            if not _no_batch_support(exc):
+                raise
+            for k, v in zip(ks, vs):
+                m.update(k, v)
+
+
+def _no_batch_support(exc: BpfError) -> bool:
+    """The kernel has no batch op for this map (and so did nothing)."""
+    done: int = getattr(exc, "done", 0)
+    return exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP) and done == 0
+
+
+def _delete_all(m: Map, keys: list[bytes]) -> None:
+    for pos in range(0, len(keys), BATCH):
+        ks = keys[pos : pos + BATCH]
+        try:
+            m.delete_batch(b"".join(ks))
+        except BpfError as exc:
+            if not _no_batch_support(exc):
+                raise
+            for k in ks:
+                m.delete(k)
 
 
 def _rollback(m: Map, new: list[bytes], old: dict[bytes, bytes]) -> None:
@@ -882,10 +998,10 @@ def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
             path = os.path.join(pin_dir, name)
             if os.path.exists(path):
                 with Map.from_pin(path) as pinned:
-                    if name in ("src4", "src6"):
+                    if name in PREFIX_MAPS:
                         obj.set_max_entries(name, pinned.spec.max_entries)
                     obj.check_pinned(name, pinned.spec)
-            elif capacity is not None and name in ("src4", "src6"):
+            elif capacity is not None and name in PREFIX_MAPS:
                 obj.set_max_entries(name, capacity)
     except BaseException:
         obj.close()

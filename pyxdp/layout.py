@@ -42,21 +42,22 @@ class Reason(IntEnum):
 
 N_REASONS = 10
 LOST_SLOT = N_REASONS * 2  # stats slot counting lost trace events
-LENS4_SLOTS = 36
-LENS6_SLOTS = 132
+LENS4_SLOTS = 8  # hashed prefix lengths the config can list
+LENS6_SLOTS = 8
+HASHED_MAX = 4  # lengths the control plane hashes per family; the others go to the LPM trie
 PORT_BASE = {"tcp": 0, "udp": 65536}
 
 # XDP return codes
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
 # name -> (struct format, field names); "=" is native order, no implicit padding
-ENTRY = struct.Struct("=QQII")  # expires, hits, action, flags
+ENTRY = struct.Struct("=QQII")  # expires, hits, action, plen
 KEY4 = struct.Struct("=I4s")  # plen, addr (network order)
 KEY6 = struct.Struct("=I16s")
 COUNTER = struct.Struct("=QQ")  # packets, bytes
 LEN4 = struct.Struct("=I4s")  # plen, mask
 LEN6 = struct.Struct("=I16s")
-CONFIG_HEAD = struct.Struct("=IIII")  # policy, trace_every, n4, n6
+CONFIG_HEAD = struct.Struct("=IIIIII")  # policy, trace_every, n4, n6, trie4, trie6
 CONFIG_SIZE = CONFIG_HEAD.size + LENS4_SLOTS * LEN4.size + LENS6_SLOTS * LEN6.size
 EVENT = struct.Struct("=QIIBBBBHH16s16sBBBBHH")
 IFACE_KEY = struct.Struct("=I60s")
@@ -65,7 +66,7 @@ U32 = struct.Struct("=I")
 
 # struct name in the C source -> (Struct, [(field, size)]) for the BTF check
 BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
-    "entry": [("expires", 8), ("hits", 8), ("action", 4), ("flags", 4)],
+    "entry": [("expires", 8), ("hits", 8), ("action", 4), ("plen", 4)],
     "key4": [("plen", 4), ("addr", 4)],
     "key6": [("plen", 4), ("addr", 16)],
     "counter": [("packets", 8), ("bytes", 8)],
@@ -76,6 +77,8 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
         ("trace_every", 4),
         ("n4", 4),
         ("n6", 4),
+        ("trie4", 4),
+        ("trie6", 4),
         ("lens4", LENS4_SLOTS * LEN4.size),
         ("lens6", LENS6_SLOTS * LEN6.size),
     ],

@@ -124,8 +124,10 @@ def load(flt: Any, rules: Rules) -> None:
     if old:
         flt.delete(old)
     entries = [Entry(t, a) for t, a in [*rules.prefixes.items(), *rules.ports.items()]]
-    if entries:
-        flt.add(entries)
+    half = len(entries) // 2  # two calls: the second one meets entries already placed
+    for part in (entries[:half], entries[half:]):
+        if part:
+            flt.add(part)
     flt.set_policy(rules.policy)
 
 

@@ -217,3 +217,82 @@ def test_bulk_insert_uses_batches(flt: Any, tester: Any) -> None:
     check(tester, P.udp4("10.77.32.9"), Verdict.DROP, Reason.SRC_DENY)
     check(tester, P.udp4("11.0.0.1"), Verdict.PASS, Reason.POLICY)
     assert struct.unpack("=Q", flt.map("lens_count").lookup(struct.pack("=I", 24)))[0] == 20000
+
+
+def test_many_prefix_lengths_use_the_trie_for_the_rare_ones(flt: Any, tester: Any) -> None:
+    from pyxdp.entries import Entry
+
+    # ten lengths; /24 and /32 are the populous ones
+    nets = [f"10.0.0.0/{n}" for n in (8, 9, 10, 11, 12, 13, 14, 15)]
+    flt.add([Entry(parse_prefix(p), Action.ALLOW if i % 2 else Action.DENY) for i, p in enumerate(nets)])
+    flt.add([Entry(parse_prefix(f"10.0.{i}.0/24"), Action.DENY) for i in range(50)])
+    flt.add([Entry(parse_prefix(f"10.0.{i}.7"), Action.ALLOW) for i in range(40)])
+    cfg = flt.config()
+    assert cfg.lens4[:2] == (32, 24) and len(cfg.lens4) == 4 and cfg.trie4
+    model = Rules(prefixes={s.target: s.action for s in flt.entries()})
+    for src in ["10.0.3.7", "10.0.3.8", "10.0.200.1", "10.1.0.1", "10.64.0.1", "10.128.0.1", "11.0.0.1",
+                "10.0.49.7", "10.0.45.9", "10.3.0.0", "10.7.255.255"]:
+        check(tester, P.udp4(src), *decide(P.udp4(src), model))
+    assert len(flt.entries()) == 8 + 50 + 40
+
+
+def test_rebalance_moves_the_populous_length_into_the_hash(flt: Any, tester: Any) -> None:
+    from pyxdp.entries import Entry
+
+    flt.deny("10.0.0.0/8", "10.0.0.0/12", "10.0.0.0/16", "10.0.0.0/20")  # fill the four hash slots
+    assert flt.config().lens4 == (20, 16, 12, 8) and not flt.config().trie4
+    flt.add([Entry(parse_prefix(f"10.0.{i}.0/24"), Action.ALLOW) for i in range(3)])  # goes to the trie
+    assert 24 in flt.config().lens4 and flt.config().trie4  # 3 > 2 * 1: swapped in at once
+    assert len([n for n in flt.config().lens4]) == 4
+    check(tester, P.udp4("10.0.1.1"), Verdict.PASS, Reason.SRC_ALLOW)
+    check(tester, P.udp4("10.0.16.1"), Verdict.DROP, Reason.SRC_DENY)
+    check(tester, P.udp4("10.200.0.1"), Verdict.DROP, Reason.SRC_DENY)
+    # deleting every /24 frees the slot and the trie length comes back into the hash
+    flt.delete([parse_prefix(f"10.0.{i}.0/24") for i in range(3)])
+    assert flt.config().lens4 == (20, 16, 12, 8) and not flt.config().trie4
+    assert flt.map("lpm4").lookup(_key("10.0.0.0/8")) is None
+    check(tester, P.udp4("10.0.1.1"), Verdict.DROP, Reason.SRC_DENY)
+    r = tester.run(P.udp4("10.0.1.1"))
+    assert r.event is not None and r.event.plen == 20
+
+
+def _key(prefix: str) -> bytes:
+    from pyxdp.filter import _prefix_key
+
+    return _prefix_key(parse_prefix(prefix))
+
+
+def test_expired_trie_entry_falls_back_to_shorter(flt: Any, tester: Any) -> None:
+    from pyxdp import layout as L
+    from pyxdp.filter import monotonic_ns
+
+    for n in (8, 10, 12, 14, 16, 18):  # six lengths: two end up in the trie
+        flt.deny(f"172.16.0.0/{n}" if n >= 12 else f"172.0.0.0/{n}")
+    cfg = flt.config()
+    in_trie = [n for n in (8, 10, 12, 14, 16, 18) if n not in cfg.lens4]
+    assert len(in_trie) == 2 and cfg.trie4
+    longest_trie = max(in_trie)
+    prefix = f"172.16.0.0/{longest_trie}" if longest_trie >= 12 else f"172.0.0.0/{longest_trie}"
+    flt.allow(prefix)  # replace it with an allow entry ...
+    check(tester, P.udp4("172.16.0.1"), *decide(P.udp4("172.16.0.1"), Rules(
+        prefixes={s.target: s.action for s in flt.entries()})))
+    raw = flt.map("lpm4").lookup(_key(prefix))
+    assert raw is not None
+    _e, hits, act, plen = L.ENTRY.unpack(raw)
+    flt.map("lpm4").update(_key(prefix), L.ENTRY.pack(monotonic_ns() - 10**9, hits, act, plen))  # ... expired
+    live = {s.target: s.action for s in flt.entries() if s.expires_in is None}
+    for src in ("172.16.0.1", "172.31.0.1", "172.1.0.1", "172.200.0.1"):
+        check(tester, P.udp4(src), *decide(P.udp4(src), Rules(prefixes=live)))
+
+
+def test_ipv6_trie_and_hash_agree_with_the_model(flt: Any, tester: Any) -> None:
+    from pyxdp.entries import Entry
+
+    nets = ["2001:db8::/32", "2001:db8::/40", "2001:db8::/48", "2001:db8::/56", "2001:db8::/64",
+            "2001:db8::/96", "2001:db8::/120", "2001:db8::1/128", "::/0"]
+    flt.add([Entry(parse_prefix(p), Action.DENY if i % 2 else Action.ALLOW) for i, p in enumerate(nets)])
+    assert flt.config().trie6 and len(flt.config().lens6) == 4
+    model = Rules(prefixes={s.target: s.action for s in flt.entries()})
+    for src in ["2001:db8::1", "2001:db8::2", "2001:db8::100", "2001:db8:0:0:1::", "2001:db8:0:1::",
+                "2001:db8:0:100::", "2001:db8:1::", "2001:db9::", "fe80::1"]:
+        check(tester, P.udp6(src), *decide(P.udp6(src), model))
