@@ -34,7 +34,7 @@ import packets as P  # noqa: E402
 
 from pyxdp import Entry, Filter  # noqa: E402
 from pyxdp.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.entries import Prefix, parse_prefix  # noqa: E402
+from pyxdp.entries import Prefix  # noqa: E402
 from pyxdp.layout import Action  # noqa: E402
 from pyxdp.libbpf import num_possible_cpus  # noqa: E402
 
@@ -65,6 +65,19 @@ def table_addresses() -> list[int]:
     for i in range(N_PREFIXES):
         out.append((10 << 24) | ((i >> 7) << 16) | ((i & 127) * 2 << 8))
     return out
+
+
+def other_lengths() -> list[Entry]:
+    """10,000 prefixes spread over 24 lengths other than /24, inside
+    172.16.0.0/12 and 100.64.0.0/10 (away from the /24 table and the probes)."""
+    out = []
+    lengths = [n for n in range(8, 33) if n != 24]
+    for i in range(10_000):
+        plen = lengths[i % len(lengths)]
+        base = (172 << 24) | (16 << 16) if i % 2 else (100 << 24) | (64 << 16)
+        addr = (base + i * 4099 * (1 << max(0, 32 - plen - 4))) & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF)
+        out.append(Entry(Prefix(4, struct.pack("!I", addr), plen), Action.DENY))
+    return list({e.target: e for e in out}.values())
 
 
 def packets() -> dict[str, bytes]:
@@ -108,7 +121,7 @@ def per_packet(repeat: int, rounds: int) -> str:
     keep: list[Callable[[], None]] = []
     lines = []
     with scratch_pin("pp") as pin, scratch_pin("xf-dny") as pin_dny, scratch_pin("xf-alw") as pin_alw, \
-            scratch_pin("empty") as pin_empty:
+            scratch_pin("empty") as pin_empty, scratch_pin("mixed") as pin_mixed:
         floor = BpfObject(FLOOR)
         floor.load()
         progs["XDP_PASS only (floor)"] = floor.program()
@@ -128,6 +141,15 @@ def per_packet(repeat: int, rounds: int) -> str:
         flt.deny("22/tcp", "80/tcp", "443/tcp", "53/udp")
         progs["pyxdp, 100k /24 + 4 ports"] = flt.program()
         keep.append(flt.close)
+        mixed = Filter.open(pin_mixed, create=True)
+        mixed.add(Entry(Prefix(4, struct.pack("!I", a), 24), Action.DENY) for a in addrs)
+        mixed.add(other_lengths())
+        mixed.deny("22/tcp", "80/tcp", "443/tcp", "53/udp")
+        cfg = mixed.config()
+        in_trie = sum(1 for s in mixed.entries() if isinstance(s.target, Prefix) and s.target.plen not in cfg.lens4)
+        mixed_note = f"hashed lengths {list(cfg.lens4)}, {in_trie} entries in the trie"
+        progs["pyxdp, the same + 10k over 24 other lengths"] = mixed.program()
+        keep.append(mixed.close)
 
         results: dict[tuple[str, str], list[float]] = {}
         for _ in range(rounds):  # interleaved, so drift hits every program alike
@@ -151,7 +173,7 @@ def per_packet(repeat: int, rounds: int) -> str:
         vs_ref = " / ".join(f"{med[(pname, k)] / med[(ref, k)]:.2f}" for k in pkts)
         vs_floor = " / ".join(f"{med[(pname, k)] / med[(floor_name, k)]:.1f}" for k in pkts)
         lines.append(f"| {pname} | " + " | ".join(cells) + f" | {vs_ref} | {vs_floor} |")
-    lines.append(f"\n(The 100,000 prefixes went in through the API in {load_s:.2f} s.)")
+    lines.append(f"\n(The 100,000 prefixes went in through the API in {load_s:.2f} s. Mixed table: {mixed_note}.)")
     return "\n".join(lines)
 
 

@@ -33,6 +33,8 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats", "events", "ifaces", "lens_count")
 PREFIX_MAPS = ("src4", "src6", "lpm4", "lpm6")
+SMALL_TABLE = 1024  # below this many entries in a family, any length may be hashed
+SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's entries
 # family -> (hash map, trie map, first lens_count slot, longest prefix)
 _FAMILIES = {4: ("src4", "lpm4", 0, 32), 6: ("src6", "lpm6", 33, 128)}
 PROG_PIN = "prog"
@@ -388,17 +390,38 @@ class Filter:
         self._rebalance(counts)
 
     def _rebalance(self, counts: list[int]) -> None:
-        """Keep the most-populated prefix lengths hashed: fill free hash slots
-        from the trie, and swap a trie length in when it holds more than twice
-        the entries of the smallest hashed one (the margin stops flapping)."""
+        """Decide which prefix lengths are hashed. A hashed length costs one
+        probe per packet; the trie costs one lookup per packet as soon as it
+        holds anything. So: when every trie length fits in the free hash
+        slots, move them all and leave the trie empty; otherwise hash only
+        lengths that earn their probe (at least 1/16 of the family's entries,
+        or any length while the family has fewer than 1,024 entries), most
+        populous first, swapping when a trie length holds more than twice the
+        entries of the smallest hashed one (the margin stops flapping)."""
         for fam, (_h, _t, base, maxlen) in _FAMILIES.items():
-            while True:
+            total = sum(counts[base : base + maxlen + 1])
+
+            def earns(n: int, total: int = total, base: int = base) -> bool:
+                return total < SMALL_TABLE or counts[base + n] * SHARE_TO_HASH >= total
+
+            for _ in range(4 * L.HASHED_MAX):  # each step moves toward the fixed point; bounded anyway
                 hashed = list(self.config().hashed(fam))
                 in_trie = {n: counts[base + n] for n in range(maxlen + 1) if counts[base + n] and n not in hashed}
+                free = L.HASHED_MAX - len(hashed)
                 if not in_trie:
                     break
+                if len(in_trie) <= free:
+                    for n in in_trie:
+                        self._move(fam, n, to_hash=True, counts=counts)
+                    break
+                weak = [n for n in hashed if not earns(n)]
+                if weak:
+                    self._move(fam, min(weak, key=lambda n: (counts[base + n], -n)), to_hash=False, counts=counts)
+                    continue
                 best = max(in_trie, key=lambda n: (in_trie[n], n))
-                if len(hashed) < L.HASHED_MAX:
+                if not earns(best):
+                    break
+                if free:
                     self._move(fam, best, to_hash=True, counts=counts)
                     continue
                 worst = min(hashed, key=lambda n: (counts[base + n], -n))

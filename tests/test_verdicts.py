@@ -296,3 +296,22 @@ def test_ipv6_trie_and_hash_agree_with_the_model(flt: Any, tester: Any) -> None:
     for src in ["2001:db8::1", "2001:db8::2", "2001:db8::100", "2001:db8:0:0:1::", "2001:db8:0:1::",
                 "2001:db8:0:100::", "2001:db8:1::", "2001:db9::", "fe80::1"]:
         check(tester, P.udp6(src), *decide(P.udp6(src), model))
+
+
+def test_rare_lengths_stay_in_the_trie_of_a_large_table(flt: Any, tester: Any) -> None:
+    from pyxdp.entries import Entry
+
+    flt.add([Entry(parse_prefix(f"10.{i >> 8}.{i & 255}.0/24"), Action.DENY) for i in range(2000)])
+    for n in (25, 28, 29, 30, 31):
+        flt.add([Entry(parse_prefix(f"192.168.{i}.0/{n}"), Action.ALLOW) for i in range(10)])
+    cfg = flt.config()
+    assert cfg.lens4 == (24,) and cfg.trie4  # five lengths of 10 entries do not earn a probe each
+    assert len(list(flt.map("lpm4").keys_fast())) == 50
+    model = Rules(prefixes={s.target: s.action for s in flt.entries()})
+    for src in ("10.3.200.1", "10.7.208.1", "192.168.3.1", "192.168.3.200", "192.168.11.1", "8.8.8.8"):
+        check(tester, P.udp4(src), *decide(P.udp4(src), model))
+    # delete the /24s: the five small lengths no longer compete and, fitting, leave the trie
+    flt.delete([parse_prefix(f"10.{i >> 8}.{i & 255}.0/24") for i in range(2000)])
+    cfg = flt.config()
+    assert len(cfg.lens4) == 4 and cfg.trie4  # five lengths, four slots: one stays in the trie
+    check(tester, P.udp4("192.168.3.1"), Verdict.PASS, Reason.SRC_ALLOW)
