@@ -136,7 +136,7 @@ def _read_file_prefixes(path: str) -> Iterator[Any]:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from .entries import Entry, parse_action, parse_entry_words, parse_ttl
+    from .entries import parse_action, parse_entry_words, parse_ttl
     from .errors import UsageError
 
     action = parse_action(args.command)
@@ -146,9 +146,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         targets.extend(_read_file_prefixes(args.file))
     if not targets:
         raise UsageError(f"{args.command}: nothing to add (give 'from ADDRESS', 'PORT/PROTO' or --file)")
-    entries = [Entry(t, action, ttl) for t in targets]
     with _open(args, create=True) as flt:
-        n = flt.add(entries)
+        n = flt.add_targets(targets, action, ttl)
     if not args.quiet:
         print(f"{args.command}: {n} entr{'y' if n == 1 else 'ies'}" + (f", ttl {ttl}s" if ttl else ""))
     return 0

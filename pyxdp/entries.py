@@ -110,10 +110,9 @@ def parse_prefix(text: str) -> Prefix:
     else:
         plen = maxlen
     if plen < maxlen:
-        mask = (MASKS4 if family == 4 else MASKS6)[plen]
-        masked = bytes(a & m for a, m in zip(raw, mask))
-        if masked != raw:
-            net = inet_ntop(af, masked)
+        value = int.from_bytes(raw, "big")
+        if value & ((1 << (maxlen - plen)) - 1):
+            net = inet_ntop(af, (value >> (maxlen - plen) << (maxlen - plen)).to_bytes(nbytes, "big"))
             raise UsageError(f"{text} has host bits set (did you mean {net}/{plen}?)")
     return Prefix(family, raw, plen)
 

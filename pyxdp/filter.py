@@ -456,21 +456,37 @@ class Filter:
 
     def add(self, entries: Iterable[Entry]) -> int:
         """Add or replace entries, all or nothing. Returns how many."""
+        return self._add(entries)
+
+    def add_targets(self, targets: Iterable[Target], action: Action, ttl: int | None = None) -> int:
+        """Like :meth:`add` for many targets with one action and ttl (a
+        million prefixes from a file go in without an Entry each)."""
+        return self._add((t, action, ttl) for t in targets)
+
+    def _add(self, entries: Iterable[tuple[Target, Action, int | None]]) -> int:
         self._require_lock()
         now = monotonic_ns()
-        prefixes: dict[int, dict[bytes, bytes]] = {4: {}, 6: {}}
+        # family -> prefix length -> key -> value
+        prefixes: dict[int, dict[int, dict[bytes, bytes]]] = {4: {}, 6: {}}
         ports: dict[bytes, bytes] = {}
+        values: dict[tuple[int, int, int], bytes] = {}
         n = 0
-        for e in entries:
+        for t, action, ttl in entries:
             n += 1
-            if e.action not in (Action.ALLOW, Action.DENY):
-                raise UsageError(f"entry {e.target}: action must be allow or deny")
-            expires = now + e.ttl * 1_000_000_000 if e.ttl else 0
-            t = e.target
-            if isinstance(t, Prefix):
-                prefixes[t.family][_prefix_key(t)] = L.ENTRY.pack(expires, 0, e.action, t.plen)
+            if action is not Action.ALLOW and action is not Action.DENY:
+                raise UsageError(f"entry {t}: action must be allow or deny")
+            expires = now + ttl * 1_000_000_000 if ttl else 0
+            if type(t) is Prefix or isinstance(t, Prefix):
+                plen = t.plen
+                v = values.get((expires, action, plen))
+                if v is None:
+                    v = values[(expires, action, plen)] = L.ENTRY.pack(expires, 0, action, plen)
+                group = prefixes[t.family].get(plen)
+                if group is None:
+                    group = prefixes[t.family][plen] = {}
+                group[(L.KEY4 if t.family == 4 else L.KEY6).pack(plen, t.addr)] = v
             else:
-                ports[L.U32.pack(t.slot)] = L.ENTRY.pack(expires, 0, e.action, 0)
+                ports[L.U32.pack(t.slot)] = L.ENTRY.pack(expires, 0, action, 0)
         done: list[tuple[Map, list[bytes], dict[bytes, bytes]]] = []
         hashed: dict[int, list[int]] = {}
         delta: Counter[int] = Counter()
@@ -478,26 +494,28 @@ class Filter:
             if prefixes[4] or prefixes[6]:
                 counts = self._len_counts()
                 cfg = self.config()
-                for fam, items in prefixes.items():
-                    if not items:
+                for fam, groups in prefixes.items():
+                    if not groups:
                         continue
                     hname, tname, base, maxlen = _FAMILIES[fam]
                     lens = list(cfg.hashed(fam))
                     held_hash = sum(counts[base + n] for n in lens)
                     held_trie = sum(counts[base : base + maxlen + 1]) - held_hash
-                    for plen in sorted({_key_plen(k) for k in items}, reverse=True):
+                    for plen in sorted(groups, reverse=True):
                         if plen not in lens and not counts[base + plen] and len(lens) < L.HASHED_MAX:
                             lens.append(plen)  # a new length takes a free hash slot
                     hashed[fam] = lens
-                    in_hash = set(lens)
-                    parts = ((hname, held_hash, True), (tname, held_trie, False))
-                    for name, held, want_hashed in parts:
-                        part = {k: v for k, v in items.items() if (_key_plen(k) in in_hash) == want_hashed}
+                    for name, held, want_hashed in ((hname, held_hash, True), (tname, held_trie, False)):
+                        part: dict[bytes, bytes] = {}
+                        for plen, group in groups.items():
+                            if (plen in lens) == want_hashed:
+                                part.update(group)
+                                delta[base + plen] += len(group)
                         if part:
                             m = self.map(name)
                             new, old = _insert(m, part, held)
                             done.append((m, new, old))
-                            delta.update(base + _key_plen(k) for k in new)
+                            delta.subtract(base + _key_plen(k) for k in old)  # replaced, not added
             if ports:
                 m = self.map("ports")
                 old_ports = {k: m[k] for k in ports}
@@ -880,8 +898,8 @@ def _existing(m: Map, keys: list[bytes], count: int) -> dict[bytes, bytes]:
             if v is not None:
                 found[k] = v
         return found
-    present = set(m.keys_fast())
-    return {k: m[k] for k in keys if k in present}
+    wanted = set(keys)
+    return {k: v for k, v in m.items(65536) if k in wanted}
 
 
 def _insert(m: Map, items: dict[bytes, bytes], count: int) -> tuple[list[bytes], dict[bytes, bytes]]:
