@@ -78,3 +78,23 @@ def test_lock_is_exclusive(pin_dir: str) -> None:
                 pass
         finally:
             os.close(fd)
+
+
+def test_bpffs_is_mounted_when_missing(tmp_path: object) -> None:
+    """ensure_bpffs mounts a bpffs where none is (shown on a scratch mount
+    point: the host's /sys/fs/bpf is left alone)."""
+    from pyxdp.bpf import ensure_bpffs, is_bpffs
+
+    point = os.path.join(str(tmp_path), "bpf")
+    os.mkdir(point)
+    assert not is_bpffs(point)
+    try:
+        ensure_bpffs(point)
+        assert is_bpffs(point)
+        ensure_bpffs(point)  # already mounted: nothing to do
+        with Filter.open(os.path.join(point, "state"), create=True) as f:
+            f.deny("192.0.2.0/24")
+            assert len(f.entries()) == 1
+    finally:
+        subprocess.run(["umount", point], check=False)
+    assert not is_bpffs(point)
