@@ -204,6 +204,8 @@ def control_plane(runs: int) -> str:
 
     subprocess.run(["ip", "link", "del", "pxbench0"], capture_output=True)
     subprocess.run(["ip", "link", "add", "pxbench0", "type", "veth", "peer", "name", "pxbench1"], check=True)
+    libxdp_dir = "/sys/fs/bpf/xdp"  # xdp-filter (libxdp) pins its dispatcher state here
+    libxdp_existed = os.path.exists(libxdp_dir)
     try:
         for dev in ("pxbench0", "pxbench1"):
             subprocess.run(["ip", "link", "set", dev, "up"], check=True)
@@ -224,6 +226,8 @@ def control_plane(runs: int) -> str:
         lines.append(f"| `pyxdp-load attach pxbench0` | {median(att) * 1e3:.0f} | {median(att) / median(xf):.2f} |")
     finally:
         subprocess.run(["ip", "link", "del", "pxbench0"], capture_output=True)
+        if not libxdp_existed:
+            shutil.rmtree(libxdp_dir, ignore_errors=True)
     return "\n".join(lines)
 
 
