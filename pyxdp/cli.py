@@ -107,9 +107,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         n = len(flt.entries()) if not args.json else None
         if args.json:
             _emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
-                   "capacity": flt.capacity, "interfaces": [a.to_dict() for a in ifaces]})
+                   "capacity": flt.capacity, "trace_every": cfg.trace_every,
+                   "interfaces": [a.to_dict() for a in ifaces]})
             return 0
         print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  entries: {n}  capacity: {flt.capacity}/family")
+        if cfg.trace_every:
+            print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
+                  "(the next 'pyxdp-load trace' turns it off when it ends)")
         if not ifaces:
             print("no interface attached")
         for a in ifaces:

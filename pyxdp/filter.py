@@ -671,7 +671,7 @@ class Filter:
     def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
         """Take the filter off ``ifname``. When no interface is left, the pin
         directory is removed unless ``keep``. Returns True if it was removed."""
-        from .xdp import Netlink, XdpMode
+        from .xdp import Netlink
 
         self._require_lock()
         with Netlink(netns) as nl:
@@ -682,7 +682,7 @@ class Filter:
                 raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
             if st.prog_id == rec.prog_id and st.mode is not None:
                 with Program.from_id(st.prog_id) as old:
-                    nl.detach(ifname, st.mode if st.mode is not XdpMode.AUTO else XdpMode.AUTO, expected_fd=old.fd)
+                    nl.detach(ifname, st.mode, expected_fd=old.fd)
             self.map("ifaces").delete(_iface_key(st.ifindex, netns))
         if not keep and not self._ifaces():
             self.remove_state()
