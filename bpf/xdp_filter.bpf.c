@@ -266,6 +266,8 @@ struct pkt {
 	__u8 fragment;
 	__u8 has_ports;
 	__u8 is_nd;
+	__u8 hop255;     /* IPv6 hop limit is 255: the packet cannot come from off-link */
+	__u8 pad[3];
 	__u16 sport;
 	__u16 dport;
 	__u32 saddr4;
@@ -317,7 +319,8 @@ static __always_inline int parse_l4(void *data, void *end, struct pkt *p, __u64 
 			return R_MALFORMED;
 		p->sport = ic[0];
 		p->dport = ic[1];
-		if (p->proto == IPPROTO_ICMPV6 && p->family == 6 && ic[0] >= 133 && ic[0] <= 137)
+		/* neighbour discovery is link-local by rule: hop limit 255 (RFC 4861) */
+		if (p->proto == IPPROTO_ICMPV6 && p->family == 6 && p->hop255 && ic[0] >= 133 && ic[0] <= 137)
 			p->is_nd = 1;
 	}
 	return -1;
@@ -392,6 +395,7 @@ static __always_inline int parse_l3(struct xdp_md *ctx, void *data, void *end, s
 		if (ip6->version != 6)
 			return R_MALFORMED;
 		p->family = 6;
+		p->hop255 = ip6->hop_limit == 255;
 		__builtin_memcpy(&p->saddr6, &ip6->saddr, 16);
 		__builtin_memcpy(&p->daddr6, &ip6->daddr, 16);
 		p->proto = ip6->nexthdr;

@@ -110,6 +110,27 @@ def ensure_bpffs(root: str = BPFFS) -> None:
         raise BpfError(errno.EPERM, f"cannot mount bpffs at {root} ({msg})")
 
 
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def require_privileges() -> None:
+    """Root, or the capabilities that stand for it here: CAP_BPF (or
+    CAP_SYS_ADMIN) and CAP_NET_ADMIN."""
+    if os.geteuid() == 0:
+        return
+    caps = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+    except OSError:
+        pass
+    if caps >> CAP_NET_ADMIN & 1 and (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
+        return
+    raise PermissionError("pyxdp needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo")
+
+
 class _Fd:
     """An owned file descriptor: close() it or use the object as a context manager."""
 
@@ -230,7 +251,7 @@ class Map(_Fd):
             count[0] = chunk
             ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, count, opts)
             if ret < 0 and ret not in (-errno.ENOENT,):
-                if ret == -errno.EINVAL and in_batch == ffi.NULL:  # no batch support: walk
+                if -ret in (errno.EINVAL, errno.EOPNOTSUPP, 524) and in_batch == ffi.NULL:  # no batch op: walk
                     for k in self.keys():
                         v = self.lookup(k)
                         if v is not None:
@@ -309,7 +330,11 @@ class Program(_Fd):
 
     def __init__(self, fd: int, name: str = "") -> None:
         super().__init__(fd)
-        info = self.info()
+        try:
+            info = self.info()
+        except BaseException:
+            self._fd = -1  # the caller still owns fd and closes it
+            raise
         self.name = name or info.name
         self.id = info.id
         self.tag = info.tag

@@ -128,7 +128,10 @@ def _read_file_prefixes(path: str) -> Iterator[Any]:
     from .errors import UsageError
 
     if path == "-":
-        yield from read_prefix_lines(sys.stdin, "stdin")
+        try:
+            yield from read_prefix_lines(sys.stdin, "stdin")
+        except UnicodeDecodeError:
+            raise UsageError("stdin: not a text file") from None
         return
     try:
         with open(path, encoding="utf-8") as fh:

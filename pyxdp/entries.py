@@ -189,6 +189,8 @@ def parse_entry_words(words: list[str]) -> list[Target]:
     while toks.peek() is not None:
         word = toks.take("a word")
         if word == "proto":
+            if proto is not None:
+                raise UsageError("'proto' given twice")
             proto = parse_proto(toks.take("a protocol after 'proto'"))
         elif word == "from":
             first = toks.take("an address after 'from'")
@@ -202,6 +204,8 @@ def parse_entry_words(words: list[str]) -> list[Target]:
             if dst != "any":
                 raise UsageError(f"destination {dst!r}: only 'to any' is supported by simple entries")
         elif word == "port":
+            if dst_port is not None:
+                raise UsageError("'port' given twice: list ports as '22/tcp 23/tcp'")
             dst_port = parse_port_number(toks.take("a port after 'port'"))
         elif _is_port(word):
             ports.extend(parse_port(word))

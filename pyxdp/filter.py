@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 from . import layout as L
 from ._record import TYPE_CHECKING, Record
-from .bpf import BPFFS, BpfObject, Map, MapType, Program, RingBuffer, ensure_bpffs, is_bpffs
+from .bpf import BPFFS, BpfObject, Map, MapType, Program, RingBuffer, ensure_bpffs, is_bpffs, require_privileges
 from .entries import MASKS4, MASKS6, Entry, Port, Prefix
 from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
@@ -33,6 +33,8 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats", "events", "ifaces", "lens_count")
 PREFIX_MAPS = ("src4", "src6", "lpm4", "lpm6")
+ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
+NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP)
 SMALL_TABLE = 1024  # below this many entries in a family, any length may be hashed
 SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's entries
 # family -> (hash map, trie map, first lens_count slot, longest prefix)
@@ -239,9 +241,6 @@ class _DirLock:
             os.close(fd)
 
 
-def _check_root() -> None:
-    if os.geteuid() != 0:
-        raise PermissionError("pyxdp needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo")
 
 
 class Filter:
@@ -253,6 +252,7 @@ class Filter:
         self._maps = maps
         self._lock = lock
         self.created = False  # this handle made the state: a failure removes it again
+        self._flipped = False  # this handle has switched the config at least once
 
     # ---- opening and state --------------------------------------------------
 
@@ -264,16 +264,19 @@ class Filter:
         :meth:`close` (take it for any change). ``with_program``: when the
         state is made now, load and pin the program in the same object load
         (what attach wants; one load instead of two)."""
-        _check_root()
+        require_privileges()
         pin_dir = os.path.abspath(pin_dir)
         made_dir = False
-        if create and not os.path.exists(os.path.join(pin_dir, "cfg")):
+        had_cfg = os.path.exists(os.path.join(pin_dir, "cfg"))
+        if create and not had_cfg:
             made_dir = _prepare_dir(pin_dir)
         elif not os.path.exists(os.path.join(pin_dir, "cfg")):
             raise NotLoaded(f"no pyxdp filter state in {pin_dir} (run 'pyxdp-load attach IFACE' first)")
         lk = _DirLock(pin_dir) if lock or create else None
         try:
-            created = _create_maps(pin_dir, capacity, with_program) if create else False
+            if create:
+                _create_maps(pin_dir, capacity, with_program)
+            created = create and (made_dir or not had_cfg)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
@@ -343,9 +346,12 @@ class Filter:
     def _write_config(self, cfg: Config) -> None:
         """Write the idle generation, then switch: a packet sees all of the old
         config or all of the new one."""
+        if self._flipped:
+            _rcu_grace_period()  # a packet may still be reading the slot about to be rewritten
         nxt = self._sel() ^ 1
         self.map("cfg").update(L.U32.pack(nxt), cfg.encode())
         self.map("cfg_sel").update(L.U32.pack(0), L.U32.pack(nxt))
+        self._flipped = True
 
     @property
     def policy(self) -> Verdict:
@@ -398,37 +404,44 @@ class Filter:
         or any length while the family has fewer than 1,024 entries), most
         populous first, swapping when a trie length holds more than twice the
         entries of the smallest hashed one (the margin stops flapping)."""
-        for fam, (_h, _t, base, maxlen) in _FAMILIES.items():
-            total = sum(counts[base : base + maxlen + 1])
+        for fam in _FAMILIES:
+            try:
+                self._rebalance_family(fam, counts)
+            except BpfError:
+                pass  # an optimisation only: the index is valid as it stands (a move that fails undoes itself)
 
-            def earns(n: int, total: int = total, base: int = base) -> bool:
-                return total < SMALL_TABLE or counts[base + n] * SHARE_TO_HASH >= total
+    def _rebalance_family(self, fam: int, counts: list[int]) -> None:
+        _h, _t, base, maxlen = _FAMILIES[fam]
+        total = sum(counts[base : base + maxlen + 1])
 
-            for _ in range(4 * L.HASHED_MAX):  # each step moves toward the fixed point; bounded anyway
-                hashed = list(self.config().hashed(fam))
-                in_trie = {n: counts[base + n] for n in range(maxlen + 1) if counts[base + n] and n not in hashed}
-                free = L.HASHED_MAX - len(hashed)
-                if not in_trie:
-                    break
-                if len(in_trie) <= free:
-                    for n in in_trie:
-                        self._move(fam, n, to_hash=True, counts=counts)
-                    break
-                weak = [n for n in hashed if not earns(n)]
-                if weak:
-                    self._move(fam, min(weak, key=lambda n: (counts[base + n], -n)), to_hash=False, counts=counts)
-                    continue
-                best = max(in_trie, key=lambda n: (in_trie[n], n))
-                if not earns(best):
-                    break
-                if free:
-                    self._move(fam, best, to_hash=True, counts=counts)
-                    continue
-                worst = min(hashed, key=lambda n: (counts[base + n], -n))
-                if in_trie[best] <= 2 * counts[base + worst]:
-                    break
-                self._move(fam, worst, to_hash=False, counts=counts)
+        def earns(n: int, total: int = total, base: int = base) -> bool:
+            return total < SMALL_TABLE or counts[base + n] * SHARE_TO_HASH >= total
+
+        for _ in range(4 * L.HASHED_MAX):  # each step moves toward the fixed point; bounded anyway
+            hashed = list(self.config().hashed(fam))
+            in_trie = {n: counts[base + n] for n in range(maxlen + 1) if counts[base + n] and n not in hashed}
+            free = L.HASHED_MAX - len(hashed)
+            if not in_trie:
+                break
+            if len(in_trie) <= free:
+                for n in in_trie:
+                    self._move(fam, n, to_hash=True, counts=counts)
+                break
+            weak = [n for n in hashed if not earns(n)]
+            if weak:
+                self._move(fam, min(weak, key=lambda n: (counts[base + n], -n)), to_hash=False, counts=counts)
+                continue
+            best = max(in_trie, key=lambda n: (in_trie[n], n))
+            if not earns(best):
+                break
+            if free:
                 self._move(fam, best, to_hash=True, counts=counts)
+                continue
+            worst = min(hashed, key=lambda n: (counts[base + n], -n))
+            if in_trie[best] <= 2 * counts[base + worst]:
+                break
+            self._move(fam, worst, to_hash=False, counts=counts)
+            self._move(fam, best, to_hash=True, counts=counts)
 
     def _move(self, fam: int, plen: int, to_hash: bool, counts: list[int]) -> None:
         """Move every entry of one prefix length between the hash and the trie.
@@ -437,10 +450,18 @@ class Filter:
         lost)."""
         hname, tname, base, maxlen = _FAMILIES[fam]
         src, dst = (self.map(tname), self.map(hname)) if to_hash else (self.map(hname), self.map(tname))
-        items = [(k, v) for k, v in src.items() if int.from_bytes(k[:4], "little") == plen]
-        keys = [k for k, _v in items]
-        _write_all(dst, keys, [v for _k, v in items])
         cfg = self.config()
+        in_hash = sum(counts[base + n] for n in cfg.hashed(fam))
+        held = in_hash if to_hash else sum(counts[base : base + maxlen + 1]) - in_hash
+        if held + counts[base + plen] > dst.spec.max_entries:
+            raise MapFull(errno.E2BIG, f"map {dst.name} has no room to take /{plen}")
+        items = [(k, v) for k, v in src.items() if _key_plen(k) == plen]
+        keys = [k for k, _v in items]
+        try:
+            _write_all(dst, keys, [v for _k, v in items])
+        except BaseException:
+            _delete_present(dst, keys)  # the config still says src: take the partial copy back
+            raise
         hashed = [n for n in cfg.hashed(fam) if n != plen] + ([plen] if to_hash else [])
         trie = any(counts[base + n] for n in range(maxlen + 1) if n not in hashed)
         self._write_config(cfg.with_index(fam, hashed, trie))
@@ -501,9 +522,12 @@ class Filter:
                     lens = list(cfg.hashed(fam))
                     held_hash = sum(counts[base + n] for n in lens)
                     held_trie = sum(counts[base : base + maxlen + 1]) - held_hash
+                    room = self.map(hname).spec.max_entries - held_hash
                     for plen in sorted(groups, reverse=True):
-                        if plen not in lens and not counts[base + plen] and len(lens) < L.HASHED_MAX:
+                        if (plen not in lens and not counts[base + plen] and len(lens) < L.HASHED_MAX
+                                and len(groups[plen]) <= room):
                             lens.append(plen)  # a new length takes a free hash slot
+                            room -= len(groups[plen])
                     hashed[fam] = lens
                     for name, held, want_hashed in ((hname, held_hash, True), (tname, held_trie, False)):
                         part: dict[bytes, bytes] = {}
@@ -536,7 +560,7 @@ class Filter:
         self._require_lock()
         cfg = self.config()
         plan: list[tuple[Map, bytes, bytes]] = []
-        for t in targets:
+        for t in dict.fromkeys(targets):  # each once, in order
             m, key = self._locate(t, cfg)
             raw = _exact(m, key)
             cur = L.ENTRY.unpack(raw)[2] if raw else Action.NONE
@@ -625,11 +649,15 @@ class Filter:
         if not reload and os.path.exists(path):
             return Program.from_pin(path)
         self._require_lock()
-        with _open_object(self.pin_dir, None) as obj:
-            obj.load()
-            prog = obj.program("xdp_filter")
+        prog = self._load_program()
         _pin_program(prog, self.pin_dir)
         return prog
+
+    def _load_program(self) -> Program:
+        """A fresh instance of the filter program on this state's maps (unpinned)."""
+        with _open_object(self.pin_dir, None) as obj:
+            obj.load()
+            return obj.program("xdp_filter")
 
     def attach(self, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
                reload: bool = False) -> Attachment:
@@ -641,7 +669,8 @@ class Filter:
         mode = mode or XdpMode.AUTO
         with Netlink(netns) as nl:
             st = nl.state(ifname)
-            prog = self.program(reload=reload)
+            fresh = reload or not os.path.exists(os.path.join(self.pin_dir, PROG_PIN))
+            prog = self._load_program() if fresh else self.program()
             try:
                 rec = self._ifaces().get((netns, st.ifindex))
                 if st.prog_id == prog.id:
@@ -661,6 +690,8 @@ class Filter:
                 else:
                     used = nl.attach(ifname, prog.fd, mode, force=force)
                 assert used is not None
+                if fresh:
+                    _pin_program(prog, self.pin_dir)  # only once it runs: a failed attach changes nothing
                 self.map("ifaces").update(
                     _iface_key(st.ifindex, netns), L.IFACE_VAL.pack(ifname.encode(), _MODES.index(used.value), prog.id)
                 )
@@ -674,16 +705,24 @@ class Filter:
         from .xdp import Netlink
 
         self._require_lock()
-        with Netlink(netns) as nl:
-            st = nl.state(ifname)
-            rec = self._ifaces().get((netns, st.ifindex))
-            if rec is None:
-                where = f" in netns {netns}" if netns else ""
-                raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
-            if st.prog_id == rec.prog_id and st.mode is not None:
-                with Program.from_id(st.prog_id) as old:
-                    nl.detach(ifname, st.mode, expected_fd=old.fd)
-            self.map("ifaces").delete(_iface_key(st.ifindex, netns))
+        where = f" in netns {netns}" if netns else ""
+        by_name = {k: a for k, a in self._ifaces().items() if k[0] == netns and a.ifname == ifname}
+        try:
+            with Netlink(netns) as nl:
+                st = nl.state(ifname)
+                rec = self._ifaces().get((netns, st.ifindex))
+                if rec is not None and st.prog_id == rec.prog_id and st.mode is not None:
+                    with Program.from_id(st.prog_id) as old:
+                        nl.detach(ifname, st.mode, expected_fd=old.fd)
+                gone = [(netns, st.ifindex)] if rec is not None else list(by_name)
+        except UsageError:
+            if not by_name:  # no such interface, and no record of one by that name
+                raise
+            gone = list(by_name)  # the interface (or its namespace) is gone, and its program with it
+        if not gone:
+            raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
+        for ns, idx in gone:
+            self.map("ifaces").delete(_iface_key(idx, ns))
         if not keep and not self._ifaces():
             self.remove_state()
             return True
@@ -770,10 +809,16 @@ class Tester:
             self._obj.set_rodata(L.U32.pack(1) + L.U32.pack(0))  # knobs: trace_all=1, count_hits=0
             self._obj.load()
             self.program = self._obj.program("xdp_filter")
-            self._ring = self._obj.map("events")
             self._got: list[bytes] = []
-            self._rb = RingBuffer(self._ring, self._got.append)
+            self._ring = self._obj.map("events")
+            try:
+                self._rb = RingBuffer(self._ring, self._got.append)
+            except BaseException:
+                self._ring.close()
+                raise
         except BaseException:
+            if hasattr(self, "program"):
+                self.program.close()
             self._obj.close()
             raise
 
@@ -826,10 +871,15 @@ class Tracer:
 
     def __enter__(self) -> Tracer:
         self._rb = RingBuffer(self._flt.map("events"), self._queue.append)
-        self._rb.poll(0)  # events left from an earlier tracer
-        self._queue.clear()
-        self._lost0 = self._flt.stats().lost_events
-        self._set(self._every)
+        try:
+            self._rb.poll(0)  # events left from an earlier tracer
+            self._queue.clear()
+            self._lost0 = self._flt.stats().lost_events
+            self._set(self._every)
+        except BaseException:
+            self._rb.close()
+            self._rb = None
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -919,8 +969,13 @@ def _insert(m: Map, items: dict[bytes, bytes], count: int) -> tuple[list[bytes],
             try:
                 m.update_batch(b"".join(chunk), b"".join(items[k] for k in chunk))
             except BpfError as exc:
-                done += getattr(exc, "done", 0)
-                raise
+                if not _no_batch_support(exc):
+                    done += getattr(exc, "done", 0)
+                    raise
+                for k in chunk:  # a kernel without batch ops for this map type
+                    m.update(k, items[k])
+                    done += 1
+                continue
             done += len(chunk)
     except BaseException:
         written = set(keys[:done])
@@ -956,10 +1011,38 @@ def _write_all(m: Map, keys: list[bytes], values: list[bytes]) -> None:
                 m.update(k, v)
 
 
+def _delete_present(m: Map, keys: list[bytes]) -> None:
+    """Delete those of ``keys`` that are there, ignoring the others."""
+    for k in keys:
+        try:
+            m.delete(k)
+        except BpfError:
+            pass
+
+
+_MEMBARRIER = {"x86_64": 324, "aarch64": 283}  # syscall numbers
+MEMBARRIER_CMD_GLOBAL = 1
+
+
+def _rcu_grace_period() -> None:
+    """Wait until no BPF program can still be reading a config slot written
+    before now. XDP programs run inside RCU read-side sections, and
+    membarrier(MEMBARRIER_CMD_GLOBAL) returns after synchronize_rcu()."""
+    import ctypes
+    import platform
+
+    nr = _MEMBARRIER.get(platform.machine())
+    if nr is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+            return
+    time.sleep(0.05)  # no membarrier: a wait far longer than any packet's run
+
+
 def _no_batch_support(exc: BpfError) -> bool:
     """The kernel has no batch op for this map (and so did nothing)."""
     done: int = getattr(exc, "done", 0)
-    return exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP) and done == 0
+    return exc.errno in NO_BATCH_ERRNOS and done == 0
 
 
 def _delete_all(m: Map, keys: list[bytes]) -> None:

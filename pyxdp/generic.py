@@ -9,7 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 
-from .bpf import BpfObject, Program
+from .bpf import BpfObject, Program, require_privileges
 from .errors import AttachError, UsageError
 from .xdp import Netlink, XdpMode
 
@@ -22,11 +22,12 @@ def load_object(path: str, ifname: str, program: str | None = None, mode: XdpMod
                 netns: str | None = None, force: bool = False) -> tuple[int, XdpMode]:
     """Load ``path`` (its maps unpinned: they live as long as the program) and
     attach its XDP program to ``ifname``. Returns (program id, mode used)."""
-    if os.geteuid() != 0:
-        raise PermissionError("loading a BPF program needs root (CAP_BPF, CAP_NET_ADMIN): run it with sudo")
+    require_privileges()
     with Netlink(netns) as nl:
         nl.ifindex(ifname)  # a bad interface fails before anything is loaded
         with BpfObject(path) as obj:
+            for name in obj.map_names:  # nothing pinned: the maps live as long as the program
+                obj.private_map(name)
             if program:
                 obj.only_program(program)
             obj.load()
@@ -41,8 +42,7 @@ def unload(ifname: str, netns: str | None = None) -> int:
     """Detach the XDP program on ``ifname`` that ``load_object`` put there.
     Refuses the pyxdp filter (``detach`` keeps its state right). Returns the
     id of the program taken off."""
-    if os.geteuid() != 0:
-        raise PermissionError("detaching needs root (CAP_NET_ADMIN): run it with sudo")
+    require_privileges()
     with Netlink(netns) as nl:
         st = nl.state(ifname)
         if not st.prog_id or st.mode is None:

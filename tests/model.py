@@ -43,6 +43,7 @@ class Parsed:
     fragment: int = 0  # 1 first, 2 later
     dport: int | None = None
     nd: bool = False
+    hop255: bool = False
 
 
 def _parse(pkt: bytes) -> Parsed | Reason:
@@ -85,6 +86,7 @@ def _parse(pkt: bytes) -> Parsed | Reason:
         if pkt[off] >> 4 != 6:
             return Reason.MALFORMED
         p.family = 6
+        p.hop255 = pkt[off + 7] == 255
         p.src = pkt[off + 8 : off + 24]
         nh = pkt[off + 6]
         off += 40
@@ -129,7 +131,7 @@ def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
         return Reason.MALFORMED
     if p.proto in (6, 17):
         p.dport = struct.unpack_from("!H", pkt, off + 2)[0]
-    elif p.proto == 58 and p.family == 6 and 133 <= pkt[off] <= 137:
+    elif p.proto == 58 and p.family == 6 and p.hop255 and 133 <= pkt[off] <= 137:
         p.nd = True
     return p
 

@@ -41,8 +41,8 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes, options: bytes = b"", f
     return hdr + options + payload
 
 
-def ipv6(src: str, dst: str, nexthdr: int, payload: bytes, version: int = 6) -> bytes:
-    return struct.pack("!IHBB16s16s", version << 28, len(payload), nexthdr, 64,
+def ipv6(src: str, dst: str, nexthdr: int, payload: bytes, version: int = 6, hop: int = 64) -> bytes:
+    return struct.pack("!IHBB16s16s", version << 28, len(payload), nexthdr, hop,
                        socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)) + payload
 
 

@@ -82,6 +82,10 @@ def test_file_and_stdin_all_or_nothing(pin_dir: str, tmp_path: Any) -> None:
     assert len(ok("list", "--json", pin_dir=pin_dir).splitlines()) == 3  # nothing from bad.txt
     assert "2 entries" in ok("allow", "--file", "-", pin_dir=pin_dir, input="172.16.0.0/12\n172.16.5.0/24\n")
     fails(2, "stdin line 1", "deny", "--file", "-", pin_dir=pin_dir, input="nonsense\n")
+    r = subprocess.run([BIN, "--pin-dir", pin_dir, "deny", "--file", "-"], input=b"\xff\xfe10.0.0.0/8\n",
+                       capture_output=True, timeout=60)
+    err = r.stderr.decode(errors="replace").strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("pyxdp-load: error: stdin")
 
 
 def test_stats_and_replay(pin_dir: str, tmp_path: Any) -> None:
@@ -138,6 +142,16 @@ def test_attach_trace_stats_detach(pin_dir: str, netpair: NetPair) -> None:
     assert any(s["reason"] == "src-deny" and s["packets"] >= 2 for s in stats["stats"])
     assert "detached from vb; no interface left, state removed" in ok("detach", netpair.vb, "--netns", netpair.b,
                                                                       pin_dir=pin_dir)
+    assert not os.path.exists(pin_dir)
+
+
+def test_detach_of_a_vanished_interface_forgets_it(pin_dir: str, netpair: NetPair) -> None:
+    ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    ok("deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    sh("ip", "-n", netpair.b, "link", "del", netpair.vb)  # takes the peer and our program with it
+    st = json.loads(ok("status", "--json", pin_dir=pin_dir))
+    assert [a["attached"] for a in st["interfaces"]] == [False]
+    assert "no interface left, state removed" in ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
     assert not os.path.exists(pin_dir)
 
 

@@ -106,6 +106,8 @@ def test_words_grammar() -> None:
         (["proto", "tcp"], "needs a port"),
         (["port", "70000"], "bad port"),
         (["proto", "udp", "22/tcp"], "disagree"),
+        (["port", "22", "port", "23"], "'port' given twice"),
+        (["proto", "tcp", "proto", "udp", "port", "1"], "'proto' given twice"),
         ([], "nothing to match"),
     ],
 )

@@ -109,7 +109,8 @@ def frames(draw: Any) -> bytes:
                 hdr = P.ext_opts(nxt, draw(st.integers(0, 2)))
             body = hdr + body
             nxt = t
-        pkt = P.eth(P.ETH_IPV6, P.ipv6(v6_addr(draw), "2001:db8:ffff::1", nxt, body), tags)
+        hop = draw(st.sampled_from([64, 255]))
+        pkt = P.eth(P.ETH_IPV6, P.ipv6(v6_addr(draw), "2001:db8:ffff::1", nxt, body, hop=hop), tags)
     if draw(st.integers(0, 4)) == 0:  # truncate
         pkt = pkt[: draw(st.integers(14, max(14, len(pkt))))]
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # mutate bytes

@@ -130,8 +130,11 @@ def test_arp_and_nd_survive_drop_policy(flt: Any, tester: Any) -> None:
     flt.set_policy(Verdict.DROP)
     check(tester, P.eth(P.ETH_ARP, P.arp()), Verdict.PASS, Reason.ARP)
     for icmp_type in (133, 134, 135, 136, 137):
-        nd = P.eth(P.ETH_IPV6, P.ipv6("fe80::1", "ff02::1", P.ICMPV6, P.icmp(icmp_type)))
+        nd = P.eth(P.ETH_IPV6, P.ipv6("fe80::1", "ff02::1", P.ICMPV6, P.icmp(icmp_type), hop=255))
         check(tester, nd, Verdict.PASS, Reason.ND)
+        # with a hop limit below 255 it was routed: not neighbour discovery, no exemption
+        routed = P.eth(P.ETH_IPV6, P.ipv6("2001:db8::1", "ff02::1", P.ICMPV6, P.icmp(icmp_type), hop=64))
+        check(tester, routed, Verdict.DROP, Reason.POLICY)
     echo = P.eth(P.ETH_IPV6, P.ipv6("fe80::1", "ff02::1", P.ICMPV6, P.icmp(128)))
     check(tester, echo, Verdict.DROP, Reason.POLICY)
     check(tester, P.udp4("192.0.2.1"), Verdict.DROP, Reason.POLICY)
@@ -315,3 +318,44 @@ def test_rare_lengths_stay_in_the_trie_of_a_large_table(flt: Any, tester: Any) -
     cfg = flt.config()
     assert len(cfg.lens4) == 4 and cfg.trie4  # five lengths, four slots: one stays in the trie
     check(tester, P.udp4("192.168.3.1"), Verdict.PASS, Reason.SRC_ALLOW)
+
+
+def test_small_capacity_never_breaks_the_index(pin_dir: str) -> None:
+    """Moves between hash and trie that do not fit are skipped, adds that fit
+    in the trie are taken, and what is listed is what the datapath sees."""
+    from pyxdp import Filter
+    from pyxdp.errors import MapFull
+
+    with Filter.open(pin_dir, create=True, capacity=10) as f, f.tester() as t:
+        f.deny(*[f"10.0.0.{i}" for i in range(5)])
+        f.deny("10.0.1.0/31", "10.0.2.0/30", "10.0.3.0/29")
+        f.deny(*[f"192.168.{i}.0/24" for i in range(4)])  # /24 does not fit in the hash: stays in the trie
+        listed = [str(s.target) for s in f.entries()]
+        assert len(listed) == len(set(listed)) == 12
+        with pytest.raises(MapFull):
+            f.deny(*[f"172.16.{i}.0/24" for i in range(8)])  # the trie is full: nothing of it lands
+        assert len(f.entries()) == 12
+        f.delete([parse_prefix("192.168.0.0/24")])
+        f.delete([parse_prefix("10.0.0.1")])
+        listed = [str(s.target) for s in f.entries()]
+        assert "192.168.0.0/24" not in listed and len(listed) == len(set(listed)) == 10
+        check(t, P.udp4("192.168.0.9"), Verdict.PASS, Reason.POLICY)  # deleted stays deleted
+        check(t, P.udp4("192.168.1.9"), Verdict.DROP, Reason.SRC_DENY)
+        check(t, P.udp4("10.0.0.1"), Verdict.PASS, Reason.POLICY)
+        check(t, P.udp4("10.0.3.5"), Verdict.DROP, Reason.SRC_DENY)
+
+
+def test_new_length_goes_to_the_trie_when_the_hash_is_full(pin_dir: str) -> None:
+    from pyxdp import Filter
+
+    with Filter.open(pin_dir, create=True, capacity=4) as f:
+        f.deny("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+        f.deny("192.168.0.0/24")
+        assert f.config().lens4 == (32,) and f.config().trie4
+        assert len(f.entries()) == 5
+
+
+def test_delete_names_each_target_once(flt: Any) -> None:
+    flt.deny("192.0.2.1")
+    assert flt.delete([parse_prefix("192.0.2.1"), parse_prefix("192.0.2.1")]) == 1
+    assert flt.entries() == []
