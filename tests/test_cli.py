@@ -49,6 +49,21 @@ def fails(code: int, says: str, *args: str, **kw: Any) -> None:
     assert "Traceback" not in r.stderr
 
 
+def while_sending(pair: NetPair, cmd: list[str], tries: int = 50) -> tuple[int, str, str]:
+    """Run ``cmd`` while datagrams go a -> b, until it exits by itself."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(tries):
+            sh("ip", "netns", "exec", pair.a, sys.executable, os.path.join(HERE, "netio.py"), "send",
+               "10.77.0.2", "5000", "2")
+            if proc.poll() is not None:
+                break
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 def test_rules_lifecycle_without_interface(pin_dir: str) -> None:
     assert "1 entry, ttl 600s" in ok("deny", "from", "203.0.113.0/24", "--ttl", "600", pin_dir=pin_dir)
     ok("allow", "from", "203.0.113.7", pin_dir=pin_dir)
@@ -120,18 +135,8 @@ def test_attach_trace_stats_detach(pin_dir: str, netpair: NetPair) -> None:
     assert (iface["ifname"], iface["netns"], iface["mode"], iface["attached"]) == ("vb", netpair.b, "generic", True)
     assert iface["prog_id"] > 0 and iface["ifindex"] > 0
     ok("deny", "from", "10.77.0.1", pin_dir=pin_dir)
-    tr = subprocess.Popen([BIN, "--pin-dir", pin_dir, "trace", "--json", "--count", "2"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(30):  # keep sending until the tracer has its events
-            sh("ip", "netns", "exec", netpair.a, sys.executable, os.path.join(HERE, "netio.py"), "send",
-               "10.77.0.2", "5000", "2")
-            if tr.poll() is not None:
-                break
-        out, err = tr.communicate(timeout=20)
-    finally:
-        tr.kill()
-    assert tr.returncode == 0, err
+    code, out, err = while_sending(netpair, [BIN, "--pin-dir", pin_dir, "trace", "--json", "--count", "2"])
+    assert code == 0, err
     events = [json.loads(x) for x in out.splitlines()]
     assert len(events) == 2
     for key in ("verdict", "reason", "src", "dst", "proto", "sport", "dport", "ifindex"):
@@ -168,17 +173,8 @@ def test_generic_load_unload_of_the_seed_program(netpair: NetPair) -> None:
 def test_printk_streams_trace_pipe(netpair: NetPair) -> None:
     ok("load", EXAMPLE, netpair.vb, "--netns", netpair.b)
     try:
-        pk = subprocess.Popen([BIN, "printk", "--count", "1"], stdout=subprocess.PIPE, text=True)
-        try:
-            for _ in range(50):
-                sh("ip", "netns", "exec", netpair.a, sys.executable, os.path.join(HERE, "netio.py"), "send",
-                   "10.77.0.2", "5000", "1")
-                if pk.poll() is not None:
-                    break
-            out, _ = pk.communicate(timeout=20)
-        finally:
-            pk.kill()
-        assert "got a packet" in out
+        code, out, err = while_sending(netpair, [BIN, "printk", "--count", "1"])
+        assert code == 0 and "got a packet" in out, err
     finally:
         ok("unload", netpair.vb, "--netns", netpair.b)
 
