@@ -226,6 +226,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be 1 or more")
+    import signal
+
+    # SIGTERM (systemd, timeout, kill) ends the loop like Ctrl-C: the tracer
+    # then turns tracing off on its way out instead of leaving it on.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     seen = 0
     with _open(args, lock=False) as flt, flt.trace(args.sample) as tr:
         if not args.json:
