@@ -277,3 +277,24 @@ def test_no_compiler_needed(pin_dir: str, tmp_path: Any) -> None:
     with open(cap, "wb") as fh:
         write_pcap(fh, [P.udp4("192.0.2.1")])
     assert "1 packets: 0 pass, 1 drop" in ok("replay", str(cap), pin_dir=pin_dir, env=env)
+
+
+def test_trace_stopped_by_sigterm_turns_tracing_off(pin_dir: str) -> None:
+    import signal
+    import time
+
+    ok("deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    tr = subprocess.Popen([BIN, "--pin-dir", pin_dir, "trace", "--sample", "3"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if json.loads(ok("status", "--json", pin_dir=pin_dir))["trace_every"] == 3:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("tracing never came on")
+        tr.send_signal(signal.SIGTERM)
+        assert tr.wait(timeout=10) == 0
+    finally:
+        tr.kill()
+    assert json.loads(ok("status", "--json", pin_dir=pin_dir))["trace_every"] == 0
