@@ -2,7 +2,7 @@
 # Installs what pyxdp needs on a fresh Debian 12 machine and builds .venv.
 #   scripts/setup.sh          runtime only: the package and its two Python deps
 #   scripts/setup.sh --test   also clang-19, bpftool, libbpf-dev and the test tools
-#   scripts/setup.sh --bench  --test, plus the peers measured against (xdp-tools, nftables, iptables, trafgen)
+#   scripts/setup.sh --bench  --test, plus the peers measured against (xdp-tools, nftables, iptables, trafgen, bcc + kernel headers)
 # Run as root (apt-get). Idempotent: installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ if [[ $mode == --test || $mode == --bench ]]; then
   want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux)
 fi
 if [[ $mode == --bench ]]; then
-  want+=(xdp-tools nftables iptables netsniff-ng)
+  want+=(xdp-tools nftables iptables netsniff-ng python3-bpfcc linux-headers-amd64)
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 
