@@ -14,6 +14,9 @@
  *
  * The struct layouts below are mirrored in pyxdp/layout.py; a test checks the
  * mirror against this object's BTF.
+ *
+ * BENCH_* macros (never set in the shipped build) cut steps out for
+ * benchmarks/variants.py, which times what each step costs.
  */
 /*
  * Every struct this program reads is a wire format or UAPI (ethhdr, iphdr,
@@ -560,16 +563,19 @@ static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p
 		*verdict = V_PASS;
 		return R_ARP;
 	}
+#ifndef BENCH_NO_PREFIX
 	if (p->family == 4)
 		m = match4(cfg_idx, p->saddr4);
 	else if (p->family == 6)
 		m = match6(cfg_idx, p->saddr6.in6_u.u6_addr32[0], p->saddr6.in6_u.u6_addr32[1],
 			   p->saddr6.in6_u.u6_addr32[2], p->saddr6.in6_u.u6_addr32[3]);
+#endif
 	if (m >= 0) {
 		*plen = m & 0xff;
 		*verdict = (m >> 8) == ACT_ALLOW ? V_PASS : V_DROP;
 		return (m >> 8) == ACT_ALLOW ? R_SRC_ALLOW : R_SRC_DENY;
 	}
+#ifndef BENCH_NO_PORTS
 	if (p->has_ports) {
 		__u32 idx = p->dport + (p->proto == IPPROTO_UDP ? 65536 : 0);
 		struct entry *e = bpf_map_lookup_elem(&ports, &idx);
@@ -580,6 +586,7 @@ static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p
 			return e->action == ACT_ALLOW ? R_PORT_ALLOW : R_PORT_DENY;
 		}
 	}
+#endif
 	if (p->is_nd) {
 		*verdict = V_PASS;
 		return R_ND;
@@ -645,12 +652,14 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 	if (reason < 0 || reason >= R_MAX)
 		reason = decide(cfg_idx, c, p, &plen, &verdict);
 
+#ifndef BENCH_NO_STATS
 	idx = (__u32)reason * 2 + verdict;
 	struct counter *cnt = bpf_map_lookup_elem(&stats, &idx);
 	if (cnt) {
 		cnt->packets++;
 		cnt->bytes += len;
 	}
+#endif
 	if (knobs.trace_all)
 		trace(ctx, p, reason, verdict, plen, len);
 	else if (c->trace_every && (c->trace_every == 1 || bpf_get_prandom_u32() % c->trace_every == 0))
@@ -667,7 +676,14 @@ int xdp_filter(struct xdp_md *ctx)
 	__u32 *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
 	if (!sel)
 		return XDP_PASS;
-	return finish(ctx, &p, parse(ctx, &p), *sel & 1);
+#ifdef BENCH_ONLY_CONFIG
+	return XDP_PASS;
+#endif
+	int reason = parse(ctx, &p);
+#ifdef BENCH_ONLY_PARSE
+	return reason == R_MAX + p.family ? XDP_DROP : XDP_PASS; /* keeps the parse */
+#endif
+	return finish(ctx, &p, reason, *sel & 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";
