@@ -8,6 +8,9 @@ CPU's softirq, so that CPU is the bottleneck and the sender's share of it is
 the same in every configuration. Reported: frames per second the receiver
 took in and dropped (sender TX counter / time) and the CPU time per frame on
 that CPU (1 s / rate), each as a ratio to nftables at netdev ingress.
+Receiver softirq time alone cannot be told apart here: the kernel is built
+without CONFIG_IRQ_TIME_ACCOUNTING, and a veth's receive work runs in the
+sending task's context, so /proc/stat books it as the sender's system time.
 
 Configurations, each on a fresh pair of namespaces: no filter (UDP to a closed
 port: the stack answers nothing, rate-limited ICMP aside); pyxdp native and
