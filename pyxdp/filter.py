@@ -224,9 +224,6 @@ def _prefix_key(p: Prefix) -> bytes:
     return (L.KEY4 if p.family == 4 else L.KEY6).pack(p.plen, p.addr)
 
 
-def _len_slot(family: int, plen: int) -> int:
-    return plen if family == 4 else 33 + plen
-
 
 class _DirLock:
     """An exclusive flock on the pin directory (released with the fd)."""
