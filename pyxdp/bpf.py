@@ -114,10 +114,10 @@ CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
 
 
 def require_privileges() -> None:
-    """Root, or the capabilities that stand for it here: CAP_BPF (or
-    CAP_SYS_ADMIN) and CAP_NET_ADMIN."""
-    if os.geteuid() == 0:
-        return
+    """The capabilities pyxdp needs: CAP_BPF (or CAP_SYS_ADMIN) and
+    CAP_NET_ADMIN. Checked from the effective set, not the uid: root in a
+    container without them fails here with a clear message, not later with
+    a kernel EPERM."""
     caps = 0
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -125,7 +125,8 @@ def require_privileges() -> None:
                 if line.startswith("CapEff:"):
                     caps = int(line.split()[1], 16)
     except OSError:
-        pass
+        if os.geteuid() == 0:
+            return  # no /proc: trust root
     if caps >> CAP_NET_ADMIN & 1 and (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
         return
     raise PermissionError("pyxdp needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo")
