@@ -20,7 +20,7 @@ from pyxdp.entries import Entry, Port, parse_prefix
 
 pytestmark = needs_root
 
-EXAMPLES = int(os.environ.get("PYXDP_MODEL_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("PYXDP_MODEL_EXAMPLES", "600"))
 PORTS = [22, 53, 80, 443, 8080]
 
 
