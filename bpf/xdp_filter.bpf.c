@@ -164,6 +164,12 @@ __noinline int btf_anchor(struct event *ev, enum action a, enum reason r, enum v
 }
 
 /* cfg[0] and cfg[1] are two generations; cfg_sel[0] names the live one. */
+struct selector {
+	__u32 live;        /* index of the live cfg slot */
+	__u32 pad;
+	__u64 switched_ns; /* CLOCK_MONOTONIC of the last switch (control plane only) */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
@@ -176,7 +182,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct selector);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cfg_sel SEC(".maps");
 
@@ -673,7 +679,7 @@ int xdp_filter(struct xdp_md *ctx)
 	struct pkt p = {};
 	__u32 zero = 0;
 
-	__u32 *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
+	struct selector *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
 	if (!sel)
 		return XDP_PASS;
 #ifdef BENCH_ONLY_CONFIG
@@ -683,7 +689,7 @@ int xdp_filter(struct xdp_md *ctx)
 #ifdef BENCH_ONLY_PARSE
 	return reason == R_MAX + p.family ? XDP_DROP : XDP_PASS; /* keeps the parse */
 #endif
-	return finish(ctx, &p, reason, *sel & 1);
+	return finish(ctx, &p, reason, sel->live & 1);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -229,8 +229,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     import signal
 
     # SIGTERM (systemd, timeout, kill) ends the loop like Ctrl-C: the tracer
-    # then turns tracing off on its way out instead of leaving it on.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # then turns tracing off on its way out instead of leaving it on. Once on
+    # the way out, further signals are ignored so that the cleanup finishes.
+    def _stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     seen = 0
     with _open(args, lock=False) as flt, flt.trace(args.sample) as tr:
         if not args.json:

@@ -21,7 +21,7 @@ from . import layout as L
 from ._record import TYPE_CHECKING, Record
 from .bpf import BPFFS, BpfObject, Map, MapType, Program, RingBuffer, ensure_bpffs, is_bpffs, require_privileges
 from .entries import MASKS4, MASKS6, Entry, Port, Prefix
-from .errors import AttachError, BpfError, IncompatibleMap, MapFull, NotLoaded, UsageError
+from .errors import AttachError, BpfError, IncompatibleMap, KeyNotFound, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats
 PREFIX_MAPS = ("src4", "src6", "lpm4", "lpm6")
 ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
 NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP)
+RECENT_SWITCH_NS = 5_000_000_000  # a slot live less than this ago waits for an RCU grace period
 SMALL_TABLE = 1024  # below this many entries in a family, any length may be hashed
 SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's entries
 # family -> (hash map, trie map, first lens_count slot, longest prefix)
@@ -249,7 +250,6 @@ class Filter:
         self._maps = maps
         self._lock = lock
         self.created = False  # this handle made the state: a failure removes it again
-        self._flipped = False  # this handle has switched the config at least once
 
     # ---- opening and state --------------------------------------------------
 
@@ -332,9 +332,16 @@ class Filter:
 
     # ---- config ---------------------------------------------------------------
 
-    def _sel(self) -> int:
+    def _selector(self) -> tuple[int, int]:
+        """(live config slot, CLOCK_MONOTONIC ns of the last switch)."""
         raw = self.map("cfg_sel").lookup(L.U32.pack(0))
-        return L.U32.unpack(raw)[0] & 1 if raw else 0
+        if not raw:
+            return 0, 0
+        live, _pad, switched = L.SELECTOR.unpack(raw)
+        return live & 1, switched
+
+    def _sel(self) -> int:
+        return self._selector()[0]
 
     def config(self) -> Config:
         raw = self.map("cfg").lookup(L.U32.pack(self._sel()))
@@ -343,12 +350,13 @@ class Filter:
     def _write_config(self, cfg: Config) -> None:
         """Write the idle generation, then switch: a packet sees all of the old
         config or all of the new one."""
-        if self._flipped:
-            _rcu_grace_period()  # a packet may still be reading the slot about to be rewritten
-        nxt = self._sel() ^ 1
+        live, switched = self._selector()
+        if monotonic_ns() - switched < RECENT_SWITCH_NS:
+            # the idle slot was live moments ago: a packet may still be reading it
+            _rcu_grace_period()
+        nxt = live ^ 1
         self.map("cfg").update(L.U32.pack(nxt), cfg.encode())
-        self.map("cfg_sel").update(L.U32.pack(0), L.U32.pack(nxt))
-        self._flipped = True
+        self.map("cfg_sel").update(L.U32.pack(0), L.SELECTOR.pack(nxt, 0, monotonic_ns()))
 
     @property
     def policy(self) -> Verdict:
@@ -404,8 +412,8 @@ class Filter:
         for fam in _FAMILIES:
             try:
                 self._rebalance_family(fam, counts)
-            except BpfError:
-                pass  # an optimisation only: the index is valid as it stands (a move that fails undoes itself)
+            except _MoveSkipped:
+                pass  # an optimisation only: the index is valid as it stands
 
     def _rebalance_family(self, fam: int, counts: list[int]) -> None:
         _h, _t, base, maxlen = _FAMILIES[fam]
@@ -451,18 +459,29 @@ class Filter:
         in_hash = sum(counts[base + n] for n in cfg.hashed(fam))
         held = in_hash if to_hash else sum(counts[base : base + maxlen + 1]) - in_hash
         if held + counts[base + plen] > dst.spec.max_entries:
-            raise MapFull(errno.E2BIG, f"map {dst.name} has no room to take /{plen}")
+            raise _MoveSkipped(f"map {dst.name} has no room to take /{plen}")
         items = [(k, v) for k, v in src.items() if _key_plen(k) == plen]
         keys = [k for k, _v in items]
         try:
             _write_all(dst, keys, [v for _k, v in items])
-        except BaseException:
+        except BpfError as exc:
             _delete_present(dst, keys)  # the config still says src: take the partial copy back
-            raise
+            raise _MoveSkipped(str(exc)) from None
         hashed = [n for n in cfg.hashed(fam) if n != plen] + ([plen] if to_hash else [])
         trie = any(counts[base + n] for n in range(maxlen + 1) if n not in hashed)
         self._write_config(cfg.with_index(fam, hashed, trie))
-        _delete_all(src, keys)
+        # Packets that read the old config may still look in src: wait them
+        # out, then delete. From here on the old copies must go (a copy left
+        # in the trie would shadow the hash), so failures are not skipped.
+        _rcu_grace_period()
+        try:
+            _delete_all(src, keys)
+        except BpfError:
+            for k in keys:
+                try:
+                    src.delete(k)
+                except KeyNotFound:
+                    pass
 
     # ---- entries --------------------------------------------------------------
 
@@ -482,6 +501,10 @@ class Filter:
         return self._add((t, action, ttl) for t in targets)
 
     def _add(self, entries: Iterable[tuple[Target, Action, int | None]]) -> int:
+        with _signals_deferred():
+            return self._add_now(entries)
+
+    def _add_now(self, entries: Iterable[tuple[Target, Action, int | None]]) -> int:
         self._require_lock()
         now = monotonic_ns()
         # family -> prefix length -> key -> value
@@ -554,6 +577,10 @@ class Filter:
     def delete(self, targets: Iterable[Target], action: Action = Action.NONE) -> int:
         """Delete entries, all or nothing: every target must exist (and have
         ``action``, unless it is NONE). Returns how many."""
+        with _signals_deferred():
+            return self._delete_now(targets, action)
+
+    def _delete_now(self, targets: Iterable[Target], action: Action) -> int:
         self._require_lock()
         cfg = self.config()
         plan: list[tuple[Map, bytes, bytes]] = []
@@ -715,6 +742,15 @@ class Filter:
         except UsageError:
             if not by_name:  # no such interface, and no record of one by that name
                 raise
+            for (ns, idx), rec in by_name.items():  # renamed, or really gone?
+                try:
+                    with Netlink(ns) as nl:
+                        now = nl.state_by_index(idx)
+                except UsageError:
+                    now = None  # its namespace is gone
+                if now is not None and now.prog_id == rec.prog_id:
+                    raise UsageError(f"{ifname}{where} was renamed to {now.ifname} (ifindex {idx}), which still "
+                                     f"runs this filter: detach {now.ifname}") from None
             gone = list(by_name)  # the interface (or its namespace) is gone, and its program with it
         if not gone:
             raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
@@ -1006,6 +1042,31 @@ def _write_all(m: Map, keys: list[bytes], values: list[bytes]) -> None:
                 raise
             for k, v in zip(ks, vs):
                 m.update(k, v)
+
+
+class _signals_deferred:  # noqa: N801 - used like a function
+    """Hold SIGINT and SIGTERM while a change spans several maps (entries,
+    counts, config, moves): Ctrl-C then lands after it, never inside it."""
+
+    _SIGNALS = (2, 15)  # SIGINT, SIGTERM
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self._old: set[int] | None = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = set(signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            import signal
+
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
+class _MoveSkipped(Exception):
+    """A move between hash and trie that did not start (or undid itself)."""
 
 
 def _delete_present(m: Map, keys: list[bytes]) -> None:

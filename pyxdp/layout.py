@@ -63,6 +63,7 @@ EVENT = struct.Struct("=QIIBBBBHH16s16sBBBBHH")
 IFACE_KEY = struct.Struct("=I60s")
 IFACE_VAL = struct.Struct("=16sII")
 U32 = struct.Struct("=I")
+SELECTOR = struct.Struct("=IIQ")  # live slot, pad, switched_ns
 
 # struct name in the C source -> (Struct, [(field, size)]) for the BTF check
 BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
@@ -88,11 +89,12 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
         ("plen", 1), ("vlans", 1), ("fragment", 1), ("pad", 1), ("ethertype", 2), ("pad2", 2),
     ],
     "iface_key": [("ifindex", 4), ("netns", 60)],
+    "selector": [("live", 4), ("pad", 4), ("switched_ns", 8)],
     "iface_val": [("ifname", 16), ("mode", 4), ("prog_id", 4)],
 }
 STRUCT_SIZES = {
     "entry": ENTRY.size, "key4": KEY4.size, "key6": KEY6.size, "counter": COUNTER.size,
     "len4": LEN4.size, "len6": LEN6.size, "config": CONFIG_SIZE, "event": EVENT.size,
-    "iface_key": IFACE_KEY.size, "iface_val": IFACE_VAL.size,
+    "iface_key": IFACE_KEY.size, "iface_val": IFACE_VAL.size, "selector": SELECTOR.size,
 }
 ENUMS = {"action": Action, "reason": Reason, "verdict": Verdict}

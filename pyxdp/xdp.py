@@ -130,9 +130,21 @@ class Netlink:
             raise UsageError(f"no interface {ifname!r}{where}")
         return int(idx[0])
 
+    def state_by_index(self, ifindex: int) -> XdpState | None:
+        """What interface ``ifindex`` runs, or None when there is no such interface."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            link = self._ipr.get_links(ifindex)[0]
+        except (NetlinkError, IndexError):
+            return None
+        return self._xdp_state(link.get_attr("IFLA_IFNAME") or "", ifindex, link)
+
     def state(self, ifname: str) -> XdpState:
         idx = self.ifindex(ifname)
-        link = self._ipr.get_links(idx)[0]
+        return self._xdp_state(ifname, idx, self._ipr.get_links(idx)[0])
+
+    def _xdp_state(self, ifname: str, idx: int, link: Any) -> XdpState:
         xdp = link.get_attr("IFLA_XDP")
         prog_id, mode = 0, None
         if xdp is not None:

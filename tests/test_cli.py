@@ -160,6 +160,17 @@ def test_detach_of_a_vanished_interface_forgets_it(pin_dir: str, netpair: NetPai
     assert not os.path.exists(pin_dir)
 
 
+def test_detach_of_a_renamed_interface_is_refused(pin_dir: str, netpair: NetPair) -> None:
+    ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    sh("ip", "-n", netpair.b, "link", "set", "vb", "down")  # a link is renamed while down
+    sh("ip", "-n", netpair.b, "link", "set", "vb", "name", "vbx")
+    sh("ip", "-n", netpair.b, "link", "set", "vbx", "up")
+    fails(2, "was renamed to vbx", "detach", "vb", "--netns", netpair.b, pin_dir=pin_dir)
+    assert os.path.exists(pin_dir)  # nothing forgotten
+    assert "state removed" in ok("detach", "vbx", "--netns", netpair.b, pin_dir=pin_dir)
+    assert "prog/xdp" not in sh("ip", "-n", netpair.b, "-d", "link", "show", "vbx").stdout
+
+
 def test_generic_load_unload_of_the_seed_program(netpair: NetPair) -> None:
     out = ok("load", EXAMPLE, netpair.vb, "--netns", netpair.b)
     assert "loaded packets.bpf.o on vb" in out
@@ -295,7 +306,7 @@ def test_trace_stopped_by_sigterm_turns_tracing_off(pin_dir: str) -> None:
         else:
             raise AssertionError("tracing never came on")
         tr.send_signal(signal.SIGTERM)
-        assert tr.wait(timeout=10) == 0
+        assert tr.wait(timeout=10) == 128 + signal.SIGTERM
     finally:
         tr.kill()
     assert json.loads(ok("status", "--json", pin_dir=pin_dir))["trace_every"] == 0
