@@ -53,21 +53,25 @@ b.attach_xdp(sys.argv[1], b.load_func("packetfilter", BPF.XDP), 0)
 
 def measure(cmd: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS in KiB) of one process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-300:]}")
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:  # a pipe left unread could fill and block the child
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed: {err.read().decode(errors='replace').strip()[-300:]}")
     return wall, usage.ru_maxrss
 
 
-def headers_for_bcc() -> list[str]:
+def headers_for_bcc(made: list[str]) -> None:
     """Make /lib/modules/$(uname -r)/{build,source} point at Debian's 6.1
-    headers when the kernel has none; returns the links made."""
+    headers when the kernel has none; records in ``made`` what it made, as it
+    goes, so that a failure halfway is undone too."""
     mod = f"/lib/modules/{platform.release()}"
-    made = []
     builds = sorted(d for d in os.listdir(HEADERS) if d.startswith("linux-headers-") and d.endswith("-amd64"))
     commons = sorted(d for d in os.listdir(HEADERS) if d.startswith("linux-headers-") and d.endswith("-common"))
     if not builds or not commons:
@@ -77,21 +81,18 @@ def headers_for_bcc() -> list[str]:
         made.append(mod)
     for name, target in (("build", builds[-1]), ("source", commons[-1])):
         link = os.path.join(mod, name)
-        if not os.path.exists(link):
+        if not os.path.lexists(link):
             os.symlink(os.path.join(HEADERS, target), link)
             made.append(link)
-    return made
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    subprocess.run(["ip", "link", "del", DEV], capture_output=True)
-    subprocess.run(["ip", "link", "add", DEV, "type", "veth", "peer", "name", "pxbcc1"], check=True)
-    for d in (DEV, "pxbcc1"):
-        subprocess.run(["ip", "link", "set", d, "up"], check=True)
-    links = headers_for_bcc()
+    if os.path.exists("/sys/fs/bpf/xdp-filter"):
+        sys.exit("/sys/fs/bpf/xdp-filter exists: xdp-filter is in use on this host; not benchmarking against it")
+    links: list[str] = []
     libxdp_existed = os.path.exists("/sys/fs/bpf/xdp")
     undo = {
         "bcc": ["ip", "link", "set", DEV, "xdp", "off"],
@@ -108,11 +109,17 @@ def main() -> None:
     }
     res: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
     try:
+        subprocess.run(["ip", "link", "del", DEV], capture_output=True)
+        subprocess.run(["ip", "link", "add", DEV, "type", "veth", "peer", "name", "pxbcc1"], check=True)
+        for d in (DEV, "pxbcc1"):
+            subprocess.run(["ip", "link", "set", d, "up"], check=True)
+        headers_for_bcc(links)
         for _ in range(args.runs):
             for name, cmd in cmds.items():
                 res[name].append(measure(cmd))
                 subprocess.run(undo[name], capture_output=True, check=True)
     finally:
+        subprocess.run(["xdp-filter", "unload", DEV], capture_output=True)
         subprocess.run(["ip", "link", "del", DEV], capture_output=True)
         shutil.rmtree(PIN, ignore_errors=True)
         for link in reversed(links):  # the links, then the directory if it was made for them

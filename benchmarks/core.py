@@ -186,7 +186,18 @@ def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[
     return out
 
 
+XDPFILTER_STATE = "/sys/fs/bpf/xdp-filter"
+
+
+def refuse_if_xdpfilter_in_use() -> None:
+    """xdp-filter keeps one set of pinned maps for every interface it runs on;
+    loading it here, or `xdp-filter ip`, would join a filter the host runs."""
+    if os.path.exists(XDPFILTER_STATE):
+        sys.exit(f"{XDPFILTER_STATE} exists: xdp-filter is in use on this host; not benchmarking against it")
+
+
 def control_plane(runs: int) -> str:
+    refuse_if_xdpfilter_in_use()
     lines = []
     subprocess.run(["ip", "link", "del", "pxbench0"], capture_output=True)
     subprocess.run(["ip", "link", "add", "pxbench0", "type", "veth", "peer", "name", "pxbench1"], check=True)
@@ -234,6 +245,8 @@ def control_plane(runs: int) -> str:
         lines.append(f"| `xdp-filter load pxbench0` | {median(xf) * 1e3:.0f} | 1.00 |")
         lines.append(f"| `pyxdp-load attach pxbench0` | {median(att) * 1e3:.0f} | {median(att) / median(xf):.2f} |")
     finally:
+        for dev in ("pxbench0", "pxbench1"):
+            subprocess.run(["xdp-filter", "unload", dev], capture_output=True)
         subprocess.run(["ip", "link", "del", "pxbench0"], capture_output=True)
         if not libxdp_existed:
             shutil.rmtree(libxdp_dir, ignore_errors=True)

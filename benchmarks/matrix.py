@@ -85,10 +85,12 @@ def main() -> None:
     pk = kinds()
     progs: dict[str, Program] = {}
     closers = []
-    pins = {name: scratch_pin(f"mx-{i}") for i, name in
-            enumerate(("empty", *SIZES, *(f"xf{n}" for n in SIZES), "xf-alw"))}
-    paths = {name: cm.__enter__() for name, cm in pins.items()}
+    from contextlib import ExitStack
+
+    stack = ExitStack()
     try:
+        names = ("empty", *SIZES, *(f"xf{n}" for n in SIZES), "xf-alw")
+        paths = {name: stack.enter_context(scratch_pin(f"mx-{i}")) for i, name in enumerate(names)}
         floor = BpfObject(FLOOR)
         floor.load()
         progs["XDP_PASS only (floor)"] = floor.program()
@@ -117,8 +119,7 @@ def main() -> None:
     finally:
         for close in closers:
             close()
-        for cm in pins.values():
-            cm.__exit__(None, None, None)
+        stack.close()
     ref = "xdp-filter dny_all, 100k + 10,000 v6 addresses"
     floor = "XDP_PASS only (floor)"
     print(f"BPF_PROG_TEST_RUN, repeat={repeat}, median of {rounds} interleaved rounds, ns/packet; in brackets: "

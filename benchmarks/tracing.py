@@ -62,17 +62,21 @@ def one_rate(pin: str, prog: object, flt: Filter, rate: int) -> tuple[int, int, 
 
     reader = threading.Thread(target=count, daemon=True)
     reader.start()
-    deadline = time.time() + 10
-    while flt.config().trace_every == 0 and time.time() < deadline:  # the tracer has switched tracing on
-        time.sleep(0.01)
-    lost0 = flt.stats().lost_events
-    done: list[int] = []
-    produce(prog, rate, SECONDS, done)
-    time.sleep(0.5)  # let the reader drain
-    tracer.terminate()
-    tracer.wait(timeout=10)
-    reader.join(timeout=10)
-    return done[0], got[0], flt.stats().lost_events - lost0
+    try:
+        deadline = time.time() + 10
+        while flt.config().trace_every == 0 and time.time() < deadline:  # the tracer has switched tracing on
+            time.sleep(0.01)
+        lost0 = flt.stats().lost_events
+        done: list[int] = []
+        produce(prog, rate, SECONDS, done)
+        time.sleep(0.5)  # let the reader drain
+        tracer.terminate()
+        tracer.wait(timeout=10)
+        reader.join(timeout=10)
+        return done[0], got[0], flt.stats().lost_events - lost0
+    finally:
+        tracer.kill()
+        tracer.wait()
 
 
 def main() -> None:

@@ -93,11 +93,14 @@ def tx_packets() -> int:
 def run_once(conf: str, seconds: float) -> float:
     before = tx_packets()
     t = time.perf_counter()
-    subprocess.run(["ip", "netns", "exec", A, "timeout", "-s", "INT", str(seconds), "taskset", "-c", "1",
-                    "trafgen", "--dev", "va", "--conf", conf, "--cpus", "1", "-q"],
-                   capture_output=True, check=False)
+    res = subprocess.run(["ip", "netns", "exec", A, "timeout", "-s", "INT", str(seconds), "taskset", "-c", "1",
+                          "trafgen", "--dev", "va", "--conf", conf, "--cpus", "1", "-q"],
+                         capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - t
-    return (tx_packets() - before) / elapsed
+    sent = tx_packets() - before
+    if sent == 0:
+        raise RuntimeError(f"trafgen sent nothing (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+    return sent / elapsed
 
 
 CONFIGS = ["no filter", "pyxdp native", "pyxdp generic", "nft netdev ingress", "nft inet prerouting (raw prio)",
