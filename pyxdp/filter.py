@@ -1051,18 +1051,15 @@ class _signals_deferred:  # noqa: N801 - used like a function
     _SIGNALS = (2, 15)  # SIGINT, SIGTERM
 
     def __enter__(self) -> None:
-        import signal
-        import threading
+        import _signal  # signal.py would build its enums first (0.5 ms of a CLI call)
 
-        self._old: set[int] | None = None
-        if threading.current_thread() is threading.main_thread():
-            self._old = set(signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS))
+        # per thread: in a worker thread this is harmless (handlers run in the main one)
+        self._old = set(_signal.pthread_sigmask(_signal.SIG_BLOCK, self._SIGNALS))
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            import signal
+        import _signal
 
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, self._old)
 
 
 class _MoveSkipped(Exception):
