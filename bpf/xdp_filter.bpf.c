@@ -186,42 +186,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cfg_sel SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct key4);
-	__type(value, struct entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} src4 SEC(".maps");
+/* The prefix index (see match4): a hash of the hashed prefix lengths and an
+ * LPM trie of the others, per family. Capacity is set at load (--capacity);
+ * entries are allocated as they are added. */
+#define PREFIX_MAP(_name, _type, _key)                          \
+	struct {                                                \
+		__uint(type, _type);                            \
+		__uint(max_entries, 1048576);                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);           \
+		__type(key, _key);                              \
+		__type(value, struct entry);                    \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);            \
+	} _name SEC(".maps")
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct key6);
-	__type(value, struct entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} src6 SEC(".maps");
-
-/* Prefixes of the lengths that are not hashed (see match4). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct key4);
-	__type(value, struct entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lpm4 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct key6);
-	__type(value, struct entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lpm6 SEC(".maps");
+PREFIX_MAP(src4, BPF_MAP_TYPE_HASH, struct key4);
+PREFIX_MAP(src6, BPF_MAP_TYPE_HASH, struct key6);
+PREFIX_MAP(lpm4, BPF_MAP_TYPE_LPM_TRIE, struct key4);
+PREFIX_MAP(lpm6, BPF_MAP_TYPE_LPM_TRIE, struct key6);
 
 /* index: 0..65535 tcp destination port, 65536..131071 udp */
 struct {
