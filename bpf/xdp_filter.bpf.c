@@ -454,6 +454,26 @@ static __always_inline int hit(struct entry *e, __u32 plen)
  * match; then the hashed lengths longer than it are probed, longest first.
  * An expired trie entry sends the lookup on to shorter prefixes.
  */
+/* The longest live entry of an LPM trie holding key's address. key starts
+ * with its prefix length (struct key4/key6), set to the longest on entry; an
+ * expired entry sends the walk on to shorter prefixes, at most steps times. */
+static __always_inline struct entry *trie_longest_live(void *trie, void *key, int steps, __u64 *now)
+{
+	__u32 *plen = key;
+
+	for (int i = 0; i < steps; i++) {
+		struct entry *e = bpf_map_lookup_elem(trie, key);
+		if (!e)
+			return NULL;
+		if (live(e, now))
+			return e;
+		if (!e->plen)
+			return NULL;
+		*plen = e->plen - 1;
+	}
+	return NULL;
+}
+
 static __always_inline int match4(__u32 cfg_idx, __u32 saddr)
 {
 	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
@@ -467,19 +487,9 @@ static __always_inline int match4(__u32 cfg_idx, __u32 saddr)
 	if (c->trie4) {
 		k.plen = 32;
 		k.addr = saddr;
-		for (int i = 0; i < 33; i++) {
-			struct entry *e = bpf_map_lookup_elem(&lpm4, &k);
-			if (!e)
-				break;
-			if (live(e, &now)) {
-				trie = e;
-				trie_len = e->plen;
-				break;
-			}
-			if (!e->plen)
-				break;
-			k.plen = e->plen - 1;
-		}
+		trie = trie_longest_live(&lpm4, &k, 33, &now);
+		if (trie)
+			trie_len = trie->plen;
 	}
 	for (__u32 i = 0; i < LENS4_SLOTS; i++) {
 		if (i >= c->n4 || (int)c->lens4[i].plen <= trie_len)
@@ -510,19 +520,9 @@ static __always_inline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, _
 		kw[1] = a1;
 		kw[2] = a2;
 		kw[3] = a3;
-		for (int i = 0; i < 129; i++) {
-			struct entry *e = bpf_map_lookup_elem(&lpm6, &k);
-			if (!e)
-				break;
-			if (live(e, &now)) {
-				trie = e;
-				trie_len = e->plen;
-				break;
-			}
-			if (!e->plen)
-				break;
-			k.plen = e->plen - 1;
-		}
+		trie = trie_longest_live(&lpm6, &k, 129, &now);
+		if (trie)
+			trie_len = trie->plen;
 	}
 	for (__u32 i = 0; i < LENS6_SLOTS; i++) {
 		if (i >= c->n6 || (int)c->lens6[i].plen <= trie_len)
