@@ -3,7 +3,8 @@
  * pyxdp datapath: one XDP program that parses a frame once and decides
  *   1. source prefix (IPv4/IPv6, longest match, allow or deny, optional expiry)
  *   2. destination port (tcp/udp, allow or deny)
- *   3. default policy (pass or drop)
+ *   3. ordered multi-field rules (first match wins), see match_rules
+ *   4. default policy (pass or drop)
  * ARP always passes, IPv6 neighbour discovery is never cut by the policy,
  * malformed or too deeply nested headers are dropped. Every decision is
  * counted per reason; tracing sends sampled events to a ring buffer.
@@ -49,6 +50,15 @@
 #define MAX_L4_OFF 1024  /* deeper L4 headers are "too deep" */
 #define LENS4_SLOTS 8    /* hashed IPv4 prefix lengths: 4, plus room while one moves */
 #define LENS6_SLOTS 8
+#define MAX_RULE_WORDS 128   /* 8,192 rules */
+#define DEFAULT_RULE_WORDS 16 /* 1,024 rules; the loader sets knobs.rule_words */
+#define RULE_SETS 8          /* sets referenced per direction (source, destination) */
+#define PROTO_CLASSES 5      /* tcp, udp, icmp, icmpv6, other */
+#define DEFAULT_RULES (DEFAULT_RULE_WORDS * 64)
+/* vector classes one generation may need for r rules (see pyxdp/rules.py) */
+#define CLASSES(r) (8 * (r) + 1024)
+#define RULE_TEXT 192        /* a rule's canonical text, NUL-padded */
+#define SET_NAME 32
 
 enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
 
@@ -63,7 +73,9 @@ enum reason {
 	R_FRAGMENT = 7,
 	R_MALFORMED = 8,
 	R_TOO_DEEP = 9,
-	R_MAX = 10,
+	R_RULE_ALLOW = 10,
+	R_RULE_DENY = 11,
+	R_MAX = 12,
 };
 
 enum verdict { V_PASS = 0, V_DROP = 1 };
@@ -104,6 +116,8 @@ struct config {
 	__u32 n6;
 	__u32 trie4;       /* 1: lpm4 holds entries (of lengths not in lens4) */
 	__u32 trie6;
+	__u32 rgen;        /* the rule-set generation (0/1) packets use */
+	__u32 nrules;      /* rules in that generation (0: no rule walk at all) */
 	struct len4 lens4[LENS4_SLOTS]; /* hashed IPv4 prefix lengths, longest first */
 	struct len6 lens6[LENS6_SLOTS];
 };
@@ -130,7 +144,9 @@ struct event {
 	__u8 fragment;   /* 1: first fragment, 2: later fragment */
 	__u8 pad;
 	__u16 ethertype;
-	__u16 pad2;
+	__u16 rule;      /* the deciding rule's number (position + 1), 0: none */
+	__u32 rule_id;   /* its stable id + 1 (hit counter and definition slot) */
+	__u32 pad2;
 };
 
 struct iface_key {
@@ -153,7 +169,9 @@ struct iface_val {
 const volatile struct knobs {
 	__u32 trace_all;
 	__u32 count_hits;
-} knobs = { .trace_all = 0, .count_hits = 1 };
+	__u32 rule_words;  /* rule capacity / 64: the bound of the bit-vector walk */
+	__u32 pad;
+} knobs = { .trace_all = 0, .count_hits = 1, .rule_words = DEFAULT_RULE_WORDS };
 
 
 /* Never called: keeps struct event and the enums in BTF for the Python
@@ -248,6 +266,148 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ifaces SEC(".maps");
 
+/*
+ * Ordered rules, classified by bit vectors (the scheme of bpf-iptables).
+ * Rule i is bit i of a vector of rule_words u64 words. Each field of a packet
+ * (protocol, source address, source sets, destination address, destination
+ * sets, source port, destination port, interface) maps to a class; a class
+ * has the vector of the rules whose field accepts that value. AND the eight
+ * vectors; the lowest set bit is the first matching rule. The cost grows
+ * with rules / 64, not with rules.
+ *
+ * Everything a packet reads is kept twice, one copy per generation: the
+ * control plane writes the idle generation whole, then switches cfg.rgen.
+ * A packet reads rgen once, so it sees one rule set or the other, never a
+ * mix. Sets (named prefix lists that rules refer to) are not doubled: their
+ * lookups are keyed by a set id, and a replaced set gets a new id.
+ */
+struct ruleset {
+	__u32 n_words;                  /* words of the vectors in use */
+	__u32 iface_dflt;               /* class of an interface no rule names */
+	__u32 proto_cls[PROTO_CLASSES + 1]; /* tcp, udp, icmp, icmpv6, other */
+	__u32 lit_dflt[4];              /* class when no rule prefix holds the address: [dir * 2 + (v6)] */
+	__u32 setb[2];                  /* per dir: class of set-hit mask 0; mask m is setb + m */
+	__u32 n_sets[2];                /* sets referenced per dir */
+	__u32 sets[2][RULE_SETS];       /* their ids */
+	__u32 noport[2];                /* per dir: class of a packet without ports */
+};
+
+/* rlit4/rlit6: the prefixes that rules name, tag = gen * 2 + dir.
+ * set4/set6: the prefixes of sets, tag = set id. plen counts the tag's 32 bits. */
+struct rkey4 {
+	__u32 plen;
+	__u32 tag;
+	__u32 addr;
+};
+
+struct rkey6 {
+	__u32 plen;
+	__u32 tag;
+	__u8 addr[16];
+};
+
+struct rref {
+	__u32 id;      /* stable id: hit counter and definition slot */
+	__u32 action;  /* enum action */
+};
+
+struct ifkey {
+	__u32 gen;
+	__u32 ifindex;
+};
+
+struct set_meta {
+	__u32 id;
+	__u32 pad;
+	__u64 n4;      /* prefixes held, per family */
+	__u64 n6;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ruleset);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rsets SEC(".maps");
+
+#define RULE_TRIE(_name, _key, _cap)                            \
+	struct {                                                \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);            \
+		__uint(max_entries, _cap);                      \
+		__uint(map_flags, BPF_F_NO_PREALLOC);           \
+		__type(key, _key);                              \
+		__type(value, __u32);                           \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);            \
+	} _name SEC(".maps")
+
+/* capacities here are the defaults; the loader sizes them from the rule capacity */
+RULE_TRIE(rlit4, struct rkey4, 4 * DEFAULT_RULES);
+RULE_TRIE(rlit6, struct rkey6, 4 * DEFAULT_RULES);
+RULE_TRIE(set4, struct rkey4, 1 << 24);
+RULE_TRIE(set6, struct rkey6, 1 << 24);
+
+/* class -> vector; generation g owns classes [g * n / 2, (g + 1) * n / 2) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * CLASSES(DEFAULT_RULES));
+	__uint(key_size, 4);
+	__uint(value_size, DEFAULT_RULE_WORDS * 8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rvec SEC(".maps");
+
+/* index: gen << 17 | dir << 16 | port -> class */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 512);
+	__type(key, struct ifkey);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} riface SEC(".maps");
+
+/* index: gen * rules + position -> the rule there */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_RULES);
+	__type(key, __u32);
+	__type(value, struct rref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rorder SEC(".maps");
+
+/* index: rule id */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_RULES);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rhits SEC(".maps");
+
+/* Control plane only: each rule's text by id, and the sets by name. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * DEFAULT_RULES);
+	__uint(key_size, 4);
+	__uint(value_size, RULE_TEXT);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rdefs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__uint(key_size, SET_NAME);
+	__type(value, struct set_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} set_names SEC(".maps");
+
 struct pkt {
 	__u16 ethertype;
 	__u8 vlans;
@@ -258,6 +418,9 @@ struct pkt {
 	__u8 is_nd;
 	__u8 hop255;     /* IPv6 hop limit is 255: the packet cannot come from off-link */
 	__u8 pad[3];
+	__u16 rule_pos;  /* deciding rule's position + 1 */
+	__u16 pad2;
+	__u32 rule_id;   /* its id + 1 */
 	__u16 sport;
 	__u16 dport;
 	__u32 saddr4;
@@ -540,8 +703,130 @@ static __always_inline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, _
 	return trie ? hit(trie, trie_len & 0xff) : -1;
 }
 
-static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p, __u8 *plen,
-				  __u32 *verdict)
+/* Index of the lowest set bit of a non-zero word (BPF has no ctz). */
+static __always_inline __u32 lowest_bit(__u64 w)
+{
+	__u32 n = 0;
+
+	if (!(w & 0xffffffffULL)) { n += 32; w >>= 32; }
+	if (!(w & 0xffff)) { n += 16; w >>= 16; }
+	if (!(w & 0xff)) { n += 8; w >>= 8; }
+	if (!(w & 0xf)) { n += 4; w >>= 4; }
+	if (!(w & 0x3)) { n += 2; w >>= 2; }
+	if (!(w & 0x1)) n += 1;
+	return n;
+}
+
+/* The classes of one address of the packet (dir 0 source, 1 destination):
+ * the rule prefixes holding it (*lit), and which referenced sets hold it
+ * (*setc: the class of that hit mask). */
+static __always_inline void addr_classes(struct ruleset *rs, __u32 gen, __u32 dir, struct pkt *p,
+					 __u32 *lit, __u32 *setc)
+{
+	__u32 mask = 0, *v;
+
+	if (p->family == 4) {
+		struct rkey4 k = { .plen = 64, .tag = gen * 2 + dir, .addr = dir ? p->daddr4 : p->saddr4 };
+		v = bpf_map_lookup_elem(&rlit4, &k);
+		*lit = v ? *v : rs->lit_dflt[dir * 2];
+		for (__u32 i = 0; i < RULE_SETS; i++) {
+			if (i >= rs->n_sets[dir])
+				break;
+			k.tag = rs->sets[dir][i];
+			if (bpf_map_lookup_elem(&set4, &k))
+				mask |= 1 << i;
+		}
+	} else {
+		struct rkey6 k = { .plen = 160, .tag = gen * 2 + dir };
+		__builtin_memcpy(k.addr, dir ? &p->daddr6 : &p->saddr6, 16);
+		v = bpf_map_lookup_elem(&rlit6, &k);
+		*lit = v ? *v : rs->lit_dflt[dir * 2 + 1];
+		for (__u32 i = 0; i < RULE_SETS; i++) {
+			if (i >= rs->n_sets[dir])
+				break;
+			k.tag = rs->sets[dir][i];
+			if (bpf_map_lookup_elem(&set6, &k))
+				mask |= 1 << i;
+		}
+	}
+	*setc = rs->setb[dir] + mask;
+}
+
+/*
+ * The first rule of generation gen that the packet (IPv4 or IPv6) matches.
+ * Returns its action (and notes it in p), or -1. A global function: the walk
+ * below is verified once, and a packet pays the call only when rules exist.
+ */
+__noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
+{
+	__u32 c_proto, c_src, c_sset, c_dst, c_dset, c_sport, c_dport, c_if, pc, k, *v;
+
+	if (!ctx || !p)
+		return -1;
+	gen &= 1;
+	struct ruleset *rs = bpf_map_lookup_elem(&rsets, &gen);
+	if (!rs)
+		return -1;
+	pc = p->proto == IPPROTO_TCP ? 0 : p->proto == IPPROTO_UDP ? 1 : p->proto == IPPROTO_ICMP ? 2 :
+	     p->proto == IPPROTO_ICMPV6 ? 3 : 4;
+	c_proto = rs->proto_cls[pc & 7];
+	addr_classes(rs, gen, 0, p, &c_src, &c_sset);
+	addr_classes(rs, gen, 1, p, &c_dst, &c_dset);
+	c_sport = rs->noport[0];
+	c_dport = rs->noport[1];
+	if (p->has_ports) {
+		k = gen << 17 | p->sport;
+		v = bpf_map_lookup_elem(&rports, &k);
+		if (v)
+			c_sport = *v;
+		k = gen << 17 | 1 << 16 | p->dport;
+		v = bpf_map_lookup_elem(&rports, &k);
+		if (v)
+			c_dport = *v;
+	}
+	struct ifkey ik = { .gen = gen, .ifindex = ctx->ingress_ifindex };
+	v = bpf_map_lookup_elem(&riface, &ik);
+	c_if = v ? *v : rs->iface_dflt;
+
+	__u64 *a = bpf_map_lookup_elem(&rvec, &c_proto);
+	__u64 *b = bpf_map_lookup_elem(&rvec, &c_src);
+	__u64 *c = bpf_map_lookup_elem(&rvec, &c_sset);
+	__u64 *d = bpf_map_lookup_elem(&rvec, &c_dst);
+	__u64 *e = bpf_map_lookup_elem(&rvec, &c_dset);
+	__u64 *f = bpf_map_lookup_elem(&rvec, &c_sport);
+	__u64 *g = bpf_map_lookup_elem(&rvec, &c_dport);
+	__u64 *h = bpf_map_lookup_elem(&rvec, &c_if);
+	if (!a || !b || !c || !d || !e || !f || !g || !h)
+		return -1;
+	__u32 words = rs->n_words;
+	for (__u32 i = 0; i < knobs.rule_words && i < MAX_RULE_WORDS; i++) {
+		if (i >= words)
+			break;
+		__u64 w = a[i] & b[i] & c[i] & d[i] & e[i] & f[i] & g[i] & h[i];
+		if (!w)
+			continue;
+		__u32 pos = i * 64 + lowest_bit(w);
+		__u32 slot = gen * knobs.rule_words * 64 + pos;
+		struct rref *r = bpf_map_lookup_elem(&rorder, &slot);
+		if (!r)
+			return -1;
+		if (knobs.count_hits) {
+			__u32 id = r->id;
+			struct counter *cnt = bpf_map_lookup_elem(&rhits, &id);
+			if (cnt) {
+				cnt->packets++;
+				cnt->bytes += ctx->data_end - ctx->data;
+			}
+		}
+		p->rule_pos = pos + 1;
+		p->rule_id = r->id + 1;
+		return r->action;
+	}
+	return -1;
+}
+
+static __always_inline int decide(struct xdp_md *ctx, __u32 cfg_idx, struct config *c, struct pkt *p,
+				  __u8 *plen, __u32 *verdict)
 {
 	__u64 now = 0;
 	int m = -1;
@@ -577,6 +862,13 @@ static __always_inline int decide(__u32 cfg_idx, struct config *c, struct pkt *p
 	if (p->is_nd) {
 		*verdict = V_PASS;
 		return R_ND;
+	}
+	if (c->nrules && p->family) {
+		m = match_rules(ctx, p, c->rgen);
+		if (m == ACT_ALLOW || m == ACT_DENY) {
+			*verdict = m == ACT_ALLOW ? V_PASS : V_DROP;
+			return m == ACT_ALLOW ? R_RULE_ALLOW : R_RULE_DENY;
+		}
 	}
 	*verdict = c->policy == V_DROP ? V_DROP : V_PASS;
 	return p->fragment == 2 ? R_FRAGMENT : R_POLICY;
@@ -615,6 +907,8 @@ static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reaso
 	ev->fragment = p->fragment;
 	ev->pad = 0;
 	ev->ethertype = p->ethertype;
+	ev->rule = p->rule_pos;
+	ev->rule_id = p->rule_id;
 	ev->pad2 = 0;
 	bpf_ringbuf_submit(ev, 0);
 }
@@ -637,7 +931,7 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 		return XDP_PASS;
 	len = ctx->data_end - ctx->data;
 	if (reason < 0 || reason >= R_MAX)
-		reason = decide(cfg_idx, c, p, &plen, &verdict);
+		reason = decide(ctx, cfg_idx, c, p, &plen, &verdict);
 
 #ifndef BENCH_NO_STATS
 	idx = (__u32)reason * 2 + verdict;

@@ -177,6 +177,11 @@ class Map(_Fd):
         self.percpu = spec.type in (5, 6, 10)
         self._vsize = ((spec.value_size + 7) // 8 * 8) * num_possible_cpus() if self.percpu else spec.value_size
 
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one value as lookup/update take it (all CPUs for per-CPU maps)."""
+        return self._vsize
+
     @classmethod
     def from_fd(cls, fd: int) -> Map:
         """Wrap (and own) a map fd, reading its shape from the kernel."""
@@ -238,6 +243,9 @@ class Map(_Fd):
             key = bytes(ffi.buffer(nxt, self.key_size))
             yield key
             cur = ffi.new("char[]", key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
 
     def items(self, chunk: int = 8192) -> Iterator[tuple[bytes, bytes]]:
         """All (key, value) pairs, read in batches where the kernel allows."""
@@ -447,6 +455,9 @@ class BpfObject:
 
     def set_max_entries(self, name: str, n: int) -> None:
         check(lib.bpf_map__set_max_entries(self._maps[name], n), f"set capacity of map {name}")
+
+    def set_value_size(self, name: str, n: int) -> None:
+        check(lib.bpf_map__set_value_size(self._maps[name], n), f"set value size of map {name}")
 
     def check_pinned(self, name: str, pinned: MapSpec) -> None:
         """Raise IncompatibleMap when a pinned map differs from this object's."""

@@ -20,18 +20,23 @@ from collections.abc import Iterable, Iterator
 from . import layout as L
 from ._record import TYPE_CHECKING, Record
 from .bpf import BPFFS, BpfObject, Map, MapType, Program, RingBuffer, ensure_bpffs, is_bpffs, require_privileges
-from .entries import MASKS4, MASKS6, Entry, Port, Prefix
+from .entries import MASKS4, MASKS6, Entry, Port, Prefix, parse_prefix
 from .errors import AttachError, BpfError, IncompatibleMap, KeyNotFound, MapFull, NotLoaded, UsageError
 from .layout import Action, Reason, Verdict
+from .rules import DEFAULT_RULES, check_capacity, classes_per_gen
 
 if TYPE_CHECKING:
     from typing import Any
 
     from .entries import Target
+    from .rules import Rule
+    from .ruleset import RuleSetSpec, RuleState, SetState
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
-PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats", "events", "ifaces", "lens_count")
+PINNED_MAPS = ("cfg", "cfg_sel", "src4", "src6", "lpm4", "lpm6", "ports", "stats", "events", "ifaces", "lens_count",
+               "rsets", "rlit4", "rlit6", "set4", "set6", "rvec", "rports", "riface", "rorder", "rhits", "rdefs",
+               "set_names")
 PREFIX_MAPS = ("src4", "src6", "lpm4", "lpm6")
 ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
 NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP)
@@ -60,10 +65,12 @@ class Config(Record):
     lens6: tuple[int, ...] = ()
     trie4: bool = False
     trie6: bool = False
+    rgen: int = 0  # the rule-set generation packets use
+    nrules: int = 0  # rules in it
 
     def encode(self) -> bytes:
         out = [L.CONFIG_HEAD.pack(self.policy, self.trace_every, len(self.lens4), len(self.lens6),
-                                  int(self.trie4), int(self.trie6))]
+                                  int(self.trie4), int(self.trie6), self.rgen, self.nrules)]
         out += [L.LEN4.pack(n, MASKS4[n]) for n in self.lens4]
         out.append(b"\0" * (L.LEN4.size * (L.LENS4_SLOTS - len(self.lens4))))
         out += [L.LEN6.pack(n, MASKS6[n]) for n in self.lens6]
@@ -72,12 +79,12 @@ class Config(Record):
 
     @classmethod
     def decode(cls, raw: bytes) -> Config:
-        policy, every, n4, n6, trie4, trie6 = L.CONFIG_HEAD.unpack_from(raw)
+        policy, every, n4, n6, trie4, trie6, rgen, nrules = L.CONFIG_HEAD.unpack_from(raw)
         off4 = L.CONFIG_HEAD.size
         off6 = off4 + L.LEN4.size * L.LENS4_SLOTS
         lens4 = tuple(L.LEN4.unpack_from(raw, off4 + i * L.LEN4.size)[0] for i in range(min(n4, L.LENS4_SLOTS)))
         lens6 = tuple(L.LEN6.unpack_from(raw, off6 + i * L.LEN6.size)[0] for i in range(min(n6, L.LENS6_SLOTS)))
-        return cls(Verdict(policy & 1), every, lens4, lens6, bool(trie4), bool(trie6))
+        return cls(Verdict(policy & 1), every, lens4, lens6, bool(trie4), bool(trie6), rgen & 1, nrules)
 
     def hashed(self, family: int) -> tuple[int, ...]:
         return self.lens4 if family == 4 else self.lens6
@@ -154,11 +161,13 @@ class Event(Record):
     vlans: int
     fragment: int
     ethertype: int
+    rule: int = 0  # number (1-based position) of the rule that decided, 0: none
+    rule_id: int = -1  # that rule's stable id
 
     @classmethod
     def decode(cls, raw: bytes) -> Event:
         (ts, ifindex, plen_b, verdict, reason, family, proto, sport, dport, src, dst, plen, vlans, frag, _pad,
-         ethertype, _pad2) = L.EVENT.unpack_from(raw)
+         ethertype, rule, rule_id, _pad2) = L.EVENT.unpack_from(raw)
         if family == 4:
             s, d = inet_ntop(AF_INET, src[:4]), inet_ntop(AF_INET, dst[:4])
         elif family == 6:
@@ -166,7 +175,7 @@ class Event(Record):
         else:
             s = d = ""
         return cls(ts, ifindex, plen_b, Verdict(verdict), Reason(reason), family, proto, sport, dport, s, d,
-                   plen, vlans, frag, ethertype)
+                   plen, vlans, frag, ethertype, rule, rule_id - 1)
 
     @property
     def proto_name(self) -> str:
@@ -188,6 +197,7 @@ class Event(Record):
             "prefix_len": self.plen if self.reason in (Reason.SRC_ALLOW, Reason.SRC_DENY) else None,
             "vlans": self.vlans,
             "fragment": ("", "first", "later")[self.fragment] or None,
+            "rule": self.rule or None,
             "ts_ns": self.ts_ns,
         }
 
@@ -201,7 +211,8 @@ class Event(Record):
         return f"{self.proto_name} {where}{ports}"
 
     def __str__(self) -> str:
-        return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.flow}"
+        rule = f" (rule {self.rule})" if self.rule else ""
+        return f"{self.verdict.label:4} {self.reason.label:10} if{self.ifindex} {self.flow}{rule}"
 
 
 class Attachment(Record):
@@ -255,12 +266,13 @@ class Filter:
 
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
-             capacity: int | None = None, with_program: bool = False) -> Filter:
+             capacity: int | None = None, with_program: bool = False, rules: int | None = None) -> Filter:
         """Open the state in ``pin_dir``. ``create`` makes it when missing
         (mounting bpffs if needed); ``lock`` holds the directory's lock until
         :meth:`close` (take it for any change). ``with_program``: when the
         state is made now, load and pin the program in the same object load
-        (what attach wants; one load instead of two)."""
+        (what attach wants; one load instead of two). ``rules``: the rule
+        capacity of new state (a multiple of 64, at most 8,192; default 1,024)."""
         require_privileges()
         pin_dir = os.path.abspath(pin_dir)
         made_dir = False
@@ -272,7 +284,7 @@ class Filter:
         lk = _DirLock(pin_dir) if lock or create else None
         try:
             if create:
-                _create_maps(pin_dir, capacity, with_program)
+                _create_maps(pin_dir, capacity, with_program, rules)
             created = create and (made_dir or not had_cfg)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
@@ -284,6 +296,13 @@ class Filter:
                 flt.close()
                 raise IncompatibleMap(
                     f"state in {pin_dir} has capacity {have}, not {capacity}; "
+                    "detach everywhere (without --keep) to change it"
+                )
+            if create and rules is not None and flt.rule_capacity != rules:
+                have = flt.rule_capacity
+                flt.close()
+                raise IncompatibleMap(
+                    f"state in {pin_dir} holds {have} rules, not {rules}; "
                     "detach everywhere (without --keep) to change it"
                 )
             if not lock and lk is not None:
@@ -325,6 +344,10 @@ class Filter:
     @property
     def capacity(self) -> int:
         return self.map("src4").spec.max_entries
+
+    @property
+    def rule_capacity(self) -> int:
+        return self.map("rvec").spec.value_size * 8
 
     def _require_lock(self) -> None:
         if self._lock is None:
@@ -642,6 +665,82 @@ class Filter:
         expired = [s.target for s in self.entries() if s.expires_in is not None and s.expires_in <= 0]
         return self.delete(expired) if expired else 0
 
+    # ---- ordered rules and sets (pyxdp.ruleset does the work) ----------------
+
+    def rules(self) -> list[RuleState]:
+        """The live rules in order, with their hit counters."""
+        from .ruleset import rule_states
+
+        return rule_states(self)
+
+    def add_rule(self, rule: str | Rule, position: int | None = None) -> int:
+        """Append ``rule`` (or insert it before 1-based ``position``); returns
+        its number. The rule set switches atomically."""
+        from .rules import parse_rule
+        from .ruleset import add_rule
+
+        with _signals_deferred():
+            return add_rule(self, parse_rule(rule) if isinstance(rule, str) else rule, position)
+
+    def delete_rules(self, which: Iterable[int | str | Rule]) -> int:
+        """Delete rules by number or text, all or nothing."""
+        from .rules import parse_rule
+        from .ruleset import delete_rules
+
+        with _signals_deferred():
+            return delete_rules(self, [parse_rule(w) if isinstance(w, str) else w for w in which])
+
+    def replace_rules(self, rules: Iterable[str | Rule]) -> None:
+        """Make ``rules`` the whole rule list in one switch (sets unchanged)."""
+        from .rules import parse_rule
+        from .ruleset import install
+
+        with _signals_deferred():
+            install(self, [parse_rule(r) if isinstance(r, str) else r for r in rules])
+
+    def apply(self, spec: RuleSetSpec) -> None:
+        """Replace rules, sets and (when the spec names it) the policy in one switch."""
+        from .ruleset import apply
+
+        with _signals_deferred():
+            apply(self, spec)
+
+    def ruleset(self) -> RuleSetSpec:
+        """The running rules, sets and policy (``save`` writes this)."""
+        from .ruleset import snapshot
+
+        return snapshot(self)
+
+    def sets(self) -> list[SetState]:
+        from .ruleset import set_table
+
+        return list(set_table(self).values())
+
+    def set_members(self, name: str) -> list[Prefix]:
+        from .ruleset import set_members
+
+        return set_members(self, name)
+
+    def set_add(self, name: str, prefixes: Iterable[str | Prefix]) -> int:
+        """Add prefixes to a set (made when missing), all or nothing; returns how many were new."""
+        from .ruleset import set_add
+
+        with _signals_deferred():
+            return set_add(self, name, (_prefix(p) for p in prefixes))
+
+    def set_remove(self, name: str, prefixes: Iterable[str | Prefix]) -> int:
+        from .ruleset import set_remove
+
+        with _signals_deferred():
+            return set_remove(self, name, [_prefix(p) for p in prefixes])
+
+    def set_destroy(self, name: str) -> None:
+        """Remove a set no rule uses."""
+        from .ruleset import set_destroy
+
+        with _signals_deferred():
+            set_destroy(self, name)
+
     # ---- statistics and tracing ---------------------------------------------
 
     def stats(self) -> Stats:
@@ -835,11 +934,11 @@ class Tester:
     live hit counters alone. Needs no interface attached."""
 
     def __init__(self, pin_dir: str) -> None:
-        self._obj = _open_object(pin_dir, None)
+        # an event for every packet (its reason), live hit counters left alone
+        self._obj = _open_object(pin_dir, None, trace_all=True, count_hits=False)
         try:
             self._obj.private_map("stats")
             self._obj.private_map("events")
-            self._obj.set_rodata(L.U32.pack(1) + L.U32.pack(0))  # knobs: trace_all=1, count_hits=0
             self._obj.load()
             self.program = self._obj.program("xdp_filter")
             self._got: list[bytes] = []
@@ -961,6 +1060,10 @@ def _target(t: str | Target) -> Target:
     return parse_prefix(t)
 
 
+def _prefix(p: str | Prefix) -> Prefix:
+    return p if isinstance(p, Prefix) else parse_prefix(p)
+
+
 def _state(t: Target, raw: bytes, now: int) -> EntryState:
     expires, hits, action, _plen = L.ENTRY.unpack_from(raw)
     left = None if not expires else (expires - now) / 1e9
@@ -1026,8 +1129,11 @@ def _exact(m: Map, key: bytes) -> bytes | None:
     the longest prefix covering the key, so its answer counts only when the
     entry's own prefix length (kept in the value) is the key's."""
     v = m.lookup(key)
-    if v is not None and m.type == MapType.LPM_TRIE and L.ENTRY.unpack_from(v)[3] != _key_plen(key):
-        return None
+    if v is not None and m.type == MapType.LPM_TRIE:
+        # entries keep their length at the end of struct entry; set tries keep the key's plen
+        held = L.ENTRY.unpack_from(v)[3] if len(v) == L.ENTRY.size else L.U32.unpack_from(v)[0]
+        if held != _key_plen(key):
+            return None
     return v
 
 
@@ -1168,11 +1274,35 @@ def _prepare_dir(pin_dir: str) -> bool:
     return made
 
 
-def _open_object(pin_dir: str, capacity: int | None) -> BpfObject:
+def _rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
+    """Map -> (max entries, value size or None) for a rule capacity."""
+    return {
+        "rlit4": (4 * rules, None),
+        "rlit6": (4 * rules, None),
+        "rvec": (2 * classes_per_gen(rules), rules // 8),
+        "rorder": (2 * rules, None),
+        "rhits": (2 * rules, None),
+        "rdefs": (2 * rules, None),
+    }
+
+
+def _open_object(pin_dir: str, capacity: int | None, rules: int | None = None,
+                 trace_all: bool = False, count_hits: bool = True) -> BpfObject:
     """The shipped object with its maps pinned in ``pin_dir``; capacities are
-    those of maps already pinned there (checked for shape), else ``capacity``."""
+    those of maps already pinned there (checked for shape), else ``capacity``
+    (prefix entries) and ``rules`` (rule capacity)."""
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
+        rvec = os.path.join(pin_dir, "rvec")
+        if os.path.exists(rvec):
+            with Map.from_pin(rvec) as pinned:
+                rules = pinned.spec.value_size * 8
+        rules = check_capacity(rules or DEFAULT_RULES)
+        for name, (entries, vsize) in _rule_sizes(rules).items():
+            obj.set_max_entries(name, entries)
+            if vsize is not None:
+                obj.set_value_size(name, vsize)
+        obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, 0))
         for name in PINNED_MAPS:
             path = os.path.join(pin_dir, name)
             if os.path.exists(path):
@@ -1198,12 +1328,12 @@ def _pin_program(prog: Program, pin_dir: str) -> None:
     os.replace(tmp, path)
 
 
-def _create_maps(pin_dir: str, capacity: int | None, with_program: bool = False) -> bool:
+def _create_maps(pin_dir: str, capacity: int | None, with_program: bool = False, rules: int | None = None) -> bool:
     """Create and pin the maps that are missing (and the program, with
     ``with_program``); True if any map was."""
     if all(os.path.exists(os.path.join(pin_dir, n)) for n in PINNED_MAPS):
         return False
-    with _open_object(pin_dir, capacity or DEFAULT_CAPACITY) as obj:
+    with _open_object(pin_dir, capacity or DEFAULT_CAPACITY, rules) as obj:
         if not with_program:
             obj.no_programs()
         obj.load()
