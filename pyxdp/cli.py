@@ -58,7 +58,7 @@ def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, wit
     from .filter import Filter
 
     return Filter.open(_pin_dir(args), create=create, lock=lock, capacity=getattr(args, "capacity", None),
-                       with_program=with_program)
+                       with_program=with_program, rules=getattr(args, "rules", None))
 
 
 def _emit(obj: Any) -> None:
@@ -142,17 +142,41 @@ def _read_file_prefixes(path: str) -> Iterator[Any]:
         raise UsageError(f"{path}: not a text file") from None
 
 
+def _is_rule(words: list[str]) -> bool:
+    """Whether ``words`` (after allow/deny) are a rule rather than the simple
+    entry forms: source prefixes only, or destination ports only."""
+    for i, w in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w == "on" or w.startswith("@") or (":" in w and w.replace(":", "").isdigit()):
+            return True
+        if (w == "proto" and nxt not in ("tcp", "udp")) or (w == "to" and nxt != "any"):
+            return True
+    return "from" in words and any(w == "port" or w[:1].isdigit() and "." not in w and ":" not in w
+                                   for w in words)
+
+
+def _entry_targets(words: list[str]) -> list[Any] | None:
+    """The entries that ``words`` name, or None when they are a rule."""
+    from .entries import parse_entry_words
+
+    return None if _is_rule(words) else parse_entry_words(words)
+
+
 def cmd_add(args: argparse.Namespace) -> int:
-    from .entries import parse_action, parse_entry_words, parse_ttl
+    from .entries import parse_action, parse_ttl
     from .errors import UsageError
 
     action = parse_action(args.command)
     ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-    targets = parse_entry_words(args.words) if args.words else []
+    targets = _entry_targets(args.words) if args.words else []
+    if targets is None:  # not a simple entry: a rule
+        if ttl is not None or args.file:
+            raise UsageError("--ttl and --file are for simple entries ('from PREFIX', 'PORT/PROTO'), not rules")
+        return _add_rule(args, [args.command, *args.words], None)
     if args.file:
         targets.extend(_read_file_prefixes(args.file))
     if not targets:
-        raise UsageError(f"{args.command}: nothing to add (give 'from ADDRESS', 'PORT/PROTO' or --file)")
+        raise UsageError(f"{args.command}: nothing to add (give 'from ADDRESS', 'PORT/PROTO', a rule, or --file)")
     with _open(args, create=True) as flt:
         n = flt.add_targets(targets, action, ttl)
     if not args.quiet:
@@ -160,17 +184,54 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rule(args: argparse.Namespace, words: list[str], position: int | None) -> int:
+    from .rules import parse_rule_words
+
+    rule = parse_rule_words(words)
+    with _open(args, create=True) as flt:
+        num = flt.add_rule(rule, position)
+    if not getattr(args, "quiet", False):
+        print(f"rule {num}: {rule}")
+    return 0
+
+
+def cmd_insert(args: argparse.Namespace) -> int:
+    return _add_rule(args, args.words, args.position)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
-    from .entries import parse_action, parse_entry_words
+    from .entries import parse_action
+    from .errors import UsageError
     from .layout import Action
+    from .rules import parse_rule_words
 
     words = list(args.words)
+    if all(w.isdigit() for w in words):
+        with _open(args) as flt:
+            n = flt.delete_rules([int(w) for w in words])
+        print(f"deleted {n} rule{'' if n == 1 else 's'}")
+        return 0
     action = Action.NONE
-    if words and words[0] in ("allow", "deny"):
-        action = parse_action(words.pop(0))
-    targets = parse_entry_words(words)
+    rest = words[1:] if words and words[0] in ("allow", "deny") else words
+    targets = _entry_targets(rest)
+    if targets is None:
+        rule = parse_rule_words(words)
+        with _open(args) as flt:
+            flt.delete_rules([rule])
+        print(f"deleted rule: {rule}")
+        return 0
+    if rest is not words:
+        action = parse_action(words[0])
     with _open(args) as flt:
-        n = flt.delete(targets, action)
+        try:
+            n = flt.delete(targets, action)
+        except UsageError:
+            # no such entry; the same words may name a rule (made with 'insert')
+            if rest is words or parse_rule_words(words) not in [r.rule for r in flt.rules()]:
+                raise
+            flt.delete_rules([parse_rule_words(words)])
+            print(f"deleted rule: {' '.join(words)}")
+            return 0
     print(f"deleted {n} entr{'y' if n == 1 else 'ies'}")
     return 0
 
@@ -178,17 +239,118 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args, lock=False) as flt:
         states = flt.entries()
+        rules = flt.rules()
     if args.json:
         for s in states:
             _emit(s.to_dict())
+        for r in rules:
+            _emit(r.to_dict())
         return 0
-    if not states:
-        print("no entries")
+    if not states and not rules:
+        print("no entries, no rules")
     for s in states:
         left = "" if s.expires_in is None else (
             "  expired" if s.expires_in <= 0 else f"  expires in {int(s.expires_in)}s")
         what = f"from {s.target}" if s.target.kind == "src" else str(s.target)
         print(f"{s.action.name.lower():5} {what:45} hits {s.hits}{left}")
+    if rules:
+        print(("\n" if states else "") + "rules (after the entries; the first that matches decides):")
+    for r in rules:
+        print(f"{r.number:5}  {str(r.rule):60} hits {r.packets}")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from .entries import parse_prefix
+    from .errors import UsageError
+
+    op, words = args.op, list(args.words)
+    if op == "list":
+        with _open(args, lock=False) as flt:
+            if words:
+                members = flt.set_members(words[0])
+                for p in members:
+                    _emit(str(p)) if args.json else print(p)
+                return 0
+            sets = flt.sets()
+        for st in sets:
+            if args.json:
+                _emit(st.to_dict())
+            else:
+                print(f"@{st.name:31} {st.n4} IPv4, {st.n6} IPv6 prefixes")
+        if not sets and not args.json:
+            print("no sets")
+        return 0
+    if not words:
+        raise UsageError(f"set {op}: name the set")
+    name, items = words[0], words[1:]
+    if op == "destroy":
+        if items or args.file:
+            raise UsageError("set destroy takes only the set's name")
+        with _open(args) as flt:
+            flt.set_destroy(name)
+        print(f"set @{name} removed")
+        return 0
+    prefixes = [parse_prefix(w) for w in items]
+    if args.file:
+        prefixes.extend(_read_file_prefixes(args.file))
+    if op == "add":
+        with _open(args, create=True) as flt:
+            n = flt.set_add(name, prefixes)
+        print(f"set @{name}: {n} new prefix{'' if n == 1 else 'es'}")
+    elif op == "remove":
+        if not prefixes:
+            raise UsageError("set remove: give prefixes or --file")
+        with _open(args) as flt:
+            n = flt.set_remove(name, prefixes)
+        print(f"set @{name}: removed {n} prefix{'' if n == 1 else 'es'}")
+    else:
+        raise UsageError(f"bad set operation {op!r}: add, remove, list or destroy")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .layout import Verdict
+    from .rules import parse_ruleset
+    from .ruleset import RuleSetSpec
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as fh:
+                text = fh.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file}: not a text file") from None
+    rules, sets, policy = parse_ruleset(text, "stdin" if args.file == "-" else args.file)
+    spec = RuleSetSpec(tuple(rules), sets, Verdict[policy.upper()] if policy else None)
+    with _open(args, create=True) as flt:
+        flt.apply(spec)
+    print(f"applied {len(rules)} rule{'' if len(rules) == 1 else 's'}, {len(sets)} set{'' if len(sets) == 1 else 's'}"
+          + (f", policy {policy}" if policy else ""))
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .rules import format_ruleset
+
+    with _open(args, lock=False) as flt:
+        spec = flt.ruleset()
+    text = format_ruleset(spec.rules, spec.sets, spec.policy.label if spec.policy is not None else None)
+    if args.file in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    tmp = args.file + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, args.file)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
     return 0
 
 
@@ -265,6 +427,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     with fh, _open(args, lock=False) as flt:
         packets = list(read_pcap(fh, args.file))
+        rules = {r.id: str(r.rule) for r in flt.rules()}
         for r in flt.replay(packets):
             counts[r.verdict.label] = counts.get(r.verdict.label, 0) + 1
             if args.json:
@@ -272,7 +435,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else:
                 ev = r.event
                 desc = ev.flow if ev else f"{r.length} bytes"
-                print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:10} {desc}")
+                rule = f"  (rule {ev.rule}: {rules.get(ev.rule_id, '?')})" if ev and ev.rule else ""
+                print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:10} {desc}{rule}")
     total = sum(counts.values())
     if args.json:
         _emit({"summary": True, "packets": total, "pass": counts.get("pass", 0), "drop": counts.get("drop", 0)})
@@ -319,8 +483,8 @@ def cmd_printk(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------
 
 
-COMMANDS = ("attach", "detach", "status", "allow", "deny", "delete", "list", "policy", "stats", "trace",
-            "replay", "sweep", "load", "unload", "printk")
+COMMANDS = ("attach", "detach", "status", "allow", "deny", "insert", "delete", "list", "set", "apply", "save",
+            "policy", "stats", "trace", "replay", "sweep", "load", "unload", "printk")
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -365,6 +529,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--capacity", type=_positive, help="prefix entries per family when state is created "
                     "(default 1048576; memory is used only for entries present)")
     sp.add_argument("--reload", action="store_true", help="load the program afresh (after an upgrade)")
+    sp.add_argument("--rules", type=_positive, help="rule capacity when state is created: a multiple of 64, "
+                    "at most 8192 (default 1024)")
 
     sp = cmd("detach", cmd_detach, "detach the filter from an interface (the last one removes the state)")
     sp.add_argument("iface")
@@ -375,17 +541,36 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     for name in ("allow", "deny"):
-        sp = cmd(name, cmd_add, f"{name} traffic: 'from PREFIX [PREFIX...]' or 'PORT[/tcp|udp] ...'")
+        sp = cmd(name, cmd_add, f"{name}: an entry ('from PREFIX...', 'PORT[/tcp|udp]...') or a rule "
+                 "('[proto P] [from A [port P]] [to B [port P]] [on IFACE]')")
         sp.add_argument("words", nargs="*", metavar="WORD")
-        sp.add_argument("--ttl", help="expire after SECONDS (or 10m, 2h, 1d)")
+        sp.add_argument("--ttl", help="expire after SECONDS (or 10m, 2h, 1d); entries only")
         sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
         sp.add_argument("-q", "--quiet", action="store_true")
 
-    sp = cmd("delete", cmd_delete, "delete entries: '[allow|deny] from PREFIX...' or '[allow|deny] PORT/PROTO'")
+    sp = cmd("insert", cmd_insert, "insert a rule before rule number N: 'insert N allow|deny ...'")
+    sp.add_argument("position", type=_positive)
     sp.add_argument("words", nargs="+", metavar="WORD")
 
-    sp = cmd("list", cmd_list, "entries with hit counts and time left")
+    sp = cmd("delete", cmd_delete, "delete rules ('N...' or the rule's words) or entries "
+             "('[allow|deny] from PREFIX...', '[allow|deny] PORT/PROTO')")
+    sp.add_argument("words", nargs="+", metavar="WORD")
+
+    sp = cmd("list", cmd_list, "entries and numbered rules, with hit counts")
     sp.add_argument("--json", action="store_true")
+
+    sp = cmd("set", cmd_set, "named prefix sets for rules: 'add NAME [PREFIX...] [--file F]', "
+             "'remove NAME PREFIX...', 'list [NAME]', 'destroy NAME'")
+    sp.add_argument("op", metavar="add|remove|list|destroy")
+    sp.add_argument("words", nargs="*", metavar="WORD")
+    sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("apply", cmd_apply, "replace the whole rule set (rules, sets, policy) from a TOML file in one step")
+    sp.add_argument("file", help="the rule-set file ('-': stdin)")
+
+    sp = cmd("save", cmd_save, "write the running rule set as a file that 'apply' reads")
+    sp.add_argument("file", nargs="?", help="where (default: stdout)")
 
     sp = cmd("policy", cmd_policy, "show or set the default policy for unmatched packets: pass or drop")
     sp.add_argument("policy", nargs="?")

@@ -818,6 +818,7 @@ class Filter:
                 self.map("ifaces").update(
                     _iface_key(st.ifindex, netns), L.IFACE_VAL.pack(ifname.encode(), _MODES.index(used.value), prog.id)
                 )
+                self._refresh_iface_rules()
                 return Attachment(ifname, st.ifindex, netns, used.value, prog.id, True)
             finally:
                 prog.close()
@@ -858,7 +859,17 @@ class Filter:
         if not keep and not self._ifaces():
             self.remove_state()
             return True
+        self._refresh_iface_rules()
         return False
+
+    def _refresh_iface_rules(self) -> None:
+        """Rules that name an interface match by ifindex: recompute them when
+        the attached interfaces change."""
+        from .ruleset import install, live_rules
+
+        rules = [r for _id, r in live_rules(self)]
+        if any(r.iface for r in rules):
+            install(self, rules)
 
     def _ifaces(self) -> dict[tuple[str | None, int], Attachment]:
         out = {}

@@ -65,24 +65,8 @@ class Addr(Record):
     def family(self) -> int:
         return self.prefix.family if self.prefix is not None else 0
 
-    def contains(self, family: int, addr: bytes, sets: dict[str, list[Prefix]]) -> bool:
-        """Whether this side accepts the address (the reference semantics)."""
-        if self.prefix is not None:
-            return _within(self.prefix, family, addr)
-        if self.set is not None:
-            return any(_within(p, family, addr) for p in sets.get(self.set, ()))
-        return True
-
 
 ANY = Addr()
-
-
-def _within(p: Prefix, family: int, addr: bytes) -> bool:
-    if p.family != family:
-        return False
-    masks = MASKS4 if family == 4 else MASKS6
-    m = masks[p.plen]
-    return bytes(a & b for a, b in zip(addr, m)) == p.addr
 
 
 def _ports(r: PortRange) -> str:
@@ -117,21 +101,6 @@ class Rule(Record):
 
     def sets(self) -> list[str]:
         return [a.set for a in (self.src, self.dst) if a.set]
-
-    def matches(self, pkt: Any, sets: dict[str, list[Prefix]], ifname: str | None = None) -> bool:
-        """Reference semantics, one rule at a time (the tests' model uses
-        this; the datapath must agree). ``pkt`` has family, proto,
-        has_ports, sport, dport, src, dst (address bytes)."""
-        if pkt.family not in (4, 6):
-            return False
-        if self.proto != "any" and RULE_PROTOS[self.proto] != pkt.proto:
-            return False
-        if not self.src.contains(pkt.family, pkt.src, sets) or not self.dst.contains(pkt.family, pkt.dst, sets):
-            return False
-        for rng, port in ((self.sport, pkt.sport), (self.dport, pkt.dport)):
-            if rng is not None and not (pkt.has_ports and rng[0] <= port <= rng[1]):
-                return False
-        return self.iface is None or self.iface == ifname
 
 
 # ---- grammar -------------------------------------------------------------------
@@ -381,3 +350,95 @@ def _bits(bits: list[int], flags: Iterable[bool]) -> int:
 def _truncate(p: Prefix, plen: int) -> Prefix:
     masks = MASKS4 if p.family == 4 else MASKS6
     return Prefix(p.family, bytes(a & b for a, b in zip(p.addr, masks[plen])), plen)
+
+
+# ---- the rule-set file (TOML) ---------------------------------------------------
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
+
+
+def _line_of(lines: list[str], needle: str, start: int = 0) -> int:
+    """1-based number of the first line from ``start`` quoting ``needle``."""
+    for i in range(start, len(lines)):
+        if f'"{needle}"' in lines[i] or f"'{needle}'" in lines[i]:
+            return i + 1
+    return 0
+
+
+def parse_ruleset(text: str, source: str = "input") -> tuple[list[Rule], dict[str, list[Prefix]], str | None]:
+    """Rules, sets and policy from a rule-set file. Errors name the line."""
+    lines = text.splitlines()
+    try:
+        doc = _toml_loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError says "(at line N, column M)"
+        raise UsageError(f"{source}: {exc}") from None
+
+    def fail(msg: str, needle: str | None = None, key: str | None = None) -> UsageError:
+        line = _line_of(lines, needle) if needle is not None else 0
+        if not line and key is not None:
+            line = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip().startswith(key)), 0)
+        return UsageError(f"{source}" + (f" line {line}" if line else "") + f": {msg}")
+
+    unknown = sorted(set(doc) - {"policy", "rules", "sets"})
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r} (expected policy, rules, sets)", key=unknown[0])
+    policy = doc.get("policy")
+    if policy is not None and policy not in ("pass", "drop"):
+        raise fail(f"policy must be \"pass\" or \"drop\", not {policy!r}", key="policy")
+    raw_rules = doc.get("rules", [])
+    if not isinstance(raw_rules, list) or not all(isinstance(r, str) for r in raw_rules):
+        raise fail("rules must be a list of strings, one rule each", key="rules")
+    rules = []
+    for text_rule in raw_rules:
+        try:
+            rules.append(parse_rule(text_rule))
+        except UsageError as exc:
+            raise fail(f"{exc} (in rule {text_rule!r})", needle=text_rule) from None
+    dup = [r for i, r in enumerate(rules) if r in rules[:i]]
+    if dup:
+        raise fail(f"rule given twice: {dup[0]}", needle=str(dup[0]))
+    raw_sets = doc.get("sets", {})
+    if not isinstance(raw_sets, dict):
+        raise fail("sets must be a table of NAME = [prefixes]", key="sets")
+    sets: dict[str, list[Prefix]] = {}
+    for name, members in raw_sets.items():
+        try:
+            parse_set_name(name)
+        except UsageError as exc:
+            raise fail(str(exc), key=name) from None
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise fail(f"set {name} must be a list of prefix strings", key=name)
+        out = []
+        for m in members:
+            try:
+                out.append(parse_prefix(m))
+            except UsageError as exc:
+                raise fail(f"set {name}: {exc}", needle=m) from None
+        sets[name] = out
+    used = {s for r in rules for s in r.sets()}
+    missing = sorted(used - set(sets))
+    if missing:
+        raise fail(f"a rule uses @{missing[0]}, which the file does not define under [sets]", needle=None,
+                   key="rules")
+    return rules, sets, policy
+
+
+def format_ruleset(rules: Sequence[Rule], sets: dict[str, list[Prefix]], policy: str | None) -> str:
+    """The rule-set file for ``save`` (``apply`` reads it back unchanged)."""
+    out = ["# pyxdp rule set: 'pyxdp-load apply FILE' installs it, 'pyxdp-load save' writes it", ""]
+    if policy is not None:
+        out.append(f'policy = "{policy}"')
+    out.append("rules = [")
+    out += [f'    "{r}",' for r in rules]
+    out += ["]", "", "[sets]"]
+    for name, members in sets.items():
+        out.append(f"{name} = [")
+        out += [f'    "{p}",' for p in members]
+        out.append("]")
+    return "\n".join(out) + "\n"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pyxdp.entries import MASKS4, MASKS6, Port, Prefix
 from pyxdp.layout import Action, Reason, Verdict
+from pyxdp.rules import RULE_PROTOS, Addr, Rule
 
 MAX_VLAN = 4
 MAX_EXTHDR = 8
@@ -21,6 +22,8 @@ class Rules:
     prefixes: dict[Prefix, Action] = field(default_factory=dict)  # live entries only
     ports: dict[Port, Action] = field(default_factory=dict)
     policy: Verdict = Verdict.PASS
+    ordered: list[Rule] = field(default_factory=list)  # rules, first match wins
+    sets: dict[str, list[Prefix]] = field(default_factory=dict)
 
     def match(self, family: int, addr: bytes) -> tuple[Action, int] | None:
         best: tuple[Action, int] | None = None
@@ -39,9 +42,11 @@ class Parsed:
     ethertype: int = 0
     family: int = 0
     src: bytes = b""
+    dst: bytes = b""
     proto: int = 0
     fragment: int = 0  # 1 first, 2 later
     dport: int | None = None
+    sport: int | None = None
     nd: bool = False
     hop255: bool = False
 
@@ -73,6 +78,7 @@ def _parse(pkt: bytes) -> Parsed | Reason:
             return Reason.MALFORMED
         p.family = 4
         p.src = pkt[off + 12 : off + 16]
+        p.dst = pkt[off + 16 : off + 20]
         p.proto = pkt[off + 9]
         frag = struct.unpack_from("!H", pkt, off + 6)[0]
         if frag & 0x1FFF:
@@ -88,6 +94,7 @@ def _parse(pkt: bytes) -> Parsed | Reason:
         p.family = 6
         p.hop255 = pkt[off + 7] == 255
         p.src = pkt[off + 8 : off + 24]
+        p.dst = pkt[off + 24 : off + 40]
         nh = pkt[off + 6]
         off += 40
         for _ in range(MAX_EXTHDR):
@@ -130,7 +137,7 @@ def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
     if len(pkt) < off + need:
         return Reason.MALFORMED
     if p.proto in (6, 17):
-        p.dport = struct.unpack_from("!H", pkt, off + 2)[0]
+        p.sport, p.dport = struct.unpack_from("!HH", pkt, off)
     elif p.proto == 58 and p.family == 6 and p.hop255 and 133 <= pkt[off] <= 137:
         p.nd = True
     return p
@@ -155,4 +162,46 @@ def decide(pkt: bytes, rules: Rules) -> tuple[Verdict, Reason]:
             return Verdict.DROP, Reason.PORT_DENY
     if p.nd:
         return Verdict.PASS, Reason.ND
+    if p.family:
+        for rule in rules.ordered:
+            if rule_matches(rule, p, rules.sets):
+                return (Verdict.PASS, Reason.RULE_ALLOW) if rule.action is Action.ALLOW else (
+                    Verdict.DROP, Reason.RULE_DENY)
     return rules.policy, Reason.FRAGMENT if p.fragment == 2 else Reason.POLICY
+
+
+def first_rule(pkt: bytes, rules: Rules) -> int:
+    """1-based number of the rule that decides ``pkt`` per decide(), or 0."""
+    p = _parse(pkt)
+    if isinstance(p, Reason) or decide(pkt, rules)[1] not in (Reason.RULE_ALLOW, Reason.RULE_DENY):
+        return 0
+    return next(i + 1 for i, r in enumerate(rules.ordered) if rule_matches(r, p, rules.sets))
+
+
+def _holds(prefix: Prefix, family: int, addr: bytes) -> bool:
+    if prefix.family != family:
+        return False
+    mask = (MASKS4 if family == 4 else MASKS6)[prefix.plen]
+    return bytes(a & m for a, m in zip(addr, mask)) == prefix.addr
+
+
+def _side(a: Addr, family: int, addr: bytes, sets: dict[str, list[Prefix]]) -> bool:
+    if a.prefix is not None:
+        return _holds(a.prefix, family, addr)
+    if a.set is not None:
+        return any(_holds(p, family, addr) for p in sets.get(a.set, ()))
+    return True
+
+
+def rule_matches(r: Rule, p: Parsed, sets: dict[str, list[Prefix]]) -> bool:
+    """One rule against one parsed packet, as the README's rule table says:
+    every field the rule names must hold; a port needs a TCP/UDP header
+    (never a later fragment)."""
+    if r.proto != "any" and RULE_PROTOS[r.proto] != p.proto:
+        return False
+    if not _side(r.src, p.family, p.src, sets) or not _side(r.dst, p.family, p.dst, sets):
+        return False
+    for rng, port in ((r.sport, p.sport), (r.dport, p.dport)):
+        if rng is not None and (port is None or not rng[0] <= port <= rng[1]):
+            return False
+    return r.iface is None  # the tests' packets come from no named interface
