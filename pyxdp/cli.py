@@ -151,8 +151,9 @@ def _is_rule(words: list[str]) -> bool:
             return True
         if (w == "proto" and nxt not in ("tcp", "udp")) or (w == "to" and nxt != "any"):
             return True
-    return "from" in words and any(w == "port" or w[:1].isdigit() and "." not in w and ":" not in w
-                                   for w in words)
+    has_port = any(w == "port" or w[:1].isdigit() and "." not in w and ":" not in w for w in words)
+    # a source with a port, or a protocol without one, is beyond the simple forms
+    return ("from" in words and has_port) or ("proto" in words and not has_port)
 
 
 def _entry_targets(words: list[str]) -> list[Any] | None:

@@ -310,3 +310,61 @@ def test_trace_stopped_by_sigterm_turns_tracing_off(pin_dir: str) -> None:
     finally:
         tr.kill()
     assert json.loads(ok("status", "--json", pin_dir=pin_dir))["trace_every"] == 0
+
+
+def test_rules_sets_apply_and_save(pin_dir: str, tmp_path: Any) -> None:
+    assert "rule 1: allow proto tcp from 192.168.0.0/16 to any port 22" in ok(
+        "allow", "proto", "tcp", "from", "192.168.0.0/16", "to", "any", "port", "22", pin_dir=pin_dir)
+    ok("deny", "proto", "tcp", "from", "any", "to", "any", "port", "22:23", pin_dir=pin_dir)
+    assert "rule 1: deny proto icmp" in ok("insert", "1", "deny", "proto", "icmp", pin_dir=pin_dir)
+    prefixes = tmp_path / "office.txt"
+    prefixes.write_text("10.20.0.0/16\n2001:db8:20::/48\n")
+    assert "2 new prefixes" in ok("set", "add", "office", "--file", str(prefixes), pin_dir=pin_dir)
+    ok("allow", "from", "@office", "to", "any", "port", "443", pin_dir=pin_dir)
+    ok("deny", "from", "198.51.100.0/24", pin_dir=pin_dir)  # still a simple entry
+    listing = ok("list", pin_dir=pin_dir)
+    assert "deny  from 198.51.100.0/24" in listing
+    assert "    4  allow from @office to any port 443" in listing
+    assert "@office" in ok("set", "list", pin_dir=pin_dir) and "10.20.0.0/16" in ok("set", "list", "office",
+                                                                                   pin_dir=pin_dir)
+    saved = ok("save", pin_dir=pin_dir)
+    assert saved.count('    "') == 6  # four rules, two prefixes
+    fails(2, "set @office is used by a rule", "set", "destroy", "office", pin_dir=pin_dir)
+    ok("delete", "1", pin_dir=pin_dir)
+    ok("delete", "allow", "from", "@office", "to", "any", "port", "443", pin_dir=pin_dir)
+    assert len(ok("list", "--json", pin_dir=pin_dir).splitlines()) == 3  # one entry, two rules
+
+    # apply the saved file back: identity; then a bad file changes nothing and names its line
+    f = tmp_path / "rules.toml"
+    f.write_text(saved)
+    assert "applied 4 rules, 1 set, policy pass" in ok("apply", str(f), pin_dir=pin_dir)
+    assert ok("save", pin_dir=pin_dir) == saved
+    bad = tmp_path / "bad.toml"
+    bad.write_text(saved.replace("port 443", "port 4430000"))
+    fails(2, "bad.toml line 8: bad port '4430000'", "apply", str(bad), pin_dir=pin_dir)
+    bad.write_text(saved.replace('"10.20.0.0/16"', '"10.20.0.0/8"'))
+    fails(2, "bad.toml line 13: set office: 10.20.0.0/8 has host bits set", "apply", str(bad), pin_dir=pin_dir)
+    assert ok("save", pin_dir=pin_dir) == saved
+    ok("save", str(tmp_path / "again.toml"), pin_dir=pin_dir)
+    assert (tmp_path / "again.toml").read_text() == saved
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (["allow", "proto", "gre"], "bad protocol 'gre'"),
+        (["deny", "from", "@office"], "no set @office"),
+        (["deny", "proto", "icmp", "--ttl", "10"], "--ttl and --file are for simple entries"),
+        (["insert", "3", "deny", "proto", "icmp"], "insert 3: positions are 1 to 1"),
+        (["delete", "7"], "no rule number 7"),
+        (["delete", "deny", "proto", "udp"], "no such rule: deny proto udp"),
+        (["set", "add", "bad name"], "bad set name"),
+        (["set", "remove", "nosuch", "10.0.0.0/8"], "no set @nosuch"),
+        (["set", "frobnicate", "x"], "bad set operation 'frobnicate'"),
+        (["apply", "/nonexistent.toml"], "cannot read /nonexistent.toml"),
+    ],
+)
+def test_bad_rule_input(pin_dir: str, args: list[str], says: str) -> None:
+    ok("deny", "from", "192.0.2.1", pin_dir=pin_dir)  # the state exists
+    fails(2, says, *args, pin_dir=pin_dir)
+    assert len(ok("list", "--json", pin_dir=pin_dir).splitlines()) == 1
