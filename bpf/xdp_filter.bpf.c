@@ -57,6 +57,8 @@
 #define DEFAULT_RULES (DEFAULT_RULE_WORDS * 64)
 /* vector classes one generation may need for r rules (see pyxdp/rules.py) */
 #define CLASSES(r) (8 * (r) + 1024)
+#define RS_LIT(dir, v6) (1u << ((dir) * 2 + (v6))) /* ruleset.flags: lookups worth making */
+#define RS_IFACE (1u << 4)
 #define RULE_TEXT 192        /* a rule's canonical text, NUL-padded */
 #define SET_NAME 32
 
@@ -284,6 +286,8 @@ struct {
 struct ruleset {
 	__u32 n_words;                  /* words of the vectors in use */
 	__u32 iface_dflt;               /* class of an interface no rule names */
+	__u32 flags;                    /* RS_LIT(dir, v6): rules name prefixes there; RS_IFACE: interfaces */
+	__u32 pad;
 	__u32 proto_cls[PROTO_CLASSES + 1]; /* tcp, udp, icmp, icmpv6, other */
 	__u32 lit_dflt[4];              /* class when no rule prefix holds the address: [dir * 2 + (v6)] */
 	__u32 setb[2];                  /* per dir: class of set-hit mask 0; mask m is setb + m */
@@ -727,7 +731,7 @@ static __always_inline void addr_classes(struct ruleset *rs, __u32 gen, __u32 di
 
 	if (p->family == 4) {
 		struct rkey4 k = { .plen = 64, .tag = gen * 2 + dir, .addr = dir ? p->daddr4 : p->saddr4 };
-		v = bpf_map_lookup_elem(&rlit4, &k);
+		v = rs->flags & RS_LIT(dir, 0) ? bpf_map_lookup_elem(&rlit4, &k) : NULL;
 		*lit = v ? *v : rs->lit_dflt[dir * 2];
 		for (__u32 i = 0; i < RULE_SETS; i++) {
 			if (i >= rs->n_sets[dir])
@@ -739,7 +743,7 @@ static __always_inline void addr_classes(struct ruleset *rs, __u32 gen, __u32 di
 	} else {
 		struct rkey6 k = { .plen = 160, .tag = gen * 2 + dir };
 		__builtin_memcpy(k.addr, dir ? &p->daddr6 : &p->saddr6, 16);
-		v = bpf_map_lookup_elem(&rlit6, &k);
+		v = rs->flags & RS_LIT(dir, 1) ? bpf_map_lookup_elem(&rlit6, &k) : NULL;
 		*lit = v ? *v : rs->lit_dflt[dir * 2 + 1];
 		for (__u32 i = 0; i < RULE_SETS; i++) {
 			if (i >= rs->n_sets[dir])
@@ -785,7 +789,7 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 			c_dport = *v;
 	}
 	struct ifkey ik = { .gen = gen, .ifindex = ctx->ingress_ifindex };
-	v = bpf_map_lookup_elem(&riface, &ik);
+	v = rs->flags & RS_IFACE ? bpf_map_lookup_elem(&riface, &ik) : NULL;
 	c_if = v ? *v : rs->iface_dflt;
 
 	__u64 *a = bpf_map_lookup_elem(&rvec, &c_proto);

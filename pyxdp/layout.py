@@ -69,8 +69,9 @@ SELECTOR = struct.Struct("=IIQ")  # live slot, pad, switched_ns
 KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, pad
 PROTO_CLASSES = 5
 RULE_SETS = 8
-# n_words, iface_dflt, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
-RULESET = struct.Struct(f"=II{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
+# n_words, iface_dflt, flags, pad, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
+RULESET = struct.Struct(f"=IIII{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
+RS_IFACE = 1 << 4  # ruleset.flags; bit dir * 2 + (family == 6): rules name prefixes there
 RKEY4 = struct.Struct("=II4s")  # plen (with the tag's 32 bits), tag, addr
 RKEY6 = struct.Struct("=II16s")
 RREF = struct.Struct("=II")  # rule id, action
@@ -104,7 +105,8 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
         ("rule_id", 4), ("pad2", 4),
     ],
     "ruleset": [
-        ("n_words", 4), ("iface_dflt", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)), ("lit_dflt", 16),
+        ("n_words", 4), ("iface_dflt", 4), ("flags", 4), ("pad", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),
+        ("lit_dflt", 16),
         ("setb", 8), ("n_sets", 8), ("sets", 8 * RULE_SETS), ("noport", 8),
     ],
     "rkey4": [("plen", 4), ("tag", 4), ("addr", 4)],

@@ -238,7 +238,9 @@ def _write_tables(flt: Filter, t: Tables, gen: int, cap: int, ids: list[int], ru
         write_all(flt.map("rorder"), [L.U32.pack(gen * cap + i) for i in range(len(rules))],
                   [L.RREF.pack(ids[i], int(r.action)) for i, r in enumerate(rules)])
     sets = [list(t.set_ids[d]) + [0] * (L.RULE_SETS - len(t.set_ids[d])) for d in (0, 1)]
-    rs = L.RULESET.pack(t.n_words, t.iface_dflt, *t.proto_cls, 0, *t.lit_dflt, *t.setb,
+    flags = sum(1 << (d * 2 + (fam == 6)) for (d, fam), table in t.lit.items() if table)
+    flags |= L.RS_IFACE if t.ifaces else 0
+    rs = L.RULESET.pack(t.n_words, t.iface_dflt, flags, 0, *t.proto_cls, 0, *t.lit_dflt, *t.setb,
                         len(t.set_ids[0]), len(t.set_ids[1]), *sets[0], *sets[1], *t.noport)
     flt.map("rsets").update(L.U32.pack(gen), rs)
 

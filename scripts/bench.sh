@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,tracing,wire,attach}.md. As root; takes a few minutes.
+# benchmarks/results-{core,matrix,variants,bulk,tracing,wire,attach,rules}.md. As root; takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then echo "scripts/bench.sh: run as root (sudo)" >&2; exit 2; fi
@@ -21,3 +21,4 @@ run bulk
 run tracing
 run wire
 run attach
+run rules
