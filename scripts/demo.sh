@@ -19,7 +19,7 @@ cleanup() {
   $X detach vb --netns $B >/dev/null 2>&1 || true
   ip netns del $A 2>/dev/null || true
   ip netns del $B 2>/dev/null || true
-  rm -rf "$PIN" "$TRACE_OUT"
+  rm -rf "$PIN" "$TRACE_OUT" "$TRACE_OUT".*
 }
 trap cleanup EXIT
 cleanup
@@ -74,9 +74,28 @@ ip -n $A neigh flush all
 traffic 10.88.0.2 5000 5001
 traffic fd88::2 5000 5001
 
+step "ordered multi-field rules with a named set, from a file, replaced in one step"
+cat > "$TRACE_OUT.toml" <<'TOML'
+policy = "drop"
+rules = [
+    "allow proto udp from @office to 10.88.0.2 port 5001",
+    "allow proto udp from @office to fd88::2 port 5001",
+    "deny proto udp to any port 5000:5999",
+]
+
+[sets]
+office = ["10.88.0.0/24", "fd88::/64"]
+TOML
+show $X delete allow 5001/udp
+show $X apply "$TRACE_OUT.toml"
+traffic 10.88.0.2 5000 5001
+traffic fd88::2 5000 5001
+show $X list
+show $X save
+
 step "what the filter did, packet by packet (pyxdp-load trace)"
 sleep 0.3; kill $TRACE_PID 2>/dev/null || true; wait $TRACE_PID 2>/dev/null || true; TRACE_PID=
-grep -E "udp" "$TRACE_OUT" | head -12
+grep -E "udp" "$TRACE_OUT" | awk 'NR <= 6 || /rule/' | head -14
 echo "   ... $(grep -c . "$TRACE_OUT") events in all"
 
 step "entries with their hit counts, and the counters per verdict and reason"
@@ -94,7 +113,7 @@ with open(sys.argv[1], "wb") as fh:
                     P.eth(P.ETH_ARP, P.arp())])
 PY
 show $X replay "$TRACE_OUT.pcap"
-rm -f "$TRACE_OUT.pcap" "$TRACE_OUT.rx"
+rm -f "$TRACE_OUT.pcap" "$TRACE_OUT.rx" "$TRACE_OUT.toml"
 
 step "detach: the last interface removes the pinned state"
 show $X detach vb --netns $B
