@@ -30,6 +30,8 @@ _EXPORTS = {
     "KeyNotFound": "errors", "MapFull": "errors", "IncompatibleMap": "errors", "NotLoaded": "errors",
     "AttachError": "errors", "LibbpfMissing": "errors",
     "load_object": "generic", "unload": "generic",
+    "Rule": "rules", "parse_rule": "rules", "RuleState": "ruleset", "SetState": "ruleset",
+    "RuleSetSpec": "ruleset",
 }
 
 __all__ = [
@@ -57,6 +59,10 @@ __all__ = [
     "Reason",
     "ReplayResult",
     "RingBuffer",
+    "Rule",
+    "RuleSetSpec",
+    "RuleState",
+    "SetState",
     "StatLine",
     "Stats",
     "Tracer",
@@ -67,6 +73,7 @@ __all__ = [
     "load_object",
     "parse_port",
     "parse_prefix",
+    "parse_rule",
     "parse_ttl",
     "unload",
 ]
@@ -102,6 +109,8 @@ if TYPE_CHECKING:
     )
     from .generic import load_object, unload
     from .layout import Action, Reason, Verdict
+    from .rules import Rule, parse_rule
+    from .ruleset import RuleSetSpec, RuleState, SetState
     from .xdp import XdpMode
 
 

@@ -107,10 +107,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         n = len(flt.entries()) if not args.json else None
         if args.json:
             _emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
-                   "capacity": flt.capacity, "trace_every": cfg.trace_every,
+                   "capacity": flt.capacity, "rules": cfg.nrules, "rule_capacity": flt.rule_capacity,
+                   "trace_every": cfg.trace_every,
                    "interfaces": [a.to_dict() for a in ifaces]})
             return 0
-        print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  entries: {n}  capacity: {flt.capacity}/family")
+        print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  entries: {n}  capacity: {flt.capacity}/family"
+              f"  rules: {cfg.nrules}/{flt.rule_capacity}")
         if cfg.trace_every:
             print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
                   "(the next 'pyxdp-load trace' turns it off when it ends)")

@@ -98,7 +98,7 @@ sleep 0.3; kill $TRACE_PID 2>/dev/null || true; wait $TRACE_PID 2>/dev/null || t
 grep -E "udp" "$TRACE_OUT" | awk 'NR <= 6 || /rule/' | head -14
 echo "   ... $(grep -c . "$TRACE_OUT") events in all"
 
-step "entries with their hit counts, and the counters per verdict and reason"
+step "entries and rules with their hit counts, and the counters per verdict and reason"
 show $X list
 show $X stats
 
