@@ -291,20 +291,14 @@ class Filter:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
             flt = cls(pin_dir, {}, lk)
             flt.created = created
-            if create and capacity is not None and flt.capacity != capacity:
-                have = flt.capacity
-                flt.close()
-                raise IncompatibleMap(
-                    f"state in {pin_dir} has capacity {have}, not {capacity}; "
-                    "detach everywhere (without --keep) to change it"
-                )
-            if create and rules is not None and flt.rule_capacity != rules:
-                have = flt.rule_capacity
-                flt.close()
-                raise IncompatibleMap(
-                    f"state in {pin_dir} holds {have} rules, not {rules}; "
-                    "detach everywhere (without --keep) to change it"
-                )
+            for what, want, have in (("prefix capacity", capacity, flt.capacity),
+                                     ("rule capacity", rules, flt.rule_capacity)):
+                if create and want is not None and have != want:
+                    flt.close()
+                    raise IncompatibleMap(
+                        f"state in {pin_dir} has {what} {have}, not {want}; "
+                        "detach everywhere (without --keep) to change it"
+                    )
             if not lock and lk is not None:
                 lk.release()
                 flt._lock = None

@@ -400,9 +400,11 @@ def parse_ruleset(text: str, source: str = "input") -> tuple[list[Rule], dict[st
             rules.append(parse_rule(text_rule))
         except UsageError as exc:
             raise fail(f"{exc} (in rule {text_rule!r})", needle=text_rule) from None
-    dup = [r for i, r in enumerate(rules) if r in rules[:i]]
-    if dup:
-        raise fail(f"rule given twice: {dup[0]}", needle=str(dup[0]))
+    seen: set[Rule] = set()
+    for r in rules:
+        if r in seen:
+            raise fail(f"rule given twice: {r}", needle=str(r))
+        seen.add(r)
     raw_sets = doc.get("sets", {})
     if not isinstance(raw_sets, dict):
         raise fail("sets must be a table of NAME = [prefixes]", key="sets")
