@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from . import layout as L
 from ._record import TYPE_CHECKING, Record
 from .entries import Prefix
-from .errors import UsageError
+from .errors import BpfError, UsageError
 from .layout import Verdict
 from .rules import RULE_TEXT, Rule, Tables, compile_rules, parse_rule, parse_set_name
 
@@ -143,7 +143,7 @@ def install(flt: Filter, rules: Sequence[Rule], policy: Verdict | None = None,
             set_ids: dict[str, int] | None = None) -> None:
     """Make ``rules`` the live rule set (and ``policy`` the policy) in one
     switch. Nothing a packet can see changes before the switch."""
-    from .filter import RECENT_SWITCH_NS, _delete_all, _rcu_grace_period, _write_all, monotonic_ns
+    from .filter import RECENT_SWITCH_NS, _rcu_grace_period, monotonic_ns
 
     flt._require_lock()
     cap = flt.rule_capacity
@@ -186,39 +186,42 @@ def install(flt: Filter, rules: Sequence[Rule], policy: Verdict | None = None,
         defs.update(L.U32.pack(rid), text.ljust(RULE_TEXT, b"\0"))
         hits.update(L.U32.pack(rid), zero)
 
-    _clear_generation(flt, gen, _delete_all)
-    _write_tables(flt, tables, gen, cap, ids, rules, _write_all)
+    _clear_generation(flt, gen)
+    _write_tables(flt, tables, gen, cap, ids, rules)
     new_cfg = cfg._replace(rgen=gen, nrules=len(rules))
     if policy is not None:
         new_cfg = new_cfg._replace(policy=policy)
     flt._write_config(new_cfg)
 
 
-def _clear_generation(flt: Filter, gen: int, delete_all: Any) -> None:
+def _clear_generation(flt: Filter, gen: int) -> None:
     """Drop the idle generation's rule prefixes and interface classes."""
+    from .filter import _delete_all
+
     for name in ("rlit4", "rlit6"):
         m = flt.map(name)
         stale = [k for k in m if L.U32.unpack_from(k, 4)[0] >> 1 == gen]
         if stale:
-            delete_all(m, stale)
+            _delete_all(m, stale)
     m = flt.map("riface")
     stale = [k for k in m if L.IFKEY.unpack(k)[0] == gen]
     for k in stale:
         m.delete(k)
 
 
-def _write_tables(flt: Filter, t: Tables, gen: int, cap: int, ids: list[int], rules: Sequence[Rule],
-                  write_all: Any) -> None:
+def _write_tables(flt: Filter, t: Tables, gen: int, cap: int, ids: list[int], rules: Sequence[Rule]) -> None:
+    from .filter import _no_batch_support, _write_all
+
     vec_bytes = cap // 8
     cids = sorted(t.vectors)
-    write_all(flt.map("rvec"), [L.U32.pack(c) for c in cids],
+    _write_all(flt.map("rvec"), [L.U32.pack(c) for c in cids],
               [t.vectors[c].to_bytes(vec_bytes, "little") for c in cids])
     for (d, fam), table in t.lit.items():
         if not table:
             continue
         kst = L.RKEY4 if fam == 4 else L.RKEY6
         items = sorted(table.items(), key=lambda kv: (kv[0].plen, kv[0].addr))
-        write_all(flt.map("rlit4" if fam == 4 else "rlit6"),
+        _write_all(flt.map("rlit4" if fam == 4 else "rlit6"),
                   [kst.pack(32 + p.plen, gen * 2 + d, p.addr) for p, _c in items],
                   [L.U32.pack(c) for _p, c in items])
     ports = flt.map("rports")
@@ -228,14 +231,16 @@ def _write_tables(flt: Filter, t: Tables, gen: int, cap: int, ids: list[int], ru
         vals = t.ports[d].tobytes()
         try:
             ports.update_batch(keys, vals)
-        except Exception:  # no batch op on this kernel: one by one
+        except BpfError as exc:
+            if not _no_batch_support(exc):
+                raise
             for i in range(65536):
                 ports.update(keys[4 * i : 4 * i + 4], vals[4 * i : 4 * i + 4])
     riface = flt.map("riface")
     for idx, c in t.ifaces.items():
         riface.update(L.IFKEY.pack(gen, idx), L.U32.pack(c))
     if rules:
-        write_all(flt.map("rorder"), [L.U32.pack(gen * cap + i) for i in range(len(rules))],
+        _write_all(flt.map("rorder"), [L.U32.pack(gen * cap + i) for i in range(len(rules))],
                   [L.RREF.pack(ids[i], int(r.action)) for i, r in enumerate(rules)])
     sets = [list(t.set_ids[d]) + [0] * (L.RULE_SETS - len(t.set_ids[d])) for d in (0, 1)]
     flags = sum(1 << (d * 2 + (fam == 6)) for (d, fam), table in t.lit.items() if table)
@@ -417,7 +422,3 @@ def apply(flt: Filter, spec: RuleSetSpec) -> None:
             names.delete(_meta_key(name))
     _rcu_grace_period()  # packets that read the old generation may still look up the old sets
     _drop_set_entries(flt, {st.id for st in old.values()})
-
-
-def rules_with_ifaces(flt: Filter) -> bool:
-    return any(r.iface for _id, r in live_rules(flt))
