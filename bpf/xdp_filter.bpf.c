@@ -56,7 +56,7 @@
 #define PROTO_CLASSES 5      /* tcp, udp, icmp, icmpv6, other */
 #define DEFAULT_RULES (DEFAULT_RULE_WORDS * 64)
 /* vector classes one generation may need for r rules (see pyxdp/rules.py) */
-#define CLASSES(r) (8 * (r) + 1024)
+#define CLASSES(r) (6 * (r) + 1600)
 #define RS_LIT(dir, v6) (1u << ((dir) * 2 + (v6))) /* ruleset.flags: lookups worth making */
 #define RS_IFACE (1u << 4)
 #define RULE_TEXT 192        /* a rule's canonical text, NUL-padded */

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -144,18 +145,23 @@ def _read_file_prefixes(path: str) -> Iterator[Any]:
         raise UsageError(f"{path}: not a text file") from None
 
 
+_PORT_RANGE = re.compile(r"\d+:\d+\Z")
+
+
 def _is_rule(words: list[str]) -> bool:
     """Whether ``words`` (after allow/deny) are a rule rather than the simple
     entry forms: source prefixes only, or destination ports only."""
     for i, w in enumerate(words):
         nxt = words[i + 1] if i + 1 < len(words) else ""
-        if w == "on" or w.startswith("@") or (":" in w and w.replace(":", "").isdigit()):
+        if w == "on" or w.startswith("@") or _PORT_RANGE.match(w):
             return True
         if (w == "proto" and nxt not in ("tcp", "udp")) or (w == "to" and nxt != "any"):
             return True
     has_port = any(w == "port" or w[:1].isdigit() and "." not in w and ":" not in w for w in words)
-    # a source with a port, or a protocol without one, is beyond the simple forms
-    return ("from" in words and has_port) or ("proto" in words and not has_port)
+    # a source with a port, a protocol without one, or nothing concrete at all
+    # ('deny from any') is beyond the simple forms
+    concrete = any(w[:1].isdigit() or ":" in w for w in words)
+    return ("from" in words and has_port) or ("proto" in words and not has_port) or not concrete
 
 
 def _entry_targets(words: list[str]) -> list[Any] | None:

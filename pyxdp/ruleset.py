@@ -367,7 +367,11 @@ def set_destroy(flt: Filter, name: str) -> None:
         raise UsageError(f"no set @{name}")
     if st.name in _referenced(flt):
         raise UsageError(f"set @{st.name} is used by a rule; delete the rule first")
+    from .filter import RECENT_SWITCH_NS, _rcu_grace_period, monotonic_ns
+
     flt.map("set_names").delete(_meta_key(st.name))  # from here on no rule can name it
+    if monotonic_ns() - flt._selector()[1] < RECENT_SWITCH_NS:
+        _rcu_grace_period()  # a rule set live moments ago may still be looking into it
     _drop_set_entries(flt, {st.id})
 
 
@@ -390,15 +394,16 @@ def apply(flt: Filter, spec: RuleSetSpec) -> None:
 
     flt._require_lock()
     old = set_table(flt)
-    if len(spec.sets) > flt.map("set_names").spec.max_entries:
-        raise UsageError(f"too many sets ({len(spec.sets)})")
+    named = {parse_set_name(name): prefixes for name, prefixes in spec.sets.items()}
+    if len(named) > flt.map("set_names").spec.max_entries:
+        raise UsageError(f"too many sets ({len(named)})")
     next_id = _new_set_id(s.id for s in old.values())
     new_ids: dict[str, int] = {}
     counts: dict[str, tuple[int, int]] = {}
     pending = {4: 0, 6: 0}
     try:
-        for name, prefixes in spec.sets.items():
-            sid = new_ids[parse_set_name(name)] = next_id
+        for name, prefixes in named.items():
+            sid = new_ids[name] = next_id
             next_id += 1
             groups: dict[int, dict[bytes, bytes]] = {4: {}, 6: {}}
             for p in prefixes:
@@ -414,11 +419,12 @@ def apply(flt: Filter, spec: RuleSetSpec) -> None:
     except BaseException:
         _drop_set_entries(flt, set(new_ids.values()))
         raise
+    # after the switch: old names go first, so the name table never holds both
     names = flt.map("set_names")
-    for name, sid in new_ids.items():
-        names.update(_meta_key(name), L.SET_META.pack(sid, 0, *counts[name]))
     for name in old:
         if name not in new_ids:
             names.delete(_meta_key(name))
+    for name, sid in new_ids.items():
+        names.update(_meta_key(name), L.SET_META.pack(sid, 0, *counts[name]))
     _rcu_grace_period()  # packets that read the old generation may still look up the old sets
     _drop_set_entries(flt, {st.id for st in old.values()})

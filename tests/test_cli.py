@@ -347,6 +347,9 @@ def test_rules_sets_apply_and_save(pin_dir: str, tmp_path: Any) -> None:
     assert ok("save", pin_dir=pin_dir) == saved
     ok("save", str(tmp_path / "again.toml"), pin_dir=pin_dir)
     assert (tmp_path / "again.toml").read_text() == saved
+    # IPv6 hosts written with digits and colons only stay entries; 'from any' alone is a rule
+    assert "1 entry, ttl 60s" in ok("deny", "from", "2001::1", "--ttl", "60", pin_dir=pin_dir)
+    assert "rule 5: deny" in ok("deny", "from", "any", pin_dir=pin_dir)
 
 
 @pytest.mark.parametrize(
