@@ -861,9 +861,9 @@ class Filter:
         the attached interfaces change."""
         from .ruleset import install, live_rules
 
-        rules = [r for _id, r in live_rules(self)]
-        if any(r.iface for r in rules):
-            install(self, rules)
+        live = live_rules(self)
+        if any(r.iface for _id, r in live):
+            install(self, [r for _id, r in live], live=live)
 
     def _ifaces(self) -> dict[tuple[str | None, int], Attachment]:
         out = {}

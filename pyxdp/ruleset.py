@@ -113,25 +113,33 @@ def _set_keys_of(flt: Filter, ids: set[int]) -> dict[int, list[bytes]]:
     return out
 
 
+def _members(flt: Filter, ids: set[int]) -> dict[int, list[Prefix]]:
+    """Set id -> its prefixes, sorted, for ``ids``: one walk of the set tries."""
+    out: dict[int, list[Prefix]] = {sid: [] for sid in ids}
+    for fam, keys in _set_keys_of(flt, ids).items():
+        kst = L.RKEY4 if fam == 4 else L.RKEY6
+        for k in keys:
+            plen, tag, addr = kst.unpack(k)
+            out[tag].append(Prefix(fam, addr, plen - 32))
+    for members in out.values():
+        members.sort(key=lambda p: (p.family, p.addr, p.plen))
+    return out
+
+
 def set_members(flt: Filter, name: str) -> list[Prefix]:
     st = set_table(flt).get(parse_set_name(name))
     if st is None:
         raise UsageError(f"no set @{name}")
-    out = []
-    for fam, keys in _set_keys_of(flt, {st.id}).items():
-        kst = L.RKEY4 if fam == 4 else L.RKEY6
-        for k in keys:
-            plen, _tag, addr = kst.unpack(k)
-            out.append(Prefix(fam, addr, plen - 32))
-    out.sort(key=lambda p: (p.family, p.addr, p.plen))
-    return out
+    return _members(flt, {st.id})[st.id]
 
 
 def snapshot(flt: Filter) -> RuleSetSpec:
     """The running rule set, its sets and the policy (what ``save`` writes)."""
+    table = set_table(flt)
+    members = _members(flt, {st.id for st in table.values()})
     return RuleSetSpec(
         tuple(r for _id, r in live_rules(flt)),
-        {name: set_members(flt, name) for name in set_table(flt)},
+        {name: members[st.id] for name, st in table.items()},
         flt.config().policy,
     )
 
@@ -140,9 +148,10 @@ def snapshot(flt: Filter) -> RuleSetSpec:
 
 
 def install(flt: Filter, rules: Sequence[Rule], policy: Verdict | None = None,
-            set_ids: dict[str, int] | None = None) -> None:
+            set_ids: dict[str, int] | None = None, live: list[tuple[int, Rule]] | None = None) -> None:
     """Make ``rules`` the live rule set (and ``policy`` the policy) in one
-    switch. Nothing a packet can see changes before the switch."""
+    switch. Nothing a packet can see changes before the switch. ``live``:
+    the (id, rule) list the caller has just read (read here otherwise)."""
     from .filter import RECENT_SWITCH_NS, _rcu_grace_period, monotonic_ns
 
     flt._require_lock()
@@ -161,7 +170,8 @@ def install(flt: Filter, rules: Sequence[Rule], policy: Verdict | None = None,
         _rcu_grace_period()  # the idle generation was live moments ago: let its readers finish
 
     # stable ids: a rule that stays keeps its id (and its hit counter)
-    live = live_rules(flt)
+    if live is None:
+        live = live_rules(flt)
     by_text: dict[str, list[int]] = {}
     for rid, r in live:
         by_text.setdefault(str(r), []).append(rid)
@@ -256,7 +266,8 @@ def _write_tables(flt: Filter, t: Tables, gen: int, cap: int, ids: list[int], ru
 def add_rule(flt: Filter, rule: Rule, position: int | None = None) -> int:
     """Insert ``rule`` before 1-based ``position`` (append when None).
     Returns its number. An identical rule already present is refused."""
-    rules = [r for _id, r in live_rules(flt)]
+    live = live_rules(flt)
+    rules = [r for _id, r in live]
     if rule in rules:
         raise UsageError(f"rule exists (number {rules.index(rule) + 1}): {rule}")
     if position is None:
@@ -264,13 +275,14 @@ def add_rule(flt: Filter, rule: Rule, position: int | None = None) -> int:
     if not 1 <= position <= len(rules) + 1:
         raise UsageError(f"insert {position}: positions are 1 to {len(rules) + 1}")
     rules.insert(position - 1, rule)
-    install(flt, rules)
+    install(flt, rules, live=live)
     return position
 
 
 def delete_rules(flt: Filter, which: Iterable[int | Rule]) -> int:
     """Delete rules by 1-based number or by equal rule, all or nothing."""
-    rules = [r for _id, r in live_rules(flt)]
+    live = live_rules(flt)
+    rules = [r for _id, r in live]
     drop: set[int] = set()
     for w in which:
         if isinstance(w, int):
@@ -281,7 +293,7 @@ def delete_rules(flt: Filter, which: Iterable[int | Rule]) -> int:
             if w not in rules:
                 raise UsageError(f"no such rule: {w}")
             drop.add(rules.index(w))
-    install(flt, [r for i, r in enumerate(rules) if i not in drop])
+    install(flt, [r for i, r in enumerate(rules) if i not in drop], live=live)
     return len(drop)
 
 
