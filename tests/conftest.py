@@ -1,11 +1,14 @@
-"""Shared fixtures. Everything a test creates is named with a per-run prefix
-(pin dirs under /sys/fs/bpf/pyxdp-t*, namespaces pxt*) and removed even when
-the test fails; leftovers of a crashed earlier run are swept at start."""
+"""Shared fixtures. Everything a test creates is named with this run's pid
+(pin dirs /sys/fs/bpf/pyxdp-t<pid>-*, namespaces pxt<pid>-*) and removed even
+when the test fails. The sweeps at start and finish remove only leftovers whose
+pid is no longer alive (and, at finish, this run's own), so two runs of the
+suite on one machine leave each other alone."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 ROOT = os.geteuid() == 0
-RUN = f"{os.getpid() % 100000}"
+RUN = str(os.getpid())
 _seq = itertools.count()
 
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (BPF and netlink)")
@@ -26,15 +29,43 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
-def _sweep() -> None:
+_NETNS_RE = re.compile(r"pxt(\d+)-")
+_PIN_RE = re.compile(r"pyxdp-t(\d+)-")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(name: str, pattern: re.Pattern[str], own: bool) -> bool:
+    """True when ``name`` was made by a run that is gone (or by this run, with
+    ``own``). Names without a pid in them are never touched."""
+    m = pattern.match(name)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return own
+    return not _pid_alive(pid)
+
+
+def _sweep(own: bool = False) -> None:
     if not ROOT:
         return
-    for name in sh("ip", "netns", "list", check=False).stdout.split():
-        if name.startswith("pxt"):
+    # 'ip netns list' prints "NAME" or "NAME (id: N)" per line
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split(" ", 1)[0]
+        if _stale(name, _NETNS_RE, own):
             sh("ip", "netns", "del", name, check=False)
     if os.path.isdir("/sys/fs/bpf"):
         for name in os.listdir("/sys/fs/bpf"):
-            if name.startswith("pyxdp-t"):
+            if _stale(name, _PIN_RE, own):
                 shutil.rmtree(os.path.join("/sys/fs/bpf", name), ignore_errors=True)
 
 
@@ -47,7 +78,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _sweep()
+    _sweep(own=True)
 
 
 @pytest.fixture
@@ -81,8 +112,8 @@ class NetPair:
     ``b`` (10.77.0.2, fd77::2) receives on interface ``vb``."""
 
     def __init__(self, tag: str) -> None:
-        self.a = f"pxt{RUN}{tag}a"
-        self.b = f"pxt{RUN}{tag}b"
+        self.a = f"pxt{RUN}-{tag}a"
+        self.b = f"pxt{RUN}-{tag}b"
         self.va = "va"
         self.vb = "vb"
         for ns in (self.a, self.b):
