@@ -86,6 +86,34 @@ class LibbpfMissing(PyxdpError, ImportError):
     """libbpf.so.1 could not be loaded."""
 
 
+class UnsafeState(PyxdpError, PermissionError):
+    """A pin directory (or what it holds) could be changed by someone other
+    than root or the caller, or holds what pyxdp did not make: pyxdp refuses
+    to use it. ``path`` is the directory."""
+
+    def __init__(self, path: str, msg: str) -> None:
+        PermissionError.__init__(self, msg)
+        self.path = path
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class LockTimeout(PyxdpError, TimeoutError):
+    """Another writer held the pin directory's lock for longer than the
+    timeout. ``path`` is the directory, ``timeout`` the seconds waited."""
+
+    def __init__(self, path: str, timeout: float, msg: str) -> None:
+        TimeoutError.__init__(self, msg)
+        self.path = path
+        self.timeout = timeout
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
+
 _BY_ERRNO: dict[int, type[BpfError]] = {
     _errno.EPERM: BpfPermissionError,
     _errno.EACCES: BpfPermissionError,
