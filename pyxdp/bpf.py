@@ -96,14 +96,16 @@ def is_bpffs(path: str | os.PathLike[str]) -> bool:
 
 
 def ensure_bpffs(root: str = BPFFS) -> None:
-    """Mount bpffs at ``root`` when it is not mounted (a fresh machine has none)."""
+    """Mount bpffs at ``root`` when it is not mounted (a fresh machine has
+    none), with mode 0700: the kernel's default, 1777, would let any user make
+    the pin directory before root does."""
     if is_bpffs(root):
         return
     import subprocess
 
-    os.makedirs(root, exist_ok=True)
+    os.makedirs(root, mode=0o700, exist_ok=True)
     res = subprocess.run(
-        ["mount", "-t", "bpf", "bpf", root], capture_output=True, text=True, check=False
+        ["mount", "-t", "bpf", "-o", "mode=0700", "bpf", root], capture_output=True, text=True, check=False
     )
     if res.returncode != 0 or not is_bpffs(root):
         msg = res.stderr.strip() or "not a bpffs after mount"
@@ -537,11 +539,21 @@ class BpfObject:
 
 class RingBuffer:
     """Reads a BPF ring buffer. ``callback(data: bytes)`` runs for each record;
-    an exception it raises stops the poll and is re-raised from :meth:`poll`."""
+    an exception it raises stops the poll and is re-raised from :meth:`poll`.
+
+    Memory stays bounded whatever the producer's rate when every :meth:`poll`
+    is given a ``limit``: records beyond it stay in the ring for the next
+    poll, and while the ring is full the kernel drops new ones (the program
+    counts them) instead of this process buffering them."""
+
+    _STOP = -errno.ECANCELED  # what the callback returns to stop at the limit
 
     def __init__(self, ring: Map, callback: Callable[[bytes], None]) -> None:
         self._exc: BaseException | None = None
         self._callback = callback
+        self._left = -1  # records this poll may still hand over; -1: no limit
+        self._handled = 0
+        self._stopped = False
 
         def _sample(_ctx: Any, data: Any, size: int) -> int:
             try:
@@ -549,20 +561,42 @@ class RingBuffer:
             except BaseException as exc:  # stored, re-raised after the C call returns
                 self._exc = exc
                 return -1
+            self._handled += 1
+            if self._left > 0:
+                self._left -= 1
+                if self._left == 0:
+                    # libbpf has already moved the consumer past this record and
+                    # stops here: the rest stays in the ring for the next poll
+                    self._stopped = True
+                    return self._STOP
             return 0
 
         self._cb = ffi.callback("ring_buffer_sample_fn", _sample)
         self._rb = check_ptr(lib.ring_buffer__new(ring.fd, self._cb, ffi.NULL, ffi.NULL), "open ring buffer")
 
-    def poll(self, timeout_ms: int = 100) -> int:
-        """Wait up to ``timeout_ms`` for records and handle them; returns how many."""
-        ret = lib.ring_buffer__poll(self._rb, timeout_ms)
+    def poll(self, timeout_ms: int = 100, limit: int | None = None) -> int:
+        """Wait up to ``timeout_ms`` for records and hand them to the callback;
+        returns how many. ``limit`` (1 or more) bounds how many one call hands
+        over; the rest stay in the ring (a limited stop is not an error).
+        ``None``: all there are, however many arrive meanwhile."""
+        if limit is not None and limit < 1:
+            raise UsageError(f"ring buffer poll limit must be 1 or more, not {limit}")
+        self._left = -1 if limit is None else limit
+        self._handled = 0
+        self._stopped = False
+        try:
+            ret = lib.ring_buffer__poll(self._rb, timeout_ms)
+        finally:
+            self._left = -1
         if self._exc is not None:
             exc, self._exc = self._exc, None
             raise exc
+        if self._stopped:
+            return self._handled
         if ret == -errno.EINTR:
-            return 0
-        return check(ret, "poll ring buffer")
+            return self._handled
+        check(ret, "poll ring buffer")
+        return self._handled
 
     def close(self) -> None:
         rb, self._rb = self._rb, ffi.NULL
