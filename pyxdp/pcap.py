@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from typing import IO, NamedTuple
 
-from ._record import TYPE_CHECKING
 from .errors import UsageError
-
-if TYPE_CHECKING:
-    from typing import IO
 
 LINKTYPE_ETHERNET = 1
 _MAGICS = {
@@ -21,8 +18,19 @@ _MAGICS = {
 }
 
 
-def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
-    """Yield each packet's captured bytes."""
+MAX_CAPLEN = 262144  # libpcap's largest snapshot length
+
+
+class PcapRecord(NamedTuple):
+    """One record of a capture: its 1-based ``number`` and captured bytes, or
+    ``error`` (then ``data`` is empty) saying why the packet cannot be used."""
+
+    number: int
+    data: bytes
+    error: str | None = None
+
+
+def _open(stream: IO[bytes], name: str) -> struct.Struct:
     head = stream.read(24)
     if len(head) < 24:
         raise UsageError(f"{name}: not a pcap file (too short)")
@@ -34,7 +42,30 @@ def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
     linktype = struct.unpack(order + "I", head[20:24])[0] & 0xFFFF
     if linktype != LINKTYPE_ETHERNET:
         raise UsageError(f"{name}: link type {linktype}, only Ethernet (1) is supported")
-    rec = struct.Struct(order + "IIII")
+    return struct.Struct(order + "IIII")
+
+
+def _skip(stream: IO[bytes], n: int) -> int:
+    """Read past ``n`` bytes (in bounded chunks); returns how many there were."""
+    done = 0
+    while done < n:
+        chunk = stream.read(min(n - done, 1 << 16))
+        if not chunk:
+            break
+        done += len(chunk)
+    return done
+
+
+def read_pcap_records(stream: IO[bytes], name: str = "pcap") -> Iterator[PcapRecord]:
+    """Yield a :class:`PcapRecord` for each record, bad ones included, so a
+    replay can report a bad packet and go on. A record whose captured length
+    is over 262,144 bytes is reported (``error`` set, no data) and skipped by
+    reading past that many bytes; the iteration then goes on with the next
+    record (it ends if the file ends inside the skipped bytes). A truncated
+    last record (header or data) is reported and ends the iteration. A file
+    that is not a usable pcap at all (too short, bad magic, pcapng, link type
+    other than Ethernet) raises :class:`UsageError` before the first record."""
+    rec = _open(stream, name)
     num = 0
     while True:
         hdr = stream.read(16)
@@ -42,14 +73,32 @@ def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
             return
         num += 1
         if len(hdr) < 16:
-            raise UsageError(f"{name}: packet {num}: truncated record header")
+            yield PcapRecord(num, b"", f"truncated record header ({len(hdr)} of 16 bytes)")
+            return
         _sec, _frac, caplen, _origlen = rec.unpack(hdr)
-        if caplen > 262144:
-            raise UsageError(f"{name}: packet {num}: captured length {caplen} is not plausible")
+        if caplen > MAX_CAPLEN:
+            got = _skip(stream, caplen)
+            if got < caplen:
+                yield PcapRecord(num, b"", f"captured length {caplen} is not plausible (over {MAX_CAPLEN}), "
+                                           f"and the file ends {got} bytes into it")
+                return
+            yield PcapRecord(num, b"", f"captured length {caplen} is not plausible (over {MAX_CAPLEN}); skipped")
+            continue
         data = stream.read(caplen)
         if len(data) < caplen:
-            raise UsageError(f"{name}: packet {num}: truncated data")
-        yield data
+            yield PcapRecord(num, b"", f"truncated data ({len(data)} of {caplen} bytes)")
+            return
+        yield PcapRecord(num, data)
+
+
+def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
+    """Yield each packet's captured bytes. The first bad record raises
+    :class:`UsageError` ("NAME: packet N: ..."); use
+    :func:`read_pcap_records` to report bad records and go on."""
+    for r in read_pcap_records(stream, name):
+        if r.error is not None:
+            raise UsageError(f"{name}: packet {r.number}: {r.error}")
+        yield r.data
 
 
 def write_pcap(stream: IO[bytes], packets: Iterable[bytes]) -> None:
