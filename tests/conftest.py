@@ -50,6 +50,8 @@ def _stale(name: str, pattern: re.Pattern[str], own: bool) -> bool:
     if m is None:
         return False
     pid = int(m.group(1))
+    if not 0 < pid < 1 << 22:  # above the kernel's largest pid_max: not a run's name
+        return False
     if pid == os.getpid():
         return own
     return not _pid_alive(pid)

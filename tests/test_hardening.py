@@ -426,7 +426,7 @@ def test_pcap_oversize_record_past_the_end() -> None:
 @pytest.mark.parametrize(("tail", "error"), [
     (_rec(b"b" * 40, caplen=64), "truncated data (40 of 64 bytes)"),
     (b"\0" * 7, "truncated record header (7 of 16 bytes)"),
-])
+], ids=["data", "header"])
 def test_pcap_truncated_last_record_is_reported(tail: bytes, error: str) -> None:
     from pyxdp.pcap import PcapRecord, read_pcap, read_pcap_records
 
