@@ -95,6 +95,23 @@ def is_bpffs(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+_SYSTEM_DIRS = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def system_tool(name: str) -> str:
+    """The absolute path of the system command ``name`` (``mount``), to run
+    as root: looked up in ``$PATH`` only when the environment is trusted (see
+    :func:`pyxdp.libbpf.environment_trusted`: not under sudo or setuid), else
+    only in /usr/sbin, /usr/bin, /sbin and /bin. When it is not found there,
+    a path under /usr/bin that running fails on (never a ``$PATH`` lookup)."""
+    import shutil
+
+    from .libbpf import environment_trusted
+
+    found = shutil.which(name) if environment_trusted() else None
+    return found or shutil.which(name, path=_SYSTEM_DIRS) or os.path.join("/usr/bin", name)
+
+
 def ensure_bpffs(root: str = BPFFS) -> None:
     """Mount bpffs at ``root`` when it is not mounted (a fresh machine has
     none), with mode 0700: the kernel's default, 1777, would let any user make
@@ -104,9 +121,12 @@ def ensure_bpffs(root: str = BPFFS) -> None:
     import subprocess
 
     os.makedirs(root, mode=0o700, exist_ok=True)
-    res = subprocess.run(
-        ["mount", "-t", "bpf", "-o", "mode=0700", "bpf", root], capture_output=True, text=True, check=False
-    )
+    tool = system_tool("mount")
+    try:
+        res = subprocess.run([tool, "-t", "bpf", "-o", "mode=0700", "bpf", root],
+                             capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise BpfError(exc.errno or errno.ENOENT, f"cannot mount bpffs at {root} (running {tool})") from None
     if res.returncode != 0 or not is_bpffs(root):
         msg = res.stderr.strip() or "not a bpffs after mount"
         raise BpfError(errno.EPERM, f"cannot mount bpffs at {root} ({msg})")

@@ -9,7 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 
-from .bpf import BpfObject, Program, require_privileges
+from .bpf import BpfObject, Program, require_privileges, system_tool
 from .errors import AttachError, UsageError
 from .xdp import Netlink, XdpMode
 
@@ -59,7 +59,7 @@ def trace_pipe(root: str = TRACEFS) -> Iterator[str]:
     when it is not mounted."""
     pipe = os.path.join(root, "trace_pipe")
     if not os.path.exists(pipe):
-        res = subprocess.run(["mount", "-t", "tracefs", "nodev", root], capture_output=True, text=True,
+        res = subprocess.run([system_tool("mount"), "-t", "tracefs", "nodev", root], capture_output=True, text=True,
                              check=False)
         if res.returncode != 0 or not os.path.exists(pipe):
             raise AttachError(errno.ENODEV, f"cannot mount tracefs at {root}: {res.stderr.strip() or 'no trace_pipe'}")

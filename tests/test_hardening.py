@@ -386,6 +386,25 @@ def test_libbpf_override_ignored_in_a_sudo_process() -> None:
     assert r.returncode != 0 and "cannot load libbpf-none.so.9" in r.stderr
 
 
+def test_system_tools_not_taken_from_path_under_sudo(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensure_bpffs runs 'mount' as root: under sudo/setuid $PATH is not the
+    privileged user's, so only the system directories are searched."""
+    from pyxdp.bpf import system_tool
+
+    fake = os.path.join(base, "mount")
+    with open(fake, "w") as fh:
+        fh.write("#!/bin/sh\nexit 0\n")
+    os.chmod(fake, 0o755)
+    monkeypatch.setenv("PATH", f"{base}:/usr/bin:/bin")
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    if os.getuid() == os.geteuid() and os.getgid() == os.getegid():
+        assert system_tool("mount") == fake
+    monkeypatch.setenv("SUDO_UID", "1000")
+    tool = system_tool("mount")
+    assert tool != fake and os.path.dirname(tool) in ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+    assert system_tool("pyxdp-no-such-tool") == "/usr/bin/pyxdp-no-such-tool"
+
+
 # ---- pcap replay -----------------------------------------------------------------
 
 def _pcap(*records: bytes, tail: bytes = b"") -> io.BytesIO:
