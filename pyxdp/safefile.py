@@ -23,11 +23,13 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
     (created with O_EXCL|O_NOFOLLOW, so a planted symlink is never followed),
     fsync'ed, then renamed over ``path``; readers see the old file or the new
     one, never a part. A new file gets ``mode``; an existing target keeps its
-    permission bits (not its owner: the file is the writer's afterwards).
+    rwx permission bits (not set-id bits, not its owner: the file is the
+    writer's afterwards).
 
     A target that is a symlink is refused with :class:`UsageError` rather than
-    replaced or followed (as ufw and nft refuse to write through links): give
-    the real path. So is one that is not a regular file. Any other failure
+    replaced or followed (root writing through a link someone planted could
+    overwrite any file; replacing the link would surprise whoever made it):
+    give the real path. So is one that is not a regular file. Any other failure
     (missing directory, no permission, disk full) is a :class:`UsageError`
     "cannot write PATH: REASON"; the temporary file is removed."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
@@ -44,7 +46,7 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
                              "give the real path")
         if not stat.S_ISREG(st.st_mode):
             raise UsageError(f"cannot write {path}: not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
+        mode = stat.S_IMODE(st.st_mode) & 0o777
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.")
     except OSError as exc:
