@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 DEV = "pxbcc0"
-PIN = "/sys/fs/bpf/pyxdp-bench-attach"
+PIN = f"/sys/fs/bpf/pyxdp-bench-{os.getpid()}-attach"
 HEADERS = "/usr/src"
 
 BCC_PROG = r'''

@@ -81,7 +81,7 @@ def one_rate(pin: str, prog: object, flt: Filter, rate: int) -> tuple[int, int, 
 
 def main() -> None:
     rows = []
-    with scratch_pin("trace") as pin:
+    with scratch_pin("trace", make=False) as pin:
         with Filter.open(pin, create=True) as flt:
             prog = flt.program()
         with Filter.open(pin, lock=False) as flt:

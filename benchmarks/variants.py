@@ -1,87 +1,107 @@
-"""Where the datapath's time goes: the filter built with steps cut out
-(BENCH_* macros in bpf/xdp_filter.bpf.c), each variant loaded on the same
-pinned state (100,000 /24 prefixes, 4 ports) and timed with BPF_PROG_TEST_RUN
-on the same packets. The difference between neighbouring variants is what a
-step costs. Needs clang-19 (scripts/setup.sh --bench); run as root:
+"""Where the datapath's time goes, by variants of the state (and of the load
+knobs) under the shipped program, each row adding one step to the row above;
+the difference between neighbouring rows is what that step costs. Timed with
+BPF_PROG_TEST_RUN on the same packets, rounds interleaved. Run as root:
 
     sudo .venv/bin/python benchmarks/variants.py
+
+The shipped datapath has no benchmark #ifdefs (issue 8). A step that no state
+can switch off needs a build variant: a small .c file that #defines options
+and #includes bpf/xdp_filter.bpf.c (as benchmarks/sweep_walk.bpf.c does); the
+knobs the loader sets (`count_hits`) are switched here through
+pyxdp.state.open_object on the same pinned maps.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-import subprocess
+import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
-import packets as P  # noqa: E402
-from core import FLOOR, median, scratch_pin, table_addresses  # noqa: E402
+from core import (  # noqa: E402
+    FLOOR,
+    PORT_RULES,
+    XdpFilterPeer,
+    banned_filter,
+    interleaved,
+    other_lengths,
+    packets,
+    pin_path,
+    table_nets,
+    table_prefixes,
+)
 
+import pyxdp.state as S  # noqa: E402
 from pyxdp import Filter  # noqa: E402
 from pyxdp.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.entries import Prefix  # noqa: E402
-from pyxdp.layout import Action  # noqa: E402
-
-# label -> macros; each row adds one step to the one above it
-VARIANTS = [
-    ("floor: XDP_PASS only", None),
-    ("+ config lookup", "-DBENCH_ONLY_CONFIG"),
-    ("+ parse (Ethernet, IPv4, UDP)", "-DBENCH_ONLY_PARSE"),
-    ("+ call to finish, policy, trace check", "-DBENCH_NO_PREFIX -DBENCH_NO_PORTS -DBENCH_NO_STATS"),
-    ("+ per-CPU counters", "-DBENCH_NO_PREFIX -DBENCH_NO_PORTS"),
-    ("+ port array lookup", "-DBENCH_NO_PREFIX"),
-    ("+ prefix match (the shipped filter)", ""),
-]
-PACKETS = {"source in table": P.udp4("10.3.84.5", 53), "far source": P.udp4("203.0.113.5", 53)}
-
-
-def build(out_dir: str, i: int, macros: str) -> str:
-    out = os.path.join(out_dir, f"v{i}.bpf.o")
-    subprocess.run(["clang-19", "-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", f"-I{TOP}", *macros.split(),
-                    "-c", os.path.join(TOP, "bpf", "xdp_filter.bpf.c"), "-o", out], check=True)
-    return out
 
 
 def main() -> None:
     repeat, rounds = 1_000_000, 7
-    progs: list[tuple[str, Program, BpfObject]] = []
-    with tempfile.TemporaryDirectory() as tmp, scratch_pin("variants") as pin:
-        with Filter.open(pin, create=True) as flt:
-            flt.add_targets((Prefix(4, struct.pack("!I", a), 24) for a in table_addresses()), Action.DENY)
-            flt.deny("22/tcp", "80/tcp", "443/tcp", "8053/udp")
-        for i, (label, macros) in enumerate(VARIANTS):
-            obj = BpfObject(FLOOR if macros is None else build(tmp, i, macros),
-                            pin_root=None if macros is None else pin)
-            if macros is not None:
-                obj.private_map("stats")
-                obj.private_map("events")
-            obj.load()
-            progs.append((label, obj.program(), obj))
-        res: dict[tuple[str, str], list[float]] = {}
-        for _ in range(rounds):
-            for label, prog, _obj in progs:
-                for kname, pkt in PACKETS.items():
-                    res.setdefault((label, kname), []).append(prog.test_run(pkt, repeat=repeat).duration_ns)
-        for _label, prog, obj in progs:
+    pkts = packets()
+    progs: dict[str, Program] = {}
+    closers: list = []
+    try:
+        floor = BpfObject(FLOOR)
+        floor.load()
+        progs["floor: XDP_PASS only"] = floor.program()
+        closers.append(floor.close)
+        peer = XdpFilterPeer("xdpfilt_dny_all.o", table_nets())
+        closers.append(peer.close)
+
+        def state(name: str) -> str:
+            pin = pin_path(f"var-{name}")
+            closers.append(lambda: shutil.rmtree(pin, ignore_errors=True))
+            return pin
+
+        flt = Filter.open(state("none"), create=True)
+        progs["+ parse, config, counters (no rules)"] = flt.program()
+        closers.insert(0, flt.close)
+        flt = Filter.open(state("ports"), create=True)
+        for r in PORT_RULES:
+            flt.add_rule(r)
+        progs["+ rule match: 4 port rules (call, field lookups, 1 word)"] = flt.program()
+        closers.insert(0, flt.close)
+        flt, _ = banned_filter(state("one"), table_prefixes()[:1])
+        progs["+ `deny from @banned`, set of one /24 (set_has call, 1 hash probe)"] = flt.program()
+        closers.insert(0, flt.close)
+        pin = state("banned")
+        flt, _ = banned_filter(pin, table_prefixes())
+        progs["set of 100,000 /24 (the core table)"] = flt.program()
+        closers.insert(0, flt.close)
+        obj = S.open_object(pin, count_hits=False)
+        obj.only_program("xdp_filter")
+        obj.load()
+        progs["the same, loaded with count_hits = 0 (no hit counters)"] = obj.program("xdp_filter")
+        closers.insert(0, obj.close)
+        flt, _ = banned_filter(state("mixed"), table_prefixes() + other_lengths())
+        progs["+ 10,000 over 24 other lengths (trie lookup)"] = flt.program()
+        closers.insert(0, flt.close)
+        progs["xdp-filter xdpfilt_dny_all.o (reference)"] = peer.prog
+        med = interleaved(progs, pkts, repeat, rounds)
+    finally:
+        for prog in progs.values():
             prog.close()
-            obj.close()
-    print(f"BPF_PROG_TEST_RUN, 64-byte UDP/IPv4, repeat={repeat}, median of {rounds} interleaved rounds; "
-          "state: 100,000 /24 prefixes (one hashed length), 4 ports.\n")
-    print("| variant | " + " | ".join(f"{k} ns | step" for k in PACKETS) + " |")
-    print("|---|" + "---:|---:|" * len(PACKETS))
+        for close in closers:
+            close()
+    print(f"BPF_PROG_TEST_RUN, 64-byte UDP/IPv4 to port 53, repeat={repeat}, median of {rounds} interleaved "
+          "rounds; each row adds one step to the row above (the count_hits row replaces one); port rules: "
+          f"{', '.join(f'`{r}`' for r in PORT_RULES)}.\n")
+    print("| variant | " + " | ".join(f"{k} ns | step" for k in pkts) + " |")
+    print("|---|" + "---:|---:|" * len(pkts))
     prev: dict[str, float] = {}
-    for label, _prog, _obj in progs:
+    for label in progs:
         cells = []
-        for k in PACKETS:
-            m = median(res[(label, k)])
-            cells.append(f"{m:.0f} | {'' if k not in prev else f'{m - prev[k]:+.0f}'}")
-            prev[k] = m
+        for k in pkts:
+            m = med[(label, k)]
+            cells.append(f"{m:.0f} | {'' if k not in prev or 'reference' in label else f'{m - prev[k]:+.0f}'}")
+            if "count_hits" not in label and "reference" not in label:
+                prev[k] = m
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

@@ -14,7 +14,7 @@ sending task's context, so /proc/stat books it as the sender's system time.
 
 Configurations, each on a fresh pair of namespaces: no filter (UDP to a closed
 port: the stack answers nothing, rate-limited ICMP aside); pyxdp native and
-generic (`deny from 10.66.0.1`); nftables netdev ingress drop; nftables inet
+generic (`ban 10.66.0.1`: `deny from @banned` and the set); nftables netdev ingress drop; nftables inet
 raw-priority prerouting drop; iptables (Debian's iptables-nft) raw PREROUTING
 drop. Run as root after scripts/setup.sh --bench:
 
@@ -36,7 +36,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 A, B = "pxwire-a", "pxwire-b"
-PIN = "/sys/fs/bpf/pyxdp-bench-wire"
+PIN = f"/sys/fs/bpf/pyxdp-bench-{os.getpid()}-wire"
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -70,7 +70,7 @@ def setup(config: str) -> None:
     if config.startswith("pyxdp"):
         mode = "native" if "native" in config else "generic"
         sh(BIN, "--pin-dir", PIN, "attach", "vb", "--netns", B, "--mode", mode)
-        sh(BIN, "--pin-dir", PIN, "deny", "-q", "from", "10.66.0.1")
+        sh(BIN, "--pin-dir", PIN, "ban", "-q", "10.66.0.1")  # 'deny from @banned' + the set
     elif config == "nft netdev ingress":
         sh("ip", "netns", "exec", B, "nft", "add table netdev f; add chain netdev f c "
            "{ type filter hook ingress device vb priority 0 ; } ; add rule netdev f c ip saddr 10.66.0.1 drop")

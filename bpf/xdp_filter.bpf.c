@@ -1,36 +1,33 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * pyxdp datapath: one XDP program that parses a frame once and decides
- *   1. source prefix (IPv4/IPv6, longest match, allow or deny, optional expiry)
- *   2. destination port (tcp/udp, allow or deny)
- *   3. ordered multi-field rules (first match wins), see match_rules
- *   4. default policy (pass or drop)
- * ARP always passes, IPv6 neighbour discovery is never cut by the policy,
- * malformed or too deeply nested headers are dropped. Every decision is
- * counted per reason; tracing sends sampled events to a ring buffer.
+ *   1. malformed or too deeply nested headers: drop
+ *   2. ARP: pass; IPv6 neighbour discovery: pass
+ *   3. the ordered rules: the first that matches decides (see match_rules)
+ *   4. the policy (pass or drop)
+ * Every decision is counted per reason; tracing sends sampled events to a
+ * ring buffer.
  *
- * Prefix index: per family, a hash keyed by (prefix length, masked address)
- * for the few most-populated lengths, and an LPM trie for the others; see
- * match4. The cost does not grow with the number of entries.
+ * Rules name prefixes, ports, protocols, interfaces and sets. A set holds
+ * IPv4 and IPv6 prefixes of any length, each with an optional expiry and a
+ * hit counter (see set_has4/set_has6); a timer (sweep_tick) removes expired
+ * elements from kernel memory.
  *
- * The struct layouts below are mirrored in pyxdp/layout.py; a test checks the
- * mirror against this object's BTF.
- *
- * BENCH_* macros (never set in the shipped build) cut steps out for
- * benchmarks/variants.py, which times what each step costs.
+ * What this file shares with the control plane is in pyxdp.h.
  */
 /*
  * Every struct this program reads is a wire format or UAPI (ethhdr, iphdr,
- * ipv6hdr, tcphdr, udphdr, vlan_hdr, frag_hdr, xdp_md): their layouts cannot
- * change between kernels, so CO-RE relocations on them would be no-ops. They
- * are not free: any relocation makes libbpf parse the kernel's whole BTF at
- * every load (12 ms of a 55 ms load here). The object stays compile-once,
+ * ipv6hdr, tcphdr, udphdr, vlan_hdr, xdp_md): their layouts cannot change
+ * between kernels, so CO-RE relocations on them would be no-ops. They are not
+ * free: any relocation makes libbpf parse the kernel's whole BTF at every
+ * load (12 ms of a 55 ms load here). The object stays compile-once,
  * run-everywhere by reading only stable layouts.
  */
 #define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "../vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "pyxdp.h"
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
@@ -43,124 +40,10 @@
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_DSTOPTS 60
-
-#define MAX_VLAN 4       /* stacked 802.1Q/802.1ad tags walked */
-#define MAX_EXTHDR 8     /* IPv6 extension headers walked */
 #define MAX_L3_OFF (14 + 4 * MAX_VLAN)
-#define MAX_L4_OFF 1024  /* deeper L4 headers are "too deep" */
-#define LENS4_SLOTS 8    /* hashed IPv4 prefix lengths: 4, plus room while one moves */
-#define LENS6_SLOTS 8
-#define MAX_RULE_WORDS 128   /* 8,192 rules */
-#define DEFAULT_RULE_WORDS 16 /* 1,024 rules; the loader sets knobs.rule_words */
-#define RULE_SETS 8          /* sets referenced per direction (source, destination) */
-#define PROTO_CLASSES 5      /* tcp, udp, icmp, icmpv6, other */
 #define DEFAULT_RULES (DEFAULT_RULE_WORDS * 64)
-/* vector classes one generation may need for r rules (see pyxdp/rules.py) */
-#define CLASSES(r) (6 * (r) + 1600)
-#define RS_LIT(dir, v6) (1u << ((dir) * 2 + (v6))) /* ruleset.flags: lookups worth making */
-#define RS_IFACE (1u << 4)
-#define RULE_TEXT 192        /* a rule's canonical text, NUL-padded */
-#define SET_NAME 32
-
-enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
-
-enum reason {
-	R_SRC_ALLOW = 0,
-	R_SRC_DENY = 1,
-	R_PORT_ALLOW = 2,
-	R_PORT_DENY = 3,
-	R_POLICY = 4,
-	R_ARP = 5,
-	R_ND = 6,
-	R_FRAGMENT = 7,
-	R_MALFORMED = 8,
-	R_TOO_DEEP = 9,
-	R_RULE_ALLOW = 10,
-	R_RULE_DENY = 11,
-	R_MAX = 12,
-};
-
-enum verdict { V_PASS = 0, V_DROP = 1 };
-
-struct entry {
-	__u64 expires;   /* CLOCK_MONOTONIC ns (read coarse here); 0 = never */
-	__u64 hits;
-	__u32 action;    /* enum action */
-	__u32 plen;      /* the entry's prefix length (an LPM lookup does not say it) */
-};
-
-struct key4 {
-	__u32 plen;
-	__u32 addr;      /* network order, host bits zero */
-};
-
-struct key6 {
-	__u32 plen;
-	__u8 addr[16];
-};
-
-/* A prefix length in use and its network-order mask, computed by the control
- * plane so that the datapath probes without branching on the length. */
-struct len4 {
-	__u32 plen;
-	__u32 mask;
-};
-
-struct len6 {
-	__u32 plen;
-	__u32 mask[4];
-};
-
-struct config {
-	__u32 policy;      /* enum verdict for unmatched packets */
-	__u32 trace_every; /* 0: tracing off; N: one event per N packets (random) */
-	__u32 n4;          /* number of entries used in lens4 */
-	__u32 n6;
-	__u32 trie4;       /* 1: lpm4 holds entries (of lengths not in lens4) */
-	__u32 trie6;
-	__u32 rgen;        /* the rule-set generation (0/1) packets use */
-	__u32 nrules;      /* rules in that generation (0: no rule walk at all) */
-	struct len4 lens4[LENS4_SLOTS]; /* hashed IPv4 prefix lengths, longest first */
-	struct len6 lens6[LENS6_SLOTS];
-};
-
-struct counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-struct event {
-	__u64 ts;        /* CLOCK_MONOTONIC ns */
-	__u32 ifindex;
-	__u32 pkt_len;
-	__u8 verdict;
-	__u8 reason;
-	__u8 family;     /* 4, 6 or 0 */
-	__u8 proto;      /* IP protocol of the L4 header found, 0 if none */
-	__u16 sport;     /* host order; ICMP: type, code */
-	__u16 dport;
-	__u8 src[16];
-	__u8 dst[16];
-	__u8 plen;       /* matched source prefix length */
-	__u8 vlans;
-	__u8 fragment;   /* 1: first fragment, 2: later fragment */
-	__u8 pad;
-	__u16 ethertype;
-	__u16 rule;      /* the deciding rule's number (position + 1), 0: none */
-	__u32 rule_id;   /* its stable id + 1 (hit counter and definition slot) */
-	__u32 pad2;
-};
-
-struct iface_key {
-	__u32 ifindex;
-	char netns[60];
-};
-
-struct iface_val {
-	char ifname[16];
-	__u32 mode;
-	__u32 prog_id;
-};
+#define CLASSES(r) (CLASS_PER_RULE * (r) + CLASS_EXTRA)
+#define CLOCK_MONOTONIC 1
 
 /*
  * Knobs fixed before load (const volatile: the verifier prunes what they turn
@@ -168,34 +51,48 @@ struct iface_val {
  * count_hits = 0: an event for every test packet, and live hit counters left
  * alone. The attached filter keeps the defaults.
  */
-const volatile struct knobs {
-	__u32 trace_all;
-	__u32 count_hits;
-	__u32 rule_words;  /* rule capacity / 64: the bound of the bit-vector walk */
-	__u32 pad;
-} knobs = { .trace_all = 0, .count_hits = 1, .rule_words = DEFAULT_RULE_WORDS };
+const volatile struct knobs knobs = { .trace_all = 0, .count_hits = 1, .rule_words = DEFAULT_RULE_WORDS };
 
-
-/* Never called: keeps struct event and the enums in BTF for the Python
+/* Never called: keeps the shared structs and enums in BTF for the Python
  * layout check (tests/test_build.py). */
-__noinline int btf_anchor(struct event *ev, enum action a, enum reason r, enum verdict v)
+struct shared_types {
+	struct event ev;
+	struct meta m;
+	struct journal j;
+	struct set_name sn;
+	struct len_counts lc;
+	struct sweep_state ss;
+	struct sweep_ctl sc;
+	enum action a;
+	enum reason r;
+	enum verdict v;
+	enum set_state s;
+	enum journal_op o;
+	enum pyxdp_limits l;
+	enum rule_field f;
+};
+
+__noinline int btf_anchor(struct shared_types *t)
 {
-	return ev ? 0 : (int)a + (int)r + (int)v;
+	return t ? 0 : 1;
 }
 
-/* cfg[0] and cfg[1] are two generations; cfg_sel[0] names the live one. */
-struct selector {
-	__u32 live;        /* index of the live cfg slot */
-	__u32 pad;
-	__u64 switched_ns; /* CLOCK_MONOTONIC of the last switch (control plane only) */
-};
+#define PINNED __uint(pinning, LIBBPF_PIN_BY_NAME)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct meta);
+	PINNED;
+} meta SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } cfg SEC(".maps");
 
 struct {
@@ -203,35 +100,16 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct selector);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } cfg_sel SEC(".maps");
 
-/* The prefix index (see match4): a hash of the hashed prefix lengths and an
- * LPM trie of the others, per family. Capacity is set at load (--capacity);
- * entries are allocated as they are added. */
-#define PREFIX_MAP(_name, _type, _key)                          \
-	struct {                                                \
-		__uint(type, _type);                            \
-		__uint(max_entries, 1048576);                   \
-		__uint(map_flags, BPF_F_NO_PREALLOC);           \
-		__type(key, _key);                              \
-		__type(value, struct entry);                    \
-		__uint(pinning, LIBBPF_PIN_BY_NAME);            \
-	} _name SEC(".maps")
-
-PREFIX_MAP(src4, BPF_MAP_TYPE_HASH, struct key4);
-PREFIX_MAP(src6, BPF_MAP_TYPE_HASH, struct key6);
-PREFIX_MAP(lpm4, BPF_MAP_TYPE_LPM_TRIE, struct key4);
-PREFIX_MAP(lpm6, BPF_MAP_TYPE_LPM_TRIE, struct key6);
-
-/* index: 0..65535 tcp destination port, 65536..131071 udp */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 131072);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ports SEC(".maps");
+	__type(value, struct journal);
+	PINNED;
+} journal SEC(".maps");
 
 /* index: reason * 2 + verdict; the last slot counts lost trace events */
 struct {
@@ -239,25 +117,14 @@ struct {
 	__uint(max_entries, R_MAX * 2 + 1);
 	__type(key, __u32);
 	__type(value, struct counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } events SEC(".maps");
-
-/* Control-plane bookkeeping: entries per prefix length (IPv4 0..32 at
- * 0..32, IPv6 0..128 at 33..161), so that a length leaves the probe list in
- * cfg when its last entry goes. Never read here. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 33 + 129);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lens_count SEC(".maps");
 
 /* Control-plane bookkeeping of attached interfaces; never read here. */
 struct {
@@ -265,7 +132,7 @@ struct {
 	__uint(max_entries, 1024);
 	__type(key, struct iface_key);
 	__type(value, struct iface_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } ifaces SEC(".maps");
 
 /*
@@ -273,100 +140,57 @@ struct {
  * Rule i is bit i of a vector of rule_words u64 words. Each field of a packet
  * (protocol, source address, source sets, destination address, destination
  * sets, source port, destination port, interface) maps to a class; a class
- * has the vector of the rules whose field accepts that value. AND the eight
- * vectors; the lowest set bit is the first matching rule. The cost grows
- * with rules / 64, not with rules.
+ * has the vector of the rules whose field accepts that value. AND the
+ * vectors of the fields some rule constrains; the lowest set bit is the first
+ * matching rule. The cost grows with rules / 64, not with rules.
  *
- * Everything a packet reads is kept twice, one copy per generation: the
- * control plane writes the idle generation whole, then switches cfg.rgen.
- * A packet reads rgen once, so it sees one rule set or the other, never a
- * mix. Sets (named prefix lists that rules refer to) are not doubled: their
- * lookups are keyed by a set id, and a replaced set gets a new id.
+ * Everything a packet reads for rules is kept twice, one copy per
+ * generation: the control plane writes the idle generation whole, then
+ * switches cfg.rgen. A packet reads rgen once, so it sees one rule set or the
+ * other, never a mix. Sets are not doubled: rules name them by id, and a set
+ * replaced by `apply` gets a new id.
  */
-struct ruleset {
-	__u32 n_words;                  /* words of the vectors in use */
-	__u32 iface_dflt;               /* class of an interface no rule names */
-	__u32 flags;                    /* RS_LIT(dir, v6): rules name prefixes there; RS_IFACE: interfaces */
-	__u32 pad;
-	__u32 proto_cls[PROTO_CLASSES + 1]; /* tcp, udp, icmp, icmpv6, other */
-	__u32 lit_dflt[4];              /* class when no rule prefix holds the address: [dir * 2 + (v6)] */
-	__u32 setb[2];                  /* per dir: class of set-hit mask 0; mask m is setb + m */
-	__u32 n_sets[2];                /* sets referenced per dir */
-	__u32 sets[2][RULE_SETS];       /* their ids */
-	__u32 noport[2];                /* per dir: class of a packet without ports */
-};
-
-/* rlit4/rlit6: the prefixes that rules name, tag = gen * 2 + dir.
- * set4/set6: the prefixes of sets, tag = set id. plen counts the tag's 32 bits. */
-struct rkey4 {
-	__u32 plen;
-	__u32 tag;
-	__u32 addr;
-};
-
-struct rkey6 {
-	__u32 plen;
-	__u32 tag;
-	__u8 addr[16];
-};
-
-struct rref {
-	__u32 id;      /* stable id: hit counter and definition slot */
-	__u32 action;  /* enum action */
-};
-
-struct ifkey {
-	__u32 gen;
-	__u32 ifindex;
-};
-
-struct set_meta {
-	__u32 id;
-	__u32 pad;
-	__u64 n4;      /* prefixes held, per family */
-	__u64 n6;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct ruleset);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } rsets SEC(".maps");
 
-#define RULE_TRIE(_name, _key, _cap)                            \
+#define TRIE(_name, _key, _value, _cap)                         \
 	struct {                                                \
 		__uint(type, BPF_MAP_TYPE_LPM_TRIE);            \
 		__uint(max_entries, _cap);                      \
 		__uint(map_flags, BPF_F_NO_PREALLOC);           \
 		__type(key, _key);                              \
-		__type(value, __u32);                           \
-		__uint(pinning, LIBBPF_PIN_BY_NAME);            \
+		__type(value, _value);                          \
+		PINNED;                                         \
 	} _name SEC(".maps")
 
-/* capacities here are the defaults; the loader sizes them from the rule capacity */
-RULE_TRIE(rlit4, struct rkey4, 4 * DEFAULT_RULES);
-RULE_TRIE(rlit6, struct rkey6, 4 * DEFAULT_RULES);
-RULE_TRIE(set4, struct rkey4, 1 << 24);
-RULE_TRIE(set6, struct rkey6, 1 << 24);
+/* the prefixes rules name; capacities are sized by the loader from the rule capacity */
+TRIE(rlit4, struct rkey4, __u32, 4 * DEFAULT_RULES);
+TRIE(rlit6, struct rkey6, __u32, 4 * DEFAULT_RULES);
 
-/* class -> vector; generation g owns classes [g * n / 2, (g + 1) * n / 2) */
+/* class -> vector of rule_words words, then one more word: the index of the
+ * vector's first non-zero word (rule_words when it is all zero), so that the
+ * walk starts where the first match can be. Generation g owns classes
+ * [g * n / 2, (g + 1) * n / 2). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * CLASSES(DEFAULT_RULES));
 	__uint(key_size, 4);
-	__uint(value_size, DEFAULT_RULE_WORDS * 8);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(value_size, DEFAULT_RULE_WORDS * 8 + 8);
+	PINNED;
 } rvec SEC(".maps");
 
-/* index: gen << 17 | dir << 16 | port -> class */
+/* index: gen << GEN_SHIFT | dir << PORT_DIR_SHIFT | port -> class */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 4 * 65536);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } rports SEC(".maps");
 
 struct {
@@ -374,7 +198,7 @@ struct {
 	__uint(max_entries, 512);
 	__type(key, struct ifkey);
 	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } riface SEC(".maps");
 
 /* index: gen * rules + position -> the rule there */
@@ -383,7 +207,7 @@ struct {
 	__uint(max_entries, 2 * DEFAULT_RULES);
 	__type(key, __u32);
 	__type(value, struct rref);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } rorder SEC(".maps");
 
 /* index: rule id */
@@ -392,25 +216,98 @@ struct {
 	__uint(max_entries, 2 * DEFAULT_RULES);
 	__type(key, __u32);
 	__type(value, struct counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } rhits SEC(".maps");
 
-/* Control plane only: each rule's text by id, and the sets by name. */
+/* Control plane only: each rule's text by id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2 * DEFAULT_RULES);
 	__uint(key_size, 4);
 	__uint(value_size, RULE_TEXT);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	PINNED;
 } rdefs SEC(".maps");
 
+/*
+ * Sets. Every element lives in the hash of its family (elem4/elem6), keyed
+ * by (32 + prefix length, set id, masked address): that copy holds its
+ * expiry, hit counter and epochs. Per set and family, the few most populated
+ * lengths (at most HASHED_MAX, chosen by the control plane) are found by
+ * probing that hash once per length; the elements of all other lengths also
+ * have a copy in an LPM trie (trie4/trie6, value: 32 + prefix length), found
+ * with one trie lookup. Capacity is set at load; elements are allocated as
+ * they are added.
+ */
+#define ELEMS(_name, _key)                                      \
+	struct {                                                \
+		__uint(type, BPF_MAP_TYPE_HASH);                \
+		__uint(max_entries, 1048576);                   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);           \
+		__type(key, _key);                              \
+		__type(value, struct elem);                     \
+		PINNED;                                         \
+	} _name SEC(".maps")
+
+ELEMS(elem4, struct rkey4);
+ELEMS(elem6, struct rkey6);
+TRIE(trie4, struct rkey4, __u32, 1048576);
+TRIE(trie6, struct rkey6, __u32, 1048576);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SETS);
+	__type(key, __u32);
+	__type(value, struct set_info);
+	PINNED;
+} sets SEC(".maps");
+
+/* Control plane only: set name -> ids. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
+	__uint(max_entries, MAX_SETS);
 	__uint(key_size, SET_NAME);
-	__type(value, struct set_meta);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(value, struct set_name);
+	PINNED;
 } set_names SEC(".maps");
+
+/* per set id: elements per length as the control plane counted them ... */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SETS);
+	__type(key, __u32);
+	__type(value, struct len_counts);
+	PINNED;
+} counts SEC(".maps");
+
+/* ... and those the sweeper removed since */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SETS);
+	__type(key, __u32);
+	__type(value, struct len_counts);
+	PINNED;
+} swept SEC(".maps");
+
+struct sweeper_val {
+	struct bpf_timer timer;
+	struct sweep_state st;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweeper_val);
+	PINNED;
+} sweeper SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sweep_ctl);
+	PINNED;
+} sweep_ctl SEC(".maps");
 
 struct pkt {
 	__u16 ethertype;
@@ -591,9 +488,14 @@ static __always_inline int parse(struct xdp_md *ctx, struct pkt *p)
 	return parse_l3(ctx, data, end, p, off);
 }
 
-/* An entry counts only while it has not expired; *now is read lazily. */
-static __always_inline int live(struct entry *e, __u64 *now)
+/* ---- sets ------------------------------------------------------------------ */
+
+/* Whether an element counts now: committed (born <= epoch), not removed by a
+ * committed change (until), not expired. *now is read when first needed. */
+static __always_inline int visible(struct elem *e, __u32 epoch, __u64 *now)
 {
+	if (e->born > epoch || (e->until && e->until <= epoch))
+		return 0;
 	if (!e->expires)
 		return 1;
 	if (!*now)
@@ -601,113 +503,172 @@ static __always_inline int live(struct entry *e, __u64 *now)
 	return *now < e->expires;
 }
 
-/*
- * Prefix matching, inlined into finish (verified once). Returns -1 for no
- * live match, else (action << 8) | prefix length, and counts the hit on the
- * entry that matched.
- */
-static __always_inline int hit(struct entry *e, __u32 plen)
+static __always_inline int member(struct elem *e)
 {
 	if (knobs.count_hits)
 		__sync_fetch_and_add(&e->hits, 1);
-	return (int)((e->action << 8) | plen);
+	return 1;
+}
+
+/* The network-order mask of a 32-bit word that keeps its first bits bits. */
+static __always_inline __u32 mask_word(int bits)
+{
+	if (bits >= 32)
+		return 0xffffffff;
+	if (bits <= 0)
+		return 0;
+	return bpf_htonl(0xffffffffu << (32 - bits));
+}
+
+static __always_inline void mask6(struct rkey6 *k, const __u32 *a, __u32 n)
+{
+	__u32 *kw = (__u32 *)k->addr;
+
+	kw[0] = a[0] & mask_word(n);
+	kw[1] = a[1] & mask_word(n - 32);
+	kw[2] = a[2] & mask_word(n - 64);
+	kw[3] = a[3] & mask_word(n - 96);
 }
 
 /*
- * The longest live prefix holding the source. The few most-populated prefix
- * lengths (the control plane picks at most four) live in a hash per family,
- * keyed by (length, masked address); all other lengths live in an LPM trie.
- * One trie lookup (only when the trie holds anything) gives the best trie
- * match; then the hashed lengths longer than it are probed, longest first.
- * An expired trie entry sends the lookup on to shorter prefixes.
+ * One step of a set's trie walk: the longest trie element of set sid of
+ * key length <= plen (32 + prefix length) holding the packet's source (dir 0)
+ * or destination (dir 1) address. Returns 1 when it is visible (its hit
+ * counted), 0 when there is none, or -(its key length) when it is not
+ * visible (expired, or not committed): the walk goes on below it. A global
+ * function: verified once, not once per step of the walk.
  */
-/* The longest live entry of an LPM trie holding key's address. key starts
- * with its prefix length (struct key4/key6), set to the longest on entry; an
- * expired entry sends the walk on to shorter prefixes, at most steps times. */
-static __always_inline struct entry *trie_longest_live(void *trie, void *key, int steps, __u64 *now)
+__noinline int trie_step(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 {
-	__u32 *plen = key;
+	struct set_info *si;
+	struct elem *e;
+	__u32 *v, l;
 
-	for (int i = 0; i < steps; i++) {
-		struct entry *e = bpf_map_lookup_elem(trie, key);
-		if (!e)
-			return NULL;
-		if (live(e, now))
-			return e;
-		if (!e->plen)
-			return NULL;
-		*plen = e->plen - 1;
+	if (!p)
+		return 0;
+	si = bpf_map_lookup_elem(&sets, &sid);
+	if (!si)
+		return 0;
+	if (p->family == 4) {
+		__u32 addr = dir ? p->daddr4 : p->saddr4;
+		struct rkey4 k = { .plen = plen, .tag = sid, .addr = addr };
+
+		v = bpf_map_lookup_elem(&trie4, &k);
+		if (!v)
+			return 0;
+		l = *v;
+		if (l < 32 || l > 64)
+			return 0;
+		k.plen = l;
+		k.addr = addr & mask_word(l - 32);
+		e = bpf_map_lookup_elem(&elem4, &k);
+	} else {
+		const __u32 *a = dir ? p->daddr6.in6_u.u6_addr32 : p->saddr6.in6_u.u6_addr32;
+		struct rkey6 k = { .plen = plen, .tag = sid };
+
+		__builtin_memcpy(k.addr, a, 16);
+		v = bpf_map_lookup_elem(&trie6, &k);
+		if (!v)
+			return 0;
+		l = *v;
+		if (l < 32 || l > 160)
+			return 0;
+		k.plen = l;
+		mask6(&k, a, l - 32);
+		e = bpf_map_lookup_elem(&elem6, &k);
 	}
-	return NULL;
-}
-
-static __always_inline int match4(__u32 cfg_idx, __u32 saddr)
-{
-	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
-	struct entry *trie = NULL;
-	int trie_len = -1;
-	struct key4 k;
 	__u64 now = 0;
 
-	if (!c)
-		return -1;
-	if (c->trie4) {
-		k.plen = 32;
-		k.addr = saddr;
-		trie = trie_longest_live(&lpm4, &k, 33, &now);
-		if (trie)
-			trie_len = trie->plen;
-	}
-	for (__u32 i = 0; i < LENS4_SLOTS; i++) {
-		if (i >= c->n4 || (int)c->lens4[i].plen <= trie_len)
-			break;
-		k.plen = c->lens4[i].plen;
-		k.addr = saddr & c->lens4[i].mask;
-		struct entry *e = bpf_map_lookup_elem(&src4, &k);
-		if (e && live(e, &now))
-			return hit(e, k.plen);
-	}
-	return trie ? hit(trie, trie_len & 0xff) : -1;
+	if (e && visible(e, si->epoch, &now))
+		return member(e);
+	return -(int)l;
 }
 
-static __always_inline int match6(__u32 cfg_idx, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+/* The trie walk of set sid from key length plen down (one step per
+ * invisible element on the way, at most one per prefix length). */
+static __always_inline int trie_walk(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 {
-	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
-	struct entry *trie = NULL;
-	int trie_len = -1;
-	struct key6 k;
-	__u32 *kw = (__u32 *)k.addr;
-	__u64 now = 0;
-
-	if (!c)
-		return -1;
-	if (c->trie6) {
-		k.plen = 128;
-		kw[0] = a0;
-		kw[1] = a1;
-		kw[2] = a2;
-		kw[3] = a3;
-		trie = trie_longest_live(&lpm6, &k, 129, &now);
-		if (trie)
-			trie_len = trie->plen;
+	for (int i = 0; i < 129; i++) {
+		int r = trie_step(p, dir, sid, plen);
+		if (r >= 0)
+			return r;
+		if (-r <= 32)
+			return 0;
+		plen = -r - 1;
 	}
-	for (__u32 i = 0; i < LENS6_SLOTS; i++) {
-		if (i >= c->n6 || (int)c->lens6[i].plen <= trie_len)
-			break;
-		struct len6 *l = &c->lens6[i];
-		k.plen = l->plen;
-		kw[0] = a0 & l->mask[0];
-		kw[1] = a1 & l->mask[1];
-		kw[2] = a2 & l->mask[2];
-		kw[3] = a3 & l->mask[3];
-		struct entry *e = bpf_map_lookup_elem(&src6, &k);
-		if (e && live(e, &now))
-			return hit(e, k.plen);
-	}
-	return trie ? hit(trie, trie_len & 0xff) : -1;
+	return 0;
 }
 
-/* Index of the lowest set bit of a non-zero word (BPF has no ctz). */
+/*
+ * Whether set sid holds addr: some visible element of the set is a prefix of
+ * it. The hashed lengths are probed (one hash lookup each);
+ * then, when the set has elements of other lengths, one trie lookup finds
+ * the longest of those, and an invisible one (expired, or not committed)
+ * sends the lookup on to shorter prefixes. The element found counts a hit.
+ */
+static __always_inline int set_has4(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, __u32 addr)
+{
+	struct rkey4 k = { .tag = sid };
+	__u32 epoch = si->epoch;
+	__u64 now = 0;
+	struct elem *e;
+
+	for (int i = 0; i < HASHED_MAX; i++) {
+		__u32 n = si->lens4[i];
+		if (!n || n > 33)
+			continue;
+		n -= 1;
+		k.plen = 32 + n;
+		k.addr = addr & mask_word(n);
+		e = bpf_map_lookup_elem(&elem4, &k);
+		if (e && visible(e, epoch, &now))
+			return member(e);
+	}
+	if (!si->trie4)
+		return 0;
+	return trie_walk(p, dir, sid, 64);
+}
+
+static __always_inline int set_has6(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, const __u32 *a)
+{
+	struct rkey6 k = { .tag = sid };
+	__u32 epoch = si->epoch;
+	__u64 now = 0;
+	struct elem *e;
+
+	for (int i = 0; i < HASHED_MAX; i++) {
+		__u32 n = si->lens6[i];
+		if (!n || n > 129)
+			continue;
+		n -= 1;
+		k.plen = 32 + n;
+		mask6(&k, a, n);
+		e = bpf_map_lookup_elem(&elem6, &k);
+		if (e && visible(e, epoch, &now))
+			return member(e);
+	}
+	if (!si->trie6)
+		return 0;
+	return trie_walk(p, dir, sid, 160);
+}
+
+/* Whether set sid holds the packet's source (dir 0) or destination (dir 1).
+ * A global function: verified once, whatever calls it. */
+__noinline int set_has(struct pkt *p, __u32 dir, __u32 sid)
+{
+	if (!p)
+		return 0;
+	struct set_info *si = bpf_map_lookup_elem(&sets, &sid);
+	if (!si)
+		return 0;
+	if (p->family == 4)
+		return set_has4(si, p, dir, sid, dir ? p->daddr4 : p->saddr4);
+	return set_has6(si, p, dir, sid, dir ? p->daddr6.in6_u.u6_addr32 : p->saddr6.in6_u.u6_addr32);
+}
+
+/* ---- rules ----------------------------------------------------------------- */
+
+/* Index of the lowest set bit of a non-zero word. */
 static __always_inline __u32 lowest_bit(__u64 w)
 {
 	__u32 n = 0;
@@ -721,49 +682,59 @@ static __always_inline __u32 lowest_bit(__u64 w)
 	return n;
 }
 
-/* The classes of one address of the packet (dir 0 source, 1 destination):
- * the rule prefixes holding it (*lit), and which referenced sets hold it
- * (*setc: the class of that hit mask). */
-static __always_inline void addr_classes(struct ruleset *rs, __u32 gen, __u32 dir, struct pkt *p,
-					 __u32 *lit, __u32 *setc)
+/* The class of the rule prefixes holding one address of the packet (dir 0
+ * source, 1 destination), looked up only when some rule names a prefix there. */
+static __always_inline __u32 lit_class(struct ruleset *rs, __u32 gen, __u32 dir, struct pkt *p)
 {
-	__u32 mask = 0, *v;
+	__u32 *v = NULL;
 
 	if (p->family == 4) {
-		struct rkey4 k = { .plen = 64, .tag = gen * 2 + dir, .addr = dir ? p->daddr4 : p->saddr4 };
-		v = rs->flags & RS_LIT(dir, 0) ? bpf_map_lookup_elem(&rlit4, &k) : NULL;
-		*lit = v ? *v : rs->lit_dflt[dir * 2];
-		for (__u32 i = 0; i < RULE_SETS; i++) {
-			if (i >= rs->n_sets[dir])
-				break;
-			k.tag = rs->sets[dir][i];
-			if (bpf_map_lookup_elem(&set4, &k))
-				mask |= 1 << i;
+		if (rs->fields & (dir ? RS_LIT4_DST : RS_LIT4_SRC)) {
+			struct rkey4 k = { .plen = 64, .tag = gen * 2 + dir, .addr = dir ? p->daddr4 : p->saddr4 };
+			v = bpf_map_lookup_elem(&rlit4, &k);
 		}
-	} else {
+		return v ? *v : rs->lit_dflt[dir * 2];
+	}
+	if (rs->fields & (dir ? RS_LIT6_DST : RS_LIT6_SRC)) {
 		struct rkey6 k = { .plen = 160, .tag = gen * 2 + dir };
 		__builtin_memcpy(k.addr, dir ? &p->daddr6 : &p->saddr6, 16);
-		v = rs->flags & RS_LIT(dir, 1) ? bpf_map_lookup_elem(&rlit6, &k) : NULL;
-		*lit = v ? *v : rs->lit_dflt[dir * 2 + 1];
-		for (__u32 i = 0; i < RULE_SETS; i++) {
-			if (i >= rs->n_sets[dir])
-				break;
-			k.tag = rs->sets[dir][i];
-			if (bpf_map_lookup_elem(&set6, &k))
-				mask |= 1 << i;
-		}
+		v = bpf_map_lookup_elem(&rlit6, &k);
 	}
-	*setc = rs->setb[dir] + mask;
+	return v ? *v : rs->lit_dflt[dir * 2 + 1];
+}
+
+/* The class of which referenced sets hold one address: setb + hit mask. */
+static __always_inline __u32 set_class(struct ruleset *rs, __u32 dir, struct pkt *p)
+{
+	__u32 mask = 0;
+
+	for (__u32 i = 0; i < RULE_SETS; i++) {
+		if (i >= rs->n_sets[dir & 1])
+			break;
+		if (set_has(p, dir, rs->sets[dir & 1][i]))
+			mask |= 1 << i;
+	}
+	return rs->setb[dir & 1] + mask;
+}
+
+static __always_inline __u32 port_class(struct ruleset *rs, __u32 gen, __u32 dir, struct pkt *p)
+{
+	if (!p->has_ports)
+		return rs->noport[dir];
+	__u32 k = gen << GEN_SHIFT | dir << PORT_DIR_SHIFT | (dir ? p->dport : p->sport);
+	__u32 *v = bpf_map_lookup_elem(&rports, &k);
+	return v ? *v : rs->noport[dir];
 }
 
 /*
  * The first rule of generation gen that the packet (IPv4 or IPv6) matches.
- * Returns its action (and notes it in p), or -1. A global function: the walk
- * below is verified once, and a packet pays the call only when rules exist.
+ * Returns its action (and notes it in p), or -1. A field no rule constrains
+ * is not looked up: its class is the all-ones vector. A global function: the
+ * walk is verified once, and a packet pays the call only when rules exist.
  */
 __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 {
-	__u32 c_proto, c_src, c_sset, c_dst, c_dset, c_sport, c_dport, c_if, pc, k, *v;
+	__u32 c_proto, c_src, c_sset, c_dst, c_dset, c_sport, c_dport, c_if, pc, all, f, *v;
 
 	if (!ctx || !p)
 		return -1;
@@ -771,42 +742,54 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 	struct ruleset *rs = bpf_map_lookup_elem(&rsets, &gen);
 	if (!rs)
 		return -1;
+	f = rs->fields;
+	all = rs->all_cls;
 	pc = p->proto == IPPROTO_TCP ? 0 : p->proto == IPPROTO_UDP ? 1 : p->proto == IPPROTO_ICMP ? 2 :
 	     p->proto == IPPROTO_ICMPV6 ? 3 : 4;
-	c_proto = rs->proto_cls[pc & 7];
-	addr_classes(rs, gen, 0, p, &c_src, &c_sset);
-	addr_classes(rs, gen, 1, p, &c_dst, &c_dset);
-	c_sport = rs->noport[0];
-	c_dport = rs->noport[1];
-	if (p->has_ports) {
-		k = gen << 17 | p->sport;
-		v = bpf_map_lookup_elem(&rports, &k);
-		if (v)
-			c_sport = *v;
-		k = gen << 17 | 1 << 16 | p->dport;
-		v = bpf_map_lookup_elem(&rports, &k);
-		if (v)
-			c_dport = *v;
+	c_proto = f & F_PROTO ? rs->proto_cls[pc & 7] : all;
+	c_src = lit_class(rs, gen, 0, p);
+	c_dst = lit_class(rs, gen, 1, p);
+	c_sset = f & F_SSET ? set_class(rs, 0, p) : all;
+	c_dset = f & F_DSET ? set_class(rs, 1, p) : all;
+	c_sport = f & F_SPORT ? port_class(rs, gen, 0, p) : all;
+	c_dport = f & F_DPORT ? port_class(rs, gen, 1, p) : all;
+	c_if = all;
+	if (f & F_IFACE) {
+		struct ifkey ik = { .gen = gen, .ifindex = ctx->ingress_ifindex };
+		v = bpf_map_lookup_elem(&riface, &ik);
+		c_if = v ? *v : rs->iface_dflt;
 	}
-	struct ifkey ik = { .gen = gen, .ifindex = ctx->ingress_ifindex };
-	v = rs->flags & RS_IFACE ? bpf_map_lookup_elem(&riface, &ik) : NULL;
-	c_if = v ? *v : rs->iface_dflt;
 
 	__u64 *a = bpf_map_lookup_elem(&rvec, &c_proto);
 	__u64 *b = bpf_map_lookup_elem(&rvec, &c_src);
 	__u64 *c = bpf_map_lookup_elem(&rvec, &c_sset);
 	__u64 *d = bpf_map_lookup_elem(&rvec, &c_dst);
 	__u64 *e = bpf_map_lookup_elem(&rvec, &c_dset);
-	__u64 *f = bpf_map_lookup_elem(&rvec, &c_sport);
-	__u64 *g = bpf_map_lookup_elem(&rvec, &c_dport);
-	__u64 *h = bpf_map_lookup_elem(&rvec, &c_if);
-	if (!a || !b || !c || !d || !e || !f || !g || !h)
+	__u64 *g = bpf_map_lookup_elem(&rvec, &c_sport);
+	__u64 *h = bpf_map_lookup_elem(&rvec, &c_dport);
+	__u64 *j = bpf_map_lookup_elem(&rvec, &c_if);
+	if (!a || !b || !c || !d || !e || !g || !h || !j)
 		return -1;
-	__u32 words = rs->n_words;
-	for (__u32 i = 0; i < knobs.rule_words && i < MAX_RULE_WORDS; i++) {
-		if (i >= words)
+	__u32 words = rs->n_words, nw = knobs.rule_words;
+	if (nw > MAX_RULE_WORDS)
+		return -1;
+	/* no rule can match before the first non-zero word of any of the vectors */
+	__u64 start = a[nw];
+	start = b[nw] > start ? b[nw] : start;
+	start = c[nw] > start ? c[nw] : start;
+	start = d[nw] > start ? d[nw] : start;
+	start = e[nw] > start ? e[nw] : start;
+	start = g[nw] > start ? g[nw] : start;
+	start = h[nw] > start ? h[nw] : start;
+	start = j[nw] > start ? j[nw] : start;
+	if (start > nw)
+		start = nw;
+	for (__u32 n = 0; n < MAX_RULE_WORDS; n++) {
+		__u64 i = start + n;
+		if (i >= words || i >= nw)
 			break;
-		__u64 w = a[i] & b[i] & c[i] & d[i] & e[i] & f[i] & g[i] & h[i];
+		barrier_var(i); /* index with the register just checked */
+		__u64 w = a[i] & b[i] & c[i] & d[i] & e[i] & g[i] & h[i] & j[i];
 		if (!w)
 			continue;
 		__u32 pos = i * 64 + lowest_bit(w);
@@ -829,46 +812,20 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 	return -1;
 }
 
-static __always_inline int decide(struct xdp_md *ctx, __u32 cfg_idx, struct config *c, struct pkt *p,
-				  __u8 *plen, __u32 *verdict)
-{
-	__u64 now = 0;
-	int m = -1;
+/* ---- the decision ---------------------------------------------------------- */
 
+static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct pkt *p, __u32 *verdict)
+{
 	if (p->ethertype == ETH_P_ARP) {
 		*verdict = V_PASS;
 		return R_ARP;
 	}
-#ifndef BENCH_NO_PREFIX
-	if (p->family == 4)
-		m = match4(cfg_idx, p->saddr4);
-	else if (p->family == 6)
-		m = match6(cfg_idx, p->saddr6.in6_u.u6_addr32[0], p->saddr6.in6_u.u6_addr32[1],
-			   p->saddr6.in6_u.u6_addr32[2], p->saddr6.in6_u.u6_addr32[3]);
-#endif
-	if (m >= 0) {
-		*plen = m & 0xff;
-		*verdict = (m >> 8) == ACT_ALLOW ? V_PASS : V_DROP;
-		return (m >> 8) == ACT_ALLOW ? R_SRC_ALLOW : R_SRC_DENY;
-	}
-#ifndef BENCH_NO_PORTS
-	if (p->has_ports) {
-		__u32 idx = p->dport + (p->proto == IPPROTO_UDP ? 65536 : 0);
-		struct entry *e = bpf_map_lookup_elem(&ports, &idx);
-		if (e && e->action != ACT_NONE && live(e, &now)) {
-			if (knobs.count_hits)
-				__sync_fetch_and_add(&e->hits, 1);
-			*verdict = e->action == ACT_ALLOW ? V_PASS : V_DROP;
-			return e->action == ACT_ALLOW ? R_PORT_ALLOW : R_PORT_DENY;
-		}
-	}
-#endif
 	if (p->is_nd) {
 		*verdict = V_PASS;
 		return R_ND;
 	}
 	if (c->nrules && p->family) {
-		m = match_rules(ctx, p, c->rgen);
+		int m = match_rules(ctx, p, c->rgen);
 		if (m == ACT_ALLOW || m == ACT_DENY) {
 			*verdict = m == ACT_ALLOW ? V_PASS : V_DROP;
 			return m == ACT_ALLOW ? R_RULE_ALLOW : R_RULE_DENY;
@@ -878,8 +835,7 @@ static __always_inline int decide(struct xdp_md *ctx, __u32 cfg_idx, struct conf
 	return p->fragment == 2 ? R_FRAGMENT : R_POLICY;
 }
 
-static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reason, __u32 verdict,
-				  __u8 plen, __u32 len)
+static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reason, __u32 verdict, __u32 len)
 {
 	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
@@ -906,12 +862,11 @@ static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reaso
 		__builtin_memcpy(ev->src, &p->saddr6, 16);
 		__builtin_memcpy(ev->dst, &p->daddr6, 16);
 	}
-	ev->plen = plen;
 	ev->vlans = p->vlans;
 	ev->fragment = p->fragment;
-	ev->pad = 0;
 	ev->ethertype = p->ethertype;
 	ev->rule = p->rule_pos;
+	ev->pad = 0;
 	ev->rule_id = p->rule_id;
 	ev->pad2 = 0;
 	bpf_ringbuf_submit(ev, 0);
@@ -926,7 +881,6 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 {
 	__u32 verdict = V_DROP, idx;
 	__u32 len;
-	__u8 plen = 0;
 
 	if (!ctx || !p)
 		return XDP_PASS;
@@ -935,20 +889,18 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 		return XDP_PASS;
 	len = ctx->data_end - ctx->data;
 	if (reason < 0 || reason >= R_MAX)
-		reason = decide(ctx, cfg_idx, c, p, &plen, &verdict);
+		reason = decide(ctx, c, p, &verdict);
 
-#ifndef BENCH_NO_STATS
 	idx = (__u32)reason * 2 + verdict;
 	struct counter *cnt = bpf_map_lookup_elem(&stats, &idx);
 	if (cnt) {
 		cnt->packets++;
 		cnt->bytes += len;
 	}
-#endif
 	if (knobs.trace_all)
-		trace(ctx, p, reason, verdict, plen, len);
+		trace(ctx, p, reason, verdict, len);
 	else if (c->trace_every && (c->trace_every == 1 || bpf_get_prandom_u32() % c->trace_every == 0))
-		trace(ctx, p, reason, verdict, plen, len);
+		trace(ctx, p, reason, verdict, len);
 	return verdict == V_DROP ? XDP_DROP : XDP_PASS;
 }
 
@@ -961,14 +913,105 @@ int xdp_filter(struct xdp_md *ctx)
 	struct selector *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
 	if (!sel)
 		return XDP_PASS;
-#ifdef BENCH_ONLY_CONFIG
-	return XDP_PASS;
-#endif
 	int reason = parse(ctx, &p);
-#ifdef BENCH_ONLY_PARSE
-	return reason == R_MAX + p.family ? XDP_DROP : XDP_PASS; /* keeps the parse */
-#endif
 	return finish(ctx, &p, reason, sel->live & 1);
+}
+
+/* ---- the expiry sweeper ---------------------------------------------------- */
+
+/*
+ * A BPF timer wakes every SWEEP_TICK_MS. When an element is due (the earliest
+ * expiry its last walk saw, or one the control plane announced in sweep_ctl),
+ * it walks both element hashes and removes what no packet can see any more:
+ * expired elements and elements a committed change removed. Elements still
+ * being added (born > epoch) are left alone. What it removes it counts in
+ * `swept`, so that the control plane's counts stay right without it. A
+ * writer refreshing elements that may be expiring sets sweep_ctl.hold and
+ * waits an RCU grace period, which outlasts any walk under way.
+ */
+struct sweep_walk {
+	__u64 now;
+	__u64 next;
+	__u64 removed;
+};
+
+static __always_inline long sweep_one(void *elems, void *trie, void *key, struct elem *e, __u32 sid, __u32 slot,
+				      struct sweep_walk *w)
+{
+	struct set_info *si = bpf_map_lookup_elem(&sets, &sid);
+
+	if (!si || e->born > si->epoch)
+		return 0;
+	if (!(e->until && e->until <= si->epoch) && !(e->expires && e->expires <= w->now)) {
+		if (e->expires && e->expires < w->next)
+			w->next = e->expires;
+		return 0;
+	}
+	bpf_map_delete_elem(trie, key);
+	if (bpf_map_delete_elem(elems, key) == 0) {
+		struct len_counts *lc = bpf_map_lookup_elem(&swept, &sid);
+		__u64 i = slot;
+
+		barrier_var(i);
+		if (lc && i < LEN_SLOTS)
+			__sync_fetch_and_add(&lc->n[i], 1);
+		w->removed++;
+	}
+	return 0;
+}
+
+static long sweep4(struct bpf_map *map, struct rkey4 *key, struct elem *e, struct sweep_walk *w)
+{
+	return sweep_one(&elem4, &trie4, key, e, key->tag, key->plen - 32, w);
+}
+
+static long sweep6(struct bpf_map *map, struct rkey6 *key, struct elem *e, struct sweep_walk *w)
+{
+	return sweep_one(&elem6, &trie6, key, e, key->tag, 33 + key->plen - 32, w);
+}
+
+static int sweep_tick(void *map, __u32 *key, struct sweeper_val *sv)
+{
+	__u32 zero = 0;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct sweep_ctl *ctl = bpf_map_lookup_elem(&sweep_ctl, &zero);
+	__u64 due = sv->st.next_due;
+
+	if (ctl && ctl->seq != sv->st.seen_seq && ctl->hint < due)
+		due = ctl->hint;
+	if (now >= due && !(ctl && ctl->hold)) {
+		struct sweep_walk w = { .now = now, .next = ~0ULL };
+
+		if (ctl)
+			sv->st.seen_seq = ctl->seq;
+		bpf_for_each_map_elem(&elem4, sweep4, &w, 0);
+		bpf_for_each_map_elem(&elem6, sweep6, &w, 0);
+		sv->st.next_due = w.next;
+		sv->st.walks++;
+		sv->st.removed += w.removed;
+	}
+	bpf_timer_start(&sv->timer, SWEEP_TICK_MS * 1000000ULL, 0);
+	return 0;
+}
+
+/* Arms the sweeper (the control plane test-runs it once when it loads the
+ * program); re-arming a running sweeper only moves its callback here. */
+SEC("xdp")
+int sweep_start(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct sweeper_val *sv = bpf_map_lookup_elem(&sweeper, &zero);
+
+	if (!sv)
+		return XDP_ABORTED;
+	long err = bpf_timer_init(&sv->timer, &sweeper, CLOCK_MONOTONIC);
+	if (err && err != -16) /* -EBUSY: already initialised */
+		return XDP_ABORTED;
+	if (bpf_timer_set_callback(&sv->timer, sweep_tick))
+		return XDP_ABORTED;
+	if (bpf_timer_start(&sv->timer, 1000000, 0))
+		return XDP_ABORTED;
+	return XDP_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

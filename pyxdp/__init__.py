@@ -2,8 +2,9 @@
 
     import pyxdp
     with pyxdp.Filter.open(create=True) as flt:
-        flt.deny("203.0.113.0/24", ttl=600)
-        flt.allow("203.0.113.7")
+        flt.add_rule("allow proto tcp from 192.0.2.0/24 to any port 22")
+        flt.add_rule("deny 22/tcp")
+        flt.ban(["203.0.113.7"], ttl=600)
         flt.attach("eth1")
 
 Nothing is compiled at run time: the CO-RE object ships in this package and
@@ -11,48 +12,57 @@ libbpf (libbpf.so.1) loads it through cffi."""
 
 from __future__ import annotations
 
-from ._record import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Lazy attributes keep `import pyxdp` cheap (a CLI call that changes one map
-# entry must not pay for pyroute2).
+# element must not pay for pyroute2).
 _EXPORTS = {
-    "Filter": "filter", "Config": "filter", "EntryState": "filter", "Stats": "filter", "StatLine": "filter",
-    "Event": "filter", "Attachment": "filter", "ReplayResult": "filter", "Tracer": "filter",
-    "DEFAULT_PIN_DIR": "filter",
-    "Entry": "entries", "Prefix": "entries", "Port": "entries", "parse_prefix": "entries",
-    "parse_port": "entries", "parse_ttl": "entries",
+    "Filter": "filter", "BanResult": "filter",
+    "Config": "state", "DEFAULT_PIN_DIR": "state",
+    "Stats": "observe", "StatLine": "observe", "Event": "observe", "Tracer": "observe",
+    "ReplayResult": "replay", "Tester": "replay",
+    "Attachment": "attach",
+    "Prefix": "prefix", "parse_prefix": "prefix", "parse_ttl": "prefix",
+    "Rule": "rules", "Addr": "rules", "parse_rule": "rules", "parse_rule_words": "rules",
+    "RuleSetSpec": "rulefile", "Element": "rulefile", "parse_ruleset": "rulefile", "format_ruleset": "rulefile",
+    "RuleState": "ruleset",
+    "SetState": "sets", "ElementState": "sets", "ChangeResult": "sets",
     "Action": "layout", "Verdict": "layout", "Reason": "layout",
     "XdpMode": "xdp",
     "BpfObject": "bpf", "Map": "bpf", "Program": "bpf", "RingBuffer": "bpf",
-    "PyxdpError": "errors", "UsageError": "errors", "BpfError": "errors", "VerifierError": "errors",
-    "KeyNotFound": "errors", "MapFull": "errors", "IncompatibleMap": "errors", "NotLoaded": "errors",
-    "AttachError": "errors", "LibbpfMissing": "errors",
+    "PyxdpError": "errors", "UsageError": "errors", "BpfError": "errors", "BpfPermissionError": "errors",
+    "VerifierError": "errors", "KeyNotFound": "errors", "MapFull": "errors", "IncompatibleMap": "errors",
+    "NotLoaded": "errors", "AttachError": "errors", "LibbpfMissing": "errors", "UnsafeState": "errors",
+    "LockTimeout": "errors", "NotPrivileged": "errors",
     "load_object": "generic", "unload": "generic",
-    "Rule": "rules", "parse_rule": "rules", "RuleState": "ruleset", "SetState": "ruleset",
-    "RuleSetSpec": "ruleset",
 }
 
 __all__ = [
     "Action",
+    "Addr",
     "AttachError",
     "Attachment",
+    "BanResult",
     "BpfError",
     "BpfObject",
+    "BpfPermissionError",
+    "ChangeResult",
     "Config",
     "DEFAULT_PIN_DIR",
-    "Entry",
-    "EntryState",
+    "Element",
+    "ElementState",
     "Event",
     "Filter",
     "IncompatibleMap",
     "KeyNotFound",
     "LibbpfMissing",
+    "LockTimeout",
     "Map",
     "MapFull",
     "NotLoaded",
-    "Port",
+    "NotPrivileged",
     "Prefix",
     "Program",
     "PyxdpError",
@@ -65,52 +75,53 @@ __all__ = [
     "SetState",
     "StatLine",
     "Stats",
+    "Tester",
     "Tracer",
+    "UnsafeState",
     "UsageError",
     "Verdict",
     "VerifierError",
     "XdpMode",
+    "format_ruleset",
     "load_object",
-    "parse_port",
     "parse_prefix",
     "parse_rule",
+    "parse_rule_words",
+    "parse_ruleset",
     "parse_ttl",
     "unload",
 ]
 
 if TYPE_CHECKING:
-    from typing import Any
-
+    from .attach import Attachment
     from .bpf import BpfObject, Map, Program, RingBuffer
-    from .entries import Entry, Port, Prefix, parse_port, parse_prefix, parse_ttl
     from .errors import (
         AttachError,
         BpfError,
+        BpfPermissionError,
         IncompatibleMap,
         KeyNotFound,
         LibbpfMissing,
+        LockTimeout,
         MapFull,
         NotLoaded,
+        NotPrivileged,
         PyxdpError,
+        UnsafeState,
         UsageError,
         VerifierError,
     )
-    from .filter import (
-        DEFAULT_PIN_DIR,
-        Attachment,
-        Config,
-        EntryState,
-        Event,
-        Filter,
-        ReplayResult,
-        StatLine,
-        Stats,
-        Tracer,
-    )
+    from .filter import BanResult, Filter
     from .generic import load_object, unload
     from .layout import Action, Reason, Verdict
-    from .rules import Rule, parse_rule
-    from .ruleset import RuleSetSpec, RuleState, SetState
+    from .observe import Event, StatLine, Stats, Tracer
+    from .prefix import Prefix, parse_prefix, parse_ttl
+    from .replay import ReplayResult, Tester
+    from .rulefile import Element, RuleSetSpec, format_ruleset, parse_ruleset
+    from .rules import Addr, Rule, parse_rule, parse_rule_words
+    from .ruleset import RuleState
+    from .sets import ChangeResult, ElementState, SetState
+    from .state import DEFAULT_PIN_DIR, Config
     from .xdp import XdpMode
 
 

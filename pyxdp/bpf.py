@@ -9,9 +9,9 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from enum import IntEnum
+from typing import TYPE_CHECKING, NamedTuple
 
-from ._record import TYPE_CHECKING, Record
-from .errors import BpfError, IncompatibleMap, UsageError, VerifierError, bpf_error
+from .errors import BpfError, IncompatibleMap, NotPrivileged, UsageError, VerifierError, bpf_error
 from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class MapType(IntEnum):
         return self in (MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH)
 
 
-class MapSpec(Record):
+class MapSpec(NamedTuple):
     """What the kernel knows of a map's shape."""
 
     type: int
@@ -151,7 +151,7 @@ def require_privileges() -> None:
             return  # no /proc: trust root
     if caps >> CAP_NET_ADMIN & 1 and (caps >> CAP_BPF & 1 or caps >> CAP_SYS_ADMIN & 1):
         return
-    raise PermissionError("pyxdp needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo")
+    raise NotPrivileged("pyxdp needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo")
 
 
 class _Fd:
@@ -186,7 +186,26 @@ class _Fd:
 
 class Map(_Fd):
     """A BPF map. Keys and values are ``bytes`` of the map's sizes; per-CPU
-    maps take and return one value per possible CPU, concatenated."""
+    maps take and return one value per possible CPU, concatenated.
+    Test hook: $PYXDP_TEST_KILL_AFTER=N SIGKILLs the process after its Nth map write (if environment_trusted())."""
+
+    _kill_after: int | None = None  # PYXDP_TEST_KILL_AFTER, read on the first write (0: off)
+    _writes = 0
+
+    @classmethod
+    def _wrote(cls) -> None:
+        """Count one map write (the crash-injection hook above)."""
+        if cls._kill_after is None:
+            from .libbpf import environment_trusted
+
+            raw = os.environ.get("PYXDP_TEST_KILL_AFTER", "")
+            cls._kill_after = int(raw) if raw.isdigit() and raw.isascii() and environment_trusted() else 0
+        if cls._kill_after:
+            cls._writes += 1
+            if cls._writes >= cls._kill_after:
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def __init__(self, fd: int, name: str, spec: MapSpec, map_id: int = 0) -> None:
         super().__init__(fd)
@@ -244,15 +263,16 @@ class Map(_Fd):
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         if len(value) != self._vsize:
             raise UsageError(f"map {self.name}: value of {len(value)} bytes, want {self._vsize}")
-        check(
-            lib.bpf_map_update_elem(self.fd, self._key(key), ffi.from_buffer(value), flags),
-            f"update map {self.name}",
-        )
+        ret = lib.bpf_map_update_elem(self.fd, self._key(key), ffi.from_buffer(value), flags)
+        Map._wrote()
+        check(ret, f"update map {self.name}")
 
     __setitem__ = update
 
     def delete(self, key: bytes) -> None:
-        check(lib.bpf_map_delete_elem(self.fd, self._key(key)), f"delete from map {self.name}")
+        ret = lib.bpf_map_delete_elem(self.fd, self._key(key))
+        Map._wrote()
+        check(ret, f"delete from map {self.name}")
 
     def keys(self) -> Iterator[bytes]:
         cur = ffi.NULL
@@ -317,6 +337,7 @@ class Map(_Fd):
             {"sz": ffi.sizeof("struct bpf_map_batch_opts"), "elem_flags": elem_flags},
         )
         ret = lib.bpf_map_update_batch(self.fd, ffi.from_buffer(keys), ffi.from_buffer(values), count, opts)
+        Map._wrote()
         if ret < 0:
             exc = bpf_error(-ret, f"batch update of map {self.name}")
             exc.done = count[0]  # type: ignore[attr-defined]
@@ -330,6 +351,7 @@ class Map(_Fd):
         count = ffi.new("__u32 *", n)
         opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
         ret = lib.bpf_map_delete_batch(self.fd, ffi.from_buffer(keys), count, opts)
+        Map._wrote()
         if ret < 0:
             exc = bpf_error(-ret, f"batch delete from map {self.name}")
             exc.done = count[0]  # type: ignore[attr-defined]
@@ -340,7 +362,7 @@ class Map(_Fd):
         check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin map {self.name} at {path}")
 
 
-class TestRun(Record):
+class TestRun(NamedTuple):
     """Result of BPF_PROG_TEST_RUN: the program's return value, the kernel's
     average time per repetition in ns, and the packet as the program left it."""
 
@@ -349,7 +371,7 @@ class TestRun(Record):
     data_out: bytes
 
 
-class ProgInfo(Record):
+class ProgInfo(NamedTuple):
     type: int
     id: int
     tag: str
@@ -375,6 +397,16 @@ class Program(_Fd):
             _obj_info(self.fd, "program info").ljust(_PROG_INFO.size, b"\0")
         )
         return ProgInfo(ptype, pid, tag.hex(), name.rstrip(b"\0").decode())
+
+    def map_ids(self) -> list[int]:
+        """Ids of the maps the program uses (bpf_prog_info.map_ids)."""
+        ids = ffi.new("__u32[]", 64)
+        buf = ffi.new("char[]", 256)
+        struct.pack_into("=IQ", ffi.buffer(buf), 44, 64, int(ffi.cast("uintptr_t", ids)))
+        size = ffi.new("__u32 *", 256)
+        check(lib.bpf_obj_get_info_by_fd(self.fd, buf, size), "program info")
+        n = struct.unpack_from("=I", ffi.buffer(buf), 44)[0]
+        return [int(ids[i]) for i in range(min(n, 64))]
 
     @classmethod
     def from_pin(cls, path: str | os.PathLike[str]) -> Program:

@@ -1,4 +1,4 @@
-"""``pyxdp-load``: the command line, a thin layer over the public API.
+"""``pyxdp-load``: the command line, a thin layer over the public API (:class:`pyxdp.Filter`).
 
 Exit codes: 0 fine, 1 runtime failure, 2 bad usage or input. Errors are one
 line on stderr. Imports are kept lazy: a ``deny from X`` (what fail2ban runs
@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
-
-from ._record import TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import IO, Any, NoReturn
@@ -50,22 +48,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _pin_dir(args: argparse.Namespace) -> str:
-    from .filter import DEFAULT_PIN_DIR
+    from .state import DEFAULT_PIN_DIR
 
-    return str(args.pin_dir or os.environ.get("PYXDP_PIN_DIR") or DEFAULT_PIN_DIR)
+    if args.pin_dir is not None:
+        return str(args.pin_dir)
+    return os.environ.get("PYXDP_PIN_DIR") or DEFAULT_PIN_DIR
 
 
 def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, with_program: bool = False) -> Any:
+    """The Filter; a command that changes things creates state only when
+    it is 'attach' (create=True) or --create was given."""
     from .filter import Filter
 
-    return Filter.open(_pin_dir(args), create=create, lock=lock, capacity=getattr(args, "capacity", None),
-                       with_program=with_program, rules=getattr(args, "rules", None))
+    return Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
+                       capacity=getattr(args, "capacity", None), with_program=with_program,
+                       rules=getattr(args, "rules", None))
 
 
 def _emit(obj: Any) -> None:
     import json
 
     sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 # ---- commands ------------------------------------------------------------------
@@ -101,19 +108,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             _emit({"pin_dir": _pin_dir(args), "loaded": False, "interfaces": []})
         else:
             print(f"not loaded ({_pin_dir(args)} holds no state)")
-        return 0
+        return 1
     with flt:
         ifaces = flt.interfaces()
         cfg = flt.config()
-        n = len(flt.entries()) if not args.json else None
+        sets = flt.sets()
         if args.json:
             _emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
-                   "capacity": flt.capacity, "rules": cfg.nrules, "rule_capacity": flt.rule_capacity,
-                   "trace_every": cfg.trace_every,
+                   "rules": cfg.nrules, "rule_capacity": flt.rule_capacity, "set_capacity": flt.capacity,
+                   "sets": [s.to_dict() for s in sets], "trace_every": cfg.trace_every,
                    "interfaces": [a.to_dict() for a in ifaces]})
             return 0
-        print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  entries: {n}  capacity: {flt.capacity}/family"
-              f"  rules: {cfg.nrules}/{flt.rule_capacity}")
+        elements = sum(s.n4 + s.n6 for s in sets)
+        print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  rules: {cfg.nrules}/{flt.rule_capacity}  "
+              f"sets: {len(sets)} ({_plural(elements, 'element')}; {flt.capacity} per family)")
         if cfg.trace_every:
             print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
                   "(the next 'pyxdp-load trace' turns it off when it ends)")
@@ -126,78 +134,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_file_prefixes(path: str) -> Iterator[Any]:
-    from .entries import read_prefix_lines
+def _read_text(path: str) -> str:
     from .errors import UsageError
 
-    if path == "-":
-        try:
-            yield from read_prefix_lines(sys.stdin, "stdin")
-        except UnicodeDecodeError:
-            raise UsageError("stdin: not a text file") from None
-        return
     try:
+        if path == "-":
+            return sys.stdin.read()
         with open(path, encoding="utf-8") as fh:
-            yield from read_prefix_lines(fh, path)
+            return fh.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a text file") from None
+        raise UsageError(f"{'stdin' if path == '-' else path}: not a text file") from None
 
 
-_PORT_RANGE = re.compile(r"\d+:\d+\Z")
+def _read_file_prefixes(path: str) -> Iterator[Any]:
+    """The prefixes of a file, one by one (a million of them never sit in a list)."""
+    from .errors import UsageError
+    from .prefix import read_prefix_lines
+
+    name = "stdin" if path == "-" else path
+    try:
+        if path == "-":
+            yield from read_prefix_lines(sys.stdin, name)
+            return
+        with open(path, encoding="utf-8") as fh:
+            yield from read_prefix_lines(fh, name)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not a text file") from None
 
 
-def _is_rule(words: list[str]) -> bool:
-    """Whether ``words`` (after allow/deny) are a rule rather than the simple
-    entry forms: source prefixes only, or destination ports only."""
-    for i, w in enumerate(words):
-        nxt = words[i + 1] if i + 1 < len(words) else ""
-        if w == "on" or w.startswith("@") or _PORT_RANGE.match(w):
-            return True
-        if (w == "proto" and nxt not in ("tcp", "udp")) or (w == "to" and nxt != "any"):
-            return True
-    has_port = any(w == "port" or w[:1].isdigit() and "." not in w and ":" not in w for w in words)
-    # a source with a port, a protocol without one, or nothing concrete at all
-    # ('deny from any') is beyond the simple forms
-    concrete = any(w[:1].isdigit() or ":" in w for w in words)
-    return ("from" in words and has_port) or ("proto" in words and not has_port) or not concrete
-
-
-def _entry_targets(words: list[str]) -> list[Any] | None:
-    """The entries that ``words`` name, or None when they are a rule."""
-    from .entries import parse_entry_words
-
-    return None if _is_rule(words) else parse_entry_words(words)
+def _chain(first: list[Any], path: str | None) -> Iterator[Any]:
+    yield from first
+    if path:
+        yield from _read_file_prefixes(path)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    from .entries import parse_action, parse_ttl
-    from .errors import UsageError
-
-    action = parse_action(args.command)
-    ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-    targets = _entry_targets(args.words) if args.words else []
-    if targets is None:  # not a simple entry: a rule
-        if ttl is not None or args.file:
-            raise UsageError("--ttl and --file are for simple entries ('from PREFIX', 'PORT/PROTO'), not rules")
-        return _add_rule(args, [args.command, *args.words], None)
-    if args.file:
-        targets.extend(_read_file_prefixes(args.file))
-    if not targets:
-        raise UsageError(f"{args.command}: nothing to add (give 'from ADDRESS', 'PORT/PROTO', a rule, or --file)")
-    with _open(args, create=True) as flt:
-        n = flt.add_targets(targets, action, ttl)
-    if not args.quiet:
-        print(f"{args.command}: {n} entr{'y' if n == 1 else 'ies'}" + (f", ttl {ttl}s" if ttl else ""))
-    return 0
+    return _add_rule(args, [args.command, *args.words], None)
 
 
 def _add_rule(args: argparse.Namespace, words: list[str], position: int | None) -> int:
     from .rules import parse_rule_words
 
     rule = parse_rule_words(words)
-    with _open(args, create=True) as flt:
+    with _open(args) as flt:
         num = flt.add_rule(rule, position)
     if not getattr(args, "quiet", False):
         print(f"rule {num}: {rule}")
@@ -209,157 +192,182 @@ def cmd_insert(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from .entries import parse_action
-    from .errors import UsageError
-    from .layout import Action
+    from .prefix import is_digits
     from .rules import parse_rule_words
 
     words = list(args.words)
-    if all(w.isdigit() for w in words):
+    if all(is_digits(w) for w in words):
         with _open(args) as flt:
             n = flt.delete_rules([int(w) for w in words])
-        print(f"deleted {n} rule{'' if n == 1 else 's'}")
+        print(f"deleted {_plural(n, 'rule')}")
         return 0
-    action = Action.NONE
-    rest = words[1:] if words and words[0] in ("allow", "deny") else words
-    targets = _entry_targets(rest)
-    if targets is None:
-        rule = parse_rule_words(words)
-        with _open(args) as flt:
-            flt.delete_rules([rule])
-        print(f"deleted rule: {rule}")
-        return 0
-    if rest is not words:
-        action = parse_action(words[0])
+    rule = parse_rule_words(words)
     with _open(args) as flt:
-        try:
-            n = flt.delete(targets, action)
-        except UsageError:
-            # no such entry; the same words may name a rule (made with 'insert')
-            if rest is words or parse_rule_words(words) not in [r.rule for r in flt.rules()]:
-                raise
-            flt.delete_rules([parse_rule_words(words)])
-            print(f"deleted rule: {' '.join(words)}")
-            return 0
-    print(f"deleted {n} entr{'y' if n == 1 else 'ies'}")
+        flt.delete_rules([rule])
+    print(f"deleted rule: {rule}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _open(args, lock=False) as flt:
-        states = flt.entries()
         rules = flt.rules()
+        sets = flt.sets()
+        policy = flt.policy
     if args.json:
-        for s in states:
-            _emit(s.to_dict())
         for r in rules:
             _emit(r.to_dict())
+        for st in sets:
+            _emit({"set": st.name, "ipv4": st.n4, "ipv6": st.n6})
         return 0
-    if not states and not rules:
-        print("no entries, no rules")
-    for s in states:
-        left = "" if s.expires_in is None else (
-            "  expired" if s.expires_in <= 0 else f"  expires in {int(s.expires_in)}s")
-        what = f"from {s.target}" if s.target.kind == "src" else str(s.target)
-        print(f"{s.action.name.lower():5} {what:45} hits {s.hits}{left}")
-    if rules:
-        print(("\n" if states else "") + "rules (after the entries; the first that matches decides):")
+    print(f"policy {policy.label}; rules in order, the first that matches decides:")
+    if not rules:
+        print("  (no rules)")
     for r in rules:
         print(f"{r.number:5}  {str(r.rule):60} hits {r.packets}")
+    for st in sets:
+        print(f"set @{st.name}: {_plural(st.n4 + st.n6, 'element')} ('pyxdp-load set list {st.name}')")
     return 0
 
 
+def _print_members(members: list[Any], as_json: bool) -> None:
+    for e in members:
+        if as_json:
+            _emit(e.to_dict())
+        else:
+            left = "" if e.expires_in is None else f"  expires in {max(0, int(e.expires_in))}s"
+            print(f"{str(e.prefix):43} hits {e.hits}{left}")
+
+
 def cmd_set(args: argparse.Namespace) -> int:
-    from .entries import parse_prefix
     from .errors import UsageError
+    from .prefix import parse_prefix, parse_ttl
 
     op, words = args.op, list(args.words)
     if op == "list":
         with _open(args, lock=False) as flt:
             if words:
-                members = flt.set_members(words[0])
-                for p in members:
-                    _emit(str(p)) if args.json else print(p)
+                _print_members(flt.set_members(words[0]), args.json)
                 return 0
             sets = flt.sets()
         for st in sets:
             if args.json:
                 _emit(st.to_dict())
             else:
-                print(f"@{st.name:31} {st.n4} IPv4, {st.n6} IPv6 prefixes")
+                print(f"@{st.name:31} {st.n4} IPv4, {st.n6} IPv6 elements")
         if not sets and not args.json:
             print("no sets")
         return 0
+    if op not in ("add", "remove", "destroy", "flush"):
+        raise UsageError(f"bad set operation {op!r}: add, remove, list, flush or destroy")
     if not words:
         raise UsageError(f"set {op}: name the set")
     name, items = words[0], words[1:]
-    if op == "destroy":
+    if op in ("destroy", "flush"):
         if items or args.file:
-            raise UsageError("set destroy takes only the set's name")
+            raise UsageError(f"set {op} takes only the set's name")
         with _open(args) as flt:
-            flt.set_destroy(name)
-        print(f"set @{name} removed")
+            if op == "destroy":
+                flt.set_destroy(name)
+                print(f"set @{name} removed")
+            else:
+                print(f"set @{name}: removed {_plural(flt.set_flush(name), 'element')}")
         return 0
-    prefixes = [parse_prefix(w) for w in items]
-    if args.file:
-        prefixes.extend(_read_file_prefixes(args.file))
+    from .sets import KeySet
+
     if op == "add":
-        with _open(args, create=True) as flt:
-            n = flt.set_add(name, prefixes)
-        print(f"set @{name}: {n} new prefix{'' if n == 1 else 'es'}")
-    elif op == "remove":
+        ttl = parse_ttl(args.ttl) if args.ttl is not None else None
+        keys = KeySet.of(_chain([parse_prefix(w) for w in items], args.file))
+        if not len(keys):
+            raise UsageError("set add: give prefixes or --file")
+        with _open(args) as flt:
+            res = flt.set_add(name, keys, ttl=ttl)
+        print(f"set @{name}: {_plural(res.added, 'new element')}"
+              + (f", {res.refreshed} refreshed" if res.refreshed else "") + (f", ttl {ttl}s" if ttl else ""))
+    else:
+        if args.ttl is not None:
+            raise UsageError("--ttl goes with 'set add'")
+        prefixes = list(_chain([parse_prefix(w) for w in items], args.file))
         if not prefixes:
             raise UsageError("set remove: give prefixes or --file")
         with _open(args) as flt:
-            n = flt.set_remove(name, prefixes)
-        print(f"set @{name}: removed {n} prefix{'' if n == 1 else 'es'}")
-    else:
-        raise UsageError(f"bad set operation {op!r}: add, remove, list or destroy")
+            res = flt.set_remove(name, prefixes)
+        print(f"set @{name}: removed {_plural(res.removed, 'element')}")
+    return 0
+
+
+def cmd_ban(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .prefix import parse_prefix, parse_ttl
+    from .rules import parse_set_name
+    from .sets import KeySet
+
+    parse_set_name(args.set)
+    ttl = parse_ttl(args.ttl) if args.ttl is not None else None
+    keys = KeySet.of(_chain([parse_prefix(w) for w in args.targets], args.file))
+    if not len(keys):
+        raise UsageError("ban: give addresses or prefixes, or --file")
+    with _open(args) as flt:
+        res = flt.ban(keys, ttl=ttl, set=args.set)
+    if res.rule:
+        print(f"rule {res.rule}: deny from @{args.set} (inserted: no rule used that set yet)")
+    if not args.quiet:
+        print(f"banned {_plural(res.added, 'new element')} in @{args.set}"
+              + (f", {res.refreshed} refreshed" if res.refreshed else "")
+              + (f", for {ttl}s" if ttl else ", permanently"))
+    return 0
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .prefix import parse_prefix
+    from .rules import parse_set_name
+
+    name = parse_set_name(args.set)
+    prefixes = [parse_prefix(w) for w in args.targets]
+    if args.file:
+        prefixes.extend(_read_file_prefixes(args.file))
+    if args.all:
+        if prefixes:
+            raise UsageError("unban --all takes no addresses")
+        with _open(args) as flt:
+            n = flt.set_flush(name) if name in {s.name for s in flt.sets()} else 0
+        if not args.quiet:
+            print(f"unbanned {_plural(n, 'element')} of @{name}")
+        return 0
+    if not prefixes:
+        raise UsageError("unban: give addresses or prefixes, --file, or --all")
+    with _open(args) as flt:
+        res = flt.unban(prefixes, set=name)
+    for p in res.missing:
+        print(f"{p} was not banned in @{name}")
+    if not args.quiet:
+        print(f"unbanned {_plural(res.removed, 'element')} of @{name}")
     return 0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .layout import Verdict
-    from .rules import parse_ruleset
-    from .ruleset import RuleSetSpec
+    from .rulefile import parse_ruleset
 
-    try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file, encoding="utf-8") as fh:
-                text = fh.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{args.file}: not a text file") from None
-    rules, sets, policy = parse_ruleset(text, "stdin" if args.file == "-" else args.file)
-    spec = RuleSetSpec(tuple(rules), sets, Verdict[policy.upper()] if policy else None)
-    with _open(args, create=True) as flt:
+    spec = parse_ruleset(_read_text(args.file), "stdin" if args.file == "-" else args.file)
+    with _open(args) as flt:
         flt.apply(spec)
-    print(f"applied {len(rules)} rule{'' if len(rules) == 1 else 's'}, {len(sets)} set{'' if len(sets) == 1 else 's'}"
-          + (f", policy {policy}" if policy else ""))
+    n = sum(len(v) for v in spec.sets.values())
+    print(f"applied {_plural(len(spec.rules), 'rule')}, {_plural(len(spec.sets), 'set')} "
+          f"({_plural(n, 'element')})" + (f", policy {spec.policy.label}" if spec.policy is not None else ""))
     return 0
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .rules import format_ruleset
+    from .rulefile import format_ruleset
+    from .safefile import write_file_atomic
 
     with _open(args, lock=False) as flt:
         spec = flt.ruleset()
-    text = format_ruleset(spec.rules, spec.sets, spec.policy.label if spec.policy is not None else None)
+    text = format_ruleset(spec)
     if args.file in (None, "-"):
         sys.stdout.write(text)
         return 0
-    tmp = args.file + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.file)
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
+    write_file_atomic(args.file, text, 0o600)
     return 0
 
 
@@ -373,7 +381,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         return 0
     if args.policy not in ("pass", "drop"):
         raise UsageError(f"bad policy {args.policy!r}: pass or drop")
-    with _open(args, create=True) as flt:
+    with _open(args) as flt:
         flt.set_policy(Verdict[args.policy.upper()])
     print(f"policy: {args.policy}")
     return 0
@@ -427,17 +435,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .errors import UsageError
-    from .pcap import read_pcap
+    from .pcap import read_pcap_records
 
     try:
         fh: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     counts: dict[str, int] = {}
-    with fh, _open(args, lock=False) as flt:
-        packets = list(read_pcap(fh, args.file))
+    bad = 0
+    with fh, _open(args, lock=False) as flt, flt.tester() as tester:
         rules = {r.id: str(r.rule) for r in flt.rules()}
-        for r in flt.replay(packets):
+        for rec in read_pcap_records(fh, args.file):
+            if rec.error:
+                bad += 1
+                if args.json:
+                    _emit({"packet": rec.number, "error": rec.error})
+                else:
+                    print(f"{rec.number:6} skipped: {rec.error}")
+                continue
+            r = tester.run(rec.data, rec.number)
             counts[r.verdict.label] = counts.get(r.verdict.label, 0) + 1
             if args.json:
                 _emit(r.to_dict())
@@ -445,19 +461,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 ev = r.event
                 desc = ev.flow if ev else f"{r.length} bytes"
                 rule = f"  (rule {ev.rule}: {rules.get(ev.rule_id, '?')})" if ev and ev.rule else ""
-                print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:10} {desc}{rule}")
+                print(f"{r.number:6} {r.verdict.label:4} {r.reason.label:11} {desc}{rule}")
     total = sum(counts.values())
     if args.json:
-        _emit({"summary": True, "packets": total, "pass": counts.get("pass", 0), "drop": counts.get("drop", 0)})
+        _emit({"summary": True, "packets": total, "pass": counts.get("pass", 0), "drop": counts.get("drop", 0),
+               "skipped": bad})
     else:
-        print(f"{total} packets: {counts.get('pass', 0)} pass, {counts.get('drop', 0)} drop")
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    with _open(args) as flt:
-        n = flt.sweep()
-    print(f"removed {n} expired entr{'y' if n == 1 else 'ies'}")
+        print(f"{total} packets: {counts.get('pass', 0)} pass, {counts.get('drop', 0)} drop"
+              + (f"; {bad} skipped" if bad else ""))
     return 0
 
 
@@ -492,8 +503,8 @@ def cmd_printk(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------
 
 
-COMMANDS = ("attach", "detach", "status", "allow", "deny", "insert", "delete", "list", "set", "apply", "save",
-            "policy", "stats", "trace", "replay", "sweep", "load", "unload", "printk")
+COMMANDS = ("attach", "detach", "status", "allow", "deny", "insert", "delete", "list", "set", "ban", "unban", "apply",
+            "save", "policy", "stats", "trace", "replay", "load", "unload", "printk")
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -514,6 +525,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     fifteen costs more than a fail2ban call should)."""
     p = _Parser(prog=PROG, description="Load and manage the pyxdp XDP packet filter.")
     p.add_argument("--pin-dir", help="state directory on bpffs (default /sys/fs/bpf/pyxdp, or $PYXDP_PIN_DIR)")
+    p.add_argument("--create", action="store_true",
+                   help="let a change make the state when there is none yet (before any attach)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -535,8 +548,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("iface")
     mode(sp)
     netns(sp)
-    sp.add_argument("--capacity", type=_positive, help="prefix entries per family when state is created "
-                    "(default 1048576; memory is used only for entries present)")
+    sp.add_argument("--capacity", type=_positive, help="set elements per family when state is created "
+                    "(default 1048576; memory is used only for elements present)")
     sp.add_argument("--reload", action="store_true", help="load the program afresh (after an upgrade)")
     sp.add_argument("--rules", type=_positive, help="rule capacity when state is created: a multiple of 64, "
                     "at most 8192 (default 1024)")
@@ -546,39 +559,51 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     netns(sp)
     sp.add_argument("--keep", action="store_true", help="keep the state even when no interface is left")
 
-    sp = cmd("status", cmd_status, "attached interfaces, policy and capacity")
+    sp = cmd("status", cmd_status, "attached interfaces, policy, rules and sets (exit 1: no state)")
     sp.add_argument("--json", action="store_true")
 
     for name in ("allow", "deny"):
-        sp = cmd(name, cmd_add, f"{name}: an entry ('from PREFIX...', 'PORT[/tcp|udp]...') or a rule "
-                 "('[proto P] [from A [port P]] [to B [port P]] [on IFACE]')")
-        sp.add_argument("words", nargs="*", metavar="WORD")
-        sp.add_argument("--ttl", help="expire after SECONDS (or 10m, 2h, 1d); entries only")
-        sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
+        sp = cmd(name, cmd_add, f"append a rule, in ufw's grammar: '{name} 22/tcp', '{name} from PREFIX', "
+                 f"'{name} [proto P] [from A [port P]] [to B [port P]] [on IFACE]'")
+        sp.add_argument("words", nargs="+", metavar="WORD")
         sp.add_argument("-q", "--quiet", action="store_true")
 
     sp = cmd("insert", cmd_insert, "insert a rule before rule number N: 'insert N allow|deny ...'")
     sp.add_argument("position", type=_positive)
     sp.add_argument("words", nargs="+", metavar="WORD")
 
-    sp = cmd("delete", cmd_delete, "delete rules ('N...' or the rule's words) or entries "
-             "('[allow|deny] from PREFIX...', '[allow|deny] PORT/PROTO')")
+    sp = cmd("delete", cmd_delete, "delete rules: by number ('delete 2 5') or by their words ('delete allow 22/tcp')")
     sp.add_argument("words", nargs="+", metavar="WORD")
 
-    sp = cmd("list", cmd_list, "entries and numbered rules, with hit counts")
+    sp = cmd("list", cmd_list, "the policy, the numbered rules with hit counts, and the sets")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("set", cmd_set, "named prefix sets for rules: 'add NAME [PREFIX...] [--file F]', "
-             "'remove NAME PREFIX...', 'list [NAME]', 'destroy NAME'")
-    sp.add_argument("op", metavar="add|remove|list|destroy")
+    sp = cmd("set", cmd_set, "named sets of prefixes for rules: 'add NAME PREFIX... [--ttl T] [--file F]', "
+             "'remove NAME PREFIX...', 'list [NAME]', 'flush NAME', 'destroy NAME'")
+    sp.add_argument("op", metavar="add|remove|list|flush|destroy")
     sp.add_argument("words", nargs="*", metavar="WORD")
     sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
+    sp.add_argument("--ttl", help="elements added expire after SECONDS (or 10m, 2h, 1d); 0: never")
     sp.add_argument("--json", action="store_true")
 
-    sp = cmd("apply", cmd_apply, "replace the whole rule set (rules, sets, policy) from a TOML file in one step")
+    for name, func, what in (("ban", cmd_ban, "add to a set that a 'deny from @SET' rule drops (inserted as "
+                              "rule 1 when no rule uses the set yet)"),
+                             ("unban", cmd_unban, "remove from that set (an address not banned is not an error)")):
+        sp = cmd(name, func, what)
+        sp.add_argument("targets", nargs="*", metavar="ADDR|PREFIX")
+        sp.add_argument("--file", help="prefixes, one per line ('-': stdin); all or nothing")
+        sp.add_argument("--set", default="banned", help="the set (default: banned)")
+        sp.add_argument("-q", "--quiet", action="store_true")
+        if name == "ban":
+            sp.add_argument("--ttl", help="lift the ban after SECONDS (or 10m, 2h, 1d); none or 0: permanent")
+        else:
+            sp.add_argument("--all", action="store_true", help="empty the set")
+
+    sp = cmd("apply", cmd_apply, "make the firewall (policy, rules, sets with their elements) what a TOML file "
+             "says, in one step")
     sp.add_argument("file", help="the rule-set file ('-': stdin)")
 
-    sp = cmd("save", cmd_save, "write the running rule set as a file that 'apply' reads")
+    sp = cmd("save", cmd_save, "write the running firewall as a file that 'apply' reads")
     sp.add_argument("file", nargs="?", help="where (default: stdout)")
 
     sp = cmd("policy", cmd_policy, "show or set the default policy for unmatched packets: pass or drop")
@@ -595,8 +620,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp = cmd("replay", cmd_replay, "what the loaded filter does to each packet of a pcap file")
     sp.add_argument("file", help="a pcap file ('-': stdin)")
     sp.add_argument("--json", action="store_true")
-
-    cmd("sweep", cmd_sweep, "remove expired entries (the datapath ignores them already)")
 
     sp = cmd("load", cmd_load, "attach any precompiled XDP object (e.g. examples/packets.bpf.o)")
     sp.add_argument("object")
@@ -624,6 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         word = _command_word(argv)
+        if word is None and any(w in ("reject", "limit") for w in argv if not w.startswith("-")):
+            raise _Usage("'reject' and 'limit' are not supported: XDP can allow or deny (drop)")
         if word is not None and ("-h" in argv or "--help" in argv):
             word = None
         args = build_parser(word).parse_args(argv)
@@ -650,14 +675,11 @@ def _describe(exc: BaseException) -> str:
     from .errors import PyxdpError, VerifierError
 
     if isinstance(exc, VerifierError):
-        import tempfile
+        from .safefile import write_private_temp
 
-        path = os.path.join(tempfile.gettempdir(), "pyxdp-verifier.log")
         try:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(exc.log)
-            return f"{exc} (verifier log: {path})"
-        except OSError:
+            return f"{exc} (verifier log: {write_private_temp('pyxdp-verifier-', exc.log)})"
+        except PyxdpError:
             return str(exc)
     if isinstance(exc, PyxdpError):
         return str(exc)

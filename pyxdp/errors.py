@@ -82,6 +82,10 @@ class AttachError(PyxdpError, OSError):
         return self.msg
 
 
+class NotPrivileged(PyxdpError, PermissionError):
+    """The process lacks the capabilities pyxdp needs (root, or CAP_BPF and CAP_NET_ADMIN)."""
+
+
 class LibbpfMissing(PyxdpError, ImportError):
     """libbpf.so.1 could not be loaded."""
 

@@ -1,11 +1,39 @@
-"""The datapath's constants and struct layouts, mirrored from
-bpf/xdp_filter.bpf.c. tests/test_layout.py checks every struct here against
-the BTF of the shipped object, so the C source stays the one truth."""
+"""The datapath's constants, enums and struct layouts, mirrored from
+bpf/pyxdp.h (the one source of truth). tests/test_build.py checks every
+struct here field by field, and every constant and enum value by value,
+against the BTF of the shipped object."""
 
 from __future__ import annotations
 
 import struct
 from enum import IntEnum
+
+# enum pyxdp_limits
+PYXDP_LAYOUT = 2
+MAX_RULE_WORDS = 128
+DEFAULT_RULE_WORDS = 16
+RULE_SETS = 8
+PROTO_CLASSES = 5
+CLASS_PER_RULE = 6
+CLASS_EXTRA = 1600
+RULE_TEXT = 192
+SET_NAME = 32
+MAX_SETS = 256
+HASHED_MAX = 4
+LEN_SLOTS = 162
+PORT_DIR_SHIFT = 16
+GEN_SHIFT = 17
+SWEEP_TICK_MS = 1000
+MAX_VLAN = 4
+MAX_EXTHDR = 8
+MAX_L4_OFF = 1024
+LIMITS = {
+    "PYXDP_LAYOUT": PYXDP_LAYOUT, "MAX_RULE_WORDS": MAX_RULE_WORDS, "DEFAULT_RULE_WORDS": DEFAULT_RULE_WORDS,
+    "RULE_SETS": RULE_SETS, "PROTO_CLASSES": PROTO_CLASSES, "CLASS_PER_RULE": CLASS_PER_RULE,
+    "CLASS_EXTRA": CLASS_EXTRA, "RULE_TEXT": RULE_TEXT, "SET_NAME": SET_NAME, "MAX_SETS": MAX_SETS,
+    "HASHED_MAX": HASHED_MAX, "LEN_SLOTS": LEN_SLOTS, "PORT_DIR_SHIFT": PORT_DIR_SHIFT, "GEN_SHIFT": GEN_SHIFT,
+    "SWEEP_TICK_MS": SWEEP_TICK_MS, "MAX_VLAN": MAX_VLAN, "MAX_EXTHDR": MAX_EXTHDR, "MAX_L4_OFF": MAX_L4_OFF,
+}
 
 
 class Action(IntEnum):
@@ -24,106 +52,119 @@ class Verdict(IntEnum):
 
 
 class Reason(IntEnum):
-    SRC_ALLOW = 0
-    SRC_DENY = 1
-    PORT_ALLOW = 2
-    PORT_DENY = 3
-    POLICY = 4
-    ARP = 5
-    ND = 6
-    FRAGMENT = 7
-    MALFORMED = 8
-    TOO_DEEP = 9
-    RULE_ALLOW = 10
-    RULE_DENY = 11
+    POLICY = 0
+    FRAGMENT = 1
+    ARP = 2
+    ND = 3
+    MALFORMED = 4
+    TOO_DEEP = 5
+    RULE_ALLOW = 6
+    RULE_DENY = 7
 
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
 
 
-N_REASONS = 12
+class IdState(IntEnum):
+    """The life of a set id (C: enum set_state)."""
+
+    FREE = 0
+    LIVE = 1
+    STAGED = 2
+    DRAINING = 3
+
+
+class JournalOp(IntEnum):
+    NONE = 0
+    SET = 1
+    APPLY = 2
+    DESTROY = 3
+
+
+class RuleField(IntEnum):
+    PROTO = 1
+    SRC = 2
+    SSET = 4
+    DST = 8
+    DSET = 16
+    SPORT = 32
+    DPORT = 64
+    IFACE = 128
+    LIT4_SRC = 256
+    LIT6_SRC = 512
+    LIT4_DST = 1024
+    LIT6_DST = 2048
+
+
+N_REASONS = 8
 LOST_SLOT = N_REASONS * 2  # stats slot counting lost trace events
-LENS4_SLOTS = 8  # hashed prefix lengths the config can list
-LENS6_SLOTS = 8
-HASHED_MAX = 4  # lengths the control plane hashes per family; the others go to the LPM trie
-PORT_BASE = {"tcp": 0, "udp": 65536}
 
 # XDP return codes
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
-# name -> (struct format, field names); "=" is native order, no implicit padding
-ENTRY = struct.Struct("=QQII")  # expires, hits, action, plen
-KEY4 = struct.Struct("=I4s")  # plen, addr (network order)
-KEY6 = struct.Struct("=I16s")
+# "=": native order, no implicit padding (the C structs have none either)
+META = struct.Struct("=II16s")  # layout, rule_words, build_id
+CONFIG = struct.Struct("=IIIIII")  # policy, trace_every, rgen, nrules, txn, pad
+SELECTOR = struct.Struct("=IIQ")  # live slot, pad, switched_ns
+JOURNAL = struct.Struct("=IIII")  # op, txn, sid, pad
 COUNTER = struct.Struct("=QQ")  # packets, bytes
-LEN4 = struct.Struct("=I4s")  # plen, mask
-LEN6 = struct.Struct("=I16s")
-CONFIG_HEAD = struct.Struct("=IIIIIIII")  # policy, trace_every, n4, n6, trie4, trie6, rgen, nrules
-CONFIG_SIZE = CONFIG_HEAD.size + LENS4_SLOTS * LEN4.size + LENS6_SLOTS * LEN6.size
-EVENT = struct.Struct("=QIIBBBBHH16s16sBBBBHHII")
+EVENT = struct.Struct("=QIIBBBBHH16s16sBBHHHII")
 IFACE_KEY = struct.Struct("=I60s")
 IFACE_VAL = struct.Struct("=16sII")
-U32 = struct.Struct("=I")
-SELECTOR = struct.Struct("=IIQ")  # live slot, pad, switched_ns
 KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, pad
-PROTO_CLASSES = 5
-RULE_SETS = 8
-# n_words, iface_dflt, flags, pad, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
+# n_words, iface_dflt, fields, all_cls, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
 RULESET = struct.Struct(f"=IIII{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
-RS_IFACE = 1 << 4  # ruleset.flags; bit dir * 2 + (family == 6): rules name prefixes there
 RKEY4 = struct.Struct("=II4s")  # plen (with the tag's 32 bits), tag, addr
 RKEY6 = struct.Struct("=II16s")
+ELEM = struct.Struct("=QQII")  # expires, hits, born, until
+SET_INFO = struct.Struct(f"={HASHED_MAX}s{HASHED_MAX}sIIII")  # lens4, lens6, trie4, trie6, epoch, state
+LEN_COUNTS = struct.Struct(f"={LEN_SLOTS}Q")
+SET_NAME_VAL = struct.Struct("=IIII")  # live, staged, pending, pad
 RREF = struct.Struct("=II")  # rule id, action
 IFKEY = struct.Struct("=II")  # gen, ifindex
-SET_META = struct.Struct("=IIQQ")  # id, pad, n4, n6
+SWEEP_STATE = struct.Struct("=QQQQ")  # next_due, seen_seq, walks, removed
+SWEEP_CTL = struct.Struct("=QII")  # hint, seq, hold
+U32 = struct.Struct("=I")
 
-# struct name in the C source -> (Struct, [(field, size)]) for the BTF check
+# struct name in the C header -> [(field, size)] for the BTF check
 BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
-    "entry": [("expires", 8), ("hits", 8), ("action", 4), ("plen", 4)],
-    "key4": [("plen", 4), ("addr", 4)],
-    "key6": [("plen", 4), ("addr", 16)],
+    "meta": [("layout", 4), ("rule_words", 4), ("build_id", 16)],
+    "config": [("policy", 4), ("trace_every", 4), ("rgen", 4), ("nrules", 4), ("txn", 4), ("pad", 4)],
+    "selector": [("live", 4), ("pad", 4), ("switched_ns", 8)],
+    "journal": [("op", 4), ("txn", 4), ("sid", 4), ("pad", 4)],
     "counter": [("packets", 8), ("bytes", 8)],
-    "len4": [("plen", 4), ("mask", 4)],
-    "len6": [("plen", 4), ("mask", 16)],
-    "config": [
-        ("policy", 4),
-        ("trace_every", 4),
-        ("n4", 4),
-        ("n6", 4),
-        ("trie4", 4),
-        ("trie6", 4),
-        ("rgen", 4),
-        ("nrules", 4),
-        ("lens4", LENS4_SLOTS * LEN4.size),
-        ("lens6", LENS6_SLOTS * LEN6.size),
-    ],
     "event": [
         ("ts", 8), ("ifindex", 4), ("pkt_len", 4), ("verdict", 1), ("reason", 1),
         ("family", 1), ("proto", 1), ("sport", 2), ("dport", 2), ("src", 16), ("dst", 16),
-        ("plen", 1), ("vlans", 1), ("fragment", 1), ("pad", 1), ("ethertype", 2), ("rule", 2),
-        ("rule_id", 4), ("pad2", 4),
+        ("vlans", 1), ("fragment", 1), ("ethertype", 2), ("rule", 2), ("pad", 2), ("rule_id", 4), ("pad2", 4),
     ],
+    "iface_key": [("ifindex", 4), ("netns", 60)],
+    "iface_val": [("ifname", 16), ("mode", 4), ("prog_id", 4)],
+    "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("pad", 4)],
     "ruleset": [
-        ("n_words", 4), ("iface_dflt", 4), ("flags", 4), ("pad", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),
-        ("lit_dflt", 16),
-        ("setb", 8), ("n_sets", 8), ("sets", 8 * RULE_SETS), ("noport", 8),
+        ("n_words", 4), ("iface_dflt", 4), ("fields", 4), ("all_cls", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),
+        ("lit_dflt", 16), ("setb", 8), ("n_sets", 8), ("sets", 8 * RULE_SETS), ("noport", 8),
     ],
     "rkey4": [("plen", 4), ("tag", 4), ("addr", 4)],
     "rkey6": [("plen", 4), ("tag", 4), ("addr", 16)],
+    "elem": [("expires", 8), ("hits", 8), ("born", 4), ("until", 4)],
+    "set_info": [("lens4", HASHED_MAX), ("lens6", HASHED_MAX), ("trie4", 4), ("trie6", 4), ("epoch", 4),
+                 ("state", 4)],
+    "len_counts": [("n", 8 * LEN_SLOTS)],
+    "set_name": [("live", 4), ("staged", 4), ("pending", 4), ("pad", 4)],
     "rref": [("id", 4), ("action", 4)],
     "ifkey": [("gen", 4), ("ifindex", 4)],
-    "set_meta": [("id", 4), ("pad", 4), ("n4", 8), ("n6", 8)],
-    "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("pad", 4)],
-    "iface_key": [("ifindex", 4), ("netns", 60)],
-    "selector": [("live", 4), ("pad", 4), ("switched_ns", 8)],
-    "iface_val": [("ifname", 16), ("mode", 4), ("prog_id", 4)],
+    "sweep_state": [("next_due", 8), ("seen_seq", 8), ("walks", 8), ("removed", 8)],
+    "sweep_ctl": [("hint", 8), ("seq", 4), ("hold", 4)],
 }
 STRUCT_SIZES = {
-    "entry": ENTRY.size, "key4": KEY4.size, "key6": KEY6.size, "counter": COUNTER.size,
-    "len4": LEN4.size, "len6": LEN6.size, "config": CONFIG_SIZE, "event": EVENT.size,
-    "iface_key": IFACE_KEY.size, "iface_val": IFACE_VAL.size, "selector": SELECTOR.size,
-    "ruleset": RULESET.size, "rkey4": RKEY4.size, "rkey6": RKEY6.size, "rref": RREF.size,
-    "ifkey": IFKEY.size, "set_meta": SET_META.size, "knobs": KNOBS.size,
+    "meta": META.size, "config": CONFIG.size, "selector": SELECTOR.size, "journal": JOURNAL.size,
+    "counter": COUNTER.size, "event": EVENT.size, "iface_key": IFACE_KEY.size, "iface_val": IFACE_VAL.size,
+    "knobs": KNOBS.size, "ruleset": RULESET.size, "rkey4": RKEY4.size, "rkey6": RKEY6.size, "elem": ELEM.size,
+    "set_info": SET_INFO.size, "len_counts": LEN_COUNTS.size, "set_name": SET_NAME_VAL.size, "rref": RREF.size,
+    "ifkey": IFKEY.size, "sweep_state": SWEEP_STATE.size, "sweep_ctl": SWEEP_CTL.size,
 }
-ENUMS = {"action": Action, "reason": Reason, "verdict": Verdict}
+# C enum name -> (Python enum, prefix of the C names)
+ENUMS = {"action": Action, "reason": Reason, "verdict": Verdict, "set_state": IdState,
+         "journal_op": JournalOp, "rule_field": RuleField}

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ._libbpf_ffi import ffi
-from ._record import TYPE_CHECKING
 from .errors import LibbpfMissing, bpf_error
 
 if TYPE_CHECKING:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,tracing,wire,attach,rules}.md. As root; takes a few minutes.
+# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules}.md. As root; ~15 minutes.
+# The scripts import pyxdp from this tree (PYTHONPATH), whatever .venv holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then echo "scripts/bench.sh: run as root (sudo)" >&2; exit 2; fi
 bash scripts/setup.sh --bench
+export PYTHONPATH=$PWD
 
 # each script's tables go to benchmarks/results-NAME.md, replaced only when it succeeds
 run() {
@@ -18,6 +20,7 @@ run core "$@"
 run matrix "$@"
 run variants
 run bulk
+run sweeper
 run tracing
 run wire
 run attach

@@ -59,25 +59,32 @@ sleep 0.5
 step "nothing denied yet: everything arrives"
 traffic 10.88.0.2 5000
 
-step "fail2ban-style ban of the sender's /24 for 10 minutes, with one host excepted"
-show $X deny from 10.88.0.0/24 --ttl 600
-traffic 10.88.0.2 5000
-show $X allow from 10.88.0.1
-traffic 10.88.0.2 5000
-show $X delete allow from 10.88.0.1
-show $X delete deny from 10.88.0.0/24
+step "a ufw-style ordered rule list: the office may reach port 5001, nobody else"
+show $X allow proto udp from 10.88.0.0/24 to any port 5001
+show $X deny 5001/udp
+traffic 10.88.0.2 5000 5001
+show $X list
+
+step "a fail2ban-style ban with a TTL: the first ban inserts 'deny from @banned' as rule 1"
+show $X ban 10.88.0.1 --ttl 3
+traffic 10.88.0.2 5000 5001
+show $X set list banned
+echo "   ... waiting for the ban to run out (the kernel removes the element by itself)"
+sleep 3.5
+traffic 10.88.0.2 5000 5001
+show $X set list banned
 
 step "an allowlist: drop by default, one port open; ARP and IPv6 neighbour discovery keep working"
-show $X allow 5001/udp
 show $X policy drop
 ip -n $A neigh flush all
 traffic 10.88.0.2 5000 5001
 traffic fd88::2 5000 5001
 
-step "ordered multi-field rules with a named set, from a file, replaced in one step"
+step "the whole firewall from a file (rules, sets with their elements, policy), replaced in one step"
 cat > "$TRACE_OUT.toml" <<'TOML'
 policy = "drop"
 rules = [
+    "deny from @banned",
     "allow proto udp from @office to 10.88.0.2 port 5001",
     "allow proto udp from @office to fd88::2 port 5001",
     "deny proto udp to any port 5000:5999",
@@ -85,12 +92,11 @@ rules = [
 
 [sets]
 office = ["10.88.0.0/24", "fd88::/64"]
+banned = ["203.0.113.7 ttl 600"]
 TOML
-show $X delete allow 5001/udp
 show $X apply "$TRACE_OUT.toml"
 traffic 10.88.0.2 5000 5001
 traffic fd88::2 5000 5001
-show $X list
 show $X save
 
 step "what the filter did, packet by packet (pyxdp-load trace)"
@@ -98,7 +104,7 @@ sleep 0.3; kill $TRACE_PID 2>/dev/null || true; wait $TRACE_PID 2>/dev/null || t
 grep -E "udp" "$TRACE_OUT" | awk 'NR <= 6 || /rule/' | head -14
 echo "   ... $(grep -c . "$TRACE_OUT") events in all"
 
-step "entries and rules with their hit counts, and the counters per verdict and reason"
+step "rules with their hit counts, and the counters per verdict and reason"
 show $X list
 show $X stats
 

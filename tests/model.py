@@ -1,40 +1,86 @@
 """A plain-Python reference model of the filter's decision: what the README's
-decision table says, written independently of the C code. The property tests
-compare it with the kernel program on generated and mutated packets."""
+decision table and rule grammar say, written independently of the C code and
+of pyxdp.compiler. The property tests compare it with the kernel program on
+generated and mutated packets.
+
+The firewall is one ordered rule list (the first rule that matches decides),
+named sets whose elements may expire, and a policy. Rules here are the
+model's own :class:`MRule` (protocol numbers, address sides, port ranges as
+plain lists), so a test can say what it means independently of how
+pyxdp.rules parses the words it typed."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
-from pyxdp.entries import MASKS4, MASKS6, Port, Prefix
 from pyxdp.layout import Action, Reason, Verdict
-from pyxdp.rules import RULE_PROTOS, Addr, Rule
+from pyxdp.prefix import Prefix
+
+if TYPE_CHECKING:
+    from pyxdp.rules import Rule
 
 MAX_VLAN = 4
 MAX_EXTHDR = 8
 MAX_L4_OFF = 1024
 EXT = {0, 43, 44, 60, 51}
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}  # "any": no constraint
+
+
+# ---- the firewall ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a rule: ``any`` (both None), a prefix, or a set name."""
+
+    prefix: Prefix | None = None
+    set: str | None = None
+
+
+ANYWHERE = Side()
+
+
+@dataclass(frozen=True)
+class MRule:
+    """A rule as the model reads it. ``proto`` None: any protocol. Port
+    lists are (low, high) pairs, both ends included; None: no constraint.
+    ``iface``: the packets the tests send arrive on no named interface, so a
+    rule naming one never matches them."""
+
+    action: Action
+    proto: int | None = None
+    src: Side = ANYWHERE
+    sport: tuple[tuple[int, int], ...] | None = None
+    dst: Side = ANYWHERE
+    dport: tuple[tuple[int, int], ...] | None = None
+    iface: str | None = None
+
+    @classmethod
+    def from_rule(cls, r: Rule) -> MRule:
+        """A pyxdp.rules.Rule as the model reads it (for hand-written cases)."""
+        return cls(r.action, None if r.proto == "any" else PROTO_NUMBERS[r.proto], Side(r.src.prefix, r.src.set),
+                   r.sport, Side(r.dst.prefix, r.dst.set), r.dport, r.iface)
 
 
 @dataclass
-class Rules:
-    prefixes: dict[Prefix, Action] = field(default_factory=dict)  # live entries only
-    ports: dict[Port, Action] = field(default_factory=dict)
-    policy: Verdict = Verdict.PASS
-    ordered: list[Rule] = field(default_factory=list)  # rules, first match wins
-    sets: dict[str, list[Prefix]] = field(default_factory=dict)
+class Firewall:
+    """``sets``: name -> {prefix: absolute CLOCK_MONOTONIC expiry in ns, or
+    None for a permanent element}."""
 
-    def match(self, family: int, addr: bytes) -> tuple[Action, int] | None:
-        best: tuple[Action, int] | None = None
-        masks = MASKS4 if family == 4 else MASKS6
-        for p, act in self.prefixes.items():
-            if p.family != family:
-                continue
-            masked = bytes(a & m for a, m in zip(addr, masks[p.plen]))
-            if masked == p.addr and (best is None or p.plen > best[1]):
-                best = (act, p.plen)
-        return best
+    rules: list[MRule] = field(default_factory=list)
+    sets: dict[str, dict[Prefix, int | None]] = field(default_factory=dict)
+    policy: Verdict = Verdict.PASS
+
+
+class Decision(NamedTuple):
+    verdict: Verdict
+    reason: Reason
+    rule: int  # 1-based number of the deciding rule, 0: none
+
+
+# ---- parsing ------------------------------------------------------------------------
 
 
 @dataclass
@@ -45,13 +91,14 @@ class Parsed:
     dst: bytes = b""
     proto: int = 0
     fragment: int = 0  # 1 first, 2 later
-    dport: int | None = None
+    dport: int | None = None  # set only for TCP/UDP headers that were read
     sport: int | None = None
     nd: bool = False
     hop255: bool = False
 
 
-def _parse(pkt: bytes) -> Parsed | Reason:
+def parse(pkt: bytes) -> Parsed | Reason:
+    """The parsed headers, or the reason (malformed / too deep) a frame is dropped before any rule."""
     p = Parsed()
     if len(pkt) < 14:
         return Reason.MALFORMED
@@ -128,7 +175,7 @@ def _parse(pkt: bytes) -> Parsed | Reason:
 
 def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
     if p.fragment == 2:
-        return p
+        return p  # the bytes after the IP headers are payload, not a header
     if off > MAX_L4_OFF:
         return Reason.TOO_DEEP
     need = {6: 20, 17: 8, 1: 4, 58: 4}.get(p.proto)
@@ -143,65 +190,64 @@ def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
     return p
 
 
-def decide(pkt: bytes, rules: Rules) -> tuple[Verdict, Reason]:
-    """The verdict and reason the filter must give ``pkt``."""
-    p = _parse(pkt)
-    if isinstance(p, Reason):
-        return Verdict.DROP, p
-    if p.ethertype == 0x0806:
-        return Verdict.PASS, Reason.ARP
-    if p.family:
-        m = rules.match(p.family, p.src)
-        if m is not None:
-            return (Verdict.PASS, Reason.SRC_ALLOW) if m[0] is Action.ALLOW else (Verdict.DROP, Reason.SRC_DENY)
-    if p.dport is not None:
-        act = rules.ports.get(Port("tcp" if p.proto == 6 else "udp", p.dport))
-        if act is Action.ALLOW:
-            return Verdict.PASS, Reason.PORT_ALLOW
-        if act is Action.DENY:
-            return Verdict.DROP, Reason.PORT_DENY
-    if p.nd:
-        return Verdict.PASS, Reason.ND
-    if p.family:
-        for rule in rules.ordered:
-            if rule_matches(rule, p, rules.sets):
-                return (Verdict.PASS, Reason.RULE_ALLOW) if rule.action is Action.ALLOW else (
-                    Verdict.DROP, Reason.RULE_DENY)
-    return rules.policy, Reason.FRAGMENT if p.fragment == 2 else Reason.POLICY
+# ---- the decision --------------------------------------------------------------------
 
 
-def first_rule(pkt: bytes, rules: Rules) -> int:
-    """1-based number of the rule that decides ``pkt`` per decide(), or 0."""
-    p = _parse(pkt)
-    if isinstance(p, Reason) or decide(pkt, rules)[1] not in (Reason.RULE_ALLOW, Reason.RULE_DENY):
-        return 0
-    return next(i + 1 for i, r in enumerate(rules.ordered) if rule_matches(r, p, rules.sets))
+def live(fw: Firewall, name: str, now: int) -> list[Prefix]:
+    """The elements of set ``name`` that count at CLOCK_MONOTONIC ``now``."""
+    return [p for p, exp in fw.sets.get(name, {}).items() if exp is None or now < exp]
 
 
 def _holds(prefix: Prefix, family: int, addr: bytes) -> bool:
+    """Whether ``prefix`` holds ``addr``: same family, the first plen bits equal."""
     if prefix.family != family:
         return False
-    mask = (MASKS4 if family == 4 else MASKS6)[prefix.plen]
-    return bytes(a & m for a, m in zip(addr, mask)) == prefix.addr
+    bits = 8 * len(addr)
+    a = int.from_bytes(addr, "big") >> (bits - prefix.plen) if prefix.plen else 0
+    b = int.from_bytes(prefix.addr, "big") >> (bits - prefix.plen) if prefix.plen else 0
+    return a == b
 
 
-def _side(a: Addr, family: int, addr: bytes, sets: dict[str, list[Prefix]]) -> bool:
-    if a.prefix is not None:
-        return _holds(a.prefix, family, addr)
-    if a.set is not None:
-        return any(_holds(p, family, addr) for p in sets.get(a.set, ()))
-    return True
+def _side(s: Side, family: int, addr: bytes, fw: Firewall, now: int) -> bool:
+    if s.prefix is not None:
+        return _holds(s.prefix, family, addr)
+    if s.set is not None:
+        return any(_holds(e, family, addr) for e in live(fw, s.set, now))
+    return True  # any: both families
 
 
-def rule_matches(r: Rule, p: Parsed, sets: dict[str, list[Prefix]]) -> bool:
-    """One rule against one parsed packet, as the README's rule table says:
-    every field the rule names must hold; a port needs a TCP/UDP header
-    (never a later fragment)."""
-    if r.proto != "any" and RULE_PROTOS[r.proto] != p.proto:
+def _ports(ranges: tuple[tuple[int, int], ...] | None, port: int | None) -> bool:
+    if ranges is None:
+        return True
+    return port is not None and any(lo <= port <= hi for lo, hi in ranges)
+
+
+def rule_matches(r: MRule, p: Parsed, fw: Firewall, now: int) -> bool:
+    """One rule against one parsed IP packet: every field the rule names must
+    hold; a port needs a TCP/UDP header (a later fragment has none)."""
+    if r.proto is not None and r.proto != p.proto:
         return False
-    if not _side(r.src, p.family, p.src, sets) or not _side(r.dst, p.family, p.dst, sets):
+    if not _side(r.src, p.family, p.src, fw, now) or not _side(r.dst, p.family, p.dst, fw, now):
         return False
-    for rng, port in ((r.sport, p.sport), (r.dport, p.dport)):
-        if rng is not None and (port is None or not rng[0] <= port <= rng[1]):
-            return False
-    return r.iface is None  # the tests' packets come from no named interface
+    if not _ports(r.sport, p.sport) or not _ports(r.dport, p.dport):
+        return False
+    return r.iface is None
+
+
+def decide(pkt: bytes, fw: Firewall, now: int = 0) -> Decision:
+    """The verdict, reason and deciding rule the filter must give ``pkt`` at
+    CLOCK_MONOTONIC ``now`` (ns; only set elements' expiry depends on it)."""
+    p = parse(pkt)
+    if isinstance(p, Reason):
+        return Decision(Verdict.DROP, p, 0)
+    if p.ethertype == 0x0806:
+        return Decision(Verdict.PASS, Reason.ARP, 0)
+    if p.nd:
+        return Decision(Verdict.PASS, Reason.ND, 0)
+    if p.family:
+        for i, r in enumerate(fw.rules):
+            if rule_matches(r, p, fw, now):
+                if r.action is Action.ALLOW:
+                    return Decision(Verdict.PASS, Reason.RULE_ALLOW, i + 1)
+                return Decision(Verdict.DROP, Reason.RULE_DENY, i + 1)
+    return Decision(fw.policy, Reason.FRAGMENT if p.fragment == 2 else Reason.POLICY, 0)

@@ -96,14 +96,30 @@ def test_python_layouts_match_btf() -> None:
         assert offset == size, name
 
 
-@needs_bpftool
-def test_python_enums_match_btf() -> None:
+def _btf_enums() -> dict[str, dict[str, int]]:
     raw = subprocess.run(["bpftool", "btf", "dump", "file", OBJ, "format", "c"], capture_output=True, text=True,
                          check=True).stdout
-    for cname, enum in (("reason", L.Reason), ("action", L.Action), ("verdict", L.Verdict)):
-        body = re.search(r"enum " + cname + r" \{(.*?)\}", raw, re.S)
-        assert body, cname
-        values = dict(re.findall(r"(\w+) = (\d+)", body.group(1)))
-        named = {k: int(v) for k, v in values.items() if not k.endswith("_MAX")}
+    out = {}
+    for name, body in re.findall(r"enum (\w+) \{(.*?)\}", raw, re.S):
+        out[name] = {k: int(v) for k, v in re.findall(r"(\w+) = (-?\d+)", body)}
+    return out
+
+
+@needs_bpftool
+def test_python_enums_match_btf() -> None:
+    """Every shared enum, value by value (the C names carry a prefix: R_, ACT_, V_, SET_, J_, F_/RS_)."""
+    enums = _btf_enums()
+    for cname, enum in L.ENUMS.items():
+        values = enums[cname]
+        named = {k: v for k, v in values.items() if not k.endswith("_MAX")}
         assert sorted(named.values()) == sorted(m.value for m in enum), cname
-    assert f"R_MAX = {L.N_REASONS}" in raw
+        for member in enum:
+            assert any(k.endswith("_" + member.name) and v == member.value for k, v in named.items()), (cname, member)
+    assert enums["reason"]["R_MAX"] == L.N_REASONS
+
+
+@needs_bpftool
+def test_python_constants_match_btf() -> None:
+    """The limits the C header defines (enum pyxdp_limits), value by value."""
+    limits = _btf_enums()["pyxdp_limits"]
+    assert limits == L.LIMITS

@@ -1,88 +1,192 @@
-"""Pinned state: it outlives the process that made it, another process sees
-and changes it, concurrent writers do not corrupt it, and it is shaped as the
-object says."""
+"""Pinned state: it outlives the process that made it (rules, sets, element
+timeouts, policy), another process sees and changes it, concurrent writers
+do not lose each other's changes, a writer waiting for the lock says so and
+gives up after $PYXDP_LOCK_TIMEOUT, and a Filter dropped without close()
+warns and lets go of the lock."""
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import os
 import subprocess
 import sys
 import textwrap
+import time
 
+import packets as P
+import pytest
 from conftest import needs_root
 
-from pyxdp import Filter
+from pyxdp import Filter, LockTimeout, Verdict
 
 pytestmark = needs_root
 
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 
 
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)  # PYTHONPATH passes through: children run the source tree
+    for k in ("PYXDP_DEBUG", "PYXDP_PIN_DIR", "PYXDP_LOCK_TIMEOUT", "PYXDP_TEST_KILL_AFTER"):
+        e.pop(k, None)
+    e.update(extra)
+    return e
+
+
 def py(code: str) -> str:
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60,
+                       env=env())
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
 def test_state_survives_the_process_and_another_process_changes_it(pin_dir: str) -> None:
     py(f"""
-        from pyxdp import Filter
+        from pyxdp import Filter, Verdict
         with Filter.open({pin_dir!r}, create=True) as f:
-            f.deny("192.0.2.0/24")
+            f.set_add("office", ["192.0.2.0/24", "2001:db8:20::/48"])
+            f.set_add("office", ["198.51.100.0/24"], ttl=600)
+            f.allow("proto tcp from @office to any port 22")
+            f.deny("22/tcp")
+            f.ban(["203.0.113.7"], ttl=3600)
+            f.set_policy(Verdict.DROP)
             f.program()   # loaded and pinned, not attached anywhere
     """)
     out = py(f"""
         from pyxdp import Filter
         with Filter.open({pin_dir!r}) as f:
-            print(*[str(s.target) for s in f.entries()])
-            f.allow("192.0.2.7")
-    """)
-    assert out.split() == ["192.0.2.0/24"]
+            print(f.policy.label)
+            for r in f.rules():
+                print(r.number, r.rule, sep="|")
+            for e in f.set_members("office"):
+                print(e.prefix, e.expires_in, sep="|")
+            f.allow("from 192.0.2.7")
+            f.unban(["203.0.113.7"])
+            f.ban(["203.0.113.8"])
+    """).splitlines()
+    assert out[:4] == ["drop", "1|deny from @banned", "2|allow proto tcp from @office to any port 22",
+                       "3|deny proto tcp to any port 22"]
+    elems = dict(line.split("|") for line in out[4:])
+    assert elems["192.0.2.0/24"] == "None" and elems["2001:db8:20::/48"] == "None"
+    assert 590 < float(elems["198.51.100.0/24"]) <= 600
     with Filter.open(pin_dir, lock=False) as f:
-        assert sorted(str(s.target) for s in f.entries()) == ["192.0.2.0/24", "192.0.2.7/32"]
-        assert f.config().lens4 == (32, 24)
+        assert f.policy is Verdict.DROP
+        assert [str(r.rule) for r in f.rules()] == ["deny from @banned", "allow proto tcp from @office to any port 22",
+                                                    "deny proto tcp to any port 22", "allow from 192.0.2.7/32"]
+        [banned] = f.set_members("banned")
+        assert (str(banned.prefix), banned.expires_in) == ("203.0.113.8/32", None)
+        assert {s.name: (s.n4, s.n6) for s in f.sets()} == {"office": (2, 1), "banned": (1, 0)}
         with f.program() as prog:  # the pinned program sees the other process's rules
-            import packets as P
+            assert prog.test_run(P.tcp4("198.51.100.9", 22)).retval == 2  # XDP_PASS: @office, rule 2
+            assert prog.test_run(P.tcp4("10.0.0.1", 22)).retval == 1  # XDP_DROP: rule 3
+            assert prog.test_run(P.udp4("192.0.2.7")).retval == 2  # rule 4
+            assert prog.test_run(P.udp4("203.0.113.7")).retval == 1  # unbanned; the policy drops
+            assert prog.test_run(P.udp4("203.0.113.8", dport=9)).retval == 1  # banned
+        with f.tester() as t:
+            assert t.run(P.udp4("203.0.113.8")).event.rule == 1  # type: ignore[union-attr]
+            assert t.run(P.udp4("192.0.2.7")).event.rule == 4  # type: ignore[union-attr]
 
-            assert prog.test_run(P.udp4("192.0.2.7")).retval == 2  # XDP_PASS
-            assert prog.test_run(P.udp4("192.0.2.8")).retval == 1  # XDP_DROP
 
-
-def test_concurrent_writers_do_not_lose_entries(pin_dir: str) -> None:
+def test_concurrent_writers_do_not_lose_changes(pin_dir: str) -> None:
+    """12 processes at once, each banning 20 prefixes and unbanning one
+    banned before: every change lands, and 'deny from @banned' is inserted
+    once, not by each."""
+    with Filter.open(pin_dir, create=True) as f:
+        f.set_add("banned", [f"10.100.{i}.0/24" for i in range(12)])
+        f.allow("22/tcp")
     procs = [
-        subprocess.Popen([BIN, "--pin-dir", pin_dir, "deny", "-q", "from", *[f"10.{i}.{j}.0/24" for j in range(20)]],
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            ["sh", "-ec", f'"$0" --pin-dir "$1" ban -q {" ".join(f"10.{i}.{j}.0/24" for j in range(20))}; '
+                          f'"$0" --pin-dir "$1" unban -q 10.100.{i}.0/24', BIN, pin_dir],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
         for i in range(12)
     ]
+    notes = []
     for p in procs:
-        _, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
+        notes += [ln for ln in out.splitlines() if "inserted" in ln]
+    assert notes == ["rule 1: deny from @banned (inserted: no rule used that set yet)"]
     with Filter.open(pin_dir, lock=False) as f:
-        assert len(f.entries()) == 240
-        import struct
+        got = {str(e.prefix) for e in f.set_members("banned")}
+        assert got == {f"10.{i}.{j}.0/24" for i in range(12) for j in range(20)}
+        assert [(s.name, s.n4, s.n6) for s in f.sets()] == [("banned", 240, 0)]
+        assert [str(r.rule) for r in f.rules()] == ["deny from @banned", "allow proto tcp to any port 22"]
+        with f.tester() as t:
+            assert t.run(P.udp4("10.11.19.200")).verdict is Verdict.DROP
+            assert t.run(P.udp4("10.100.3.1")).verdict is Verdict.PASS
 
-        count = struct.unpack("=Q", f.map("lens_count").lookup(struct.pack("=I", 24)) or b"")[0]
-        assert count == 240
+
+def test_a_waiting_writer_says_so_and_gives_up_after_the_timeout(pin_dir: str) -> None:
+    with Filter.open(pin_dir, create=True) as holder:
+        # gives up: exit 1, the waiting note, then one error line
+        r = subprocess.run([BIN, "--pin-dir", pin_dir, "ban", "192.0.2.1"], capture_output=True, text=True,
+                           timeout=30, env=env(PYXDP_LOCK_TIMEOUT="1"))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        waiting, error = r.stderr.strip().splitlines()
+        assert waiting.startswith("pyxdp: waiting for another pyxdp writer") and f"with {pin_dir}" in waiting
+        assert f"(pid {os.getpid()})" in waiting
+        assert error.startswith("pyxdp-load: error: ") and "PYXDP_LOCK_TIMEOUT" in error and "over 1 s" in error
+        # readers take no lock: they answer at once
+        r = subprocess.run([BIN, "--pin-dir", pin_dir, "list", "--json"], capture_output=True, text=True,
+                           timeout=30, env=env(PYXDP_LOCK_TIMEOUT="0"))
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        r = subprocess.run([BIN, "--pin-dir", pin_dir, "ban", "192.0.2.1"], capture_output=True, text=True,
+                           timeout=30, env=env(PYXDP_LOCK_TIMEOUT="soon"))
+        assert r.returncode == 2 and r.stderr.startswith("pyxdp-load: error: PYXDP_LOCK_TIMEOUT must be")
+        # waits, says so at once, and goes on when the lock is free
+        w = subprocess.Popen([BIN, "--pin-dir", pin_dir, "ban", "192.0.2.2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env())
+        try:
+            assert w.stderr is not None
+            assert w.stderr.readline().startswith("pyxdp: waiting for another pyxdp writer")
+            assert w.poll() is None
+            holder.set_policy(Verdict.DROP)  # the holder still works meanwhile
+        finally:
+            holder.close()
+            out, err = w.communicate(timeout=30)
+    assert w.returncode == 0, err
+    assert "banned 1 new element" in out
+    with Filter.open(pin_dir, lock=False) as f:
+        assert [str(e.prefix) for e in f.set_members("banned")] == ["192.0.2.2/32"]
+        assert f.policy is Verdict.DROP
+
+
+def test_a_filter_dropped_without_close_warns_and_releases_the_lock(pin_dir: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYXDP_LOCK_TIMEOUT", "0")
+    f = Filter.open(pin_dir, create=True)
+    f.deny("22")
+    with pytest.raises(LockTimeout):
+        Filter.open(pin_dir)
+    with pytest.warns(ResourceWarning, match=f"unclosed pyxdp Filter on {pin_dir}"):
+        del f
+        gc.collect()
+    r = subprocess.run([BIN, "--pin-dir", pin_dir, "deny", "23"], capture_output=True, text=True, timeout=30,
+                       env=env(PYXDP_LOCK_TIMEOUT="0"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    with Filter.open(pin_dir) as g:
+        assert [str(r.rule) for r in g.rules()] == ["deny to any port 22", "deny to any port 23"]
 
 
 def test_lock_is_exclusive(pin_dir: str) -> None:
-    import fcntl
-
     with Filter.open(pin_dir, create=True):
         fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            try:
+            with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                raise AssertionError("lock was free while a writer held it")
-            except BlockingIOError:
-                pass
         finally:
             os.close(fd)
+    fd = os.open(pin_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by close
+    finally:
+        os.close(fd)
 
 
 def test_bpffs_is_mounted_when_missing(tmp_path: object) -> None:
-    """ensure_bpffs mounts a bpffs where none is (shown on a scratch mount
-    point: the host's /sys/fs/bpf is left alone)."""
+    """ensure_bpffs mounts a bpffs (mode 0700) where none is (shown on a
+    scratch mount point: the host's /sys/fs/bpf is left alone)."""
     from pyxdp.bpf import ensure_bpffs, is_bpffs
 
     point = os.path.join(str(tmp_path), "bpf")
@@ -91,10 +195,31 @@ def test_bpffs_is_mounted_when_missing(tmp_path: object) -> None:
     try:
         ensure_bpffs(point)
         assert is_bpffs(point)
+        assert os.stat(point).st_mode & 0o777 == 0o700
         ensure_bpffs(point)  # already mounted: nothing to do
         with Filter.open(os.path.join(point, "state"), create=True) as f:
-            f.deny("192.0.2.0/24")
-            assert len(f.entries()) == 1
+            f.deny("from 192.0.2.0/24")
+            f.ban(["198.51.100.1"], ttl=60)
+            assert [str(r.rule) for r in f.rules()] == ["deny from @banned", "deny from 192.0.2.0/24"]
     finally:
-        subprocess.run(["umount", point], check=False)
+        for _ in range(20):
+            if subprocess.run(["umount", point], check=False, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.05)
     assert not is_bpffs(point)
+
+
+def test_ttl_through_the_api_is_clamped_like_the_cli_and_a_negative_one_refused(flt: Filter) -> None:
+    """The CLI's parse_ttl clamps to MAX_TTL and refuses '-5'; Filter.ban /
+    set_add must not raise struct.error on a big TTL nor silently add an
+    element that is expired already."""
+    from pyxdp import UsageError
+    from pyxdp.prefix import MAX_TTL
+
+    flt.ban(["192.0.2.1"], ttl=10**12)
+    [el] = flt.set_members("banned")
+    assert el.expires_in is not None and MAX_TTL - 5 < el.expires_in <= MAX_TTL
+    with pytest.raises(UsageError):
+        flt.ban(["192.0.2.2"], ttl=-1)
+    with pytest.raises(UsageError):
+        flt.set_add("s", ["192.0.2.3"], ttl=-1)

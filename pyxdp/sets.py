@@ -1,0 +1,727 @@
+"""Named sets of prefixes as the pinned maps hold them: elements with
+timeouts and hit counters, their placement (hash probes or the trie), and
+every change to them, all or nothing under SIGKILL too.
+
+Storage (see bpf/xdp_filter.bpf.c): every element is in the hash of its
+family, keyed by (32 + prefix length, set id, address); per set and family
+at most HASHED_MAX lengths are probed there, and the elements of all other
+lengths also have a copy in the LPM trie. A change writes new elements with
+``born`` = the set's epoch + 1 (invisible), marks removed ones with
+``until`` = epoch + 1 (still visible), commits by writing the new epoch (one
+word), then deletes what it removed. The journal names the set; a later
+writer normalises a set whose change died half-way (:func:`recover`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import layout as L
+from .errors import MapFull, UsageError
+from .layout import HASHED_MAX, MAX_SETS, IdState, JournalOp
+from .prefix import Prefix, check_ttl
+from .rules import parse_set_name
+from .state import BATCH, delete_all, grace_period, monotonic_ns, write_all
+
+if TYPE_CHECKING:
+    from .bpf import Map
+    from .rulefile import Element
+    from .state import State
+
+SMALL_SET = 1024  # below this many elements in a family, any length may be hashed
+SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's elements
+RISK_NS = 2_000_000_000  # an element this close to expiry may meet the sweeper: refresh it under hold
+_FAM = {4: ("elem4", "trie4", L.RKEY4, 0, 32), 6: ("elem6", "trie6", L.RKEY6, 33, 128)}
+
+
+class SetState(NamedTuple):
+    """A set as the maps hold it now."""
+
+    name: str
+    id: int
+    n4: int
+    n6: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "ipv4": self.n4, "ipv6": self.n6}
+
+
+class ElementState(NamedTuple):
+    """One element of a set now: its prefix, seconds left (None: permanent), hits."""
+
+    prefix: Prefix
+    expires_in: float | None
+    hits: int
+
+    def to_dict(self) -> dict[str, object]:
+        left = None if self.expires_in is None else round(self.expires_in, 3)
+        return {"prefix": str(self.prefix), "expires_in": left, "hits": self.hits}
+
+
+class ChangeResult(NamedTuple):
+    added: int  # new elements
+    refreshed: int  # elements that were there (their timeout set anew)
+    removed: int
+    missing: tuple[Prefix, ...]  # asked to remove, not there
+
+
+class SetInfo(NamedTuple):
+    lens4: tuple[int, ...]  # per slot: 1 + length, 0 unused
+    lens6: tuple[int, ...]
+    trie4: int
+    trie6: int
+    epoch: int
+    state: IdState
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SetInfo:
+        l4, l6, t4, t6, epoch, state = L.SET_INFO.unpack(raw)
+        return cls(tuple(l4), tuple(l6), t4, t6, epoch, IdState(state))
+
+    def encode(self) -> bytes:
+        return L.SET_INFO.pack(bytes(self.lens4), bytes(self.lens6), self.trie4, self.trie6, self.epoch, self.state)
+
+    def hashed(self, fam: int) -> set[int]:
+        return {s - 1 for s in (self.lens4 if fam == 4 else self.lens6) if s}
+
+    def with_slots(self, fam: int, slots: tuple[int, ...]) -> SetInfo:
+        return self._replace(lens4=slots) if fam == 4 else self._replace(lens6=slots)
+
+    def with_trie(self, fam: int, on: bool) -> SetInfo:
+        return self._replace(trie4=int(on)) if fam == 4 else self._replace(trie6=int(on))
+
+    def trie(self, fam: int) -> bool:
+        return bool(self.trie4 if fam == 4 else self.trie6)
+
+
+FREE_INFO = SetInfo((0,) * HASHED_MAX, (0,) * HASHED_MAX, 0, 0, 0, IdState.FREE)
+
+
+def _key(fam: int, sid: int, p: Prefix) -> bytes:
+    return _FAM[fam][2].pack(32 + p.plen, sid, p.addr)
+
+
+def _key_prefix(fam: int, key: bytes) -> tuple[int, Prefix]:
+    plen, sid, addr = _FAM[fam][2].unpack(key)
+    return sid, Prefix(fam, addr, plen - 32)
+
+
+def _visible(raw: bytes, epoch: int, now: int) -> bool:
+    expires, _hits, born, until = L.ELEM.unpack(raw)
+    return born <= epoch and not (until and until <= epoch) and (not expires or now < expires)
+
+
+# ---- reading ---------------------------------------------------------------------
+
+
+def names(st: State) -> dict[str, tuple[int, int, int]]:
+    """name -> (live id, staged id, pending)."""
+    out = {}
+    for k, v in st.map("set_names").items():
+        live, staged, pending, _pad = L.SET_NAME_VAL.unpack(v)
+        out[k.rstrip(b"\0").decode()] = (live, staged, pending)
+    return out
+
+
+def live_ids(st: State) -> dict[str, int]:
+    """name -> id of every set rules can name now."""
+    return {n: live for n, (live, _s, _p) in sorted(names(st).items()) if live}
+
+
+def info(st: State, sid: int) -> SetInfo:
+    raw = st.map("sets").lookup(L.U32.pack(sid))
+    return SetInfo.decode(raw) if raw else FREE_INFO
+
+
+def all_info(st: State) -> dict[int, SetInfo]:
+    return {L.U32.unpack(k)[0]: SetInfo.decode(v) for k, v in st.map("sets").items()}
+
+
+def _write_info(st: State, sid: int, si: SetInfo) -> None:
+    st.map("sets").update(L.U32.pack(sid), si.encode())
+
+
+def counts(st: State, sid: int) -> list[int]:
+    """Elements per length slot (IPv4 /n at n, IPv6 /n at 33 + n)."""
+    mine = st.map("counts").lookup(L.U32.pack(sid))
+    swept = st.map("swept").lookup(L.U32.pack(sid))
+    a = L.LEN_COUNTS.unpack(mine) if mine else (0,) * L.LEN_SLOTS
+    b = L.LEN_COUNTS.unpack(swept) if swept else (0,) * L.LEN_SLOTS
+    return [max(0, x - y) for x, y in zip(a, b)]
+
+
+def _write_counts(st: State, sid: int, n: Sequence[int]) -> None:
+    """Store per-length counts ``n`` (what is there): the sweeper's tally is added back."""
+    swept = st.map("swept").lookup(L.U32.pack(sid))
+    b = L.LEN_COUNTS.unpack(swept) if swept else (0,) * L.LEN_SLOTS
+    st.map("counts").update(L.U32.pack(sid), L.LEN_COUNTS.pack(*(x + y for x, y in zip(n, b))))
+
+
+def table(st: State) -> dict[str, SetState]:
+    out = {}
+    for name, sid in live_ids(st).items():
+        c = counts(st, sid)
+        out[name] = SetState(name, sid, sum(c[:33]), sum(c[33:]))
+    return out
+
+
+def _walk(st: State, fam: int, sids: set[int]) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every element of ``sids`` in one family (one walk of its hash)."""
+    out = []
+    for k, v in st.map(_FAM[fam][0]).items(65536):
+        if L.U32.unpack_from(k, 4)[0] in sids:
+            out.append((k, v))
+    return out
+
+
+def members(st: State, sids: Iterable[int], now: int | None = None) -> dict[int, list[ElementState]]:
+    """Set id -> its visible elements (sorted), one walk of each hash."""
+    ids = set(sids)
+    now = monotonic_ns() if now is None else now
+    epochs = {sid: info(st, sid).epoch for sid in ids}
+    out: dict[int, list[ElementState]] = {sid: [] for sid in ids}
+    for fam in (4, 6):
+        for k, v in _walk(st, fam, ids):
+            sid, p = _key_prefix(fam, k)
+            if not _visible(v, epochs[sid], now):
+                continue
+            expires, hits, _born, _until = L.ELEM.unpack(v)
+            out[sid].append(ElementState(p, (expires - now) / 1e9 if expires else None, hits))
+    for els in out.values():
+        els.sort(key=lambda e: (e.prefix.family, e.prefix.addr, e.prefix.plen))
+    return out
+
+
+def lookup_name(st: State, name: str) -> int:
+    sid = live_ids(st).get(parse_set_name(name))
+    if not sid:
+        raise UsageError(f"no set @{parse_set_name(name)}")
+    return sid
+
+
+# ---- ids ---------------------------------------------------------------------------
+
+
+def _name_key(name: str) -> bytes:
+    return name.encode().ljust(L.SET_NAME, b"\0")
+
+
+def alloc(st: State, state: IdState) -> int:
+    """A FREE set id (no element carries it), now in ``state``."""
+    used = {x for v in names(st).values() for x in v[:2] if x}
+    for sid, si in sorted(all_info(st).items()):
+        if sid and si.state == IdState.FREE and sid not in used:
+            _write_counts(st, sid, [0] * L.LEN_SLOTS)
+            _write_info(st, sid, FREE_INFO._replace(state=state))
+            return sid
+    raise UsageError(f"too many sets (at most {MAX_SETS - 1}, counting sets being replaced or removed)")
+
+
+def create(st: State, name: str) -> int:
+    """The id of set ``name``, made (empty) when missing."""
+    name = parse_set_name(name)
+    sid = live_ids(st).get(name)
+    if sid:
+        return sid
+    st.journal_begin(JournalOp.SET)
+    sid = alloc(st, IdState.LIVE)
+    st.journal_begin(JournalOp.SET, sid)
+    st.map("set_names").update(_name_key(name), L.SET_NAME_VAL.pack(sid, 0, 0, 0))
+    st.journal_end()
+    return sid
+
+
+# ---- changing one set ------------------------------------------------------------
+
+
+def _existing(st: State, fam: int, sid: int, keys: Collection[bytes], held: int) -> dict[bytes, bytes]:
+    """Current values of those short ``keys`` (see KeySet) that set ``sid``
+    (holding ``held`` elements of this family) has: one lookup per key, or
+    one walk of the set's elements when that is cheaper."""
+    if not held:
+        return {}
+    m = st.map(_FAM[fam][0])
+    sidb = L.U32.pack(sid)
+    if len(keys) <= 256 or len(keys) * 4 < held:
+        found = {}
+        for k in keys:
+            v = m.lookup(k[:4] + sidb + k[4:])
+            if v is not None:
+                found[k] = v
+        return found
+    out = {}
+    for k, v in _walk(st, fam, {sid}):
+        short = k[:4] + k[8:]
+        if short in keys:
+            out[short] = v
+    return out
+
+
+def _full(sid: int, keys: Iterable[bytes]) -> list[bytes]:
+    sidb = L.U32.pack(sid)
+    return [k[:4] + sidb + k[4:] for k in keys]
+
+
+def _write_keys(m: Map, sid: int, keys: Sequence[bytes], values: Sequence[bytes] | bytes) -> None:
+    """Write short ``keys`` of set ``sid`` in batches (one value for all, or one each)."""
+    for pos in range(0, len(keys), BATCH):
+        chunk = keys[pos : pos + BATCH]
+        vals = [values] * len(chunk) if isinstance(values, bytes) else list(values[pos : pos + BATCH])
+        write_all(m, _full(sid, chunk), vals)
+
+
+def _map_total(st: State, fam: int) -> int:
+    """Elements in one family's hash (from the counts; no walk)."""
+    total = 0
+    base, maxlen = _FAM[fam][3], _FAM[fam][4]
+    for sid, si in all_info(st).items():
+        if si.state != IdState.FREE:
+            total += sum(counts(st, sid)[base : base + maxlen + 1])
+    return total
+
+
+class KeySet:
+    """Prefixes parsed and packed without their set id: (32 + length, address)
+    per family, one bytes object each and nothing more, so that a million of
+    them fit in little memory and bad input is refused before any change."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, set[bytes]] = {4: set(), 6: set()}
+
+    @classmethod
+    def of(cls, prefixes: Iterable[Prefix]) -> KeySet:
+        ks = cls()
+        for p in prefixes:
+            ks.keys[p.family].add(L.U32.pack(32 + p.plen) + p.addr)
+        return ks
+
+    def __len__(self) -> int:
+        return len(self.keys[4]) + len(self.keys[6])
+
+
+def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | None = None,
+           remove: Iterable[Prefix] = (), missing_ok: bool = False) -> ChangeResult:
+    """Add (or refresh) and remove elements of set ``sid`` in one commit.
+    ``ttl``: seconds the added elements live (None or 0: permanent). A
+    prefix to remove that is not there is refused, or with ``missing_ok``
+    reported in the result. All or nothing. Keys stay in KeySet's short form
+    (no set id) and are completed batch by batch as they are written, so a
+    million prefixes take little memory."""
+    ttl = check_ttl(ttl)
+    now = monotonic_ns()
+    expires = now + ttl * 1_000_000_000 if ttl else 0
+    adds = (add if isinstance(add, KeySet) else KeySet.of(add)).keys
+    drops: dict[int, dict[bytes, Prefix]] = {4: {}, 6: {}}
+    for p in remove:
+        k = L.U32.pack(32 + p.plen) + p.addr
+        if k in adds[p.family]:
+            raise UsageError(f"{p} is both added and removed")
+        drops[p.family][k] = p
+    si = info(st, sid)
+    epoch = si.epoch + 1
+    cnt = counts(st, sid)
+    fresh_value = L.ELEM.pack(expires, 0, epoch, 0)
+    # family -> (new keys, {key: value} of rewritten ones, keys removed); short keys
+    plan: dict[int, tuple[list[bytes], dict[bytes, bytes], list[bytes]]] = {}
+    missing: list[Prefix] = []
+    added = refreshed = 0
+    risky: dict[int, dict[bytes, bytes]] = {}
+    for fam in (4, 6):
+        hname, _t, _kst, base, maxlen = _FAM[fam]
+        if not adds[fam] and not drops[fam]:
+            continue
+        held = sum(cnt[base : base + maxlen + 1])
+        old = _existing(st, fam, sid, adds[fam], held) if adds[fam] else {}
+        if drops[fam]:
+            old.update(_existing(st, fam, sid, drops[fam].keys(), held))
+        rewrite: dict[bytes, bytes] = {}
+        new_keys: list[bytes] = []
+        for k in adds[fam]:
+            v = old.get(k)
+            if v is None:
+                new_keys.append(k)
+                continue
+            e_old, hits, born, _until = L.ELEM.unpack(v)
+            if _visible(v, si.epoch, now):
+                rewrite[k] = L.ELEM.pack(expires, hits, born, 0)
+                refreshed += 1
+                if e_old and e_old - now < RISK_NS:
+                    risky.setdefault(fam, {})[k] = rewrite[k]  # the sweeper may be about to remove it
+            else:
+                rewrite[k] = fresh_value  # expired, not yet swept: made anew
+                risky.setdefault(fam, {})[k] = fresh_value
+                added += 1
+        added += len(new_keys)
+        gone: list[bytes] = []
+        for k, p in drops[fam].items():
+            v = old.get(k)
+            if v is None or not _visible(v, si.epoch, now):
+                if not missing_ok:
+                    raise UsageError(f"{p} is not in the set")
+                missing.append(p)
+                continue
+            e, hits, born, _until = L.ELEM.unpack(v)
+            rewrite[k] = L.ELEM.pack(e, hits, born, epoch)
+            gone.append(k)
+        m = st.map(hname)
+        if new_keys and len(new_keys) + _map_total(st, fam) > m.spec.max_entries:
+            raise MapFull(28, f"set elements: map {hname} is full ({m.spec.max_entries} per family)")
+        if new_keys or rewrite:
+            plan[fam] = (new_keys, rewrite, gone)
+    if not plan:
+        return ChangeResult(0, 0, 0, tuple(missing))
+
+    st.journal_begin(JournalOp.SET, sid)
+    for fam, (new_keys, rewrite, _gone) in plan.items():
+        hname, tname, _kst, base, _maxlen = _FAM[fam]
+        m = st.map(hname)
+        _write_keys(m, sid, new_keys, fresh_value)
+        if rewrite:
+            ks = list(rewrite)
+            _write_keys(m, sid, ks, [rewrite[k] for k in ks])
+        lens: dict[int, int] = {}
+        for k in new_keys:
+            lens[k[0] - 32] = lens.get(k[0] - 32, 0) + 1  # the key's plen (little-endian, < 256)
+        for n, c in lens.items():
+            cnt[base + n] += c
+        _write_counts(st, sid, cnt)
+        # a new length takes a free hash slot (most populous first); otherwise it goes to the trie
+        hashed = si.hashed(fam)
+        slots = list(si.lens4 if fam == 4 else si.lens6)
+        for n in sorted(lens, key=lambda n: -lens[n]):
+            if n not in hashed and 0 in slots:
+                slots[slots.index(0)] = n + 1
+                hashed.add(n)
+                si = si.with_slots(fam, tuple(slots))
+                _write_info(st, sid, si)
+        to_trie = [k for k in (*new_keys, *rewrite) if k[0] - 32 not in hashed]
+        if to_trie:
+            _write_keys(st.map(tname), sid, to_trie, [k[:4] for k in to_trie])
+            if not si.trie(fam):
+                si = si.with_trie(fam, True)
+                _write_info(st, sid, si)
+    si = si._replace(epoch=epoch)
+    _write_info(st, sid, si)  # the commit: new elements appear, removed ones vanish
+    removed = 0
+    for fam, (_n, _r, gone) in plan.items():
+        if gone:
+            hname, tname, _kst, base, _maxlen = _FAM[fam]
+            delete_all(st.map(tname), _full(sid, gone))
+            delete_all(st.map(hname), _full(sid, gone))
+            removed += len(gone)
+            cnt = counts(st, sid)
+            for k in gone:
+                cnt[base + k[0] - 32] -= 1
+            _write_counts(st, sid, [max(0, c) for c in cnt])
+    if risky:
+        _rewrite_held(st, sid, risky)
+    if expires:
+        _hint_sweeper(st, expires)
+    st.journal_end()
+    rebalance(st, sid)
+    return ChangeResult(added, refreshed, removed, tuple(missing))
+
+
+def _rewrite_held(st: State, sid: int, writes: dict[int, dict[bytes, bytes]]) -> None:
+    """Elements this change rewrote that the sweeper may have removed
+    meanwhile (they were about to expire, or had): hold the sweeper, wait out
+    a walk under way, and write back those that are gone."""
+    ctl = st.map("sweep_ctl")
+    raw = ctl.lookup(L.U32.pack(0)) or L.SWEEP_CTL.pack(0, 0, 0)
+    hint, seq, _hold = L.SWEEP_CTL.unpack(raw)
+    ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, 1))
+    try:
+        grace_period()
+        si = info(st, sid)
+        cnt = counts(st, sid)
+        for fam, w in writes.items():
+            hname, tname, _kst, base, _maxlen = _FAM[fam]
+            m = st.map(hname)
+            hashed = si.hashed(fam)
+            for k, v in w.items():
+                full = _full(sid, [k])[0]
+                if m.lookup(full) is None:
+                    expires, hits, _born, until = L.ELEM.unpack(v)
+                    m.update(full, L.ELEM.pack(expires, hits, si.epoch, until))
+                    cnt[base + k[0] - 32] += 1
+                    if k[0] - 32 not in hashed:
+                        st.map(tname).update(full, k[:4])
+        _write_counts(st, sid, cnt)
+    finally:
+        ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, 0))
+
+
+def _hint_sweeper(st: State, expires: int) -> None:
+    """Tell the sweeper an element expires at ``expires``: the earliest hint
+    it has not walked for yet wins (a hint it took meanwhile costs at most
+    one extra walk)."""
+    ctl = st.map("sweep_ctl")
+    raw = ctl.lookup(L.U32.pack(0)) or L.SWEEP_CTL.pack(0, 0, 0)
+    hint, seq, hold = L.SWEEP_CTL.unpack(raw)
+    sw = st.map("sweeper").lookup(L.U32.pack(0))
+    seen = L.SWEEP_STATE.unpack_from(sw, len(sw) - L.SWEEP_STATE.size)[1] if sw else seq
+    if seen != seq and hint:  # the last hint is still pending
+        expires = min(expires, hint)
+    ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(expires, (seq + 1) & 0xFFFFFFFF, hold))
+
+
+# ---- placement ---------------------------------------------------------------------
+
+
+def plan_hashed(cnt: Sequence[int], current: set[int]) -> set[int]:
+    """The lengths a family of one set should probe in the hash (at most
+    HASHED_MAX), from its per-length counts. A hashed length costs one probe
+    per packet; the trie costs one lookup as soon as it holds anything. So:
+    when every length fits, hash them all and leave the trie empty;
+    otherwise hash only lengths that earn their probe (at least 1/16 of the
+    elements, or any while there are fewer than 1,024), most populous first;
+    a length already hashed stays unless one in the trie holds more than
+    twice as many (the margin stops flapping)."""
+    present = {n for n, c in enumerate(cnt) if c}
+    if len(present) <= HASHED_MAX:
+        return present
+    total = sum(cnt)
+    earns = {n for n in present if total < SMALL_SET or cnt[n] * SHARE_TO_HASH >= total}
+    keep = [n for n in current if n in earns]
+    rest = sorted((n for n in earns if n not in keep), key=lambda n: (-cnt[n], -n))
+    chosen = sorted(keep, key=lambda n: (-cnt[n], -n))
+    for n in rest:
+        if len(chosen) < HASHED_MAX:
+            chosen.append(n)
+            continue
+        weakest = min(chosen, key=lambda m: (cnt[m], -m))
+        if cnt[n] > 2 * cnt[weakest]:
+            chosen[chosen.index(weakest)] = n
+    return set(chosen)
+
+
+def rebalance(st: State, sid: int) -> None:
+    """Move lengths between hash probes and the trie toward plan_hashed.
+    Every step keeps every element findable: hash -> trie writes the trie
+    copies before the slot is cleared; trie -> hash takes the slot, waits
+    a grace period, then drops the trie copies."""
+    cnt = counts(st, sid)
+    for fam in (4, 6):
+        base, maxlen = _FAM[fam][3], _FAM[fam][4]
+        fc = cnt[base : base + maxlen + 1]
+        si = info(st, sid)
+        cur = si.hashed(fam)
+        want = plan_hashed(fc, cur)
+        slots = list(si.lens4 if fam == 4 else si.lens6)
+        # empty lengths leave their slot (probing them finds nothing anyway)
+        for i, s in enumerate(slots):
+            if s and not fc[s - 1] and s - 1 not in want:
+                slots[i] = 0
+                si = si.with_slots(fam, tuple(slots))
+                _write_info(st, sid, si)
+        cur = si.hashed(fam)
+        out_ = [n for n in cur if n not in want and fc[n]]
+        in_ = [n for n in want if n not in cur]
+        if not out_ and not in_:
+            _trie_flag(st, sid, fam, fc)
+            continue
+        els = _walk(st, fam, {sid})
+        tname = _FAM[fam][1]
+        for n in out_:
+            keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
+            write_all(st.map(tname), keys, [k[:4] for k in keys])
+            if not si.trie(fam):  # one change per write: the trie flag, then the slot
+                si = si.with_trie(fam, True)
+                _write_info(st, sid, si)
+            slots[slots.index(n + 1)] = 0
+            si = si.with_slots(fam, tuple(slots))
+            _write_info(st, sid, si)
+        moved: list[bytes] = []
+        for n in in_:
+            if 0 not in slots:
+                break
+            slots[slots.index(0)] = n + 1
+            si = si.with_slots(fam, tuple(slots))
+            _write_info(st, sid, si)
+            moved += [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
+        if moved:
+            grace_period()  # packets that read the old layout may still look in the trie
+            delete_all(st.map(tname), moved)
+        _trie_flag(st, sid, fam, fc)
+
+
+def _trie_flag(st: State, sid: int, fam: int, fc: Sequence[int]) -> None:
+    si = info(st, sid)
+    hashed = si.hashed(fam)
+    want = any(c for n, c in enumerate(fc) if n not in hashed)
+    if si.trie(fam) and not want:
+        _write_info(st, sid, si.with_trie(fam, False))
+
+
+# ---- whole sets: stage, drain, recover -------------------------------------------
+
+
+def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGED) -> int:
+    """A new set id holding ``elements`` (committed at once: nothing refers to it yet)."""
+    sid = alloc(st, state)
+    now = monotonic_ns()
+    cnt = [0] * L.LEN_SLOTS
+    by_fam: dict[int, dict[bytes, bytes]] = {4: {}, 6: {}}
+    latest = 0
+    for e in elements:
+        p = e.prefix
+        ttl = check_ttl(e.ttl)
+        exp = now + ttl * 1_000_000_000 if ttl else 0
+        latest = max(latest, exp)
+        k = _key(p.family, sid, p)
+        if k not in by_fam[p.family]:
+            cnt[_FAM[p.family][3] + p.plen] += 1
+        by_fam[p.family][k] = L.ELEM.pack(exp, 0, 1, 0)
+    si = FREE_INFO._replace(state=state, epoch=1)
+    for fam, items in by_fam.items():
+        hname, tname, _kst, base, maxlen = _FAM[fam]
+        m = st.map(hname)
+        if len(items) + _map_total(st, fam) > m.spec.max_entries:
+            raise MapFull(28, f"set elements: map {hname} is full ({m.spec.max_entries} per family)")
+        hashed = plan_hashed(cnt[base : base + maxlen + 1], set())
+        si = si.with_slots(fam, tuple(sorted(n + 1 for n in hashed)) + (0,) * (HASHED_MAX - len(hashed)))
+        ks = list(items)
+        write_all(m, ks, [items[k] for k in ks])
+        to_trie = [k for k in ks if L.U32.unpack_from(k)[0] - 32 not in hashed]
+        if to_trie:
+            write_all(st.map(tname), to_trie, [k[:4] for k in to_trie])
+            si = si.with_trie(fam, True)
+    _write_counts(st, sid, cnt)
+    _write_info(st, sid, si)
+    if latest:
+        _hint_sweeper(st, min(now + (check_ttl(e.ttl) or 0) * 1_000_000_000 for e in elements if e.ttl))
+    return sid
+
+
+def drain(st: State, sids: set[int]) -> None:
+    """Remove every element of ``sids`` and free the ids (nothing may refer to them)."""
+    if not sids:
+        return
+    for sid in sids:
+        _write_info(st, sid, info(st, sid)._replace(state=IdState.DRAINING))
+    for fam in (4, 6):
+        keys = [k for k, _v in _walk(st, fam, sids)]
+        if keys:
+            delete_all(st.map(_FAM[fam][1]), keys)
+            delete_all(st.map(_FAM[fam][0]), keys)
+    for sid in sids:
+        _write_counts(st, sid, [0] * L.LEN_SLOTS)
+        _write_info(st, sid, FREE_INFO)
+
+
+def normalize(st: State, sid: int) -> None:
+    """Make set ``sid`` consistent after a writer died inside a change:
+    undo uncommitted additions and removal marks, finish committed removals,
+    count the elements anew, and rebuild the trie copies."""
+    si = info(st, sid)
+    cnt = [0] * L.LEN_SLOTS
+    for fam in (4, 6):
+        hname, tname, _kst, base, _maxlen = _FAM[fam]
+        m = st.map(hname)
+        dead: list[bytes] = []
+        keep: list[bytes] = []
+        for k, v in _walk(st, fam, {sid}):
+            expires, hits, born, until = L.ELEM.unpack(v)
+            if born > si.epoch or (until and until <= si.epoch):
+                dead.append(k)
+                continue
+            if until:
+                m.update(k, L.ELEM.pack(expires, hits, born, 0))
+            keep.append(k)
+            cnt[base + L.U32.unpack_from(k)[0] - 32] += 1
+        delete_all(st.map(tname), dead)
+        delete_all(m, dead)
+        hashed = si.hashed(fam)
+        t = st.map(tname)
+        stale = [k for k in t if L.U32.unpack_from(k, 4)[0] == sid and L.U32.unpack_from(k)[0] - 32 in hashed]
+        delete_all(t, stale)
+        to_trie = [k for k in keep if L.U32.unpack_from(k)[0] - 32 not in hashed]
+        if to_trie:
+            write_all(t, to_trie, [k[:4] for k in to_trie])
+            if not si.trie(fam):
+                si = si.with_trie(fam, True)
+                _write_info(st, sid, si)
+    _write_counts(st, sid, cnt)
+    rebalance(st, sid)
+
+
+def recover(st: State, rule_txn_live: int) -> None:
+    """Finish or undo what a dead writer left (the journal names it), then
+    free ids left draining or staged. ``rule_txn_live``: the txn of the live
+    config (an apply whose txn it carries has committed)."""
+    op, txn, sid = st.journal()
+    by_name = names(st)
+    if op == JournalOp.SET and sid:
+        normalize(st, sid)
+        if not any(sid in v[:2] for v in by_name.values()):
+            drain(st, {sid})
+    elif op == JournalOp.APPLY:
+        finish_apply(st, committed=txn == rule_txn_live)
+        by_name = names(st)
+    elif op == JournalOp.DESTROY and sid:
+        drain(st, {sid})
+    st.journal_end()
+    referenced = {x for v in by_name.values() for x in v[:2] if x}
+    orphans = {s for s, si in all_info(st).items()
+               if si.state in (IdState.DRAINING, IdState.STAGED) or (si.state == IdState.LIVE and s not in referenced)}
+    drain(st, orphans)
+
+
+def finish_apply(st: State, committed: bool) -> set[int]:
+    """Settle the name table after an apply: roll forward (committed: the new
+    ids become the names' ids) or back. Returns the ids to drain."""
+    nm = st.map("set_names")
+    old: set[int] = set()
+    for name, (live, staged, pending) in names(st).items():
+        if not pending:
+            continue
+        keep, drop = (staged, live) if committed else (live, staged)
+        if keep:
+            nm.update(_name_key(name), L.SET_NAME_VAL.pack(keep, 0, 0, 0))
+            if committed:
+                _write_info(st, keep, info(st, keep)._replace(state=IdState.LIVE))
+        else:
+            nm.delete(_name_key(name))
+        if drop:
+            old.add(drop)
+    return old
+
+
+def mark_apply(st: State, new_ids: dict[str, int]) -> None:
+    """Record in the name table what an apply will do at its switch."""
+    nm = st.map("set_names")
+    cur = names(st)
+    for name, (live, _s, _p) in cur.items():
+        if name not in new_ids:
+            nm.update(_name_key(name), L.SET_NAME_VAL.pack(live, 0, 1, 0))
+    for name, sid in new_ids.items():
+        live = cur.get(name, (0, 0, 0))[0]
+        nm.update(_name_key(name), L.SET_NAME_VAL.pack(live, sid, 1, 0))
+
+
+def destroy(st: State, name: str) -> None:
+    """Remove a set (the caller checked no rule uses it)."""
+    sid = lookup_name(st, name)
+    st.journal_begin(JournalOp.DESTROY, sid)
+    st.map("set_names").delete(_name_key(parse_set_name(name)))  # from here on no rule can name it
+    st.wait_recent_switch()  # a rule set live moments ago may still look into it
+    drain(st, {sid})
+    st.journal_end()
+
+
+def flush(st: State, sid: int) -> int:
+    """Remove every element of a set (all at once)."""
+    now = monotonic_ns()
+    epoch = info(st, sid).epoch
+    present: list[Prefix] = []
+    for fam in (4, 6):
+        for k, v in _walk(st, fam, {sid}):
+            if _visible(v, epoch, now):
+                present.append(_key_prefix(fam, k)[1])
+    return change(st, sid, remove=present, missing_ok=True).removed
+
+
+def ttl_left(expires_in: float | None) -> int | None:
+    """Whole seconds to write for a remaining time (rounded up; None: permanent)."""
+    return None if expires_in is None else max(1, math.ceil(expires_in))

@@ -1,0 +1,450 @@
+"""The filter's state in its pin directory: the pinned maps, the writers'
+lock, the layout record, the double-buffered config and its grace periods,
+and the journal that makes every multi-map change all or nothing.
+
+Crash safety (SIGKILL included): a writer records the change it starts in
+the ``journal`` map, writes new data where no packet looks yet (new set ids,
+uncommitted set epochs, the idle rule generation), then commits with one
+word (a set's epoch, or the config switch), then cleans up and clears the
+journal. The next writer, before its own work, finishes or undoes what a
+dead writer left (see :mod:`pyxdp.sets` ``recover``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import layout as L
+from .bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
+from .errors import BpfError, IncompatibleMap, NotLoaded, UsageError
+from .layout import Verdict
+from .rules import DEFAULT_RULES, check_capacity
+
+if TYPE_CHECKING:
+    from .lock import DirLock
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
+OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
+PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
+               "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
+               "set_names", "counts", "swept", "sweeper", "sweep_ctl")
+ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
+PROG_PIN = "prog"
+DEFAULT_CAPACITY = 1 << 20  # set elements per family
+RECENT_SWITCH_NS = 5_000_000_000  # a slot live less than this ago waits for an RCU grace period
+ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
+NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP)
+BATCH = 65536
+
+
+def monotonic_ns() -> int:
+    """The datapath's clock for expiry (it reads CLOCK_MONOTONIC coarsely)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+_MEMBARRIER = {"x86_64": 324, "aarch64": 283}  # syscall numbers
+MEMBARRIER_CMD_GLOBAL = 1
+
+
+def grace_period() -> None:
+    """Wait until no BPF program (a packet's run, a sweeper walk) can still
+    be reading data written before now. XDP programs and BPF timer callbacks
+    run inside RCU read-side sections, and membarrier(MEMBARRIER_CMD_GLOBAL)
+    returns after synchronize_rcu()."""
+    import ctypes
+    import platform
+
+    nr = _MEMBARRIER.get(platform.machine())
+    if nr is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+            return
+    time.sleep(0.05)  # no membarrier: a wait far longer than any program's run
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a change spans several maps: Ctrl-C then
+    lands after it, never inside it. (SIGKILL cannot be held: the journal
+    covers it.)"""
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _no_batch_support(exc: BpfError) -> bool:
+    """The kernel has no batch op for this map (and so did nothing)."""
+    done: int = getattr(exc, "done", 0)
+    return exc.errno in NO_BATCH_ERRNOS and done == 0
+
+
+def write_all(m: Map, keys: list[bytes], values: list[bytes]) -> None:
+    """Batch writes, one by one where the kernel has no batch op for the map."""
+    for pos in range(0, len(keys), BATCH):
+        ks, vs = keys[pos : pos + BATCH], values[pos : pos + BATCH]
+        try:
+            m.update_batch(b"".join(ks), b"".join(vs))
+        except BpfError as exc:
+            if not _no_batch_support(exc):
+                raise
+            for k, v in zip(ks, vs):
+                m.update(k, v)
+
+
+def delete_all(m: Map, keys: list[bytes]) -> int:
+    """Delete those of ``keys`` that are there; returns how many were."""
+    gone = 0
+    for pos in range(0, len(keys), BATCH):
+        ks = keys[pos : pos + BATCH]
+        try:
+            gone += m.delete_batch(b"".join(ks))
+            continue
+        except BpfError as exc:
+            if not _no_batch_support(exc) and exc.errno != errno.ENOENT:
+                raise
+            # one by one from where the batch stopped: a key was missing, or there is no batch op
+            start: int = getattr(exc, "done", 0) if exc.errno == errno.ENOENT else 0
+        gone += start
+        for k in ks[start:]:
+            try:
+                m.delete(k)
+                gone += 1
+            except BpfError as exc2:
+                if exc2.errno != errno.ENOENT:
+                    raise
+    return gone
+
+
+class Config(NamedTuple):
+    """The knobs that change while running (double-buffered in ``cfg``)."""
+
+    policy: Verdict = Verdict.PASS
+    trace_every: int = 0
+    rgen: int = 0  # the rule-set generation packets use
+    nrules: int = 0  # rules in it
+    txn: int = 0  # the journal txn of the change that wrote it
+
+    def encode(self) -> bytes:
+        return L.CONFIG.pack(self.policy, self.trace_every, self.rgen, self.nrules, self.txn, 0)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Config:
+        policy, every, rgen, nrules, txn, _pad = L.CONFIG.unpack(raw)
+        return cls(Verdict(policy & 1), every, rgen & 1, nrules, txn)
+
+
+def object_build_id(path: str = OBJECT_PATH) -> bytes:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).digest()[:16]
+
+
+def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
+    """Map -> (max entries, value size or None) for a rule capacity."""
+    from .compiler import classes_per_gen
+
+    return {
+        "rlit4": (4 * rules, None),
+        "rlit6": (4 * rules, None),
+        "rvec": (2 * classes_per_gen(rules), rules // 8 + 8),  # the vector, then its first non-zero word
+        "rorder": (2 * rules, None),
+        "rhits": (2 * rules, None),
+        "rdefs": (2 * rules, None),
+    }
+
+
+def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
+                count_hits: bool = True) -> BpfObject:
+    """The shipped object with its maps pinned in ``pin_dir``; capacities are
+    those of maps already pinned there (checked for shape), else ``capacity``
+    (set elements per family) and ``rules`` (rule capacity)."""
+    obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
+    try:
+        rvec = os.path.join(pin_dir, "rvec")
+        if os.path.exists(rvec):
+            with Map.from_pin(rvec) as pinned:
+                rules = (pinned.spec.value_size - 8) * 8
+        rules = check_capacity(rules or DEFAULT_RULES)
+        for name, (entries, vsize) in rule_sizes(rules).items():
+            obj.set_max_entries(name, entries)
+            if vsize is not None:
+                obj.set_value_size(name, vsize)
+        obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, 0))
+        for name in PINNED_MAPS:
+            path = os.path.join(pin_dir, name)
+            if os.path.exists(path):
+                with Map.from_pin(path) as pinned:
+                    if name in ELEMENT_MAPS:
+                        obj.set_max_entries(name, pinned.spec.max_entries)
+                    obj.check_pinned(name, pinned.spec)
+            elif capacity is not None and name in ELEMENT_MAPS:
+                obj.set_max_entries(name, capacity)
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def start_sweeper(obj: BpfObject) -> None:
+    """Arm the expiry sweeper's timer with this object's program."""
+    with obj.program("sweep_start") as prog:
+        res = prog.test_run(bytes(64))
+    if res.retval != L.XDP_PASS:
+        raise BpfError(errno.EINVAL, "arming the expiry sweeper failed")
+
+
+def pin_program(prog: object, pin_dir: str) -> None:
+    """Pin ``prog`` as the state's program, replacing the old pin in one step."""
+    path = os.path.join(pin_dir, PROG_PIN)
+    tmp = path + "_new"  # bpffs refuses names with dots
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    prog.pin(tmp)  # type: ignore[attr-defined]
+    os.replace(tmp, path)
+
+
+STATE_NAMES = (*PINNED_MAPS, PROG_PIN, PROG_PIN + "_new")  # what pyxdp makes in a pin directory
+
+
+def _prepare_dir(pin_dir: str) -> bool:
+    """Make the pin directory (mode 0700) on a mounted bpffs; True if made
+    now. An existing directory must be one root (or the caller) owns, not
+    writable by others, holding only what pyxdp makes (pyxdp.pindir)."""
+    from .pindir import make_pin_dir
+
+    if pin_dir == BPFFS or pin_dir.startswith(BPFFS + "/"):
+        ensure_bpffs(BPFFS)
+    parent = os.path.dirname(pin_dir)
+    if not os.path.isdir(parent):
+        raise UsageError(f"pin dir parent {parent} does not exist")
+    if not is_bpffs(parent):
+        raise UsageError(f"pin dir {pin_dir} is not on a bpffs (mount -t bpf bpf {parent})")
+    return make_pin_dir(pin_dir, STATE_NAMES)
+
+
+OLD_LAYOUT_NAMES = ("src4", "lpm4", "lens_count")  # maps only pyxdp 0.1 (the entries model) pinned
+
+
+def _old_layout(pin_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(pin_dir, n)) for n in OLD_LAYOUT_NAMES)
+
+
+def _no_state(pin_dir: str) -> None:
+    """Raise the error for a pin directory without (complete) state."""
+    if _old_layout(pin_dir):
+        raise IncompatibleMap(
+            f"{pin_dir} holds state of pyxdp 0.1 (before one rule list and sets): this version cannot use it. "
+            "Write down its entries and rules, detach every interface with pyxdp 0.1 (or, once nothing is "
+            f"attached, rm -r {pin_dir}), then attach again (see CHANGELOG.md)")
+    if os.path.exists(os.path.join(pin_dir, "cfg")):
+        raise NotLoaded(f"incomplete pyxdp state in {pin_dir} (a process died making or removing it): "
+                        "'pyxdp-load attach IFACE' starts afresh")
+    raise NotLoaded(f"no pyxdp state in {pin_dir}: run 'pyxdp-load attach IFACE' first "
+                    "(or give --create to prepare state before attaching)")
+
+
+def remove_pins(pin_dir: str, keep_dir: bool = False) -> None:
+    """Unpin what pyxdp makes in ``pin_dir`` (the layout record first: a
+    directory without it is state being made or removed), then the directory."""
+    for name in (*PINNED_MAPS, PROG_PIN, PROG_PIN + "_new"):
+        try:
+            os.unlink(os.path.join(pin_dir, name))
+        except FileNotFoundError:
+            pass
+    if keep_dir:
+        return
+    try:
+        os.rmdir(pin_dir)
+    except OSError:
+        pass
+
+
+def _lock(pin_dir: str) -> DirLock:
+    """The writers' lock; a writer that has to wait says so on stderr."""
+    import sys
+
+    from .lock import DirLock
+
+    return DirLock(pin_dir, on_wait=lambda msg: print(f"pyxdp: {msg}", file=sys.stderr, flush=True))
+
+
+class State:
+    """The maps of one pin directory, opened on first use, and the lock."""
+
+    def __init__(self, pin_dir: str, lock: DirLock | None) -> None:
+        self.pin_dir = pin_dir
+        self._maps: dict[str, Map] = {}
+        self._lock = lock
+
+    @classmethod
+    def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
+             rules: int | None = None, with_program: bool = False) -> tuple[State, bool]:
+        """Open (with ``create``: make) the state; returns it and whether it
+        was made now."""
+        require_privileges()
+        if not pin_dir:
+            raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
+        pin_dir = os.path.abspath(pin_dir)
+        if not os.path.exists(os.path.join(pin_dir, "meta")) and (not create or _old_layout(pin_dir)):
+            _no_state(pin_dir)
+        if create:
+            made_dir = _prepare_dir(pin_dir)
+        else:
+            from .pindir import check_pin_dir
+
+            made_dir = False
+            check_pin_dir(pin_dir, STATE_NAMES)
+        lk = _lock(pin_dir) if lock or create else None
+        st = cls(pin_dir, lk)
+        created = False
+        try:
+            if not os.path.exists(os.path.join(pin_dir, "meta")):
+                if not create:
+                    _no_state(pin_dir)  # removed while we waited for the lock
+                remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
+                st._create(capacity or DEFAULT_CAPACITY, rules, with_program)
+                created = True
+            st.check_meta()
+            missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
+            if missing:
+                raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
+            if create:
+                for what, want, have in (("set capacity", capacity, st.capacity),
+                                         ("rule capacity", rules, st.rule_capacity)):
+                    if want is not None and have != want:
+                        raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}; "
+                                              "detach everywhere (without --keep) to change it")
+            if not lock and lk is not None:
+                lk.release()
+                st._lock = None
+            return st, created
+        except BaseException:
+            if created or made_dir:
+                st.remove()
+            st.close()
+            raise
+
+    def _create(self, capacity: int, rules: int | None, with_program: bool) -> None:
+        """Make and pin every map (the meta record last: it marks the state
+        complete), and the program with ``with_program``."""
+        with open_object(self.pin_dir, capacity, rules) as obj:
+            if not with_program:
+                obj.only_program("sweep_start")
+            obj.load()
+            start_sweeper(obj)
+            if with_program:
+                with obj.program("xdp_filter") as prog:
+                    pin_program(prog, self.pin_dir)
+            words = obj.map("rvec")
+            rule_words = (words.spec.value_size - 8) // 8
+            words.close()
+        self.map("cfg").update(L.U32.pack(0), Config().encode())
+        self.map("meta").update(L.U32.pack(0), L.META.pack(L.PYXDP_LAYOUT, rule_words, object_build_id()))
+
+    def check_meta(self) -> None:
+        raw = self.map("meta").lookup(L.U32.pack(0))
+        layout = L.META.unpack(raw)[0] if raw else 0
+        if layout == 0:
+            raise NotLoaded(f"incomplete pyxdp state in {self.pin_dir} (made by a process that died): "
+                            f"rm -r {self.pin_dir} and attach again")
+        if layout != L.PYXDP_LAYOUT:
+            raise IncompatibleMap(f"state in {self.pin_dir} has layout version {layout}; this pyxdp knows "
+                                  f"{L.PYXDP_LAYOUT}: use the pyxdp that made it, or detach everywhere and attach "
+                                  "again")
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @property
+    def locked(self) -> bool:
+        return self._lock is not None
+
+    def require_lock(self) -> None:
+        if self._lock is None:
+            raise UsageError("this Filter was opened read-only (lock=False)")
+
+    def map(self, name: str) -> Map:
+        """The pinned map ``name``, opened on first use."""
+        m = self._maps.get(name)
+        if m is None:
+            if name not in PINNED_MAPS:
+                raise KeyError(name)
+            m = self._maps[name] = Map.from_pin(os.path.join(self.pin_dir, name))
+        return m
+
+    @property
+    def capacity(self) -> int:
+        return self.map("elem4").spec.max_entries
+
+    @property
+    def rule_capacity(self) -> int:
+        return (self.map("rvec").spec.value_size - 8) * 8
+
+    def remove(self) -> None:
+        """Unpin everything and remove the pin directory."""
+        for m in self._maps.values():
+            m.close()
+        self._maps = {}
+        remove_pins(self.pin_dir)
+
+    # ---- config ------------------------------------------------------------------
+
+    def selector(self) -> tuple[int, int]:
+        """(live config slot, CLOCK_MONOTONIC ns of the last switch)."""
+        raw = self.map("cfg_sel").lookup(L.U32.pack(0))
+        if not raw:
+            return 0, 0
+        live, _pad, switched = L.SELECTOR.unpack(raw)
+        return live & 1, switched
+
+    def config(self) -> Config:
+        raw = self.map("cfg").lookup(L.U32.pack(self.selector()[0]))
+        return Config.decode(raw) if raw else Config()
+
+    def wait_recent_switch(self) -> None:
+        """A grace period when the last config switch was less than 5 s ago:
+        what was live then may still be read."""
+        if monotonic_ns() - self.selector()[1] < RECENT_SWITCH_NS:
+            grace_period()
+
+    def write_config(self, cfg: Config) -> None:
+        """Write the idle slot, then switch: a packet sees all of the old
+        config or all of the new one."""
+        live, switched = self.selector()
+        if monotonic_ns() - switched < RECENT_SWITCH_NS:
+            grace_period()  # the idle slot was live moments ago: a packet may still be reading it
+        nxt = live ^ 1
+        self.map("cfg").update(L.U32.pack(nxt), cfg.encode())
+        self.map("cfg_sel").update(L.U32.pack(0), L.SELECTOR.pack(nxt, 0, monotonic_ns()))
+
+    # ---- journal -----------------------------------------------------------------
+
+    def journal(self) -> tuple[L.JournalOp, int, int]:
+        """(op, txn, set id) of the change a writer has under way."""
+        raw = self.map("journal").lookup(L.U32.pack(0))
+        op, txn, sid, _pad = L.JOURNAL.unpack(raw) if raw else (0, 0, 0, 0)
+        return L.JournalOp(op), txn, sid
+
+    def journal_begin(self, op: L.JournalOp, sid: int = 0) -> int:
+        """Record the change about to start; returns its txn (a config written
+        with it commits an apply)."""
+        txn = (self.config().txn + 1) & 0xFFFFFFFF or 1
+        self.map("journal").update(L.U32.pack(0), L.JOURNAL.pack(op, txn, sid, 0))
+        return txn
+
+    def journal_end(self) -> None:
+        self.map("journal").update(L.U32.pack(0), L.JOURNAL.pack(0, 0, 0, 0))
