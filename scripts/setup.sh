@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 want=(libbpf1 iproute2)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux)
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban)
 fi
 if [[ $mode == --bench ]]; then
   want+=(xdp-tools nftables iptables netsniff-ng python3-bpfcc linux-headers-amd64)
@@ -24,7 +24,19 @@ done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
+  # a test tool's service (fail2ban's) must not start on this host, now or at boot: policy-rc.d
+  # exit 101 denies the start to invoke-rc.d and deb-systemd-invoke (an existing one is kept)
+  own_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    own_policy=1 && trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
+  if [[ " ${missing[*]} " == *" fail2ban "* ]]; then
+    update-rc.d fail2ban disable >/dev/null 2>&1 || true
+    deb-systemd-helper disable fail2ban.service >/dev/null 2>&1 || true
+  fi
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
