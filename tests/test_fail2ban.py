@@ -1,0 +1,341 @@
+"""The fail2ban action (contrib/fail2ban/action.d/pyxdp.conf) driven by the real
+fail2ban (Debian's package): a server instance of the test's own (config dir,
+socket, pid file, database and log under a temp dir; never the host's service
+or /etc/fail2ban), a jail whose filter matches a line the test writes, and the
+real pyxdp-load on a veth between two namespaces. A failure line for 10.77.0.1
+bans it: its UDP and ICMP stop reaching 10.77.0.2; unbanip lets them through;
+bans survive a fail2ban restart (restored from its database) with the time
+left, and permanent bans (bantime = -1) carry no timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import IO
+
+import pytest
+from conftest import NetPair, needs_root, sh
+
+pytestmark = needs_root
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NETIO = os.path.join(HERE, "netio.py")
+ACTION = os.path.join(HERE, "..", "contrib", "fail2ban", "action.d", "pyxdp.conf")
+PYXDP = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
+JAIL = "pxt"
+SET = f"f2b-{JAIL}"
+BANNED = "10.77.0.1"  # ns a's address: the sender
+DST = "10.77.0.2"  # ns b's address, where pyxdp is attached (vb)
+
+# Sends ICMP echo requests (raw socket) and prints how many were answered.
+PING = r"""
+import os, select, socket, struct, sys, time
+dst, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident, got = os.getpid() & 0xFFFF, set()
+def csum(b):
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    t = (t >> 16) + (t & 0xFFFF)
+    return ~(t + (t >> 16)) & 0xFFFF
+for seq in range(n):
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"pyxdp-f2b"
+    pkt = body[:2] + struct.pack("!H", csum(body + b"\0")) + body[4:]
+    s.sendto(pkt, (dst, 0))
+    end = time.monotonic() + 0.3
+    while (left := end - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
+        data, (src, _) = s.recvfrom(2048)
+        icmp = data[(data[0] & 15) * 4:]
+        typ, _, _, rid, rseq = struct.unpack("!BBHHH", icmp[:8])
+        if src == dst and typ == 0 and rid == ident:
+            got.add(rseq)
+print(len(got))
+"""
+
+
+def udp_through(pair: NetPair, n: int = 10, port: int = 5000) -> int:
+    """Send ``n`` UDP datagrams a -> b; how many b received."""
+    sh("ip", "-n", pair.a, "neigh", "flush", "all", check=False)
+    rx = subprocess.Popen(["ip", "netns", "exec", pair.b, sys.executable, NETIO, "recv", str(port), "--family", "4",
+                           "--seconds", "1.2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        sh("ip", "netns", "exec", pair.a, sys.executable, NETIO, "send", DST, str(port), str(n))
+        out, _ = rx.communicate(timeout=10)
+    finally:
+        rx.kill()
+        rx.wait()
+    return int(out.split()[1])
+
+
+def icmp_through(pair: NetPair, n: int = 3) -> int:
+    """Send ``n`` echo requests a -> b; how many were answered."""
+    return int(sh("ip", "netns", "exec", pair.a, sys.executable, "-c", PING, DST, str(n)).stdout)
+
+
+def reaches(pair: NetPair) -> tuple[int, int]:
+    return udp_through(pair), icmp_through(pair)
+
+
+class Fail2ban:
+    """One fail2ban server of the test's own, under a temp dir; the jail ``pxt``
+    watches ``self.log`` and bans with the pyxdp action into ``pin_dir``. The
+    action calls pyxdp-load through a wrapper that records each finished call."""
+
+    def __init__(self, pin_dir: str, bantime: int) -> None:
+        self.pin_dir = pin_dir
+        self.dir = tempfile.mkdtemp(prefix="pxt-f2b-")
+        self.conf = os.path.join(self.dir, "conf")
+        self.sock = os.path.join(self.dir, "f2b.sock")
+        self.pidfile = os.path.join(self.dir, "f2b.pid")
+        self.log = os.path.join(self.dir, "auth.log")
+        self.server_log = os.path.join(self.dir, "fail2ban.log")
+        self.calls = os.path.join(self.dir, "calls")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.err: IO[bytes] | None = None
+        for sub in ("action.d", "filter.d"):
+            os.makedirs(os.path.join(self.conf, sub))
+        shutil.copy(ACTION, os.path.join(self.conf, "action.d", "pyxdp.conf"))
+        wrapper = os.path.join(self.dir, "pyxdp-load")
+        # each call's exit status and words, written when it has finished
+        self._write(wrapper, f'#!/bin/sh\n{PYXDP} "$@"\nrc=$?\necho "$rc $*" >>{self.calls}\nexit $rc\n')
+        os.chmod(wrapper, 0o755)
+        self._write(os.path.join(self.conf, "fail2ban.local"), f"""\
+[Definition]
+loglevel = INFO
+logtarget = {self.server_log}
+syslogsocket = auto
+socket = {self.sock}
+pidfile = {self.pidfile}
+dbfile = {os.path.join(self.dir, "fail2ban.sqlite3")}
+dbpurgeage = 1d
+allowipv6 = auto
+""")
+        self._write(os.path.join(self.conf, "filter.d", "pxtest.conf"), """\
+[Definition]
+failregex = ^pxtest-auth failure from <HOST>$
+datepattern = {NONE}
+""")
+        self._write(os.path.join(self.conf, "jail.local"), f"""\
+[{JAIL}]
+enabled = true
+filter = pxtest
+logpath = {self.log}
+backend = polling
+maxretry = 1
+findtime = 600
+bantime = {bantime}
+ignoreself = false
+action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
+""")
+        self._write(self.log, "")
+
+    @staticmethod
+    def _write(path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    def client(self, *words: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("fail2ban-client", "-c", self.conf, "-s", self.sock, *words, check=check)
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.err = open(os.path.join(self.dir, "server.err"), "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            ["fail2ban-server", "-f", "-x", "-c", self.conf, "-s", self.sock, "-p", self.pidfile],
+            stdout=subprocess.DEVNULL, stderr=self.err)
+        self.wait(lambda: self.client("status", JAIL, check=False).returncode == 0, "the jail to start", 15)
+
+    def stop(self) -> None:
+        """A clean stop (fail2ban-client stop): the jail flushes its bans."""
+        if self.proc is None:
+            return
+        self.client("stop", check=False)
+        try:
+            self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:  # did not stop: end the server this test started
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+            if self.err is not None:
+                self.err.close()
+
+    def fail(self, addr: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(f"pxtest-auth failure from {addr}\n")
+
+    def banned_in_f2b(self) -> list[str]:
+        out = self.client("status", JAIL).stdout
+        m = re.search(r"Banned IP list:\s*(.*)", out)
+        return m.group(1).split() if m else []
+
+    def calls_made(self) -> list[str]:
+        if not os.path.exists(self.calls):
+            return []
+        with open(self.calls) as f:
+            return f.read().splitlines()
+
+    def wait(self, cond: Callable[[], bool], what: str, seconds: float = 20) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if cond():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {seconds} s waiting for {what}\n{self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        text = []
+        for path in (self.server_log, os.path.join(self.dir, "server.err")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    text.append(f"--- {os.path.basename(path)} (tail)\n" + "".join(f.readlines()[-40:]))
+        text.append("--- pyxdp-load calls\n" + "\n".join(self.calls_made()))
+        return "\n".join(text)
+
+    def assert_no_errors(self) -> None:
+        """Every action command exited 0 (fail2ban logs any other exit as an ERROR)."""
+        with open(self.server_log) as f:
+            assert " ERROR " not in f.read(), self.diagnostics()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def set_members(pin_dir: str) -> list[str] | None:
+    """The addresses in the jail's pyxdp set (``/32`` dropped), None when the
+    set cannot be listed (e.g. before the first ban created it)."""
+    r = sh(PYXDP, "--pin-dir", pin_dir, "set", "list", SET, check=False)
+    if r.returncode != 0:
+        return None
+    return [line.split()[0].removesuffix("/32") for line in r.stdout.splitlines() if line.strip()]
+
+
+Maker = Callable[[int], Fail2ban]
+
+
+@pytest.fixture
+def f2b(pin_dir: str, netpair: NetPair) -> Iterator[Maker]:
+    """pyxdp attached on ``vb`` in ns b; yields a maker of fail2ban instances
+    (bantime per test). Teardown stops them and detaches, even on failure."""
+    if shutil.which("fail2ban-server") is None or shutil.which("fail2ban-client") is None:
+        pytest.fail("fail2ban is not installed: run scripts/setup.sh --test")
+    made: list[Fail2ban] = []
+
+    def make(bantime: int) -> Fail2ban:
+        made.append(Fail2ban(pin_dir, bantime))
+        return made[-1]
+
+    try:
+        r = sh(PYXDP, "--pin-dir", pin_dir, "attach", netpair.vb, "--netns", netpair.b, check=False)
+        assert r.returncode == 0, f"pyxdp-load attach failed: {r.stderr}"
+        yield make
+    finally:
+        for f in made:
+            f.close()
+        sh(PYXDP, "--pin-dir", pin_dir, "detach", netpair.vb, "--netns", netpair.b, check=False)
+
+
+def banned(f: Fail2ban, pin_dir: str, calls: int) -> Callable[[], bool]:
+    """``calls`` ban commands for BANNED have finished and it is in the set."""
+    return lambda: len(_bans(f)) >= calls and BANNED in (set_members(pin_dir) or [])
+
+
+def unbanned(f: Fail2ban, pin_dir: str) -> Callable[[], bool]:
+    """An unban command for BANNED has finished and it is not in the set."""
+    return lambda: (any(re.search(rf" unban {re.escape(BANNED)}( |$)", c) for c in f.calls_made())
+                    and BANNED not in (set_members(pin_dir) or []))
+
+
+def _ttl_of(call: str) -> int | None:
+    m = re.search(r"--ttl (\d+)", call)
+    return int(m.group(1)) if m else None
+
+
+def _bans(f: Fail2ban) -> list[str]:
+    """The finished ban commands for BANNED, exit status first."""
+    return [c for c in f.calls_made() if re.search(rf" ban {re.escape(BANNED)}( |$)", c)]
+
+
+def test_log_line_bans_packets_stop_unbanip_lets_them_through(f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
+    f = f2b(600)
+    f.start()
+    assert reaches(netpair) == (10, 3)  # nothing banned yet
+
+    f.fail(BANNED)
+    f.wait(banned(f, pin_dir, 1), f"{BANNED} in pyxdp set {SET}")
+    assert f.banned_in_f2b() == [BANNED]
+    assert reaches(netpair) == (0, 0)
+    (ban,) = _bans(f)
+    assert ban.startswith(f"0 --pin-dir {pin_dir} ban {BANNED} --set {SET}"), ban
+    ttl = _ttl_of(ban)
+    assert ttl is not None and 595 <= ttl <= 602, ban  # fail2ban's end of ban, not permanent
+
+    f.client("set", JAIL, "unbanip", BANNED)
+    f.wait(unbanned(f, pin_dir), f"{BANNED} to leave {SET}")
+    assert f.banned_in_f2b() == []
+    assert reaches(netpair) == (10, 3)
+    f.stop()
+    f.assert_no_errors()
+
+
+def test_restart_restores_a_timed_ban_with_the_time_left(f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
+    f = f2b(600)
+    f.start()
+    f.fail(BANNED)
+    f.wait(banned(f, pin_dir, 1), f"{BANNED} in pyxdp set {SET}")
+    banned_at = time.monotonic()
+    assert reaches(netpair) == (0, 0)
+    first = _ttl_of(_bans(f)[0])
+    assert first is not None
+
+    time.sleep(max(0.0, 4.0 - (time.monotonic() - banned_at)))
+    f.stop()  # a clean stop flushes the jail: the set is emptied, packets pass
+    assert set_members(pin_dir) in ([], None)
+    assert udp_through(netpair) == 10
+
+    f.start()  # the ban comes back from fail2ban's database
+    f.wait(banned(f, pin_dir, 2), f"{BANNED} restored into {SET}")
+    elapsed = time.monotonic() - banned_at
+    assert f.banned_in_f2b() == [BANNED]
+    assert reaches(netpair) == (0, 0)
+    bans = _bans(f)
+    assert len(bans) == 2, bans
+    again = _ttl_of(bans[1])
+    # the time left until fail2ban's end of the ban, not a fresh whole bantime
+    assert again is not None and first - int(elapsed) - 3 <= again <= first - 3, (bans, elapsed)
+    with open(f.server_log) as log:
+        assert f"Restore Ban {BANNED}" in log.read()
+    f.stop()
+    f.assert_no_errors()
+
+
+def test_permanent_ban_has_no_timeout_and_survives_restart(f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
+    f = f2b(-1)
+    f.start()
+    assert reaches(netpair) == (10, 3)
+    f.fail(BANNED)
+    f.wait(banned(f, pin_dir, 1), f"{BANNED} in pyxdp set {SET}")
+    assert reaches(netpair) == (0, 0)
+    assert _ttl_of(_bans(f)[0]) is None  # no --ttl: permanent
+
+    f.stop()
+    f.start()
+    f.wait(banned(f, pin_dir, 2), f"{BANNED} restored into {SET}")
+    bans = _bans(f)
+    assert len(bans) == 2 and _ttl_of(bans[1]) is None, bans
+    assert reaches(netpair) == (0, 0)
+
+    f.client("set", JAIL, "unbanip", BANNED)
+    f.wait(unbanned(f, pin_dir), f"{BANNED} to leave {SET}")
+    assert reaches(netpair) == (10, 3)
+    f.stop()
+    f.assert_no_errors()
