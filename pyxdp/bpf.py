@@ -402,10 +402,11 @@ class Program(_Fd):
         """Ids of the maps the program uses (bpf_prog_info.map_ids)."""
         ids = ffi.new("__u32[]", 64)
         buf = ffi.new("char[]", 256)
-        struct.pack_into("=IQ", ffi.buffer(buf), 44, 64, int(ffi.cast("uintptr_t", ids)))
+        # struct bpf_prog_info: nr_map_ids at offset 52, map_ids (a user pointer) at 56
+        struct.pack_into("=IQ", ffi.buffer(buf), 52, 64, int(ffi.cast("uintptr_t", ids)))
         size = ffi.new("__u32 *", 256)
         check(lib.bpf_obj_get_info_by_fd(self.fd, buf, size), "program info")
-        n = struct.unpack_from("=I", ffi.buffer(buf), 44)[0]
+        n = struct.unpack_from("=I", ffi.buffer(buf), 52)[0]
         return [int(ids[i]) for i in range(min(n, 64))]
 
     @classmethod

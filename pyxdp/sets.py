@@ -14,7 +14,7 @@ writer normalises a set whose change died half-way (:func:`recover`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import layout as L
@@ -125,8 +125,17 @@ def names(st: State) -> dict[str, tuple[int, int, int]]:
 
 
 def live_ids(st: State) -> dict[str, int]:
-    """name -> id of every set rules can name now."""
-    return {n: live for n, (live, _s, _p) in sorted(names(st).items()) if live}
+    """name -> id of every set the live rules can name now. While an apply
+    that has switched the config (committed) has not settled the name table
+    yet (it died, or is finishing), its staged ids are the live ones."""
+    op, txn, _sid = st.journal()
+    committed = op == JournalOp.APPLY and txn == st.config().txn
+    out = {}
+    for n, (live, staged, pending) in sorted(names(st).items()):
+        sid = (staged if committed and pending else live)
+        if sid:
+            out[n] = sid
+    return out
 
 
 def info(st: State, sid: int) -> SetInfo:
@@ -159,20 +168,28 @@ def _write_counts(st: State, sid: int, n: Sequence[int]) -> None:
 
 
 def table(st: State) -> dict[str, SetState]:
+    """The sets with their sizes. The size of a set that a change is working
+    on (or that a killed writer left half-changed) is counted from its
+    visible elements: its stored counts are settled only when it ends."""
+    op, _txn, busy = st.journal()
     out = {}
     for name, sid in live_ids(st).items():
+        if op == JournalOp.SET and sid == busy:
+            els = members(st, [sid])[sid]
+            n4 = sum(1 for e in els if e.prefix.family == 4)
+            out[name] = SetState(name, sid, n4, len(els) - n4)
+            continue
         c = counts(st, sid)
         out[name] = SetState(name, sid, sum(c[:33]), sum(c[33:]))
     return out
 
 
-def _walk(st: State, fam: int, sids: set[int]) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every element of ``sids`` in one family (one walk of its hash)."""
-    out = []
+def _walk(st: State, fam: int, sids: set[int]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every element of ``sids`` in one family (one walk of
+    its hash, read in batches: nothing else is held)."""
     for k, v in st.map(_FAM[fam][0]).items(65536):
         if L.U32.unpack_from(k, 4)[0] in sids:
-            out.append((k, v))
-    return out
+            yield k, v
 
 
 def members(st: State, sids: Iterable[int], now: int | None = None) -> dict[int, list[ElementState]]:
@@ -521,7 +538,7 @@ def rebalance(st: State, sid: int) -> None:
         if not out_ and not in_:
             _trie_flag(st, sid, fam, fc)
             continue
-        els = _walk(st, fam, {sid})
+        els = list(_walk(st, fam, {sid}))
         tname = _FAM[fam][1]
         for n in out_:
             keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
@@ -648,24 +665,29 @@ def normalize(st: State, sid: int) -> None:
 
 def recover(st: State, rule_txn_live: int) -> None:
     """Finish or undo what a dead writer left (the journal names it), then
-    free ids left draining or staged. ``rule_txn_live``: the txn of the live
-    config (an apply whose txn it carries has committed)."""
+    settle set ids: an id a name uses is LIVE; any other id that is not FREE
+    (staged by a dead apply, draining, made by a dead create) is drained.
+    ``rule_txn_live``: the txn of the live config (an apply whose txn it
+    carries has committed). Writes nothing when there is nothing to do."""
     op, txn, sid = st.journal()
-    by_name = names(st)
     if op == JournalOp.SET and sid:
         normalize(st, sid)
-        if not any(sid in v[:2] for v in by_name.values()):
-            drain(st, {sid})
     elif op == JournalOp.APPLY:
         finish_apply(st, committed=txn == rule_txn_live)
-        by_name = names(st)
-    elif op == JournalOp.DESTROY and sid:
-        drain(st, {sid})
-    st.journal_end()
-    referenced = {x for v in by_name.values() for x in v[:2] if x}
-    orphans = {s for s, si in all_info(st).items()
-               if si.state in (IdState.DRAINING, IdState.STAGED) or (si.state == IdState.LIVE and s not in referenced)}
-    drain(st, orphans)
+    # a destroy commits when it deletes the name: before that it is undone
+    # (nothing else changed), after it the orphan scan below drains the id
+    if op != JournalOp.NONE:
+        st.journal_end()
+    used = {v[0] for v in names(st).values() if v[0]}
+    orphans = set()
+    for s, si in all_info(st).items():
+        if s in used and si.state != IdState.LIVE:
+            _write_info(st, s, si._replace(state=IdState.LIVE))
+        elif s not in used and si.state != IdState.FREE:
+            orphans.add(s)
+    if orphans:
+        grace_period()  # a rule generation that named them may have been live moments ago
+        drain(st, orphans)
 
 
 def finish_apply(st: State, committed: bool) -> set[int]:
@@ -678,9 +700,9 @@ def finish_apply(st: State, committed: bool) -> set[int]:
             continue
         keep, drop = (staged, live) if committed else (live, staged)
         if keep:
-            nm.update(_name_key(name), L.SET_NAME_VAL.pack(keep, 0, 0, 0))
-            if committed:
+            if committed:  # the id is LIVE before the name points at it alone
                 _write_info(st, keep, info(st, keep)._replace(state=IdState.LIVE))
+            nm.update(_name_key(name), L.SET_NAME_VAL.pack(keep, 0, 0, 0))
         else:
             nm.delete(_name_key(name))
         if drop:

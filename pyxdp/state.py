@@ -238,6 +238,20 @@ def _old_layout(pin_dir: str) -> bool:
     return any(os.path.exists(os.path.join(pin_dir, n)) for n in OLD_LAYOUT_NAMES)
 
 
+def _complete(pin_dir: str) -> bool:
+    """Whether ``pin_dir`` holds whole state: its layout record is pinned and
+    written (it is written last when state is made, removed first)."""
+    path = os.path.join(pin_dir, "meta")
+    if not os.path.exists(path):
+        return False
+    try:
+        with Map.from_pin(path) as m:
+            raw = m.lookup(L.U32.pack(0))
+    except BpfError:
+        return False
+    return bool(raw) and L.META.unpack(raw)[0] != 0
+
+
 def _no_state(pin_dir: str) -> None:
     """Raise the error for a pin directory without (complete) state."""
     if _old_layout(pin_dir):
@@ -245,7 +259,7 @@ def _no_state(pin_dir: str) -> None:
             f"{pin_dir} holds state of pyxdp 0.1 (before one rule list and sets): this version cannot use it. "
             "Write down its entries and rules, detach every interface with pyxdp 0.1 (or, once nothing is "
             f"attached, rm -r {pin_dir}), then attach again (see CHANGELOG.md)")
-    if os.path.exists(os.path.join(pin_dir, "cfg")):
+    if os.path.exists(os.path.join(pin_dir, "cfg")) or os.path.exists(os.path.join(pin_dir, "meta")):
         raise NotLoaded(f"incomplete pyxdp state in {pin_dir} (a process died making or removing it): "
                         "'pyxdp-load attach IFACE' starts afresh")
     raise NotLoaded(f"no pyxdp state in {pin_dir}: run 'pyxdp-load attach IFACE' first "
@@ -294,7 +308,7 @@ class State:
         if not pin_dir:
             raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
         pin_dir = os.path.abspath(pin_dir)
-        if not os.path.exists(os.path.join(pin_dir, "meta")) and (not create or _old_layout(pin_dir)):
+        if not _complete(pin_dir) and (not create or _old_layout(pin_dir)):
             _no_state(pin_dir)
         if create:
             made_dir = _prepare_dir(pin_dir)
@@ -307,7 +321,7 @@ class State:
         st = cls(pin_dir, lk)
         created = False
         try:
-            if not os.path.exists(os.path.join(pin_dir, "meta")):
+            if not _complete(pin_dir):
                 if not create:
                     _no_state(pin_dir)  # removed while we waited for the lock
                 remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
