@@ -223,3 +223,48 @@ def test_ttl_through_the_api_is_clamped_like_the_cli_and_a_negative_one_refused(
         flt.ban(["192.0.2.2"], ttl=-1)
     with pytest.raises(UsageError):
         flt.set_add("s", ["192.0.2.3"], ttl=-1)
+
+
+def test_state_of_another_layout_version_is_refused(pin_dir: str) -> None:
+    """Issue 9 case 7: state whose layout record says another version (an enum
+    renumbered, a field moved: map shapes alone would not tell) is refused,
+    by the API and by the CLI (one line, exit 1), and nothing is changed."""
+    from pyxdp import IncompatibleMap
+    from pyxdp import layout as L
+    from pyxdp.bpf import Map
+
+    with Filter.open(pin_dir, create=True) as flt:
+        flt.add_rule("deny 22/tcp")
+    with Map.from_pin(os.path.join(pin_dir, "meta")) as meta:
+        raw = meta[L.U32.pack(0)]
+        _layout, words, build = L.META.unpack(raw)
+        meta.update(L.U32.pack(0), L.META.pack(L.PYXDP_LAYOUT + 1, words, build))
+        with pytest.raises(IncompatibleMap, match=f"layout version {L.PYXDP_LAYOUT + 1}"):
+            Filter.open(pin_dir)
+        r = subprocess.run([BIN, "--pin-dir", pin_dir, "allow", "80/tcp"], capture_output=True, text=True, env=env())
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "layout version" in r.stderr, r.stderr
+        meta.update(L.U32.pack(0), raw)
+    with Filter.open(pin_dir) as flt:
+        assert [str(r.rule) for r in flt.rules()] == ["deny proto tcp to any port 22"]
+
+
+def test_testers_dropped_without_close_warn_and_release_what_they_hold(flt: Filter) -> None:
+    """Issue 9 case 8: testers left unclosed (a loaded program and a 1 MiB ring
+    each) warn when collected and free what they hold: memory stays flat."""
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:"))
+
+    for _ in range(5):  # warm up
+        flt.tester().close()
+    gc.collect()
+    before = rss_kib()
+    with pytest.warns(ResourceWarning, match="unclosed pyxdp Tester"):
+        for _ in range(60):
+            t = flt.tester()
+            t.run(P.udp4("192.0.2.1"))
+            del t
+            gc.collect()
+    grown = rss_kib() - before
+    assert grown < 30 * 1024, f"RSS grew by {grown} KiB over 60 unclosed testers"
