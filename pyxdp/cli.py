@@ -246,7 +246,10 @@ def cmd_set(args: argparse.Namespace) -> int:
     if op == "list":
         with _open(args, lock=False) as flt:
             if words:
-                _print_members(flt.set_members(words[0]), args.json)
+                members = flt.set_members(words[0])
+                _print_members(members, args.json)
+                if not members and not args.json:
+                    print(f"set @{words[0].lstrip('@')} is empty")
                 return 0
             sets = flt.sets()
         for st in sets:

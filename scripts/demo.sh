@@ -59,7 +59,7 @@ sleep 0.5
 step "nothing denied yet: everything arrives"
 traffic 10.88.0.2 5000
 
-step "a ufw-style ordered rule list: the office may reach port 5001, nobody else"
+step "a ufw-style ordered rule list: the office (10.88.0.0/24, where the sender is) may reach port 5001, nobody else"
 show $X allow proto udp from 10.88.0.0/24 to any port 5001
 show $X deny 5001/udp
 traffic 10.88.0.2 5000 5001
@@ -74,7 +74,8 @@ sleep 3.5
 traffic 10.88.0.2 5000 5001
 show $X set list banned
 
-step "an allowlist: drop by default, one port open; ARP and IPv6 neighbour discovery keep working"
+step "an allowlist: drop by default; the office's IPv6 network gets port 5001 too (insert puts it before the deny); ARP and IPv6 neighbour discovery keep working"
+show $X insert 3 allow proto udp from fd88::/64 to any port 5001
 show $X policy drop
 ip -n $A neigh flush all
 traffic 10.88.0.2 5000 5001
