@@ -248,8 +248,8 @@ def cmd_set(args: argparse.Namespace) -> int:
             if words:
                 members = flt.set_members(words[0])
                 _print_members(members, args.json)
-                if not members and not args.json:
-                    print(f"set @{words[0].lstrip('@')} is empty")
+                if not members and not args.json:  # on stderr: stdout stays one element a line for scripts
+                    print(f"set @{words[0].lstrip('@')} is empty", file=sys.stderr)
                 return 0
             sets = flt.sets()
         for st in sets:
