@@ -374,6 +374,11 @@ class State:
             raise IncompatibleMap(f"state in {self.pin_dir} has layout version {layout}; this pyxdp knows "
                                   f"{L.PYXDP_LAYOUT}: use the pyxdp that made it, or detach everywhere and attach "
                                   "again")
+        words = L.META.unpack(raw)[1] if raw else 0
+        if words * 64 != self.rule_capacity:  # the rule vectors' shape says otherwise: another build made it
+            raise IncompatibleMap(f"state in {self.pin_dir} was made by another build of pyxdp (map rvec holds "
+                                  f"{self.map('rvec').spec.value_size}-byte vectors for {words * 64} rules): "
+                                  "detach everywhere and attach again")
 
     def close(self) -> None:
         for m in self._maps.values():
