@@ -35,7 +35,7 @@ _EXPORTS = {
     "PyxdpError": "errors", "UsageError": "errors", "BpfError": "errors", "BpfPermissionError": "errors",
     "VerifierError": "errors", "KeyNotFound": "errors", "MapFull": "errors", "IncompatibleMap": "errors",
     "NotLoaded": "errors", "AttachError": "errors", "LibbpfMissing": "errors", "UnsafeState": "errors",
-    "LockTimeout": "errors", "NotPrivileged": "errors",
+    "LockTimeout": "errors", "NotPrivileged": "errors", "RuleExists": "errors",
     "load_object": "generic", "unload": "generic",
 }
 
@@ -70,6 +70,7 @@ __all__ = [
     "ReplayResult",
     "RingBuffer",
     "Rule",
+    "RuleExists",
     "RuleSetSpec",
     "RuleState",
     "SetState",
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
         NotLoaded,
         NotPrivileged,
         PyxdpError,
+        RuleExists,
         UnsafeState,
         UsageError,
         VerifierError,

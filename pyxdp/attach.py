@@ -93,9 +93,8 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
             recs = recorded(st)
             rec = recs.get((netns, ifst.ifindex))
             pinned_id = _pinned_id(st)
-            if ifst.prog_id == prog.id:
-                used = ifst.mode
-            elif ifst.prog_id:
+            key = _iface_key(ifst.ifindex, netns)
+            if ifst.prog_id and ifst.prog_id != prog.id:
                 ours = (rec is not None and rec.prog_id == ifst.prog_id) or ifst.prog_id == pinned_id or uses_state(
                     st, ifst.prog_id)
                 if not ours and not force:
@@ -105,17 +104,28 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
                         f"{ifname} already runs XDP program {ifst.prog_id} ({other}), not this pyxdp filter; "
                         "--force replaces it",
                     )
-                with Program.from_id(ifst.prog_id) as old:
-                    want = ifst.mode if mode is XdpMode.AUTO else mode
-                    used = nl.attach(ifname, prog.fd, want or XdpMode.AUTO, replace_fd=old.fd)
-            else:
-                used = nl.attach(ifname, prog.fd, mode, force=force)
+            # a new interface is recorded before the netlink call: a writer killed right after attaching leaves
+            # a record, so the next detach of the last interface does not remove state an interface runs on
+            if rec is None:
+                want = mode if mode is not XdpMode.AUTO else XdpMode.AUTO
+                st.map("ifaces").update(key, L.IFACE_VAL.pack(ifname.encode(), MODES.index(want.value), prog.id))
+            try:
+                if ifst.prog_id == prog.id:
+                    used = ifst.mode
+                elif ifst.prog_id:
+                    with Program.from_id(ifst.prog_id) as old:
+                        want = ifst.mode if mode is XdpMode.AUTO else mode
+                        used = nl.attach(ifname, prog.fd, want or XdpMode.AUTO, replace_fd=old.fd)
+                else:
+                    used = nl.attach(ifname, prog.fd, mode, force=force)
+            except BaseException:
+                if rec is None:
+                    st.map("ifaces").delete(key)
+                raise
             assert used is not None
             if fresh:
                 pin_program(prog, st.pin_dir)  # only once it runs: a failed attach changes nothing
-            st.map("ifaces").update(
-                _iface_key(ifst.ifindex, netns), L.IFACE_VAL.pack(ifname.encode(), MODES.index(used.value), prog.id)
-            )
+            st.map("ifaces").update(key, L.IFACE_VAL.pack(ifname.encode(), MODES.index(used.value), prog.id))
             if reload:  # every interface recorded runs the new program too
                 for (ns, idx), a in recs.items():
                     if (ns, idx) != (netns, ifst.ifindex) and a.prog_id != prog.id:

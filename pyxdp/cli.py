@@ -177,11 +177,16 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _add_rule(args: argparse.Namespace, words: list[str], position: int | None) -> int:
+    from .errors import RuleExists
     from .rules import parse_rule_words
 
     rule = parse_rule_words(words)
     with _open(args) as flt:
-        num = flt.add_rule(rule, position)
+        try:
+            num = flt.add_rule(rule, position)
+        except RuleExists as exc:  # as ufw: not an error, nothing changes
+            print(f"Skipping adding existing rule (number {exc.number}): {rule}")
+            return 0
     if not getattr(args, "quiet", False):
         print(f"rule {num}: {rule}")
     return 0

@@ -15,6 +15,14 @@ class UsageError(PyxdpError, ValueError):
     """Bad input from the caller: an address, port, interface name, file."""
 
 
+class RuleExists(UsageError):
+    """The rule is in the list already (``number``); the CLI skips it, as ufw does."""
+
+    def __init__(self, msg: str, number: int) -> None:
+        super().__init__(msg)
+        self.number = number
+
+
 class BpfError(PyxdpError, OSError):
     """A libbpf or kernel call failed; ``errno`` holds the kernel's errno."""
 

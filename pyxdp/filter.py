@@ -18,7 +18,7 @@ from . import sets as S
 from .errors import UsageError
 from .layout import Verdict
 from .prefix import Prefix, parse_prefix
-from .rules import Rule, parse_rule
+from .rules import Rule, parse_rule, parse_set_name
 from .state import DEFAULT_PIN_DIR, Config, State, signals_deferred
 
 if TYPE_CHECKING:
@@ -216,7 +216,13 @@ class Filter:
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
         self._st.require_lock()
         with signals_deferred():
-            return S.change(self._st, S.create(self._st, name), add=keys, ttl=ttl)
+            made = parse_set_name(name) not in S.live_ids(self._st)
+            sid = S.create(self._st, name)
+            try:
+                return S.change(self._st, sid, add=keys, ttl=ttl)
+            except Exception:  # a failed add changes nothing: a set made for it goes again
+                self._undo_made(name if made else None, 0)
+                raise
 
     def set_remove(self, name: str, prefixes: Iterable[str | Prefix], missing_ok: bool = False) -> ChangeResult:
         """Remove prefixes from a set, all or nothing: each must be in it
@@ -253,12 +259,25 @@ class Filter:
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
         self._st.require_lock()
         with signals_deferred():
+            made = name not in S.live_ids(self._st)
             sid = S.create(self._st, name)
             num = 0
-            if name not in referenced_sets(self._st):
-                num = add_rule(self._st, parse_rule(f"deny from @{name}"), 1)
-            res = S.change(self._st, sid, add=keys, ttl=ttl)
+            try:
+                if name not in referenced_sets(self._st):
+                    num = add_rule(self._st, parse_rule(f"deny from @{name}"), 1)
+                res = S.change(self._st, sid, add=keys, ttl=ttl)
+            except Exception:  # a failed ban changes nothing: take back the rule and set it made
+                self._undo_made(name if made else None, num)
+                raise
         return BanResult(res.added, res.refreshed, num)
+
+    def _undo_made(self, made_set: str | None, rule_number: int) -> None:
+        from .ruleset import delete_rules
+
+        if rule_number:
+            delete_rules(self._st, [rule_number])
+        if made_set is not None:
+            S.destroy(self._st, made_set)
 
     def unban(self, prefixes: Iterable[str | Prefix], set: str = BANNED) -> ChangeResult:
         """Remove from set ``set``; an address not banned is reported, not an error."""
@@ -289,9 +308,9 @@ class Filter:
         if self._st.locked:
             self.set_trace(every)
             return
-        from .state import _lock
+        from .state import writer_lock
 
-        lk = _lock(self.pin_dir)
+        lk = writer_lock(self.pin_dir)
         try:
             self._st.write_config(self._st.config()._replace(trace_every=every))
         finally:

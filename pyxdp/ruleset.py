@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import layout as L
 from . import sets as S
-from .errors import BpfError, UsageError
+from .errors import BpfError, RuleExists, UsageError
 from .layout import RULE_TEXT, JournalOp, Verdict
 from .rulefile import Element, RuleSetSpec
 from .rules import Rule, parse_rule, parse_set_name
@@ -233,7 +233,7 @@ def add_rule(st: State, rule: Rule, position: int | None = None) -> int:
     live = live_rules(st)
     rules = [r for _id, r in live]
     if rule in rules:
-        raise UsageError(f"rule exists (number {rules.index(rule) + 1}): {rule}")
+        raise RuleExists(f"rule exists (number {rules.index(rule) + 1}): {rule}", rules.index(rule) + 1)
     if position is None:
         position = len(rules) + 1
     if not 1 <= position <= len(rules) + 1:

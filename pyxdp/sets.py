@@ -13,12 +13,14 @@ writer normalises a set whose change died half-way (:func:`recover`)."""
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import layout as L
-from .errors import MapFull, UsageError
+from .errors import BpfError, MapFull, UsageError
 from .layout import HASHED_MAX, MAX_SETS, IdState, JournalOp
 from .prefix import Prefix, check_ttl
 from .rules import parse_set_name
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 SMALL_SET = 1024  # below this many elements in a family, any length may be hashed
 SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's elements
-RISK_NS = 2_000_000_000  # an element this close to expiry may meet the sweeper: refresh it under hold
 _FAM = {4: ("elem4", "trie4", L.RKEY4, 0, 32), 6: ("elem6", "trie6", L.RKEY6, 33, 128)}
 
 
@@ -151,20 +152,70 @@ def _write_info(st: State, sid: int, si: SetInfo) -> None:
     st.map("sets").update(L.U32.pack(sid), si.encode())
 
 
+def _ledger(st: State, sid: int) -> list[int]:
+    """The control plane's own tally per length slot: elements it inserted
+    minus those it deleted (only it writes this map)."""
+    raw = st.map("counts").lookup(L.U32.pack(sid))
+    return list(L.LEN_COUNTS.unpack(raw)) if raw else [0] * L.LEN_SLOTS
+
+
+def _swept(st: State, sid: int) -> list[int]:
+    raw = st.map("swept").lookup(L.U32.pack(sid))
+    return list(L.LEN_COUNTS.unpack(raw)) if raw else [0] * L.LEN_SLOTS
+
+
 def counts(st: State, sid: int) -> list[int]:
-    """Elements per length slot (IPv4 /n at n, IPv6 /n at 33 + n)."""
-    mine = st.map("counts").lookup(L.U32.pack(sid))
-    swept = st.map("swept").lookup(L.U32.pack(sid))
-    a = L.LEN_COUNTS.unpack(mine) if mine else (0,) * L.LEN_SLOTS
-    b = L.LEN_COUNTS.unpack(swept) if swept else (0,) * L.LEN_SLOTS
-    return [max(0, x - y) for x, y in zip(a, b)]
+    """Elements per length slot (IPv4 /n at n, IPv6 /n at 33 + n): the
+    control plane's tally minus what the sweeper removed. Exact, because each
+    side counts only deletions it made itself."""
+    return [max(0, x - y) for x, y in zip(_ledger(st, sid), _swept(st, sid))]
+
+
+def _bump(st: State, sid: int, fam: int, by_len: dict[int, int]) -> None:
+    """Add ``by_len`` (prefix length -> change) to the tally of one family."""
+    if not any(by_len.values()):
+        return
+    base = _FAM[fam][3]
+    raw = _ledger(st, sid)
+    for n, d in by_len.items():
+        raw[base + n] += d
+    st.map("counts").update(L.U32.pack(sid), L.LEN_COUNTS.pack(*raw))
 
 
 def _write_counts(st: State, sid: int, n: Sequence[int]) -> None:
-    """Store per-length counts ``n`` (what is there): the sweeper's tally is added back."""
-    swept = st.map("swept").lookup(L.U32.pack(sid))
-    b = L.LEN_COUNTS.unpack(swept) if swept else (0,) * L.LEN_SLOTS
-    st.map("counts").update(L.U32.pack(sid), L.LEN_COUNTS.pack(*(x + y for x, y in zip(n, b))))
+    """Set the tally so that counts() says ``n`` (what is there now; the
+    caller makes sure the sweeper is not removing anything of the set)."""
+    st.map("counts").update(L.U32.pack(sid), L.LEN_COUNTS.pack(*(x + y for x, y in zip(n, _swept(st, sid)))))
+
+
+def _by_len(keys: Iterable[bytes]) -> dict[int, int]:
+    """Prefix length -> how many of the (short or full) keys have it."""
+    out: dict[int, int] = {}
+    for k in keys:
+        out[k[0] - 32] = out.get(k[0] - 32, 0) + 1  # plen is the key's first (little-endian) byte
+    return out
+
+
+@contextmanager
+def sweeper_held(st: State, held: bool = True) -> Iterator[None]:
+    """Keep the sweeper from walking while the block runs (and wait out a
+    walk under way): what the block reads of elements stays true."""
+    if not held:
+        yield
+        return
+    _set_hold(st, 1)
+    try:
+        grace_period()
+        yield
+    finally:
+        _set_hold(st, 0)
+
+
+def _set_hold(st: State, hold: int) -> None:
+    ctl = st.map("sweep_ctl")
+    raw = ctl.lookup(L.U32.pack(0)) or L.SWEEP_CTL.pack(0, 0, 0)
+    hint, seq, _hold = L.SWEEP_CTL.unpack(raw)
+    ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, hold))
 
 
 def table(st: State) -> dict[str, SetState]:
@@ -317,33 +368,27 @@ class KeySet:
         return len(self.keys[4]) + len(self.keys[6])
 
 
-def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | None = None,
-           remove: Iterable[Prefix] = (), missing_ok: bool = False) -> ChangeResult:
-    """Add (or refresh) and remove elements of set ``sid`` in one commit.
-    ``ttl``: seconds the added elements live (None or 0: permanent). A
-    prefix to remove that is not there is refused, or with ``missing_ok``
-    reported in the result. All or nothing. Keys stay in KeySet's short form
-    (no set id) and are completed batch by batch as they are written, so a
-    million prefixes take little memory."""
-    ttl = check_ttl(ttl)
-    now = monotonic_ns()
-    expires = now + ttl * 1_000_000_000 if ttl else 0
-    adds = (add if isinstance(add, KeySet) else KeySet.of(add)).keys
-    drops: dict[int, dict[bytes, Prefix]] = {4: {}, 6: {}}
-    for p in remove:
-        k = L.U32.pack(32 + p.plen) + p.addr
-        if k in adds[p.family]:
-            raise UsageError(f"{p} is both added and removed")
-        drops[p.family][k] = p
-    si = info(st, sid)
+HOLD_MARGIN_NS = 600 * 1_000_000_000  # touching an element expiring sooner than this holds the sweeper
+
+
+class _Plan(NamedTuple):
+    new_keys: dict[int, list[bytes]]  # absent now: inserted
+    rewrite: dict[int, dict[bytes, bytes]]  # there now: rewritten (refreshed, made anew, or marked removed)
+    gone: dict[int, list[bytes]]  # marked removed; deleted after the commit
+    missing: list[Prefix]
+    added: int
+    refreshed: int
+    expiring: bool  # an element it touches may expire (and meet the sweeper) while it works
+
+
+def _plan(st: State, sid: int, si: SetInfo, adds: dict[int, set[bytes]], drops: dict[int, dict[bytes, Prefix]],
+          expires: int, now: int, missing_ok: bool) -> _Plan:
     epoch = si.epoch + 1
-    cnt = counts(st, sid)
     fresh_value = L.ELEM.pack(expires, 0, epoch, 0)
-    # family -> (new keys, {key: value} of rewritten ones, keys removed); short keys
-    plan: dict[int, tuple[list[bytes], dict[bytes, bytes], list[bytes]]] = {}
-    missing: list[Prefix] = []
+    cnt = counts(st, sid)
+    plan = _Plan({}, {}, {}, [], 0, 0, False)
     added = refreshed = 0
-    risky: dict[int, dict[bytes, bytes]] = {}
+    expiring = False
     for fam in (4, 6):
         hname, _t, _kst, base, maxlen = _FAM[fam]
         if not adds[fam] and not drops[fam]:
@@ -360,14 +405,12 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
                 new_keys.append(k)
                 continue
             e_old, hits, born, _until = L.ELEM.unpack(v)
+            expiring = expiring or bool(e_old and e_old < now + HOLD_MARGIN_NS)
             if _visible(v, si.epoch, now):
                 rewrite[k] = L.ELEM.pack(expires, hits, born, 0)
                 refreshed += 1
-                if e_old and e_old - now < RISK_NS:
-                    risky.setdefault(fam, {})[k] = rewrite[k]  # the sweeper may be about to remove it
             else:
                 rewrite[k] = fresh_value  # expired, not yet swept: made anew
-                risky.setdefault(fam, {})[k] = fresh_value
                 added += 1
         added += len(new_keys)
         gone: list[bytes] = []
@@ -376,33 +419,77 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
             if v is None or not _visible(v, si.epoch, now):
                 if not missing_ok:
                     raise UsageError(f"{p} is not in the set")
-                missing.append(p)
+                plan.missing.append(p)
                 continue
             e, hits, born, _until = L.ELEM.unpack(v)
+            expiring = expiring or bool(e and e < now + HOLD_MARGIN_NS)
             rewrite[k] = L.ELEM.pack(e, hits, born, epoch)
             gone.append(k)
         m = st.map(hname)
         if new_keys and len(new_keys) + _map_total(st, fam) > m.spec.max_entries:
             raise MapFull(28, f"set elements: map {hname} is full ({m.spec.max_entries} per family)")
         if new_keys or rewrite:
-            plan[fam] = (new_keys, rewrite, gone)
-    if not plan:
-        return ChangeResult(0, 0, 0, tuple(missing))
+            plan.new_keys[fam] = new_keys
+            plan.rewrite[fam] = rewrite
+            plan.gone[fam] = gone
+    return plan._replace(added=added, refreshed=refreshed, expiring=expiring)
 
+
+def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | None = None,
+           remove: Iterable[Prefix] = (), missing_ok: bool = False) -> ChangeResult:
+    """Add (or refresh) and remove elements of set ``sid`` in one commit.
+    ``ttl``: seconds the added elements live (None or 0: permanent). A
+    prefix to remove that is not there is refused, or with ``missing_ok``
+    reported in the result. All or nothing. Keys stay in KeySet's short form
+    (no set id) and are completed batch by batch as they are written, so a
+    million prefixes take little memory.
+
+    The sweeper may remove expired elements meanwhile: a change that touches
+    an element expiring within HOLD_MARGIN_NS holds it first (and reads
+    again), so that what it read stays true; removals are counted only for
+    the elements this change itself deleted."""
+    ttl = check_ttl(ttl)
+    now = monotonic_ns()
+    expires = now + ttl * 1_000_000_000 if ttl else 0
+    adds = (add if isinstance(add, KeySet) else KeySet.of(add)).keys
+    drops: dict[int, dict[bytes, Prefix]] = {4: {}, 6: {}}
+    for p in remove:
+        k = L.U32.pack(32 + p.plen) + p.addr
+        if k in adds[p.family]:
+            raise UsageError(f"{p} is both added and removed")
+        drops[p.family][k] = p
+    si = info(st, sid)
+    plan = _plan(st, sid, si, adds, drops, expires, now, missing_ok)
+    if not plan.rewrite:
+        return ChangeResult(0, 0, 0, tuple(plan.missing))
+    with sweeper_held(st, plan.expiring):
+        if plan.expiring:  # read again: the sweeper may have removed some of it before the hold
+            plan = _plan(st, sid, si, adds, drops, expires, now, missing_ok)
+        removed = _apply_plan(st, sid, si, plan, expires)
+    if expires:
+        _hint_sweeper(st, expires)
+    st.journal_end()
+    rebalance(st, sid)
+    return ChangeResult(plan.added, plan.refreshed, removed, tuple(plan.missing))
+
+
+def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> int:
+    """Write a planned change: new elements (invisible), rewrites, removal
+    marks, trie copies and layout, then the commit, then the deletions.
+    Returns how many elements were removed."""
+    epoch = si.epoch + 1
+    fresh_value = L.ELEM.pack(expires, 0, epoch, 0)
     st.journal_begin(JournalOp.SET, sid)
-    for fam, (new_keys, rewrite, _gone) in plan.items():
-        hname, tname, _kst, base, _maxlen = _FAM[fam]
+    for fam in plan.rewrite:
+        new_keys, rewrite = plan.new_keys[fam], plan.rewrite[fam]
+        hname, tname, _kst, _base, _maxlen = _FAM[fam]
         m = st.map(hname)
         _write_keys(m, sid, new_keys, fresh_value)
+        lens = _by_len(new_keys)
+        _bump(st, sid, fam, lens)
         if rewrite:
             ks = list(rewrite)
             _write_keys(m, sid, ks, [rewrite[k] for k in ks])
-        lens: dict[int, int] = {}
-        for k in new_keys:
-            lens[k[0] - 32] = lens.get(k[0] - 32, 0) + 1  # the key's plen (little-endian, < 256)
-        for n, c in lens.items():
-            cnt[base + n] += c
-        _write_counts(st, sid, cnt)
         # a new length takes a free hash slot (most populous first); otherwise it goes to the trie
         hashed = si.hashed(fam)
         slots = list(si.lens4 if fam == 4 else si.lens6)
@@ -418,55 +505,45 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
             if not si.trie(fam):
                 si = si.with_trie(fam, True)
                 _write_info(st, sid, si)
-    si = si._replace(epoch=epoch)
-    _write_info(st, sid, si)  # the commit: new elements appear, removed ones vanish
+    _write_info(st, sid, si._replace(epoch=epoch))  # the commit: new elements appear, removed ones vanish
     removed = 0
-    for fam, (_n, _r, gone) in plan.items():
+    for fam, gone in plan.gone.items():
         if gone:
-            hname, tname, _kst, base, _maxlen = _FAM[fam]
+            hname, tname, _kst, _base, _maxlen = _FAM[fam]
             delete_all(st.map(tname), _full(sid, gone))
-            delete_all(st.map(hname), _full(sid, gone))
+            deleted = _delete_exact(st.map(hname), _full(sid, gone))  # the sweeper may have taken some
+            _bump(st, sid, fam, {n: -c for n, c in _by_len(deleted).items()})
             removed += len(gone)
-            cnt = counts(st, sid)
-            for k in gone:
-                cnt[base + k[0] - 32] -= 1
-            _write_counts(st, sid, [max(0, c) for c in cnt])
-    if risky:
-        _rewrite_held(st, sid, risky)
-    if expires:
-        _hint_sweeper(st, expires)
-    st.journal_end()
-    rebalance(st, sid)
-    return ChangeResult(added, refreshed, removed, tuple(missing))
+    return removed
 
 
-def _rewrite_held(st: State, sid: int, writes: dict[int, dict[bytes, bytes]]) -> None:
-    """Elements this change rewrote that the sweeper may have removed
-    meanwhile (they were about to expire, or had): hold the sweeper, wait out
-    a walk under way, and write back those that are gone."""
-    ctl = st.map("sweep_ctl")
-    raw = ctl.lookup(L.U32.pack(0)) or L.SWEEP_CTL.pack(0, 0, 0)
-    hint, seq, _hold = L.SWEEP_CTL.unpack(raw)
-    ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, 1))
-    try:
-        grace_period()
-        si = info(st, sid)
-        cnt = counts(st, sid)
-        for fam, w in writes.items():
-            hname, tname, _kst, base, _maxlen = _FAM[fam]
-            m = st.map(hname)
-            hashed = si.hashed(fam)
-            for k, v in w.items():
-                full = _full(sid, [k])[0]
-                if m.lookup(full) is None:
-                    expires, hits, _born, until = L.ELEM.unpack(v)
-                    m.update(full, L.ELEM.pack(expires, hits, si.epoch, until))
-                    cnt[base + k[0] - 32] += 1
-                    if k[0] - 32 not in hashed:
-                        st.map(tname).update(full, k[:4])
-        _write_counts(st, sid, cnt)
-    finally:
-        ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, 0))
+def _delete_exact(m: Map, keys: list[bytes]) -> list[bytes]:
+    """Delete ``keys``; returns those that were there (deleted by this call)."""
+    deleted: list[bytes] = []
+    pos = 0
+    while pos < len(keys):
+        chunk = keys[pos : pos + BATCH]
+        try:
+            m.delete_batch(b"".join(chunk))
+            deleted += chunk
+            pos += len(chunk)
+        except BpfError as exc:
+            done: int = getattr(exc, "done", 0)
+            if exc.errno != errno.ENOENT:
+                if done == 0 and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, 524):
+                    for k in chunk:  # no batch op for this map
+                        try:
+                            m.delete(k)
+                            deleted.append(k)
+                        except BpfError as one:
+                            if one.errno != errno.ENOENT:
+                                raise
+                    pos += len(chunk)
+                    continue
+                raise
+            deleted += chunk[:done]  # the batch stops at the key that is not there
+            pos += done + 1
+    return deleted
 
 
 def _hint_sweeper(st: State, expires: int) -> None:
@@ -480,6 +557,8 @@ def _hint_sweeper(st: State, expires: int) -> None:
     seen = L.SWEEP_STATE.unpack_from(sw, len(sw) - L.SWEEP_STATE.size)[1] if sw else seq
     if seen != seq and hint:  # the last hint is still pending
         expires = min(expires, hint)
+    # one word per write (the sweeper reads them apart): the hint first, then the new seq that makes it count
+    ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(expires, seq, hold))
     ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(expires, (seq + 1) & 0xFFFFFFFF, hold))
 
 
@@ -611,16 +690,23 @@ def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGE
     return sid
 
 
+def _trie_keys(st: State, fam: int, sids: set[int]) -> list[bytes]:
+    """Keys of the trie of one family that belong to ``sids`` (a walk of the
+    trie: LPM tries have no batch reads)."""
+    return [k for k in st.map(_FAM[fam][1]) if L.U32.unpack_from(k, 4)[0] in sids]
+
+
 def drain(st: State, sids: set[int]) -> None:
-    """Remove every element of ``sids`` and free the ids (nothing may refer to them)."""
+    """Remove every element (and trie copy) of ``sids`` and free the ids
+    (nothing may refer to them)."""
     if not sids:
         return
     for sid in sids:
         _write_info(st, sid, info(st, sid)._replace(state=IdState.DRAINING))
     for fam in (4, 6):
+        delete_all(st.map(_FAM[fam][1]), _trie_keys(st, fam, sids))
         keys = [k for k, _v in _walk(st, fam, sids)]
         if keys:
-            delete_all(st.map(_FAM[fam][1]), keys)
             delete_all(st.map(_FAM[fam][0]), keys)
     for sid in sids:
         _write_counts(st, sid, [0] * L.LEN_SLOTS)
@@ -630,36 +716,40 @@ def drain(st: State, sids: set[int]) -> None:
 def normalize(st: State, sid: int) -> None:
     """Make set ``sid`` consistent after a writer died inside a change:
     undo uncommitted additions and removal marks, finish committed removals,
-    count the elements anew, and rebuild the trie copies."""
-    si = info(st, sid)
-    cnt = [0] * L.LEN_SLOTS
-    for fam in (4, 6):
-        hname, tname, _kst, base, _maxlen = _FAM[fam]
-        m = st.map(hname)
-        dead: list[bytes] = []
-        keep: list[bytes] = []
-        for k, v in _walk(st, fam, {sid}):
-            expires, hits, born, until = L.ELEM.unpack(v)
-            if born > si.epoch or (until and until <= si.epoch):
-                dead.append(k)
-                continue
-            if until:
-                m.update(k, L.ELEM.pack(expires, hits, born, 0))
-            keep.append(k)
-            cnt[base + L.U32.unpack_from(k)[0] - 32] += 1
-        delete_all(st.map(tname), dead)
-        delete_all(m, dead)
-        hashed = si.hashed(fam)
-        t = st.map(tname)
-        stale = [k for k in t if L.U32.unpack_from(k, 4)[0] == sid and L.U32.unpack_from(k)[0] - 32 in hashed]
-        delete_all(t, stale)
-        to_trie = [k for k in keep if L.U32.unpack_from(k)[0] - 32 not in hashed]
-        if to_trie:
-            write_all(t, to_trie, [k[:4] for k in to_trie])
-            if not si.trie(fam):
-                si = si.with_trie(fam, True)
-                _write_info(st, sid, si)
-    _write_counts(st, sid, cnt)
+    count the elements anew, and rebuild the trie copies (dropping copies of
+    hashed lengths and copies without an element). The sweeper is held
+    meanwhile, so the count is exact."""
+    with sweeper_held(st):
+        si = info(st, sid)
+        cnt = [0] * L.LEN_SLOTS
+        for fam in (4, 6):
+            hname, tname, _kst, base, _maxlen = _FAM[fam]
+            m = st.map(hname)
+            dead: list[bytes] = []
+            keep: list[bytes] = []
+            for k, v in _walk(st, fam, {sid}):
+                expires, hits, born, until = L.ELEM.unpack(v)
+                if born > si.epoch or (until and until <= si.epoch):
+                    dead.append(k)
+                    continue
+                if until:
+                    m.update(k, L.ELEM.pack(expires, hits, born, 0))
+                keep.append(k)
+                cnt[base + k[0] - 32] += 1
+            delete_all(st.map(tname), dead)
+            delete_all(m, dead)
+            hashed = si.hashed(fam)
+            t = st.map(tname)
+            kept = set(keep)
+            stale = [k for k in _trie_keys(st, fam, {sid}) if k[0] - 32 in hashed or k not in kept]
+            delete_all(t, stale)
+            to_trie = [k for k in keep if k[0] - 32 not in hashed]
+            if to_trie:
+                write_all(t, to_trie, [k[:4] for k in to_trie])
+                if not si.trie(fam):
+                    si = si.with_trie(fam, True)
+                    _write_info(st, sid, si)
+        _write_counts(st, sid, cnt)
     rebalance(st, sid)
 
 
@@ -678,6 +768,9 @@ def recover(st: State, rule_txn_live: int) -> None:
     # (nothing else changed), after it the orphan scan below drains the id
     if op != JournalOp.NONE:
         st.journal_end()
+    ctl = st.map("sweep_ctl").lookup(L.U32.pack(0))
+    if ctl and L.SWEEP_CTL.unpack(ctl)[2]:
+        _set_hold(st, 0)  # we hold the writers' lock: a hold left set is a dead writer's
     used = {v[0] for v in names(st).values() if v[0]}
     orphans = set()
     for s, si in all_info(st).items():

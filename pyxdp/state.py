@@ -282,7 +282,7 @@ def remove_pins(pin_dir: str, keep_dir: bool = False) -> None:
         pass
 
 
-def _lock(pin_dir: str) -> DirLock:
+def writer_lock(pin_dir: str) -> DirLock:
     """The writers' lock; a writer that has to wait says so on stderr."""
     import sys
 
@@ -317,7 +317,7 @@ class State:
 
             made_dir = False
             check_pin_dir(pin_dir, STATE_NAMES)
-        lk = _lock(pin_dir) if lock or create else None
+        lk = writer_lock(pin_dir) if lock or create else None
         st = cls(pin_dir, lk)
         created = False
         try:

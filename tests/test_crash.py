@@ -1135,3 +1135,31 @@ def test_symlinked_pin_dir_is_refused(pin_dir: str) -> None:
         assert "192.0.2.5/32" not in saved(pin_dir).set_dict()["banned"]
     finally:
         os.unlink(link)
+
+
+def test_a_writer_killed_while_holding_the_sweeper_does_not_stop_expiry(pin_dir: str) -> None:
+    """Re-banning an element close to expiry holds the kernel's sweeper while
+    the change runs. Killed right after setting the hold (its first map
+    write), the hold would stop expiry for good: the next writer clears it,
+    and an element with a short TTL then leaves kernel memory by itself."""
+    from pyxdp import Filter
+    from pyxdp import layout as L
+
+    cli(pin_dir, "--create", "ban", "-q", "192.0.2.7", "--ttl", "30")
+    r = cli(pin_dir, "ban", "-q", "192.0.2.7", "--ttl", "100", kill=1)  # expiring within the margin: holds
+    assert r.returncode == KILLED, r.stderr
+    with Filter.open(pin_dir, lock=False) as flt:
+        hold = L.SWEEP_CTL.unpack(flt.state.map("sweep_ctl")[L.U32.pack(0)])[2]
+    assert hold == 1, "the kill did not land while the sweeper was held"
+    assert cli(pin_dir, "ban", "-q", "198.51.100.9", "--ttl", "1").returncode == 0  # recovers first
+    with Filter.open(pin_dir, lock=False) as flt:
+        assert L.SWEEP_CTL.unpack(flt.state.map("sweep_ctl")[L.U32.pack(0)])[2] == 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            keys = [k for k in flt.state.map("elem4")]
+            if len(keys) == 1:
+                break
+            time.sleep(0.2)
+        assert len(keys) == 1, "the expired element stayed in kernel memory"
+        assert [str(e.prefix) for e in flt.set_members("banned")] == ["192.0.2.7/32"]
+        assert [(s.n4, s.n6) for s in flt.sets()] == [(1, 0)]

@@ -268,3 +268,19 @@ def test_testers_dropped_without_close_warn_and_release_what_they_hold(flt: Filt
             gc.collect()
     grown = rss_kib() - before
     assert grown < 30 * 1024, f"RSS grew by {grown} KiB over 60 unclosed testers"
+
+
+def test_a_failed_first_ban_leaves_neither_rule_nor_set(pin_dir: str) -> None:
+    """A ban that fails (here: the element maps are full) changes nothing:
+    the 'deny from @banned' rule and the set it made for itself go again."""
+    from pyxdp import MapFull
+
+    with Filter.open(pin_dir, create=True, capacity=2) as flt:
+        with pytest.raises(MapFull):
+            flt.ban(["192.0.2.1", "192.0.2.2", "192.0.2.3"])
+        assert flt.rules() == [] and flt.sets() == []
+        flt.set_add("keep", ["192.0.2.1"])
+        with pytest.raises(MapFull):
+            flt.set_add("new", ["198.51.100.1", "198.51.100.2"])
+        assert [s.name for s in flt.sets()] == ["keep"]
+        assert flt.ban(["192.0.2.9"]).rule == 1  # and a ban that fits works
