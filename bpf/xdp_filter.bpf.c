@@ -126,6 +126,35 @@ struct {
 	PINNED;
 } events SEC(".maps");
 
+/*
+ * The control plane's RCU grace period: writing rcu_token's fd into rcu_sync
+ * (a map-in-map) makes the kernel return only once no BPF program that may
+ * have read the old data still runs (synchronize_rcu): a packet's run, a
+ * test run, a sweeper walk. Never read here.
+ */
+struct rcu_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	PINNED;
+} rcu_token SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	PINNED;
+	__array(values, struct rcu_inner); /* last: a flexible array */
+} rcu_sync SEC(".maps");
+
 /* Control-plane bookkeeping of attached interfaces; never read here. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -297,5 +297,5 @@ def apply(st: State, spec: RuleSetSpec) -> None:
     old = S.finish_apply(st, committed=True)
     st.journal_end()
     if old:
-        grace_period()  # packets that read the old generation may still look up the old sets
+        grace_period(st)  # packets that read the old generation may still look up the old sets
         S.drain(st, old)

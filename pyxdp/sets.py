@@ -205,7 +205,7 @@ def sweeper_held(st: State, held: bool = True) -> Iterator[None]:
         return
     _set_hold(st, 1)
     try:
-        grace_period()
+        grace_period(st)
         yield
     finally:
         _set_hold(st, 0)
@@ -637,7 +637,7 @@ def rebalance(st: State, sid: int) -> None:
             _write_info(st, sid, si)
             moved += [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
         if moved:
-            grace_period()  # packets that read the old layout may still look in the trie
+            grace_period(st)  # packets that read the old layout may still look in the trie
             delete_all(st.map(tname), moved)
         _trie_flag(st, sid, fam, fc)
 
@@ -779,7 +779,7 @@ def recover(st: State, rule_txn_live: int) -> None:
         elif s not in used and si.state != IdState.FREE:
             orphans.add(s)
     if orphans:
-        grace_period()  # a rule generation that named them may have been live moments ago
+        grace_period(st)  # a rule generation that named them may have been live moments ago
         drain(st, orphans)
 
 

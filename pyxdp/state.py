@@ -31,7 +31,7 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
-               "set_names", "counts", "swept", "sweeper", "sweep_ctl")
+               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync")
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 PROG_PIN = "prog"
 DEFAULT_CAPACITY = 1 << 20  # set elements per family
@@ -50,20 +50,29 @@ _MEMBARRIER = {"x86_64": 324, "aarch64": 283}  # syscall numbers
 MEMBARRIER_CMD_GLOBAL = 1
 
 
-def grace_period() -> None:
-    """Wait until no BPF program (a packet's run, a sweeper walk) can still
-    be reading data written before now. XDP programs and BPF timer callbacks
-    run inside RCU read-side sections, and membarrier(MEMBARRIER_CMD_GLOBAL)
-    returns after synchronize_rcu()."""
+def grace_period(st: State) -> None:
+    """Wait until no BPF program (a packet's run, a test run, a sweeper walk)
+    can still be reading data written before now. Writing into the state's
+    map-in-map ``rcu_sync`` returns only after the kernel's synchronize_rcu()
+    (it must know no program still uses the old inner map); XDP programs,
+    test runs and BPF timer callbacks all run inside RCU read-side sections.
+    Where that fails, membarrier(MEMBARRIER_CMD_GLOBAL) (synchronize_rcu when
+    more than one CPU is online), else a wait far longer than any run."""
+    try:
+        token = st.map("rcu_token")
+        st.map("rcu_sync").update(L.U32.pack(0), L.U32.pack(token.fd))
+        return
+    except (BpfError, KeyError):
+        pass
     import ctypes
     import platform
 
     nr = _MEMBARRIER.get(platform.machine())
     if nr is not None:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+        if libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 and (os.cpu_count() or 1) > 1:
             return
-    time.sleep(0.05)  # no membarrier: a wait far longer than any program's run
+    time.sleep(0.05)
 
 
 @contextmanager
@@ -438,14 +447,14 @@ class State:
         """A grace period when the last config switch was less than 5 s ago:
         what was live then may still be read."""
         if monotonic_ns() - self.selector()[1] < RECENT_SWITCH_NS:
-            grace_period()
+            grace_period(self)
 
     def write_config(self, cfg: Config) -> None:
         """Write the idle slot, then switch: a packet sees all of the old
         config or all of the new one."""
         live, switched = self.selector()
         if monotonic_ns() - switched < RECENT_SWITCH_NS:
-            grace_period()  # the idle slot was live moments ago: a packet may still be reading it
+            grace_period(self)  # the idle slot was live moments ago: a packet may still be reading it
         nxt = live ^ 1
         self.map("cfg").update(L.U32.pack(nxt), cfg.encode())
         self.map("cfg_sel").update(L.U32.pack(0), L.SELECTOR.pack(nxt, 0, monotonic_ns()))

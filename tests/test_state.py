@@ -284,3 +284,16 @@ def test_a_failed_first_ban_leaves_neither_rule_nor_set(pin_dir: str) -> None:
             flt.set_add("new", ["198.51.100.1", "198.51.100.2"])
         assert [s.name for s in flt.sets()] == ["keep"]
         assert flt.ban(["192.0.2.9"]).rule == 1  # and a ban that fits works
+
+
+def test_grace_period_goes_through_the_map_in_map(flt: Filter) -> None:
+    """The control plane's RCU grace period is the kernel's synchronize_rcu
+    after a map-in-map update (not membarrier, which skips it on one CPU):
+    after it, rcu_sync holds rcu_token."""
+    from pyxdp import layout as L
+    from pyxdp.state import grace_period
+
+    st = flt.state
+    grace_period(st)
+    inner_id = L.U32.unpack(st.map("rcu_sync")[L.U32.pack(0)])[0]  # a map-in-map lookup gives the inner map's id
+    assert inner_id == st.map("rcu_token").id
