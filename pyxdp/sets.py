@@ -674,7 +674,9 @@ def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGE
         hname, tname, _kst, base, maxlen = _FAM[fam]
         m = st.map(hname)
         if len(items) + _map_total(st, fam) > m.spec.max_entries:
-            raise MapFull(28, f"set elements: map {hname} is full ({m.spec.max_entries} per family)")
+            raise MapFull(28, f"set elements: map {hname} is full ({m.spec.max_entries} per family): apply writes "
+                              "each set beside the one it replaces, so the element maps need room for both "
+                              "(attach --capacity N when the state is made)")
         hashed = plan_hashed(cnt[base : base + maxlen + 1], set())
         si = si.with_slots(fam, tuple(sorted(n + 1 for n in hashed)) + (0,) * (HASHED_MAX - len(hashed)))
         ks = list(items)
