@@ -277,25 +277,38 @@ def referenced_sets(st: State) -> set[str]:
 
 def apply(st: State, spec: RuleSetSpec) -> None:
     """Replace rules, sets and (when given) the policy in one switch. Each
-    set of ``spec`` is staged under a new id first; the config switch that
-    installs the rules commits it all (it carries the journal's txn). A
-    writer killed before the switch leaves nothing a packet sees; the next
-    writer drops what was staged (or, after the switch, finishes)."""
+    set of ``spec`` is staged under a new id first, except a set whose
+    elements are the ones the running set of that name has (it keeps its id,
+    its elements their hit counters, and takes the file's timeouts after the
+    switch); the config switch that installs the rules commits it all (it
+    carries the journal's txn). A writer killed before the switch leaves
+    nothing a packet sees; the next writer drops what was staged (or, after
+    the switch, finishes)."""
     st.require_lock()
+    live = S.live_ids(st)
+    keep: dict[str, int] = {}
+    for name, elements in spec.sets.items():
+        sid = live.get(parse_set_name(name))
+        if sid and S.same_members(st, sid, S.KeySet.of(e.prefix for e in elements)):
+            keep[parse_set_name(name)] = sid
     txn = st.journal_begin(JournalOp.APPLY)
-    new_ids: dict[str, int] = {}
+    new_ids: dict[str, int] = dict(keep)
     try:
         for name, elements in spec.sets.items():
-            new_ids[parse_set_name(name)] = S.stage(st, elements)
+            if parse_set_name(name) not in keep:
+                new_ids[parse_set_name(name)] = S.stage(st, elements)
         S.mark_apply(st, new_ids)
         install(st, spec.rules, policy=spec.policy, set_ids=new_ids, txn=txn)
     except BaseException:
         S.finish_apply(st, committed=False)
-        S.drain(st, set(new_ids.values()))
+        S.drain(st, {sid for name, sid in new_ids.items() if name not in keep})
         st.journal_end()
         raise
     old = S.finish_apply(st, committed=True)
     st.journal_end()
+    for name, elements in spec.sets.items():
+        if parse_set_name(name) in keep:
+            S.set_timeouts(st, keep[parse_set_name(name)], elements)
     if old:
         grace_period(st)  # packets that read the old generation may still look up the old sets
         S.drain(st, old)

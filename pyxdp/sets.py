@@ -562,6 +562,61 @@ def _hint_sweeper(st: State, expires: int) -> None:
     ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(expires, (seq + 1) & 0xFFFFFFFF, hold))
 
 
+def same_members(st: State, sid: int, keys: KeySet) -> bool:
+    """Whether set ``sid``'s visible elements are exactly ``keys``."""
+    now = monotonic_ns()
+    epoch = info(st, sid).epoch
+    seen = 0
+    for fam in (4, 6):
+        want = keys.keys[fam]
+        for k, v in _walk(st, fam, {sid}):
+            if not _visible(v, epoch, now):
+                continue
+            if k[:4] + k[8:] not in want:
+                return False
+            seen += 1
+    return seen == len(keys)
+
+
+def set_timeouts(st: State, sid: int, elements: Sequence[Element]) -> None:
+    """Give the elements of set ``sid`` the timeouts of ``elements`` (the same
+    prefixes; membership does not change, so this needs no commit). The
+    sweeper is held meanwhile; an element it removed just before comes back."""
+    now = monotonic_ns()
+    want: dict[int, dict[bytes, int]] = {4: {}, 6: {}}
+    for e in elements:
+        ttl = check_ttl(e.ttl)
+        want[e.prefix.family][L.U32.pack(32 + e.prefix.plen) + e.prefix.addr] = now + ttl * 1_000_000_000 if ttl else 0
+    with sweeper_held(st):
+        si = info(st, sid)
+        for fam in (4, 6):
+            hname, tname, _kst, _base, _maxlen = _FAM[fam]
+            todo = dict(want[fam])
+            keys: list[bytes] = []
+            vals: list[bytes] = []
+            for k, v in _walk(st, fam, {sid}):
+                exp = todo.pop(k[:4] + k[8:], None)
+                if exp is None:
+                    continue
+                old_exp, hits, born, until = L.ELEM.unpack(v)
+                if old_exp != exp:
+                    keys.append(k)
+                    vals.append(L.ELEM.pack(exp, hits, born, until))
+            write_all(st.map(hname), keys, vals)
+            if todo:  # expired and removed by the sweeper since the apply compared them: back they come
+                back = list(todo)
+                _write_keys(st.map(hname), sid, back, [L.ELEM.pack(todo[k], 0, si.epoch, 0) for k in back])
+                _bump(st, sid, fam, _by_len(back))
+                trie = [k for k in back if k[0] - 32 not in si.hashed(fam)]
+                _write_keys(st.map(tname), sid, trie, [k[:4] for k in trie])
+                if trie and not si.trie(fam):
+                    si = si.with_trie(fam, True)
+                    _write_info(st, sid, si)
+    soonest = min((x for w in want.values() for x in w.values() if x), default=0)
+    if soonest:
+        _hint_sweeper(st, soonest)
+
+
 # ---- placement ---------------------------------------------------------------------
 
 
@@ -794,6 +849,8 @@ def finish_apply(st: State, committed: bool) -> set[int]:
         if not pending:
             continue
         keep, drop = (staged, live) if committed else (live, staged)
+        if drop == keep:  # a set the apply kept as it was
+            drop = 0
         if keep:
             if committed:  # the id is LIVE before the name points at it alone
                 _write_info(st, keep, info(st, keep)._replace(state=IdState.LIVE))

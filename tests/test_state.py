@@ -297,3 +297,31 @@ def test_grace_period_goes_through_the_map_in_map(flt: Filter) -> None:
     grace_period(st)
     inner_id = L.U32.unpack(st.map("rcu_sync")[L.U32.pack(0)])[0]  # a map-in-map lookup gives the inner map's id
     assert inner_id == st.map("rcu_token").id
+
+
+def test_reapplying_a_set_unchanged_keeps_it_in_place(pin_dir: str) -> None:
+    """apply writes each set beside the one it replaces, which needs room for
+    both; a set whose elements did not change keeps its id instead (and its
+    hit counters), and takes the file's timeouts. Here the element maps hold
+    64 elements: a 40-element set re-applied from 'save' still fits."""
+    from pyxdp import format_ruleset, parse_ruleset
+
+    with Filter.open(pin_dir, create=True, capacity=64) as flt:
+        flt.set_add("big", [f"10.0.{i}.0/24" for i in range(40)], ttl=600)
+        flt.add_rule("deny from @big")
+        sid = flt.sets()[0].id
+        prog = flt.program()
+        assert prog.test_run(P.udp4("10.0.3.9")).retval == 1  # XDP_DROP, and a hit on 10.0.3.0/24
+        prog.close()
+        text = format_ruleset(flt.ruleset())
+        spec = parse_ruleset(text.replace("ttl 600", "ttl 7200").replace("ttl 599", "ttl 7200"))
+        flt.apply(spec)  # same elements: kept in place
+        (st,) = flt.sets()
+        assert (st.id, st.n4) == (sid, 40)
+        members = {str(e.prefix): e for e in flt.set_members("big")}
+        assert members["10.0.3.0/24"].hits == 1
+        assert all(e.expires_in is not None and e.expires_in > 7000 for e in members.values())
+        changed = parse_ruleset(text.replace('"10.0.39.0/24', '"10.1.39.0/24'))
+        with pytest.raises(Exception, match="room for both"):  # a changed set is written beside the old one
+            flt.apply(changed)
+        assert flt.sets()[0].id == sid and len(flt.set_members("big")) == 40  # nothing changed
