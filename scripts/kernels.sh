@@ -104,22 +104,20 @@ mkinitrd() {
     rm -rf "$ird"; mkdir -p "$ird"/{bin,mods,proc,sys,dev,newroot}
     cp "$BB" "$ird/bin/busybox"
     : >"$ird/mods/order"
-    # modules.dep lists each module's dependencies transitively; load them last-first
-    for m in virtio_pci 9pnet_virtio 9p; do
-        dep=$(awk -v m="$m" -F': *' '{n=$1; sub(/.*\//,"",n); sub(/\.ko.*/,"",n); gsub(/-/,"_",n)} n==m {print $2" "$1; exit}' "$mdir/modules.dep")
-        for f in $(echo "$dep" | tr ' ' '\n' | tac); do
-            [ -n "$f" ] || continue
-            local b; b=$(basename "$f"); b=${b%%.ko*}.ko
-            grep -qx "$b" "$ird/mods/order" && continue
-            case $f in
-                *.xz) xz -dc "$mdir/$f" >"$ird/mods/$b" ;;
-                *.zst) zstd -qdc "$mdir/$f" >"$ird/mods/$b" ;;
-                *.gz) gzip -dc "$mdir/$f" >"$ird/mods/$b" ;;
-                *) cp "$mdir/$f" "$ird/mods/$b" ;;
-            esac
-            echo "$b" >>"$ird/mods/order"
+    # resolve dependencies from each module's own "depends=" (no depmod needed); load deps first
+    modcat() { case $1 in *.xz) xz -dc "$1" ;; *.zst) zstd -qdc "$1" ;; *.gz) gzip -dc "$1" ;; *) cat "$1" ;; esac; }
+    addmod() {
+        local name=$1 f b d
+        grep -qx "$name.ko" "$ird/mods/order" && return 0
+        f=$(find "$mdir/kernel" -name "$name.ko*" -o -name "${name//_/-}.ko*" | head -1)
+        [ -n "$f" ] || return 0   # built in
+        modcat "$f" >"$ird/mods/$name.ko"
+        for d in $(grep -a -o 'depends=[^[:cntrl:]]*' "$ird/mods/$name.ko" | head -1 | sed 's/depends=//; s/,/ /g'); do
+            addmod "${d//-/_}"
         done
-    done
+        echo "$name.ko" >>"$ird/mods/order"
+    }
+    for m in virtio_pci 9pnet_virtio 9p; do addmod $m; done
     cat >"$ird/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
