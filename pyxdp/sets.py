@@ -672,29 +672,35 @@ def rebalance(st: State, sid: int) -> None:
         if not out_ and not in_:
             _trie_flag(st, sid, fam, fc)
             continue
-        els = list(_walk(st, fam, {sid}))
-        tname = _FAM[fam][1]
-        for n in out_:
-            keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
-            write_all(st.map(tname), keys, [k[:4] for k in keys])
-            if not si.trie(fam):  # one change per write: the trie flag, then the slot
-                si = si.with_trie(fam, True)
-                _write_info(st, sid, si)
-            slots[slots.index(n + 1)] = 0
-            si = si.with_slots(fam, tuple(slots))
-            _write_info(st, sid, si)
-        moved: list[bytes] = []
-        for n in in_:
-            if 0 not in slots:
-                break
-            slots[slots.index(0)] = n + 1
-            si = si.with_slots(fam, tuple(slots))
-            _write_info(st, sid, si)
-            moved += [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
-        if moved:
-            grace_period(st)  # packets that read the old layout may still look in the trie
-            delete_all(st.map(tname), moved)
+        with sweeper_held(st):  # the copies come from a snapshot of the elements: keep it true
+            _move(st, sid, fam, si, slots, out_, in_)
         _trie_flag(st, sid, fam, fc)
+
+
+def _move(st: State, sid: int, fam: int, si: SetInfo, slots: list[int], out_: list[int], in_: list[int]) -> None:
+    """Lengths ``out_`` leave the hash probes for the trie, ``in_`` come in."""
+    els = list(_walk(st, fam, {sid}))
+    tname = _FAM[fam][1]
+    for n in out_:
+        keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
+        write_all(st.map(tname), keys, [k[:4] for k in keys])
+        if not si.trie(fam):  # one change per write: the trie flag, then the slot
+            si = si.with_trie(fam, True)
+            _write_info(st, sid, si)
+        slots[slots.index(n + 1)] = 0
+        si = si.with_slots(fam, tuple(slots))
+        _write_info(st, sid, si)
+    moved: list[bytes] = []
+    for n in in_:
+        if 0 not in slots:
+            break
+        slots[slots.index(0)] = n + 1
+        si = si.with_slots(fam, tuple(slots))
+        _write_info(st, sid, si)
+        moved += [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
+    if moved:
+        grace_period(st)  # packets that read the old layout may still look in the trie
+        delete_all(st.map(tname), moved)
 
 
 def _trie_flag(st: State, sid: int, fam: int, fc: Sequence[int]) -> None:

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Boot Debian's own kernel packages in qemu with this machine's root file
 # system (read-only, over virtio-9p) and run pyxdp inside each:
+#   programs  each program of the object (xdp_filter, sweep_start) verified alone
 #   load   the shipped object at the default rule capacity and at 8,192 rules
 #   replay a pcap with known verdicts (rules, a ban, a malformed frame, ARP, IPv6)
 #   pytest tests/test_verdicts.py tests/test_model.py
@@ -24,7 +25,7 @@ CACHE=${PYXDP_KERNEL_CACHE:-/var/cache/pyxdp-kernels}
 VENV=${PYXDP_VENV:-$ROOT/.venv}
 MEM=${PYXDP_VM_MEM:-3G}
 TIMEOUT=${PYXDP_VM_TIMEOUT:-2400}    # seconds for one whole boot + run
-PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q -p no:cacheprovider tests/test_verdicts.py tests/test_model.py"}
+PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q --color=no -p no:cacheprovider tests/test_verdicts.py tests/test_model.py"}
 
 # label  suite-the-metapackage-comes-from  expectation (pass | fail: documented unsupported)
 KERNELS="
@@ -38,7 +39,7 @@ newest trixie-backports   pass
 command -v qemu-system-x86_64 >/dev/null || apt-get install -y qemu-system-x86
 for t in dpkg-deb xz zstd gzip; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 2; }; done
 
-mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs}
+mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs,rows}
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 SRC=$RUN/pyxdp.sources
 QEMU_PID=
@@ -66,9 +67,11 @@ APT=(-o "Dir::Etc::SourceList=$SRC" -o "Dir::Etc::SourceParts=$RUN/none"
      -o "Dir::State::Lists=$CACHE/apt/lists" -o "Dir::Cache=$CACHE/apt/cache"
      -o "APT::Sandbox::User=root")
 mkdir -p "$RUN/none"
-# Refresh the private lists at most once a day.
-if [ -z "$(find "$CACHE/apt/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
+# Refresh the private lists at most once a day, or when the suites above change.
+if ! cmp -s "$SRC" "$CACHE/apt/sources.used" ||
+   [ -z "$(find "$CACHE/apt/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
     apt-get "${APT[@]}" -q update >/dev/null
+    cp "$SRC" "$CACHE/apt/sources.used"
 fi
 
 fetch() {  # fetch PKG...: into $CACHE/debs unless present
@@ -153,6 +156,7 @@ step() {
     timeout ${TIMEOUT} "\$@" </dev/null 2>&1; local rc=\$?
     echo "@@END \$name rc=\$rc"
 }
+step programs python $RUN/checks.py programs
 step load-default python $RUN/checks.py load
 step load-8192 python $RUN/checks.py load 8192
 step replay python $RUN/checks.py replay
@@ -169,10 +173,39 @@ from pyxdp.pcap import read_pcap, write_pcap
 sys.path.insert(0, os.path.join(os.path.dirname(pyxdp.__file__), "..", "tests"))
 import packets as P
 
+if sys.argv[1] == "programs":
+    # each program of the shipped object verified on its own: shows every
+    # program's first error, not only the first program's
+    from pyxdp.bpf import BpfObject
+    from pyxdp.state import OBJECT_PATH
+    with BpfObject(OBJECT_PATH) as obj:
+        names = list(obj._progs)
+    bad = 0
+    for name in names:
+        try:
+            with BpfObject(OBJECT_PATH) as obj:
+                obj.only_program(name)
+                obj.load()
+            print(f"program {name}: loaded")
+        except pyxdp.VerifierError as e:
+            bad += 1
+            print(f"program {name}: VerifierError: {e.cause()}")
+            print("\n".join("    " + ln for ln in e.log.rstrip().splitlines()[-6:]))
+        except pyxdp.PyxdpError as e:
+            bad += 1
+            print(f"program {name}: {type(e).__name__}: {e}")
+    sys.exit(1 if bad else 0)
+
 if sys.argv[1] == "load":
     rules = int(sys.argv[2]) if len(sys.argv) > 2 else None
     pin = "/sys/fs/bpf/k" + (str(rules) if rules else "")
-    f = pyxdp.Filter.open(pin, create=True, with_program=True, rules=rules)
+    try:
+        f = pyxdp.Filter.open(pin, create=True, with_program=True, rules=rules)
+    except pyxdp.VerifierError as e:
+        print(f"{type(e).__name__}: {e}")
+        print("verifier log, last 12 lines:")
+        print("\n".join("    " + ln for ln in e.log.rstrip().splitlines()[-12:]))
+        sys.exit(1)
     f.close()
     print("loaded", pin, "rules", rules or "default")
     sys.exit(0)
@@ -221,7 +254,7 @@ FAILED=0
 while read -r label suite expect; do
     [ -n "$label" ] || continue
     [ "$WANT" = "  " ] || [[ $WANT == *" $label "* ]] || continue
-    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; echo "| $label | (not found in $suite) | - | - | not run | |" >>"$RES"; continue; }
+    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; echo "| $label | $(date -u +%F) | (not found in $suite) | not run | | | |" >>"$RES"; FAILED=1; continue; }
     img=${pkgs%% *}
     fetch $pkgs
     kver=${img#linux-image-}
@@ -252,14 +285,14 @@ while read -r label suite expect; do
     # per step: rc and the first error line (verifier cause, exception, failed test)
     summary=$(tr -d '\r' <"$log" | awk '
         /^@@BEGIN / {step=$2; first=""; n=0; next}
-        /^@@END /   {rc=$3; sub(/rc=/,"",rc); r[step]=rc; if (rc!=0) e[step]=first; order=order" "step; step=""; next}
+        /^@@END /   {rc=$3; sub(/rc=/,"",rc); r[step]=rc; if (rc!=0) e[step]=(sfirst!="" ? sfirst : first); order=order" "step; step=""; sfirst=""; next}
+        step=="pytest" && sfirst=="" && /^(FAILED|ERROR) tests/ {sfirst=$0}
         step!="" && first=="" && /(not supported|[Ii]nvalid|unknown func|[Pp]ermission|[Ee]rror|FAILED|failed|Traceback|rejected|cannot|Errno)/ {
             if ($0 !~ /^Traceback/) first=$0 }
         step!="" && /^[A-Za-z_.]+(Error|Exception): / && first=="" {first=$0}
-        step=="pytest" && /^=+ .*(passed|failed|error).* =+$|^[0-9]+ (passed|failed)/ {pyline=$0}
+        step=="pytest" && /(passed|failed|error|errors)( ,|,| in [0-9.]+s)/ {pyline=$0; gsub(/=/,"",pyline); gsub(/^ +| +$/,"",pyline)}
         END {
             split(order, s, " "); out=""; err="";
-            for (i in s) {}
             n=split(order, s, " ")
             for (i=1;i<=n;i++) { k=s[i]; out=out k "=" (r[k]==0?"ok":"FAIL(" r[k] ")") " "; if (r[k]!=0 && err=="") err=k ": " e[k] }
             if (pyline!="") out=out "[pytest: " pyline "]"
@@ -268,17 +301,18 @@ while read -r label suite expect; do
     steps=${summary%%$'\t'*}; err=${summary#*$'\t'}
     if grep -q '^@@DONE' <(tr -d '\r' <"$log") && ! grep -q 'FAIL' <<<"$steps"; then result=pass; else result=fail; fi
     grep -q '^@@DONE' <(tr -d '\r' <"$log") || { err=${err:-"guest did not finish (see $log)"}; steps="${steps:-none} (incomplete)"; }
-    printf '| %s | %s (%s, %s) | %s | %s | %s s | %s |\n' "$label" "$(tr -d '\r' <"$log" | sed -n 's/^@@KERNEL \([^ ]*\).*/\1/p' | head -1)" \
+    printf '| %s | %s | %s (%s, %s) | %s | %s | %s s | %s |\n' "$label" "$(date -u +%F)" "$(tr -d '\r' <"$log" | sed -n 's/^@@KERNEL \([^ ]*\).*/\1/p' | head -1)" \
         "$debver" "$suite" "$result" "$steps" "$secs" "${err//|/\\|}" >>"$RES"
     tail -1 "$RES" >&2
+    tail -1 "$RES" >"$CACHE/rows/$label"
     [ "$expect" = pass ] && [ "$result" != pass ] && FAILED=1
 done <<<"$KERNELS"
 
 {
     echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, libbpf $LIBBPF, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
     echo
-    echo "| label | kernel (Debian version, suite) | result | steps | time | first error line |"
-    echo "|---|---|---|---|---|---|"
-    cat "$RES"
+    echo "| label | date | kernel (Debian version, suite) | result | steps | boot+run | first error line |"
+    echo "|---|---|---|---|---|---|---|"
+    while read -r label _; do [ -z "$label" ] || cat "$CACHE/rows/$label" 2>/dev/null || true; done <<<"$KERNELS"
 } | tee "$CACHE/results.md"
 exit $FAILED
