@@ -10,6 +10,7 @@
 #
 #   sudo bash scripts/kernels.sh                 # every kernel in KERNELS below
 #   sudo bash scripts/kernels.sh 6.1 6.12        # only these labels
+#   bash scripts/kernels.sh --report             # the table of the last results, nothing booted
 #
 # Idempotent: kernel packages are fetched once with `apt-get download` through
 # a private apt configuration (its own sources file, lists and cache under
@@ -34,6 +35,27 @@ KERNELS="
 6.12  trixie-security     pass
 newest trixie-backports   pass
 "
+
+tree_line() {  # what was tested: the commit, and the object's hash
+    echo "Last run on tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- pyxdp bpf tests 2>/dev/null || echo ' (pyxdp/bpf/tests modified)'), pyxdp/xdp_filter.bpf.o sha256 $(sha256sum "$ROOT/pyxdp/xdp_filter.bpf.o" | cut -c1-16)"
+}
+# the table: the latest row of every kernel label, with what was tested
+report() {
+    local label _
+    {
+        cat "$CACHE/rows/.tree" 2>/dev/null || tree_line
+        echo
+        echo "Table written $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, libbpf $LIBBPF, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+        echo
+        echo "| label | date | kernel (Debian version, suite) | result | steps | boot+run | first error line |"
+        echo "|---|---|---|---|---|---|---|"
+        while read -r label _; do [ -z "$label" ] || cat "$CACHE/rows/$label" 2>/dev/null || true; done <<<"$KERNELS"
+    } | tee "$CACHE/results.md"
+}
+LIBBPF=$(dpkg-query -W -f='${Version}' libbpf1 2>/dev/null || echo unknown)
+ACCEL="-accel tcg -cpu max"
+if [ "${PYXDP_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then ACCEL="-accel kvm -cpu host"; fi
+if [ "${1:-}" = --report ]; then report; exit 0; fi   # print the last results, boot nothing
 
 [ "$(id -u)" = 0 ] || { echo "run as root (apt-get download into $CACHE, guest runs as root)" >&2; exit 2; }
 command -v qemu-system-x86_64 >/dev/null || apt-get install -y qemu-system-x86
@@ -90,13 +112,15 @@ BB=$CACHE/k/busybox
 # resolve LABEL SUITE -> kernel image package (and split binary/modules packages)
 resolve() {
     local suite=$1 ver deps
-    ver=$(apt-cache "${APT[@]}" madison linux-image-amd64 | awk -F' [|] ' -v s="$suite" '$3 ~ (" "s"/") {print $2; exit}')
+    ver=$(apt-cache "${APT[@]}" madison linux-image-amd64 | awk -F'[|]' -v s="$suite" '$3 ~ (" "s"/") {gsub(/ /, "", $2); print $2; exit}')
     [ -n "$ver" ] || return 1
+    local img extra deps
     deps=$(apt-cache "${APT[@]}" show "linux-image-amd64=$ver" | sed -n 's/^Depends: //p' | head -1)
     img=$(echo "$deps" | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*\).*/\1/p' | head -1)
     # newer packaging splits the image: linux-image-X depends on linux-binary-X and linux-modules-X
     extra=$(apt-cache "${APT[@]}" show "$img" | sed -n 's/^Depends: //p' | head -1 | tr ',' '\n' |
             sed -n 's/^ *\(linux-\(binary\|modules\)-[^ ]*\).*/\1/p' | tr '\n' ' ')
+    [ -n "$img" ] || return 1
     echo "$img $extra"
 }
 
@@ -244,9 +268,6 @@ sys.exit(1 if bad else 0)
 EOF
 
 # ---- each kernel ----------------------------------------------------------------------------
-ACCEL="-accel tcg -cpu max"
-if [ "${PYXDP_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then ACCEL="-accel kvm -cpu host"; fi
-LIBBPF=$(dpkg-query -W -f='${Version}' libbpf1 2>/dev/null || echo unknown)
 WANT=" $* "
 RES=$RUN/results
 : >"$RES"
@@ -256,6 +277,7 @@ while read -r label suite expect; do
     [ "$WANT" = "  " ] || [[ $WANT == *" $label "* ]] || continue
     pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; echo "| $label | $(date -u +%F) | (not found in $suite) | not run | | | |" >>"$RES"; FAILED=1; continue; }
     img=${pkgs%% *}
+    [[ $img == linux-image-?* ]] || { echo "$label: cannot resolve the image package in $suite" >&2; FAILED=1; continue; }
     fetch $pkgs
     kver=${img#linux-image-}
     kdir=$CACHE/k/$kver
@@ -266,7 +288,9 @@ while read -r label suite expect; do
         touch "$kdir/.extracted"
     fi
     [ -f "$kdir/initrd.gz" ] || mkinitrd "$kdir" "$kver"
-    vmlinuz=$(ls "$kdir"/boot/vmlinuz-* 2>/dev/null | head -1 || ls "$kdir"/usr/lib/linux/vmlinuz* | head -1)
+    # boot/vmlinuz-KVER (<= 6.x packaging) or usr/lib/modules/KVER/vmlinuz (linux-binary-*, 7.x)
+    vmlinuz=$(ls "$kdir"/boot/vmlinuz-* "$kdir"/usr/lib/modules/"$kver"/vmlinuz 2>/dev/null | head -1 || true)
+    [ -n "$vmlinuz" ] || { echo "$label: no vmlinuz in $pkgs" >&2; FAILED=1; continue; }
     debver=$(dpkg-deb -f "$(ls "$CACHE"/debs/"$img"_*.deb | head -1)" Version)
     log=$CACHE/logs/$kver.log
     echo "== $label: $img $debver ($suite), log $log" >&2
@@ -305,14 +329,9 @@ while read -r label suite expect; do
         "$debver" "$suite" "$result" "$steps" "$secs" "${err//|/\\|}" >>"$RES"
     tail -1 "$RES" >&2
     tail -1 "$RES" >"$CACHE/rows/$label"
+    tree_line >"$CACHE/rows/.tree"
     [ "$expect" = pass ] && [ "$result" != pass ] && FAILED=1
 done <<<"$KERNELS"
 
-{
-    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, libbpf $LIBBPF, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
-    echo
-    echo "| label | date | kernel (Debian version, suite) | result | steps | boot+run | first error line |"
-    echo "|---|---|---|---|---|---|---|"
-    while read -r label _; do [ -z "$label" ] || cat "$CACHE/rows/$label" 2>/dev/null || true; done <<<"$KERNELS"
-} | tee "$CACHE/results.md"
+report
 exit $FAILED
