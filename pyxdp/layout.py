@@ -50,6 +50,9 @@ class Verdict(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    def __str__(self) -> str:
+        return self.label
+
 
 class Reason(IntEnum):
     POLICY = 0
@@ -64,6 +67,9 @@ class Reason(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
+
+    def __str__(self) -> str:
+        return self.label
 
 
 class IdState(IntEnum):
