@@ -30,6 +30,7 @@ enum pyxdp_limits {
 	MAX_VLAN = 4,              /* stacked 802.1Q/802.1ad tags walked */
 	MAX_EXTHDR = 8,            /* IPv6 extension headers walked */
 	MAX_L4_OFF = 1024,         /* deeper L4 headers are "too deep" */
+	GUARD_WORDS = 1024,        /* a trie guard: one bit per value of an address's first 16 bits */
 };
 
 enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
@@ -186,6 +187,11 @@ struct set_info {
 	__u32 trie6;
 	__u32 epoch;
 	__u32 state;               /* enum set_state (control plane bookkeeping) */
+};
+
+/* See tguard in xdp_filter.bpf.c. */
+struct trie_guard {
+	__u64 w[GUARD_WORDS];
 };
 
 /* Elements per prefix length of one set: the control plane's count, and

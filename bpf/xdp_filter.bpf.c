@@ -61,6 +61,7 @@ struct shared_types {
 	struct journal j;
 	struct set_name sn;
 	struct len_counts lc;
+	struct trie_guard tg;
 	struct sweep_state ss;
 	struct sweep_ctl sc;
 	enum action a;
@@ -289,6 +290,19 @@ struct {
 	__type(value, struct set_info);
 	PINNED;
 } sets SEC(".maps");
+
+/* Per set id and family (index sid * 2 + (family == 6)): bit b is set when
+ * the trie may hold an element of the set covering addresses whose first 16
+ * bits are b. A clear bit spares a non-member the trie lookup. The control
+ * plane sets bits before it writes the trie copies they cover, and clears
+ * them only when it rebuilds the map from the elements. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * MAX_SETS);
+	__type(key, __u32);
+	__type(value, struct trie_guard);
+	PINNED;
+} tguard SEC(".maps");
 
 /* Control plane only: set name -> ids. */
 struct {
@@ -613,6 +627,15 @@ __noinline int trie_step(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 	return -(int)l;
 }
 
+/* Whether the trie guard of set-and-family index gi has the bit of the
+ * address's first 16 bits hi (see tguard). */
+static __always_inline int guarded(__u32 gi, __u32 hi)
+{
+	struct trie_guard *g = bpf_map_lookup_elem(&tguard, &gi);
+
+	return !g || (g->w[(hi >> 6) & (GUARD_WORDS - 1)] >> (hi & 63) & 1);
+}
+
 /* The trie walk of set sid from key length plen down (one step per
  * invisible element on the way, at most one per prefix length). */
 static __always_inline int trie_walk(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
@@ -655,6 +678,8 @@ static __always_inline int set_has4(struct set_info *si, struct pkt *p, __u32 di
 	}
 	if (!si->trie4)
 		return 0;
+	if (!guarded(sid * 2, bpf_ntohl(addr) >> 16))
+		return 0;
 	return trie_walk(p, dir, sid, 64);
 }
 
@@ -677,6 +702,8 @@ static __always_inline int set_has6(struct set_info *si, struct pkt *p, __u32 di
 			return member(e);
 	}
 	if (!si->trie6)
+		return 0;
+	if (!guarded(sid * 2 + 1, bpf_ntohl(a[0]) >> 16))
 		return 0;
 	return trie_walk(p, dir, sid, 160);
 }

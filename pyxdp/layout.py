@@ -27,12 +27,14 @@ SWEEP_TICK_MS = 1000
 MAX_VLAN = 4
 MAX_EXTHDR = 8
 MAX_L4_OFF = 1024
+GUARD_WORDS = 1024
 LIMITS = {
     "PYXDP_LAYOUT": PYXDP_LAYOUT, "MAX_RULE_WORDS": MAX_RULE_WORDS, "DEFAULT_RULE_WORDS": DEFAULT_RULE_WORDS,
     "RULE_SETS": RULE_SETS, "PROTO_CLASSES": PROTO_CLASSES, "CLASS_PER_RULE": CLASS_PER_RULE,
     "CLASS_EXTRA": CLASS_EXTRA, "RULE_TEXT": RULE_TEXT, "SET_NAME": SET_NAME, "MAX_SETS": MAX_SETS,
     "HASHED_MAX": HASHED_MAX, "LEN_SLOTS": LEN_SLOTS, "PORT_DIR_SHIFT": PORT_DIR_SHIFT, "GEN_SHIFT": GEN_SHIFT,
     "SWEEP_TICK_MS": SWEEP_TICK_MS, "MAX_VLAN": MAX_VLAN, "MAX_EXTHDR": MAX_EXTHDR, "MAX_L4_OFF": MAX_L4_OFF,
+    "GUARD_WORDS": GUARD_WORDS,
 }
 
 
@@ -158,6 +160,7 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
     "set_info": [("lens4", HASHED_MAX), ("lens6", HASHED_MAX), ("trie4", 4), ("trie6", 4), ("epoch", 4),
                  ("state", 4)],
     "len_counts": [("n", 8 * LEN_SLOTS)],
+    "trie_guard": [("w", 8 * GUARD_WORDS)],
     "set_name": [("live", 4), ("staged", 4), ("pending", 4), ("pad", 4)],
     "rref": [("id", 4), ("action", 4)],
     "ifkey": [("gen", 4), ("ifindex", 4)],
@@ -168,7 +171,8 @@ STRUCT_SIZES = {
     "meta": META.size, "config": CONFIG.size, "selector": SELECTOR.size, "journal": JOURNAL.size,
     "counter": COUNTER.size, "event": EVENT.size, "iface_key": IFACE_KEY.size, "iface_val": IFACE_VAL.size,
     "knobs": KNOBS.size, "ruleset": RULESET.size, "rkey4": RKEY4.size, "rkey6": RKEY6.size, "elem": ELEM.size,
-    "set_info": SET_INFO.size, "len_counts": LEN_COUNTS.size, "set_name": SET_NAME_VAL.size, "rref": RREF.size,
+    "set_info": SET_INFO.size, "len_counts": LEN_COUNTS.size, "trie_guard": 8 * GUARD_WORDS,
+    "set_name": SET_NAME_VAL.size, "rref": RREF.size,
     "ifkey": IFKEY.size, "sweep_state": SWEEP_STATE.size, "sweep_ctl": SWEEP_CTL.size,
 }
 # C enum name -> (Python enum, prefix of the C names)

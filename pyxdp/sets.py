@@ -188,6 +188,29 @@ def _write_counts(st: State, sid: int, n: Sequence[int]) -> None:
     st.map("counts").update(L.U32.pack(sid), L.LEN_COUNTS.pack(*(x + y for x, y in zip(n, _swept(st, sid)))))
 
 
+def _guard(st: State, sid: int, fam: int, keys: Iterable[bytes], addr_at: int, fresh: bool = False) -> None:
+    """Set the trie-guard bits (see tguard in the datapath) for trie copies
+    ``keys`` (their address starts at byte ``addr_at``: 4 for short keys, 8
+    for full ones), before the copies are written. ``fresh``: start from an
+    empty guard (a rebuild from all of the set's trie elements)."""
+    m = st.map("tguard")
+    idx = L.U32.pack(sid * 2 + (fam == 6))
+    old = bytes(8 * L.GUARD_WORDS) if fresh else (m.lookup(idx) or bytes(8 * L.GUARD_WORDS))
+    bm = bytearray(old)
+    for k in keys:
+        plen = k[0] - 32
+        hi = int.from_bytes(k[addr_at : addr_at + 2], "big")
+        span = 1 << (16 - plen) if plen < 16 else 1
+        start = hi & ~(span - 1)
+        if span >= 8:
+            bm[start >> 3 : (start + span) >> 3] = b"\xff" * (span >> 3)
+        else:
+            for b in range(start, start + span):
+                bm[b >> 3] |= 1 << (b & 7)
+    if bytes(bm) != old or fresh:
+        m.update(idx, bytes(bm))
+
+
 def _by_len(keys: Iterable[bytes]) -> dict[int, int]:
     """Prefix length -> how many of the (short or full) keys have it."""
     out: dict[int, int] = {}
@@ -281,6 +304,8 @@ def alloc(st: State, state: IdState) -> int:
     for sid, si in sorted(all_info(st).items()):
         if sid and si.state == IdState.FREE and sid not in used:
             _write_counts(st, sid, [0] * L.LEN_SLOTS)
+            for fam in (4, 6):
+                _guard(st, sid, fam, (), 0, fresh=True)
             _write_info(st, sid, FREE_INFO._replace(state=state))
             return sid
     raise UsageError(f"too many sets (at most {MAX_SETS - 1}, counting sets being replaced or removed)")
@@ -501,6 +526,7 @@ def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> 
                 _write_info(st, sid, si)
         to_trie = [k for k in (*new_keys, *rewrite) if k[0] - 32 not in hashed]
         if to_trie:
+            _guard(st, sid, fam, to_trie, 4)
             _write_keys(st.map(tname), sid, to_trie, [k[:4] for k in to_trie])
             if not si.trie(fam):
                 si = si.with_trie(fam, True)
@@ -608,6 +634,7 @@ def set_timeouts(st: State, sid: int, elements: Sequence[Element]) -> None:
                 _write_keys(st.map(hname), sid, back, [L.ELEM.pack(todo[k], 0, si.epoch, 0) for k in back])
                 _bump(st, sid, fam, _by_len(back))
                 trie = [k for k in back if k[0] - 32 not in si.hashed(fam)]
+                _guard(st, sid, fam, trie, 4)
                 _write_keys(st.map(tname), sid, trie, [k[:4] for k in trie])
                 if trie and not si.trie(fam):
                     si = si.with_trie(fam, True)
@@ -683,6 +710,7 @@ def _move(st: State, sid: int, fam: int, si: SetInfo, slots: list[int], out_: li
     tname = _FAM[fam][1]
     for n in out_:
         keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
+        _guard(st, sid, fam, keys, 8)
         write_all(st.map(tname), keys, [k[:4] for k in keys])
         if not si.trie(fam):  # one change per write: the trie flag, then the slot
             si = si.with_trie(fam, True)
@@ -743,6 +771,7 @@ def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGE
         ks = list(items)
         write_all(m, ks, [items[k] for k in ks])
         to_trie = [k for k in ks if L.U32.unpack_from(k)[0] - 32 not in hashed]
+        _guard(st, sid, fam, to_trie, 8, fresh=True)
         if to_trie:
             write_all(st.map(tname), to_trie, [k[:4] for k in to_trie])
             si = si.with_trie(fam, True)
@@ -773,6 +802,8 @@ def drain(st: State, sids: set[int]) -> None:
             delete_all(st.map(_FAM[fam][0]), keys)
     for sid in sids:
         _write_counts(st, sid, [0] * L.LEN_SLOTS)
+        for fam in (4, 6):
+            _guard(st, sid, fam, (), 0, fresh=True)
         _write_info(st, sid, FREE_INFO)
 
 
@@ -807,6 +838,7 @@ def normalize(st: State, sid: int) -> None:
             stale = [k for k in _trie_keys(st, fam, {sid}) if k[0] - 32 in hashed or k not in kept]
             delete_all(t, stale)
             to_trie = [k for k in keep if k[0] - 32 not in hashed]
+            _guard(st, sid, fam, to_trie, 8, fresh=True)
             if to_trie:
                 write_all(t, to_trie, [k[:4] for k in to_trie])
                 if not si.trie(fam):

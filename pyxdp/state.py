@@ -31,7 +31,7 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
-               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync")
+               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard")
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 PROG_PIN = "prog"
 DEFAULT_CAPACITY = 1 << 20  # set elements per family

@@ -755,3 +755,46 @@ def test_sweeper_frees_an_early_expiry_despite_a_later_ttl(flt: Any, tester: Any
     check(tester, P.udp4("198.51.100.1"), *denied(1))
     assert in_hash(flt, "s", 4) == {parse_prefix("198.51.100.0/24")}
     assert [(s.n4, s.n6) for s in flt.sets()] == [(1, 0)]
+
+
+def test_trie_guard_spares_non_members_and_never_hides_members(flt: Any, tester: Any) -> None:
+    """A set whose rare lengths sit in the trie (1,100 /24s are hashed; the
+    others hold under 1/16 of the elements) has a guard with one bit per
+    first-16-bits of an address, set for the ranges its trie elements cover
+    (a /9 sets 128 of them), so a non-member in an uncovered /16 skips the
+    trie. Members under every trie length still match, also after elements
+    are removed (bits are cleared only on a rebuild)."""
+    many = [f"10.{i}.{j}.0/24" for i in range(5) for j in range(220)]
+    rare = ["172.16.0.0/12", "100.64.0.0/10", "198.18.0.0/15", "192.0.2.0/28", "203.0.113.64/26",
+            "100.0.0.0/9", "2001:db8:7::/48", "2001:db8:8:1::/64", "2001:db8:9::/56", "2001:db8:a::/60",
+            "2001:db8:b::/52"]
+    flt.set_add("g", many + rare)
+    flt.add_rule("deny from @g")
+    assert hashed(flt, "g", 4) == {24}
+    assert {str(p) for p in in_trie(flt, "g", 4)} == {r for r in rare if ":" not in r}
+    sid = flt.sets()[0].id
+
+    def bit(fam: int, hi: int) -> bool:
+        raw = flt.state.map("tguard")[L.U32.pack(sid * 2 + (fam == 6))]
+        return bool(raw[hi >> 3] >> (hi & 7) & 1)
+
+    for addr, hi in (("172.31.255.1", 0xAC1F), ("100.127.0.1", 0x647F), ("198.19.4.4", 0xC613),
+                     ("192.0.2.15", 0xC000), ("203.0.113.100", 0xCB00), ("100.1.2.3", 0x6401)):
+        assert bit(4, hi), addr
+        check(tester, P.udp4(addr), *denied(1))
+    for addr, hi in (("192.0.3.1", 0xC000), ("203.0.114.1", 0xCB00)):  # covered /16, not a member
+        assert bit(4, hi)
+        check(tester, P.udp4(addr), Verdict.PASS, Reason.POLICY)
+    for addr, hi in (("8.8.8.8", 0x0808), ("100.128.0.1", 0x6480), ("172.32.0.1", 0xAC20)):  # uncovered
+        assert not bit(4, hi), addr
+        check(tester, P.udp4(addr), Verdict.PASS, Reason.POLICY)
+    check(tester, P.udp4("10.3.7.7"), *denied(1))  # the hashed /24s are not behind the guard
+    assert not bit(4, 0x0A03)
+    if in_trie(flt, "g", 6):
+        assert bit(6, 0x2001) and not bit(6, 0xFD00)
+    check(tester, P.udp6("2001:db8:7::9"), *denied(1))
+    check(tester, P.udp6("2001:db8:8:1::1"), *denied(1))
+    check(tester, P.udp6("2001:db8:c::1"), Verdict.PASS, Reason.POLICY)
+    flt.set_remove("g", ["172.16.0.0/12"])
+    check(tester, P.udp4("172.31.255.1"), Verdict.PASS, Reason.POLICY)
+    check(tester, P.udp4("100.127.0.1"), *denied(1))
