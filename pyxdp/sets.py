@@ -211,6 +211,26 @@ def _guard(st: State, sid: int, fam: int, keys: Iterable[bytes], addr_at: int, f
         m.update(idx, bytes(bm))
 
 
+def _to_trie(st: State, sid: int, fam: int, si: SetInfo, keys: Sequence[bytes], short: bool,
+             fresh_guard: bool = False) -> SetInfo:
+    """Give ``keys`` (short KeySet keys, or full ones) trie copies, in the
+    order that keeps every element findable: the guard bits first, then the
+    copies, then the set's trie flag (its own write). Returns the SetInfo as
+    written."""
+    _guard(st, sid, fam, keys, 4 if short else 8, fresh=fresh_guard)
+    if not keys:
+        return si
+    tmap = st.map(_FAM[fam][1])
+    if short:
+        _write_keys(tmap, sid, keys, [k[:4] for k in keys])
+    else:
+        write_all(tmap, list(keys), [k[:4] for k in keys])
+    if not si.trie(fam):
+        si = si.with_trie(fam, True)
+        _write_info(st, sid, si)
+    return si
+
+
 def _by_len(keys: Iterable[bytes]) -> dict[int, int]:
     """Prefix length -> how many of the (short or full) keys have it."""
     out: dict[int, int] = {}
@@ -507,7 +527,7 @@ def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> 
     st.journal_begin(JournalOp.SET, sid)
     for fam in plan.rewrite:
         new_keys, rewrite = plan.new_keys[fam], plan.rewrite[fam]
-        hname, tname, _kst, _base, _maxlen = _FAM[fam]
+        hname, _t, _kst, _base, _maxlen = _FAM[fam]
         m = st.map(hname)
         _write_keys(m, sid, new_keys, fresh_value)
         lens = _by_len(new_keys)
@@ -524,13 +544,7 @@ def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> 
                 hashed.add(n)
                 si = si.with_slots(fam, tuple(slots))
                 _write_info(st, sid, si)
-        to_trie = [k for k in (*new_keys, *rewrite) if k[0] - 32 not in hashed]
-        if to_trie:
-            _guard(st, sid, fam, to_trie, 4)
-            _write_keys(st.map(tname), sid, to_trie, [k[:4] for k in to_trie])
-            if not si.trie(fam):
-                si = si.with_trie(fam, True)
-                _write_info(st, sid, si)
+        si = _to_trie(st, sid, fam, si, [k for k in (*new_keys, *rewrite) if k[0] - 32 not in hashed], short=True)
     _write_info(st, sid, si._replace(epoch=epoch))  # the commit: new elements appear, removed ones vanish
     removed = 0
     for fam, gone in plan.gone.items():
@@ -616,7 +630,7 @@ def set_timeouts(st: State, sid: int, elements: Sequence[Element]) -> None:
     with sweeper_held(st):
         si = info(st, sid)
         for fam in (4, 6):
-            hname, tname, _kst, _base, _maxlen = _FAM[fam]
+            hname, _t, _kst, _base, _maxlen = _FAM[fam]
             todo = dict(want[fam])
             keys: list[bytes] = []
             vals: list[bytes] = []
@@ -633,12 +647,7 @@ def set_timeouts(st: State, sid: int, elements: Sequence[Element]) -> None:
                 back = list(todo)
                 _write_keys(st.map(hname), sid, back, [L.ELEM.pack(todo[k], 0, si.epoch, 0) for k in back])
                 _bump(st, sid, fam, _by_len(back))
-                trie = [k for k in back if k[0] - 32 not in si.hashed(fam)]
-                _guard(st, sid, fam, trie, 4)
-                _write_keys(st.map(tname), sid, trie, [k[:4] for k in trie])
-                if trie and not si.trie(fam):
-                    si = si.with_trie(fam, True)
-                    _write_info(st, sid, si)
+                si = _to_trie(st, sid, fam, si, [k for k in back if k[0] - 32 not in si.hashed(fam)], short=True)
     soonest = min((x for w in want.values() for x in w.values() if x), default=0)
     if soonest:
         _hint_sweeper(st, soonest)
@@ -709,12 +718,7 @@ def _move(st: State, sid: int, fam: int, si: SetInfo, slots: list[int], out_: li
     els = list(_walk(st, fam, {sid}))
     tname = _FAM[fam][1]
     for n in out_:
-        keys = [k for k, _v in els if L.U32.unpack_from(k)[0] - 32 == n]
-        _guard(st, sid, fam, keys, 8)
-        write_all(st.map(tname), keys, [k[:4] for k in keys])
-        if not si.trie(fam):  # one change per write: the trie flag, then the slot
-            si = si.with_trie(fam, True)
-            _write_info(st, sid, si)
+        si = _to_trie(st, sid, fam, si, [k for k, _v in els if k[0] - 32 == n], short=False)
         slots[slots.index(n + 1)] = 0
         si = si.with_slots(fam, tuple(slots))
         _write_info(st, sid, si)
@@ -837,13 +841,8 @@ def normalize(st: State, sid: int) -> None:
             kept = set(keep)
             stale = [k for k in _trie_keys(st, fam, {sid}) if k[0] - 32 in hashed or k not in kept]
             delete_all(t, stale)
-            to_trie = [k for k in keep if k[0] - 32 not in hashed]
-            _guard(st, sid, fam, to_trie, 8, fresh=True)
-            if to_trie:
-                write_all(t, to_trie, [k[:4] for k in to_trie])
-                if not si.trie(fam):
-                    si = si.with_trie(fam, True)
-                    _write_info(st, sid, si)
+            si = _to_trie(st, sid, fam, si, [k for k in keep if k[0] - 32 not in hashed], short=False,
+                          fresh_guard=True)
         _write_counts(st, sid, cnt)
     rebalance(st, sid)
 
