@@ -12,7 +12,7 @@
 #define PYXDP_H
 
 enum pyxdp_limits {
-	PYXDP_LAYOUT = 2,          /* layout version recorded in the state (struct meta) */
+	PYXDP_LAYOUT = 3,          /* layout version recorded in the state (struct meta) */
 	MAX_RULE_WORDS = 128,      /* 8,192 rules */
 	DEFAULT_RULE_WORDS = 16,   /* 1,024 rules; the loader sets knobs.rule_words */
 	RULE_SETS = 8,             /* sets referenced per direction (source, destination) */
@@ -31,6 +31,12 @@ enum pyxdp_limits {
 	MAX_EXTHDR = 8,            /* IPv6 extension headers walked */
 	MAX_L4_OFF = 1024,         /* deeper L4 headers are "too deep" */
 	GUARD_WORDS = 1024,        /* a trie guard: one bit per value of an address's first 16 bits */
+	IF_SLOTS = 64,             /* per-interface counters: slot 0 counts what no attached interface names */
+	IF_HASH = 4096,            /* ifslots is indexed by ifindex % IF_HASH */
+	STATS_STRIDE = 20,         /* counters per slot: R_MAX * 2 (reason * 2 + verdict) */
+	HEAD_LEN = 128,            /* a traced packet's first bytes carried in its event */
+	DEFAULT_FLOWS = 65536,     /* tracked connections (LRU); the loader sets another at creation */
+	FLOW_STALE_MS = 1000,      /* egress rewrites a known flow's expiry at most this often */
 };
 
 enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };
@@ -45,7 +51,23 @@ enum reason {
 	R_TOO_DEEP = 5,
 	R_RULE_ALLOW = 6,
 	R_RULE_DENY = 7,
-	R_MAX = 8,
+	R_ESTABLISHED = 8,         /* a reply in a connection the host opened */
+	R_RELATED = 9,             /* an ICMP error about such a connection */
+	R_MAX = 10,
+};
+
+/* flow.state: where a tracked connection is; also the index of its timeout
+ * in config.timeout */
+enum flow_state {
+	FS_NONE = 0,
+	FS_SYN_SENT = 1,           /* the host sent a SYN */
+	FS_ESTABLISHED = 2,        /* the host acknowledged the answer */
+	FS_FIN = 3,                /* either side sent a FIN */
+	FS_CLOSE = 4,              /* the host sent a RST */
+	FS_UDP = 5,                /* the host sent a datagram; no answer yet */
+	FS_UDP_STREAM = 6,         /* answered */
+	FS_ICMP = 7,               /* an echo request */
+	FS_MAX = 8,
 };
 
 enum verdict { V_PASS = 0, V_DROP = 1 };
@@ -71,7 +93,8 @@ struct config {
 	__u32 rgen;                /* the rule-set generation (0/1) packets use */
 	__u32 nrules;              /* rules in that generation (0: no rule walk at all) */
 	__u32 txn;                 /* the journal's txn of the change that wrote this config */
-	__u32 pad;
+	__u32 established;         /* 1: replies to flows the host opened pass before the rules */
+	__u32 timeout[FS_MAX];     /* seconds a flow lives in each enum flow_state after its last packet */
 };
 
 struct selector {
@@ -111,7 +134,9 @@ struct event {
 	__u16 rule;                /* the deciding rule's number (position + 1), 0: none */
 	__u16 pad;
 	__u32 rule_id;             /* its stable id + 1 (hit counter and definition slot) */
-	__u32 pad2;
+	__u16 cap_len;             /* bytes of the packet in head */
+	__u16 pad2;
+	__u8 head[HEAD_LEN];       /* the packet's first bytes */
 };
 
 struct iface_key {
@@ -123,6 +148,47 @@ struct iface_val {
 	char ifname[16];
 	__u32 mode;
 	__u32 prog_id;
+	__u32 slot;                /* its counters' slot in stats (1..IF_SLOTS-1; 0: none) */
+	__u32 flags;               /* enum iface_flags */
+};
+
+enum iface_flags { IFF_OWN_CLSACT = 1 }; /* pyxdp added the interface's clsact qdisc (for egress) */
+
+/* ifslots[ifindex % IF_HASH]: the counter slot of an attached interface */
+struct ifslot {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+/* A connection the host opened, keyed as its replies arrive: the remote end
+ * (their source) and the local end (their destination). ICMP echo: lport is
+ * the identifier, rport 0. The key of flows6; the datapath builds this one
+ * for IPv4 too (addresses in the first 4 bytes) and looks it up in flows4 as
+ * a flow_key4 (a 16-byte key hashes in half the time of 40). */
+struct flow_key {
+	__u8 family;               /* 4 or 6 */
+	__u8 proto;
+	__u16 rport;               /* host order */
+	__u16 lport;
+	__u16 pad;
+	__u8 raddr[16];
+	__u8 laddr[16];
+};
+
+struct flow_key4 {
+	__u8 family;               /* 4 */
+	__u8 proto;
+	__u16 rport;
+	__u16 lport;
+	__u16 pad;
+	__u32 raddr;               /* network order */
+	__u32 laddr;
+};
+
+struct flow {
+	__u64 expires;             /* CLOCK_MONOTONIC ns (coarse) */
+	__u32 state;               /* enum flow_state */
+	__u32 pad;
 };
 
 struct knobs {

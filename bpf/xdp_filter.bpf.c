@@ -5,8 +5,11 @@
  *   2. ARP: pass; IPv6 neighbour discovery: pass
  *   3. the ordered rules: the first that matches decides (see match_rules)
  *   4. the policy (pass or drop)
- * Every decision is counted per reason; tracing sends sampled events to a
- * ring buffer.
+ * Before the rules, replies in connections the host opened pass (and ICMP
+ * errors about them): the program `egress` (tc, on the same interfaces)
+ * records each flow the host starts in the LRU hashes `flows4`, `flows6`.
+ * Every decision is counted per interface and reason; tracing sends sampled
+ * events (with the packet's first bytes) to a ring buffer.
  *
  * Rules name prefixes, ports, protocols, interfaces and sets. A set holds
  * IPv4 and IPv6 prefixes of any length, each with an optional expiry and a
@@ -40,6 +43,11 @@
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_ICMPV6 58
 #define IPPROTO_DSTOPTS 60
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+#define TC_NEXT (-1) /* TC_ACT_UNSPEC: the next tc filter (if any) decides; the packet goes on */
 #define MAX_L3_OFF (14 + 4 * MAX_VLAN)
 #define DEFAULT_RULES (DEFAULT_RULE_WORDS * 64)
 #define CLASSES(r) (CLASS_PER_RULE * (r) + CLASS_EXTRA)
@@ -71,7 +79,15 @@ struct shared_types {
 	enum journal_op o;
 	enum pyxdp_limits l;
 	enum rule_field f;
+	enum flow_state fs;
+	enum iface_flags iff;
+	struct flow_key fk;
+	struct flow_key4 fk4;
+	struct flow fl;
+	struct ifslot is;
 };
+
+_Static_assert(STATS_STRIDE == R_MAX * 2, "a stats slot holds reason * 2 + verdict");
 
 __noinline int btf_anchor(struct shared_types *t)
 {
@@ -112,14 +128,41 @@ struct {
 	PINNED;
 } journal SEC(".maps");
 
-/* index: reason * 2 + verdict; the last slot counts lost trace events */
+/* index: slot * STATS_STRIDE + reason * 2 + verdict (slot: the interface's,
+ * see ifslots); the last entry counts lost trace events */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, R_MAX * 2 + 1);
+	__uint(max_entries, IF_SLOTS * STATS_STRIDE + 1);
 	__type(key, __u32);
 	__type(value, struct counter);
 	PINNED;
 } stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IF_HASH);
+	__type(key, __u32);
+	__type(value, struct ifslot);
+	PINNED;
+} ifslots SEC(".maps");
+
+/* Connections the host opened (written by `egress`, read by packets), per
+ * family; the least recently used goes when one is full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_FLOWS);
+	__type(key, struct flow_key4);
+	__type(value, struct flow);
+	PINNED;
+} flows4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DEFAULT_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+	PINNED;
+} flows6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -361,7 +404,11 @@ struct pkt {
 	__u8 has_ports;
 	__u8 is_nd;
 	__u8 hop255;     /* IPv6 hop limit is 255: the packet cannot come from off-link */
-	__u8 pad[3];
+	__u8 tcp_flags;
+	__u8 has_id;     /* an ICMP echo request or reply: icmp_id is its identifier */
+	__u8 pad;
+	__u16 l4_off;    /* where the L4 header starts */
+	__u16 icmp_id;
 	__u16 rule_pos;  /* deciding rule's position + 1 */
 	__u16 pad2;
 	__u32 rule_id;   /* its id + 1 */
@@ -396,12 +443,14 @@ static __always_inline int parse_l4(void *data, void *end, struct pkt *p, __u64 
 	if (off > MAX_L4_OFF)
 		return R_TOO_DEEP;
 	void *cur = data + off;
+	p->l4_off = off;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *t = cur;
 		if ((void *)(t + 1) > end)
 			return R_MALFORMED;
 		p->sport = bpf_ntohs(t->source);
 		p->dport = bpf_ntohs(t->dest);
+		p->tcp_flags = ((__u8 *)t)[13];
 		p->has_ports = 1;
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *u = cur;
@@ -416,6 +465,11 @@ static __always_inline int parse_l4(void *data, void *end, struct pkt *p, __u64 
 			return R_MALFORMED;
 		p->sport = ic[0];
 		p->dport = ic[1];
+		if ((void *)(ic + 8) <= end && (ic[0] == (p->proto == IPPROTO_ICMP ? 8 : 128) ||
+						ic[0] == (p->proto == IPPROTO_ICMP ? 0 : 129))) {
+			p->has_id = 1;
+			p->icmp_id = ((__u16)ic[4] << 8) | ic[5];
+		}
 		/* neighbour discovery is link-local by rule: hop limit 255 (RFC 4861) */
 		if (p->proto == IPPROTO_ICMPV6 && p->family == 6 && p->hop255 && ic[0] >= 133 && ic[0] <= 137)
 			p->is_nd = 1;
@@ -461,52 +515,65 @@ __noinline int parse_ipv6_ext(struct xdp_md *ctx, struct pkt *p, __u64 off, __u3
 	return parse_l4(data, end, p, off);
 }
 
+/* The IPv4 header at off, then its L4 header. */
+static __always_inline int parse_ip4(void *data, void *end, struct pkt *p, __u64 off)
+{
+	struct iphdr *ip = data + off;
+	if ((void *)(ip + 1) > end)
+		return R_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return R_MALFORMED;
+	if ((void *)ip + ip->ihl * 4 > end)
+		return R_MALFORMED;
+	p->family = 4;
+	p->saddr4 = ip->saddr;
+	p->daddr4 = ip->daddr;
+	p->proto = ip->protocol;
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (frag & 0x1fff)
+		p->fragment = 2;
+	else if (frag & 0x2000)
+		p->fragment = 1;
+	return parse_l4(data, end, p, off + ip->ihl * 4);
+}
+
+/* The fixed IPv6 header at off; p->proto is its next header. */
+static __always_inline int parse_ip6(void *data, void *end, struct pkt *p, __u64 off)
+{
+	struct ipv6hdr *ip6 = data + off;
+	if ((void *)(ip6 + 1) > end)
+		return R_MALFORMED;
+	if (ip6->version != 6)
+		return R_MALFORMED;
+	p->family = 6;
+	p->hop255 = ip6->hop_limit == 255;
+	__builtin_memcpy(&p->saddr6, &ip6->saddr, 16);
+	__builtin_memcpy(&p->daddr6, &ip6->daddr, 16);
+	p->proto = ip6->nexthdr;
+	return -1;
+}
+
 /* IPv4 or IPv6 header at off (after Ethernet and VLAN tags). */
 static __always_inline int parse_l3(struct xdp_md *ctx, void *data, void *end, struct pkt *p, __u64 off)
 {
 	if (off > MAX_L3_OFF)
 		return R_MALFORMED;
-	if (p->ethertype == ETH_P_IP) {
-		struct iphdr *ip = data + off;
-		if ((void *)(ip + 1) > end)
-			return R_MALFORMED;
-		if (ip->version != 4 || ip->ihl < 5)
-			return R_MALFORMED;
-		if ((void *)ip + ip->ihl * 4 > end)
-			return R_MALFORMED;
-		p->family = 4;
-		p->saddr4 = ip->saddr;
-		p->daddr4 = ip->daddr;
-		p->proto = ip->protocol;
-		__u16 frag = bpf_ntohs(ip->frag_off);
-		if (frag & 0x1fff)
-			p->fragment = 2;
-		else if (frag & 0x2000)
-			p->fragment = 1;
-		return parse_l4(data, end, p, off + ip->ihl * 4);
-	}
+	if (p->ethertype == ETH_P_IP)
+		return parse_ip4(data, end, p, off);
 	if (p->ethertype == ETH_P_IPV6) {
-		struct ipv6hdr *ip6 = data + off;
-		if ((void *)(ip6 + 1) > end)
-			return R_MALFORMED;
-		if (ip6->version != 6)
-			return R_MALFORMED;
-		p->family = 6;
-		p->hop255 = ip6->hop_limit == 255;
-		__builtin_memcpy(&p->saddr6, &ip6->saddr, 16);
-		__builtin_memcpy(&p->daddr6, &ip6->daddr, 16);
-		p->proto = ip6->nexthdr;
-		if (is_exthdr(ip6->nexthdr))
-			return parse_ipv6_ext(ctx, p, off + sizeof(*ip6), ip6->nexthdr);
-		return parse_l4(data, end, p, off + sizeof(*ip6));
+		int r = parse_ip6(data, end, p, off);
+		if (r >= 0)
+			return r;
+		if (is_exthdr(p->proto))
+			return parse_ipv6_ext(ctx, p, off + sizeof(struct ipv6hdr), p->proto);
+		return parse_l4(data, end, p, off + sizeof(struct ipv6hdr));
 	}
 	return -1;
 }
 
-static __always_inline int parse(struct xdp_md *ctx, struct pkt *p)
+/* Ethernet and VLAN tags: sets p->ethertype and *offp (the L3 header). */
+static __always_inline int parse_eth(void *data, void *end, struct pkt *p, __u64 *offp)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u64 off = sizeof(*eth);
 	__u16 proto;
@@ -528,6 +595,19 @@ static __always_inline int parse(struct xdp_md *ctx, struct pkt *p)
 	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
 		return R_TOO_DEEP;
 	p->ethertype = bpf_ntohs(proto);
+	*offp = off;
+	return -1;
+}
+
+static __always_inline int parse(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 off = 0;
+	int r = parse_eth(data, end, p, &off);
+
+	if (r >= 0)
+		return r;
 	return parse_l3(ctx, data, end, p, off);
 }
 
@@ -868,6 +948,258 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 	return -1;
 }
 
+/* ---- connection state ------------------------------------------------------ */
+
+static __always_inline __u64 secs(__u32 s)
+{
+	return (__u64)s * 1000000000ULL;
+}
+
+static __always_inline int echo_request(__u8 proto, __u8 type)
+{
+	return type == (proto == IPPROTO_ICMP ? 8 : 128);
+}
+
+/* An ICMP or ICMPv6 error: destination unreachable (with fragmentation
+ * needed), time exceeded, parameter problem; packet too big. */
+static __always_inline int icmp_error(struct pkt *p)
+{
+	__u8 t = p->sport;
+	if (p->proto == IPPROTO_ICMP)
+		return t == 3 || t == 11 || t == 12;
+	return t >= 1 && t <= 4;
+}
+
+/* The addresses of a flow key: remote first. */
+static __always_inline void key_addrs(struct flow_key *k, struct pkt *p, int inbound)
+{
+	k->family = p->family;
+	k->proto = p->proto;
+	if (p->family == 4) {
+		__builtin_memcpy(k->raddr, inbound ? &p->saddr4 : &p->daddr4, 4);
+		__builtin_memcpy(k->laddr, inbound ? &p->daddr4 : &p->saddr4, 4);
+	} else {
+		__builtin_memcpy(k->raddr, inbound ? &p->saddr6 : &p->daddr6, 16);
+		__builtin_memcpy(k->laddr, inbound ? &p->daddr6 : &p->saddr6, 16);
+	}
+}
+
+static __always_inline void key4(struct flow_key4 *k4, struct flow_key *k)
+{
+	k4->family = 4;
+	k4->proto = k->proto;
+	k4->rport = k->rport;
+	k4->lport = k->lport;
+	k4->pad = 0;
+	__builtin_memcpy(&k4->raddr, k->raddr, 4);
+	__builtin_memcpy(&k4->laddr, k->laddr, 4);
+}
+
+static __always_inline struct flow *flow_get(struct flow_key *k)
+{
+	if (k->family == 4) {
+		struct flow_key4 k4;
+		key4(&k4, k);
+		return bpf_map_lookup_elem(&flows4, &k4);
+	}
+	return bpf_map_lookup_elem(&flows6, k);
+}
+
+static __always_inline void flow_put(struct flow_key *k, struct flow *v)
+{
+	if (k->family == 4) {
+		struct flow_key4 k4;
+		key4(&k4, k);
+		bpf_map_update_elem(&flows4, &k4, v, BPF_ANY);
+	} else {
+		bpf_map_update_elem(&flows6, k, v, BPF_ANY);
+	}
+}
+
+static __always_inline struct flow *live_flow(struct flow_key *k, __u64 now)
+{
+	struct flow *f = flow_get(k);
+	return f && now < f->expires ? f : 0;
+}
+
+/*
+ * An ICMP error whose quoted header is a packet the host sent in a flow it
+ * opened: the quoted source must be the error's destination, and the quoted
+ * ports (or echo identifier) must name the flow. Returns R_RELATED or -1.
+ */
+static __always_inline int ct_related(struct xdp_md *ctx, struct pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct flow_key k = {};
+	__u64 off = p->l4_off;
+	__u8 *l4;
+
+	if (off > MAX_L4_OFF)
+		return -1;
+	off += 8; /* the ICMP header */
+	if (p->family == 4) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5 || ip->saddr != p->daddr4 ||
+		    (ip->frag_off & bpf_htons(0x1fff)))
+			return -1;
+		k.family = 4;
+		k.proto = ip->protocol;
+		__builtin_memcpy(k.raddr, &ip->daddr, 4);
+		__builtin_memcpy(k.laddr, &ip->saddr, 4);
+		off += ip->ihl * 4;
+	} else {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > end || ip6->version != 6)
+			return -1;
+		const __u32 *q = (const __u32 *)&ip6->saddr, *d = (const __u32 *)&p->daddr6;
+		if (q[0] != d[0] || q[1] != d[1] || q[2] != d[2] || q[3] != d[3])
+			return -1;
+		k.family = 6;
+		k.proto = ip6->nexthdr;
+		__builtin_memcpy(k.raddr, &ip6->daddr, 16);
+		__builtin_memcpy(k.laddr, &ip6->saddr, 16);
+		off += sizeof(*ip6);
+	}
+	l4 = data + off;
+	if ((void *)(l4 + 8) > end) /* RFC 792 and 4443: at least 8 bytes of the datagram are quoted */
+		return -1;
+	__u16 lport, rport = 0;
+	if (k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP) {
+		lport = ((__u16)l4[0] << 8) | l4[1];
+		rport = ((__u16)l4[2] << 8) | l4[3];
+	} else if ((k.proto == IPPROTO_ICMP && k.family == 4) || (k.proto == IPPROTO_ICMPV6 && k.family == 6)) {
+		if (!echo_request(k.proto, l4[0]))
+			return -1;
+		lport = ((__u16)l4[4] << 8) | l4[5];
+	} else {
+		return -1;
+	}
+	k.lport = lport;
+	k.rport = rport;
+	return live_flow(&k, bpf_ktime_get_coarse_ns()) ? R_RELATED : -1;
+}
+
+/*
+ * Whether an inbound packet belongs to a flow the host opened: R_ESTABLISHED,
+ * R_RELATED (an ICMP error about one) or -1. A TCP SYN without ACK never
+ * does (a new connection from outside is for the rules), nor anything but a
+ * SYN-ACK or RST before the host has acknowledged the answer. Inbound packets
+ * never change a TCP flow (a forged RST or FIN cannot end it); the first
+ * answer to a UDP flow moves it to its longer "stream" timeout.
+ */
+static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, struct pkt *p)
+{
+	struct flow_key k = {};
+	struct flow *f;
+	__u64 now;
+
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		if (!p->has_ports)
+			return -1;
+		if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+			return -1;
+		k.rport = p->sport;
+		k.lport = p->dport;
+	} else if (p->proto == (p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6)) {
+		if (icmp_error(p))
+			return ct_related(ctx, p);
+		if (!p->has_id || echo_request(p->proto, p->sport))
+			return -1;
+		k.lport = p->icmp_id;
+	} else {
+		return -1;
+	}
+	key_addrs(&k, p, 1);
+	now = bpf_ktime_get_coarse_ns();
+	f = live_flow(&k, now);
+	if (!f)
+		return -1;
+	if (p->proto == IPPROTO_TCP) {
+		if (f->state == FS_SYN_SENT && !(p->tcp_flags & (TCP_ACK | TCP_RST)))
+			return -1;
+	} else if (f->state == FS_UDP) {
+		f->state = FS_UDP_STREAM;
+		f->expires = now + secs(c->timeout[FS_UDP_STREAM]);
+	}
+	return R_ESTABLISHED;
+}
+
+/*
+ * Records what the host sends: a TCP SYN (without ACK), a UDP datagram or an
+ * ICMP echo request starts a flow; later TCP segments move it on (the ACK of
+ * the answer: established; a FIN: fin; a RST: close) but never start one or
+ * bring back one that expired or closed. A SYN-ACK is the host answering a
+ * connection someone else opened: not tracked. The flow's expiry is
+ * rewritten only when its state changes or it is older than FLOW_STALE_MS.
+ */
+static __always_inline void ct_outbound(struct config *c, struct pkt *p)
+{
+	struct flow_key k = {};
+	__u32 st;
+	int starts = 0;
+
+	if (p->proto == IPPROTO_TCP) {
+		__u8 fl = p->tcp_flags;
+		if ((fl & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+			st = FS_SYN_SENT;
+			starts = 1;
+		} else if (fl & TCP_SYN) {
+			return;
+		} else if (fl & TCP_RST) {
+			st = FS_CLOSE;
+		} else if (fl & TCP_FIN) {
+			st = FS_FIN;
+		} else {
+			st = FS_ESTABLISHED;
+		}
+		k.rport = p->dport;
+		k.lport = p->sport;
+	} else if (p->proto == IPPROTO_UDP) {
+		st = FS_UDP;
+		starts = 1;
+		k.rport = p->dport;
+		k.lport = p->sport;
+	} else if (p->proto == (p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) && p->has_id &&
+		   echo_request(p->proto, p->sport)) {
+		st = FS_ICMP;
+		starts = 1;
+		k.lport = p->icmp_id;
+	} else {
+		return;
+	}
+	key_addrs(&k, p, 0);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct flow *f = flow_get(&k);
+	if (f && now < f->expires) {
+		__u32 cur = f->state;
+		if (p->proto == IPPROTO_TCP && st != FS_SYN_SENT) {
+			if (cur == FS_CLOSE)
+				return; /* closed stays closed */
+			if (cur == FS_FIN && st == FS_ESTABLISHED)
+				st = FS_FIN;
+		} else if (cur == FS_UDP_STREAM && st == FS_UDP) {
+			st = FS_UDP_STREAM;
+		}
+	} else if (!starts) {
+		return;
+	} else {
+		f = 0;
+	}
+	if (st >= FS_MAX)
+		return;
+	__u64 expires = now + secs(c->timeout[st]);
+	if (!f) {
+		struct flow n = { .expires = expires, .state = st };
+		flow_put(&k, &n);
+		return;
+	}
+	if (f->state == st && f->expires + FLOW_STALE_MS * 1000000ULL >= expires)
+		return;
+	f->state = st;
+	f->expires = expires;
+}
+
 /* ---- the decision ---------------------------------------------------------- */
 
 static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct pkt *p, __u32 *verdict)
@@ -879,6 +1211,13 @@ static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct p
 	if (p->is_nd) {
 		*verdict = V_PASS;
 		return R_ND;
+	}
+	if (c->established && p->family && p->fragment != 2) {
+		int r = ct_inbound(ctx, c, p);
+		if (r >= 0) {
+			*verdict = V_PASS;
+			return r;
+		}
 	}
 	if (c->nrules && p->family) {
 		int m = match_rules(ctx, p, c->rgen);
@@ -895,7 +1234,7 @@ static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reaso
 {
 	struct event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
-		__u32 lost = R_MAX * 2;
+		__u32 lost = IF_SLOTS * STATS_STRIDE;
 		struct counter *c = bpf_map_lookup_elem(&stats, &lost);
 		if (c)
 			c->packets++;
@@ -925,6 +1264,16 @@ static __always_inline void trace(struct xdp_md *ctx, struct pkt *p, __u32 reaso
 	ev->pad = 0;
 	ev->rule_id = p->rule_id;
 	ev->pad2 = 0;
+	__u64 m = len < HEAD_LEN ? len : HEAD_LEN;
+	ev->cap_len = 0;
+	if (m) {
+		/* 1..HEAD_LEN by arithmetic the verifier follows on every kernel (clang turns
+		 * range checks into (m - 1) < HEAD_LEN, whose bound older verifiers lose) */
+		asm volatile("" : "+r"(m));
+		__u64 n = ((m - 1) & (HEAD_LEN - 1)) + 1;
+		if (!bpf_xdp_load_bytes(ctx, 0, ev->head, n))
+			ev->cap_len = n;
+	}
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -947,7 +1296,11 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 	if (reason < 0 || reason >= R_MAX)
 		reason = decide(ctx, c, p, &verdict);
 
-	idx = (__u32)reason * 2 + verdict;
+	__u32 ifi = ctx->ingress_ifindex, h = ifi % IF_HASH, slot = 0;
+	struct ifslot *is = bpf_map_lookup_elem(&ifslots, &h);
+	if (is && is->ifindex == ifi && is->slot < IF_SLOTS)
+		slot = is->slot;
+	idx = slot * STATS_STRIDE + (__u32)reason * 2 + verdict;
 	struct counter *cnt = bpf_map_lookup_elem(&stats, &idx);
 	if (cnt) {
 		cnt->packets++;
@@ -1068,6 +1421,46 @@ int sweep_start(struct xdp_md *ctx)
 	if (bpf_timer_start(&sv->timer, 1000000, 0))
 		return XDP_ABORTED;
 	return XDP_PASS;
+}
+
+/* ---- egress ----------------------------------------------------------------- */
+
+/*
+ * On tc egress of every attached interface: records the flows the host
+ * opens (ct_outbound). Never changes or drops a packet; IPv6 packets with
+ * extension headers and later fragments are not tracked.
+ */
+SEC("tc")
+int egress(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct pkt p = {};
+	__u32 zero = 0;
+	__u64 off = 0;
+
+	struct selector *sel = bpf_map_lookup_elem(&cfg_sel, &zero);
+	if (!sel)
+		return TC_NEXT;
+	__u32 ci = sel->live & 1;
+	struct config *c = bpf_map_lookup_elem(&cfg, &ci);
+	if (!c || !c->established)
+		return TC_NEXT;
+	if (parse_eth(data, end, &p, &off) >= 0 || off > MAX_L3_OFF)
+		return TC_NEXT;
+	if (p.ethertype == ETH_P_IP) {
+		if (parse_ip4(data, end, &p, off) >= 0)
+			return TC_NEXT;
+	} else if (p.ethertype == ETH_P_IPV6) {
+		if (parse_ip6(data, end, &p, off) >= 0 || is_exthdr(p.proto) ||
+		    parse_l4(data, end, &p, off + sizeof(struct ipv6hdr)) >= 0)
+			return TC_NEXT;
+	} else {
+		return TC_NEXT;
+	}
+	if (p.fragment != 2)
+		ct_outbound(c, &p);
+	return TC_NEXT;
 }
 
 char LICENSE[] SEC("license") = "GPL";

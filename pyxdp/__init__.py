@@ -21,15 +21,17 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "Filter": "filter", "BanResult": "filter",
     "Config": "state", "DEFAULT_PIN_DIR": "state",
-    "Stats": "observe", "StatLine": "observe", "Event": "observe", "Tracer": "observe",
+    "Stats": "observe", "StatLine": "observe", "Event": "observe", "Tracer": "observe", "TraceFilter": "observe",
     "ReplayResult": "replay", "Tester": "replay",
     "Attachment": "attach",
     "Prefix": "prefix", "parse_prefix": "prefix", "parse_ttl": "prefix",
     "Rule": "rules", "Addr": "rules", "parse_rule": "rules", "parse_rule_words": "rules",
     "RuleSetSpec": "rulefile", "Element": "rulefile", "parse_ruleset": "rulefile", "format_ruleset": "rulefile",
+    "InterfaceSpec": "rulefile", "ConfigChange": "config",
     "RuleState": "ruleset",
     "SetState": "sets", "ElementState": "sets", "ChangeResult": "sets",
-    "Action": "layout", "Verdict": "layout", "Reason": "layout",
+    "Action": "layout", "Verdict": "layout", "Reason": "layout", "FlowState": "layout",
+    "Flow": "flows",
     "XdpMode": "xdp",
     "BpfObject": "bpf", "Map": "bpf", "Program": "bpf", "RingBuffer": "bpf",
     "PyxdpError": "errors", "UsageError": "errors", "BpfError": "errors", "BpfPermissionError": "errors",
@@ -50,12 +52,16 @@ __all__ = [
     "BpfPermissionError",
     "ChangeResult",
     "Config",
+    "ConfigChange",
     "DEFAULT_PIN_DIR",
     "Element",
     "ElementState",
     "Event",
     "Filter",
+    "Flow",
+    "FlowState",
     "IncompatibleMap",
+    "InterfaceSpec",
     "KeyNotFound",
     "LibbpfMissing",
     "LockTimeout",
@@ -77,6 +83,7 @@ __all__ = [
     "StatLine",
     "Stats",
     "Tester",
+    "TraceFilter",
     "Tracer",
     "UnsafeState",
     "UsageError",
@@ -96,6 +103,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .attach import Attachment
     from .bpf import BpfObject, Map, Program, RingBuffer
+    from .config import ConfigChange
     from .errors import (
         AttachError,
         BpfError,
@@ -114,12 +122,13 @@ if TYPE_CHECKING:
         VerifierError,
     )
     from .filter import BanResult, Filter
+    from .flows import Flow
     from .generic import load_object, unload
-    from .layout import Action, Reason, Verdict
-    from .observe import Event, StatLine, Stats, Tracer
+    from .layout import Action, FlowState, Reason, Verdict
+    from .observe import Event, StatLine, Stats, TraceFilter, Tracer
     from .prefix import Prefix, parse_prefix, parse_ttl
     from .replay import ReplayResult, Tester
-    from .rulefile import Element, RuleSetSpec, format_ruleset, parse_ruleset
+    from .rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
     from .rules import Addr, Rule, parse_rule, parse_rule_words
     from .ruleset import RuleState
     from .sets import ChangeResult, ElementState, SetState

@@ -1,6 +1,8 @@
 """The filter program on interfaces: loading and pinning it once per state,
-attaching it (replacing only our own program, atomically), detaching, and
-the record of attached interfaces in the ``ifaces`` map."""
+attaching it (replacing only our own program, atomically) with the egress
+program that records the flows the host opens (pyxdp.tc), detaching, the
+record of attached interfaces in the ``ifaces`` map, and their counter
+slots (``ifslots``)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import layout as L
 from .bpf import Program
 from .errors import AttachError, BpfError, UsageError
-from .state import PROG_PIN, open_object, pin_program, start_sweeper
+from .state import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper
+from .tc import attach_egress, detach_egress, has_egress
 
 if TYPE_CHECKING:
     from .state import State
 
 MODES = ("auto", "native", "generic", "offload")
+
+
+def iface_label(ifname: str, netns: str | None) -> str:
+    """How counters, traces and metrics name an interface: ``eth0``, or
+    ``NETNS/eth0`` in a named network namespace."""
+    return f"{netns}/{ifname}" if netns else ifname
 
 
 class Attachment(NamedTuple):
@@ -44,34 +53,124 @@ def _prog_name(prog_id: int) -> str:
         return "unknown"
 
 
-def load_program(st: State) -> Program:
-    """A fresh instance of the filter program on this state's maps (unpinned);
-    the expiry sweeper is re-armed with the new object's code."""
+def load_programs(st: State) -> tuple[Program, Program]:
+    """Fresh instances of the filter and egress programs on this state's maps
+    (unpinned); the expiry sweeper is re-armed with the new object's code."""
     with open_object(st.pin_dir) as obj:
         obj.load()
         start_sweeper(obj)
-        return obj.program("xdp_filter")
+        prog = obj.program("xdp_filter")
+        try:
+            return prog, obj.program("egress")
+        except BaseException:
+            prog.close()
+            raise
+
+
+def pin_programs(st: State, prog: Program, eprog: Program) -> None:
+    pin_program(eprog, st.pin_dir, EGRESS_PIN)
+    pin_program(prog, st.pin_dir)
+
+
+def _pinned_programs(st: State) -> tuple[Program, Program] | None:
+    paths = [os.path.join(st.pin_dir, n) for n in (PROG_PIN, EGRESS_PIN)]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    prog = Program.from_pin(paths[0])
+    try:
+        return prog, Program.from_pin(paths[1])
+    except BaseException:
+        prog.close()
+        raise
 
 
 def program(st: State, reload: bool = False) -> Program:
-    """The state's pinned program, loaded and pinned first when missing (or when ``reload``)."""
-    path = os.path.join(st.pin_dir, PROG_PIN)
-    if not reload and os.path.exists(path):
-        return Program.from_pin(path)
+    """The state's pinned program, loaded and pinned first (with the egress
+    program) when missing, or when ``reload``."""
+    pinned = None if reload else _pinned_programs(st)
+    if pinned is not None:
+        pinned[1].close()
+        return pinned[0]
     st.require_lock()
-    prog = load_program(st)
-    pin_program(prog, st.pin_dir)
+    prog, eprog = load_programs(st)
+    with eprog:
+        pin_programs(st, prog, eprog)
     return prog
 
 
-def recorded(st: State) -> dict[tuple[str | None, int], Attachment]:
+class _Record(NamedTuple):
+    """One ``ifaces`` entry as stored."""
+
+    ifname: str
+    mode: int
+    prog_id: int
+    slot: int
+    flags: int
+
+    def pack(self) -> bytes:
+        return L.IFACE_VAL.pack(self.ifname.encode(), self.mode, self.prog_id, self.slot, self.flags)
+
+
+def _records(st: State) -> dict[tuple[str | None, int], _Record]:
     out = {}
     for k, v in st.map("ifaces").items():
         idx, ns = L.IFACE_KEY.unpack(k)
-        name, mode, pid = L.IFACE_VAL.unpack(v)
-        netns = ns.rstrip(b"\0").decode() or None
-        out[(netns, idx)] = Attachment(name.rstrip(b"\0").decode(), idx, netns, MODES[mode], pid, True)
+        name, mode, pid, slot, flags = L.IFACE_VAL.unpack(v)
+        out[(ns.rstrip(b"\0").decode() or None, idx)] = _Record(name.rstrip(b"\0").decode(), mode, pid, slot, flags)
     return out
+
+
+def recorded(st: State) -> dict[tuple[str | None, int], Attachment]:
+    return {(netns, idx): Attachment(r.ifname, idx, netns, MODES[r.mode], r.prog_id, True)
+            for (netns, idx), r in _records(st).items()}
+
+
+def slot_names(st: State) -> dict[int, str]:
+    """Counter slot -> the interface(s) it counts: "eth0", "NETNS/eth0"
+    (the same ifindex in two namespaces shares a slot: names joined by ",")."""
+    out: dict[int, list[str]] = {}
+    for (netns, _idx), r in sorted(_records(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        if r.slot:
+            out.setdefault(r.slot, []).append(iface_label(r.ifname, netns))
+    return {slot: ",".join(names) for slot, names in out.items()}
+
+
+def _assign_slot(st: State, recs: dict[tuple[str | None, int], _Record], ifindex: int) -> int:
+    """The counter slot for a new attachment of ``ifindex``: the slot of a
+    recorded interface with the same ifindex (another namespace), else a
+    free one with its counters zeroed and ``ifslots`` pointing at it; 0
+    (counted as no interface) when all are taken or its ifslots entry
+    serves another ifindex."""
+    for (_ns, idx), r in recs.items():
+        if idx == ifindex and r.slot:
+            return r.slot
+    hkey = L.U32.pack(ifindex % L.IF_HASH)
+    raw = st.map("ifslots").lookup(hkey)
+    held, _s = L.IFSLOT.unpack(raw) if raw else (0, 0)
+    if held not in (0, ifindex) and any(idx == held for _ns, idx in recs):
+        return 0
+    used = {r.slot for r in recs.values()}
+    free = [s for s in range(1, L.IF_SLOTS) if s not in used]
+    if not free:
+        return 0
+    slot = free[0]
+    stats = st.map("stats")
+    zero = bytes(stats.value_bytes)
+    for i in range(L.STATS_STRIDE):
+        stats.update(L.U32.pack(slot * L.STATS_STRIDE + i), zero)
+    st.map("ifslots").update(hkey, L.IFSLOT.pack(ifindex, slot))
+    return slot
+
+
+def _release_slot(st: State, ifindex: int, slot: int) -> None:
+    """After a record went: free the slot's ifslots entry when no recorded
+    interface uses it any more."""
+    if not slot or any(r.slot == slot for r in _records(st).values()):
+        return
+    hkey = L.U32.pack(ifindex % L.IF_HASH)
+    raw = st.map("ifslots").lookup(hkey)
+    if raw and L.IFSLOT.unpack(raw)[0] == ifindex:
+        st.map("ifslots").update(hkey, L.IFSLOT.pack(0, 0))
 
 
 def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
@@ -87,10 +186,11 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
         from .ruleset import check_attach
 
         check_attach(st, ifname, ifst.ifindex, netns)
-        fresh = reload or not os.path.exists(os.path.join(st.pin_dir, PROG_PIN))
-        prog = load_program(st) if fresh else program(st)
+        pinned = None if reload else _pinned_programs(st)
+        fresh = pinned is None
+        prog, eprog = load_programs(st) if pinned is None else pinned
         try:
-            recs = recorded(st)
+            recs = _records(st)
             rec = recs.get((netns, ifst.ifindex))
             pinned_id = _pinned_id(st)
             key = _iface_key(ifst.ifindex, netns)
@@ -104,12 +204,20 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
                         f"{ifname} already runs XDP program {ifst.prog_id} ({other}), not this pyxdp filter; "
                         "--force replaces it",
                     )
-            # a new interface is recorded before the netlink call: a writer killed right after attaching leaves
+            # a new interface is recorded before the netlink calls: a writer killed right after attaching leaves
             # a record, so the next detach of the last interface does not remove state an interface runs on
             if rec is None:
                 want = mode if mode is not XdpMode.AUTO else XdpMode.AUTO
-                st.map("ifaces").update(key, L.IFACE_VAL.pack(ifname.encode(), MODES.index(want.value), prog.id))
+                slot = _assign_slot(st, recs, ifst.ifindex)
+                new = _Record(ifname, MODES.index(want.value), prog.id, slot, 0)
+                st.map("ifaces").update(key, new.pack())
+            cur = rec or new
             try:
+                # egress first: flows the host opens from now on are known before the filter relies on them
+                had_egress = rec is not None and has_egress(nl, ifst.ifindex)
+                if attach_egress(nl, ifst.ifindex, eprog.fd):
+                    cur = cur._replace(flags=cur.flags | L.IFF_OWN_CLSACT)
+                    st.map("ifaces").update(key, cur.pack())
                 if ifst.prog_id == prog.id:
                     used = ifst.mode
                 elif ifst.prog_id:
@@ -119,20 +227,32 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
                 else:
                     used = nl.attach(ifname, prog.fd, mode, force=force)
             except BaseException:
+                if rec is None or not had_egress:
+                    _quietly(detach_egress, nl, ifst.ifindex, bool(cur.flags & L.IFF_OWN_CLSACT))
                 if rec is None:
                     st.map("ifaces").delete(key)
+                    _release_slot(st, ifst.ifindex, cur.slot)
                 raise
             assert used is not None
             if fresh:
-                pin_program(prog, st.pin_dir)  # only once it runs: a failed attach changes nothing
-            st.map("ifaces").update(key, L.IFACE_VAL.pack(ifname.encode(), MODES.index(used.value), prog.id))
-            if reload:  # every interface recorded runs the new program too
-                for (ns, idx), a in recs.items():
-                    if (ns, idx) != (netns, ifst.ifindex) and a.prog_id != prog.id:
-                        _replace_on(st, a, prog)
+                pin_programs(st, prog, eprog)  # only once they run: a failed attach changes nothing
+            st.map("ifaces").update(key, cur._replace(mode=MODES.index(used.value), prog_id=prog.id).pack())
+            if reload:  # every interface recorded runs the new programs too
+                for (ns, idx), r in recs.items():
+                    if (ns, idx) != (netns, ifst.ifindex) and r.prog_id != prog.id:
+                        _replace_on(st, ns, idx, r, prog, eprog)
             return Attachment(ifname, ifst.ifindex, netns, used.value, prog.id, True)
         finally:
             prog.close()
+            eprog.close()
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    """An undo step after a failure: its own failure must not hide the first."""
+    try:
+        fn(*args)
+    except (AttachError, UsageError, BpfError):
+        pass
 
 
 def _pinned_id(st: State) -> int:
@@ -154,18 +274,18 @@ def uses_state(st: State, prog_id: int) -> bool:
         return False
 
 
-def _replace_on(st: State, a: Attachment, prog: Program) -> None:
+def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Program, eprog: Program) -> None:
     from .xdp import Netlink, XdpMode
 
     try:
-        with Netlink(a.netns) as nl:
-            ifst = nl.state_by_index(a.ifindex)
-            if ifst is None or ifst.prog_id != a.prog_id:
+        with Netlink(netns) as nl:
+            ifst = nl.state_by_index(ifindex)
+            if ifst is None or ifst.prog_id != r.prog_id:
                 return
-            with Program.from_id(a.prog_id) as old:
+            attach_egress(nl, ifindex, eprog.fd)
+            with Program.from_id(r.prog_id) as old:
                 nl.attach(ifst.ifname, prog.fd, ifst.mode or XdpMode.AUTO, replace_fd=old.fd)
-        st.map("ifaces").update(_iface_key(a.ifindex, a.netns),
-                                L.IFACE_VAL.pack(a.ifname.encode(), MODES.index(a.mode), prog.id))
+        st.map("ifaces").update(_iface_key(ifindex, netns), r._replace(prog_id=prog.id).pack())
     except (UsageError, AttachError, BpfError):
         pass  # gone meanwhile: 'status' shows it
 
@@ -188,9 +308,12 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
             gone = [(netns, ifst.ifindex)] if rec is not None else list(by_name)
             if not gone and ifst.prog_id and uses_state(st, ifst.prog_id):
                 gone = [(netns, ifst.ifindex)]  # attached by a writer that died before recording it
-    except UsageError:
+            if (netns, ifst.ifindex) in gone:
+                r = _records(st).get((netns, ifst.ifindex))
+                detach_egress(nl, ifst.ifindex, r is not None and bool(r.flags & L.IFF_OWN_CLSACT))
+    except UsageError as exc:
         if not by_name:  # no such interface, and no record of one by that name
-            raise
+            raise UsageError(_attached_elsewhere(st, ifname, netns) or str(exc)) from None
         for (ns, idx), rec in by_name.items():  # renamed, or really gone?
             try:
                 with Netlink(ns) as nl:
@@ -202,20 +325,38 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
                                  f"runs this filter: detach {now.ifname}") from None
         gone = list(by_name)  # the interface (or its namespace) is gone, and its program with it
     if not gone:
-        raise UsageError(f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
+        raise UsageError(_attached_elsewhere(st, ifname, netns)
+                         or f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
+    recs = _records(st)
     for ns, idx in gone:
         st.map("ifaces").delete(_iface_key(idx, ns))
+        if (ns, idx) in recs:
+            _release_slot(st, idx, recs[(ns, idx)].slot)
     return gone
+
+
+def _attached_elsewhere(st: State, ifname: str, netns: str | None) -> str | None:
+    """What to tell a detach of ``ifname`` in ``netns`` when the state records
+    that name only in other namespaces: where, and the option that reaches it."""
+    others = {ns for (ns, _idx), a in recorded(st).items() if a.ifname == ifname and ns != netns}
+    if not others:
+        return None
+    named = sorted(ns for ns in others if ns)
+    places = [f"netns {ns}" for ns in named] + (["the host's namespace"] if None in others else [])
+    ways = [f"{'add' if netns is None else 'use'} --netns {ns}" for ns in named]
+    ways += ["leave out --netns"] if None in others else []
+    here = "" if netns is None else f" is not attached in netns {netns}; it"
+    return f"{ifname}{here} is attached in {' and '.join(places)}: {' or '.join(ways)}"
 
 
 def interfaces(st: State) -> list[Attachment]:
     """Recorded attachments, each checked against what the kernel runs."""
-    from .xdp import Netlink
+    from .rtnl import Links  # read-only netlink without pyroute2's import: 'status' stays quick
 
     out = []
     for (netns, _idx), a in sorted(recorded(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
         try:
-            with Netlink(netns) as nl:
+            with Links(netns) as nl:
                 ifst = nl.state(a.ifname)
             live = ifst.prog_id == a.prog_id and ifst.ifindex == a.ifindex
         except (UsageError, AttachError):

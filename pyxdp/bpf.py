@@ -541,13 +541,14 @@ class BpfObject:
         for p in self._progs.values():
             lib.bpf_program__set_autoload(p, False)
 
-    def only_program(self, name: str) -> None:
-        """Load only ``name`` of the object's programs."""
-        if name not in self._progs:
-            have = ", ".join(self._progs) or "none"
-            raise UsageError(f"{self.path}: no program named {name} (has: {have})")
+    def only_program(self, *names: str) -> None:
+        """Load only the programs ``names`` of the object's programs."""
+        for name in names:
+            if name not in self._progs:
+                have = ", ".join(self._progs) or "none"
+                raise UsageError(f"{self.path}: no program named {name} (has: {have})")
         for pname, p in self._progs.items():
-            lib.bpf_program__set_autoload(p, pname == name)
+            lib.bpf_program__set_autoload(p, pname in names)
 
     def load(self) -> None:
         ret = lib.bpf_object__load(self._obj)

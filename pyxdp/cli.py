@@ -62,6 +62,7 @@ def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, wit
 
     return Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
                        capacity=getattr(args, "capacity", None), with_program=with_program,
+                       flows=getattr(args, "flows", None),
                        rules=getattr(args, "rules", None))
 
 
@@ -117,11 +118,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             _emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
                    "rules": cfg.nrules, "rule_capacity": flt.rule_capacity, "set_capacity": flt.capacity,
                    "sets": [s.to_dict() for s in sets], "trace_every": cfg.trace_every,
+                   "established": cfg.established, "flow_capacity": flt.state.flow_capacity,
                    "interfaces": [a.to_dict() for a in ifaces]})
             return 0
         elements = sum(s.n4 + s.n6 for s in sets)
         print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  rules: {cfg.nrules}/{flt.rule_capacity}  "
-              f"sets: {len(sets)} ({_plural(elements, 'element')}; {flt.capacity} per family)")
+              f"sets: {len(sets)} ({_plural(elements, 'element')}; {flt.capacity} per family)  "
+              f"connection state: {'on' if cfg.established else 'off'} (up to {flt.state.flow_capacity} flows)")
         if cfg.trace_every:
             print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
                   "(the next 'pyxdp-load trace' turns it off when it ends)")
@@ -362,6 +365,31 @@ def cmd_apply(args: argparse.Namespace) -> int:
     n = sum(len(v) for v in spec.sets.values())
     print(f"applied {_plural(len(spec.rules), 'rule')}, {_plural(len(spec.sets), 'set')} "
           f"({_plural(n, 'element')})" + (f", policy {spec.policy.label}" if spec.policy is not None else ""))
+    if spec.interfaces:
+        print(f"note: 'apply' leaves interfaces as they are; 'pyxdp-load up {args.file}' also attaches the file's "
+              f"{_plural(len(spec.interfaces), 'interface')} (and detaches others)")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .config import config_path
+    from .rulefile import parse_ruleset
+    from .xdp import preload
+
+    path = config_path(args.file)
+    name = "stdin" if path == "-" else path
+    spec = parse_ruleset(_read_text(path), name)
+    loading = preload()  # pyroute2's import overlaps a program load
+    with _open(args, create=True, with_program=bool(spec.interfaces)) as flt:
+        loading.join()
+        changes = flt.up(spec)
+        created = flt.created
+    if created:
+        print(f"made the state in {flt.pin_dir}")
+    for c in changes:
+        print(c)
+    if not changes and not created:
+        print(f"no change: the firewall and its {_plural(len(spec.interfaces), 'interface')} are what {name} says")
     return 0
 
 
@@ -370,7 +398,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     from .safefile import write_file_atomic
 
     with _open(args, lock=False) as flt:
-        spec = flt.ruleset()
+        spec = flt.ruleset(interfaces=args.all)
     text = format_ruleset(spec)
     if args.file in (None, "-"):
         sys.stdout.write(text)
@@ -395,15 +423,73 @@ def cmd_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .flows import parse_timeout_args
+
+    if args.onoff not in (None, "on", "off"):
+        raise UsageError(f"bad state {args.onoff!r}: on or off")
+    changes = parse_timeout_args(args.timeout or [])
+    if args.onoff is None and not changes:
+        with _open(args, lock=False) as flt:
+            on, timeouts = flt.established, flt.timeouts()
+        if args.json:
+            _emit({"established": on, "timeouts": timeouts})
+        else:
+            print(f"connection state: {'on' if on else 'off'}")
+            for name, secs in timeouts.items():
+                print(f"  {name:16}{secs:>8} s")
+        return 0
+    with _open(args) as flt:
+        if changes:
+            flt.set_timeouts(changes)
+        if args.onoff is not None:
+            flt.set_established(args.onoff == "on")
+        on = flt.established
+    done = [f"connection state: {'on' if on else 'off'}"] + [f"{k} = {v} s" for k, v in changes.items()]
+    print("; ".join(done))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    with _open(args, lock=False) as flt:
+        flows = flt.flows()
+        on = flt.established
+    if args.json:
+        _emit({"established": on, "flows": [f.to_dict() for f in flows]})
+        return 0
+    if not on:
+        print("connection state is off ('pyxdp-load state on' turns it on)")
+    wl = max([len(f.local) for f in flows] + [5]) + 2
+    wr = max([len(f.remote) for f in flows] + [6]) + 2
+    print(f"{'proto':8}{'local':{wl}}{'remote':{wr}}{'state':13}{'expires in':>12}")
+    for f in flows:
+        print(f"{f.proto:8}{f.local:{wl}}{f.remote:{wr}}{f.state.label:13}{_duration(f.expires_in):>12}")
+    print(_plural(len(flows), "flow"))
+    return 0
+
+
+def _duration(secs: float) -> str:
+    s = int(secs)
+    if s >= 86400:
+        return f"{s // 86400}d{s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60}s"
+    return f"{secs:.1f}s"
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with _open(args, lock=False) as flt:
         st = flt.stats()
     if args.json:
         _emit({"stats": [ln.to_dict() for ln in st.lines], "lost_events": st.lost_events})
         return 0
-    print(f"{'verdict':8}{'reason':12}{'packets':>14}{'bytes':>16}")
-    for ln in sorted(st.lines, key=lambda ln: (ln.verdict, ln.reason)):
-        print(f"{ln.verdict.label:8}{ln.reason.label:12}{ln.packets:>14}{ln.bytes:>16}")
+    w = max([len(ln.interface) for ln in st.lines] + [9]) + 2
+    print(f"{'interface':{w}}{'verdict':8}{'reason':12}{'packets':>14}{'bytes':>16}")
+    for ln in sorted(st.lines, key=lambda ln: (ln.interface, ln.verdict, ln.reason)):
+        print(f"{ln.interface or '-':{w}}{ln.verdict.label:8}{ln.reason.label:12}{ln.packets:>14}{ln.bytes:>16}")
     print(f"lost trace events: {st.lost_events}")
     return 0
 
@@ -423,21 +509,50 @@ def cmd_trace(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.exit(128 + signum)
 
+    from contextlib import ExitStack
+
+    from .observe import TraceFilter, TracePcap
+    from .pcap import open_capture
+
+    match = TraceFilter.make(args.verdict, args.src, args.port, args.rule)
+    to_stdout = args.pcap == "-"  # the capture goes to stdout instead of the lines
+    if to_stdout and args.json:
+        raise UsageError("--pcap - writes the capture to stdout: leave out --json, or give a file")
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     seen = 0
-    with _open(args, lock=False) as flt, flt.trace(args.sample) as tr:
+    pcap: TracePcap | None = None
+    with ExitStack() as stack:
+        flt = stack.enter_context(_open(args, lock=False))
+        n = len(flt.rules()) if args.rule is not None else 0
+        if args.rule is not None and args.rule > n:
+            raise UsageError(f"--rule {args.rule}: there is no rule {args.rule} ({_plural(n, 'rule')}; "
+                             "see 'pyxdp-load list')")
+        if args.pcap is not None:
+            out = sys.stdout.buffer if to_stdout else stack.enter_context(open_capture(args.pcap))
+            pcap = TracePcap(out)
+        tr = stack.enter_context(flt.trace(args.sample, match if match else None))
         if not args.json:
-            print(f"tracing 1 in {args.sample} packets (Ctrl-C stops)", file=sys.stderr, flush=True)
-        for ev in tr:
-            if args.json:
-                _emit(ev.to_dict())
-            else:
-                print(ev)
-            sys.stdout.flush()
-            seen += 1
-            if args.count is not None and seen >= args.count:
-                break
+            only = f", only {match}" if match else ""
+            into = f", packets into {'stdout' if to_stdout else args.pcap}" if pcap else ""
+            print(f"tracing 1 in {args.sample} packets{only}{into} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        try:
+            for ev in tr:
+                if pcap is not None:
+                    pcap.write(ev)
+                if args.json:
+                    _emit(ev.to_dict())
+                    sys.stdout.flush()
+                elif not to_stdout:
+                    print(ev, flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+        finally:
+            if pcap is not None and not args.json:
+                skipped = f"; {_plural(pcap.skipped, 'packet')} came without bytes" if pcap.skipped else ""
+                print(f"{_plural(pcap.count, 'packet')} written to {'stdout' if to_stdout else args.pcap}{skipped}",
+                      file=sys.stderr, flush=True)
     return 0
 
 
@@ -508,24 +623,84 @@ def cmd_printk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _needs(module: str, extra: str, exc: ImportError) -> int:
+    """A command whose optional dependency is missing: one line, exit 1."""
+    if (exc.name or "").split(".")[0] != module:
+        raise exc
+    return _fail(f"this command needs {module}: pip install 'pyxdp[{extra}]' (or {module} itself)", 1)
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    try:
+        from .exporter import serve
+    except ImportError as exc:
+        return _needs("prometheus_client", "exporter", exc)
+    return serve(_pin_dir(args), args.listen)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    import math
+
+    from .errors import UsageError
+
+    if not (math.isfinite(args.interval) and 0.1 <= args.interval <= 3600):
+        raise UsageError(f"--interval must be 0.1 to 3600 seconds, not {args.interval:g}")
+    if args.sample < 0:
+        raise UsageError("--sample must be 0 (no tracing) or more")
+    try:
+        from .top import run
+    except ImportError as exc:
+        return _needs("rich", "top", exc)
+    with _open(args, lock=False) as flt:
+        return run(flt, interval=args.interval, sample=args.sample, once=args.once)
+
+
 # ---- parser -----------------------------------------------------------------
 
 
 COMMANDS = ("attach", "detach", "status", "allow", "deny", "insert", "delete", "list", "set", "ban", "unban", "apply",
-            "save", "policy", "stats", "trace", "replay", "load", "unload", "printk")
+            "save", "up", "policy", "state", "flows", "stats", "trace", "replay", "load", "unload", "printk",
+            "exporter", "top")
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The subcommand named in ``argv`` (after global options), if any."""
+def _first_word(argv: Sequence[str]) -> str | None:
+    """The first word of ``argv`` that is not a global option or its value."""
     skip = False
     for word in argv:
         if skip:
             skip = False
-        elif word == "--pin-dir":
+        elif word in ("--pin-dir", "--log-file"):
             skip = True
         elif not word.startswith("-"):
-            return word if word in COMMANDS else None
+            return word
     return None
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (after global options), if any."""
+    word = _first_word(argv)
+    return word if word in COMMANDS else None
+
+
+def _changes(args: argparse.Namespace) -> bool:
+    """Whether the command changes the firewall (and so writes audit records)."""
+    c = args.command
+    if c == "set":
+        return getattr(args, "op", None) != "list"
+    if c == "policy":
+        return getattr(args, "policy", None) is not None
+    if c == "state":
+        return getattr(args, "onoff", None) is not None or bool(getattr(args, "timeout", None))
+    if c == "top":
+        return bool(getattr(args, "sample", 0))
+    return c in ("attach", "detach", "allow", "deny", "insert", "delete", "ban", "unban", "apply", "up", "trace")
+
+
+def _audit_to(args: argparse.Namespace) -> None:
+    """Audit records of this call go to syslog (when there is one) and --log-file."""
+    from .audit import install, syslog_socket
+
+    install(args.log_file, syslog_socket(), PROG)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -535,6 +710,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--pin-dir", help="state directory on bpffs (default /sys/fs/bpf/pyxdp, or $PYXDP_PIN_DIR)")
     p.add_argument("--create", action="store_true",
                    help="let a change make the state when there is none yet (before any attach)")
+    p.add_argument("--log-file", metavar="PATH", help="also append each change's audit line to PATH (changes go "
+                   "to syslog, facility auth, whenever /dev/log exists)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -561,6 +738,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--reload", action="store_true", help="load the program afresh (after an upgrade)")
     sp.add_argument("--rules", type=_positive, help="rule capacity when state is created: a multiple of 64, "
                     "at most 8192 (default 1024)")
+    sp.add_argument("--flows", type=_positive, help="tracked connections per family when state is created "
+                    "(default 65536; the least recently used goes when full)")
 
     sp = cmd("detach", cmd_detach, "detach the filter from an interface (the last one removes the state)")
     sp.add_argument("iface")
@@ -613,9 +792,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     sp = cmd("save", cmd_save, "write the running firewall as a file that 'apply' reads")
     sp.add_argument("file", nargs="?", help="where (default: stdout)")
+    sp.add_argument("--all", action="store_true", help="also the interfaces it is attached to (those that "
+                    "still exist): the config file that 'up' reads")
+
+    sp = cmd("up", cmd_up, "make the firewall and the interfaces it runs on what the config file says: apply "
+             "rules and sets, attach, detach what the file no longer names (a second run changes nothing)")
+    sp.add_argument("file", nargs="?", help="the config file ('-': stdin; default $PYXDP_CONFIG, else "
+                    "/etc/pyxdp/pyxdp.toml)")
+    sp.add_argument("--capacity", type=_positive, help="set elements per family when state is created "
+                    "(default 1048576)")
+    sp.add_argument("--rules", type=_positive, help="rule capacity when state is created: a multiple of 64, "
+                    "at most 8192 (default 1024)")
 
     sp = cmd("policy", cmd_policy, "show or set the default policy for unmatched packets: pass or drop")
     sp.add_argument("policy", nargs="?")
+
+    sp = cmd("state", cmd_state, "connection state: show it, or turn it on/off ('state off'), or set timeouts "
+             "('state --timeout udp=60')")
+    sp.add_argument("onoff", nargs="?", metavar="on|off")
+    sp.add_argument("--timeout", action="append", metavar="NAME=SECONDS",
+                    help="tcp_syn_sent, tcp_established, tcp_fin, tcp_close, udp, udp_stream, icmp (repeatable)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("flows", cmd_flows, "the connections the host opened that are tracked now (their replies pass)")
+    sp.add_argument("--json", action="store_true")
 
     sp = cmd("stats", cmd_stats, "packets and bytes per verdict and reason")
     sp.add_argument("--json", action="store_true")
@@ -624,6 +824,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--count", type=int, help="exit after N events")
     sp.add_argument("--sample", type=_positive, default=1, help="trace one packet in N (default 1)")
+    sp.add_argument("--verdict", choices=("pass", "drop"), help="only packets given this verdict")
+    sp.add_argument("--from", dest="src", metavar="PREFIX",
+                    help="only packets whose source address lies in PREFIX (IPv4 or IPv6; an address: that host)")
+    sp.add_argument("--port", metavar="PORTS",
+                    help="only TCP/UDP packets with this source or destination port (N, LOW:HIGH or a list)")
+    sp.add_argument("--rule", type=_positive, metavar="N", help="only packets that rule number N decided")
+    sp.add_argument("--pcap", metavar="FILE",
+                    help="also write each traced packet's first 128 bytes to a pcap file ('-': stdout, instead "
+                    "of the lines)")
 
     sp = cmd("replay", cmd_replay, "what the loaded filter does to each packet of a pcap file")
     sp.add_argument("file", help="a pcap file ('-': stdin)")
@@ -642,6 +851,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     sp = cmd("printk", cmd_printk, "stream bpf_printk output (trace_pipe; mounts tracefs when missing)")
     sp.add_argument("--count", type=int, help="exit after N lines")
+
+    sp = cmd("exporter", cmd_exporter, "serve Prometheus metrics of the state over HTTP until SIGTERM or Ctrl-C")
+    sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
+                    help="address and port to serve on ([V6]:PORT for IPv6; default 127.0.0.1:9436)")
+
+    sp = cmd("top", cmd_top, "live view: packets and bits per second by interface, verdict and reason; busiest "
+             "rules; top dropped sources (Ctrl-C quits)")
+    sp.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh every SECONDS (default 1)")
+    sp.add_argument("--sample", type=int, default=100, metavar="N",
+                    help="trace one packet in N for the dropped sources (default 100; 0: no tracing)")
+    sp.add_argument("--once", action="store_true", help="print one snapshot (two readings an interval apart) "
+                    "as plain text and exit")
     return p
 
 
@@ -659,7 +880,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _Usage("'reject' and 'limit' are not supported: XDP can allow or deny (drop)")
         if word is not None and ("-h" in argv or "--help" in argv):
             word = None
+        if _first_word(argv) is None and "-h" not in argv and "--help" not in argv:
+            sys.stderr.write(build_parser().format_help())  # no command: what there is to do
+            return 2
         args = build_parser(word).parse_args(argv)
+        if _changes(args):
+            _audit_to(args)
         return int(args.func(args))
     except _Usage as exc:
         return _fail(str(exc), 2)

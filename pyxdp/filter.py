@@ -11,9 +11,10 @@ callers never interleave; readers take no lock."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from . import audit
 from . import sets as S
 from .errors import UsageError
 from .layout import Verdict
@@ -24,7 +25,9 @@ from .state import DEFAULT_PIN_DIR, Config, State, signals_deferred
 if TYPE_CHECKING:
     from .attach import Attachment
     from .bpf import Program
-    from .observe import Stats, Tracer
+    from .config import ConfigChange
+    from .flows import Flow
+    from .observe import Event, Stats, Tracer
     from .replay import ReplayResult, Tester
     from .rulefile import RuleSetSpec
     from .ruleset import RuleState
@@ -50,6 +53,19 @@ def _rule(r: str | Rule) -> Rule:
     return parse_rule(r) if isinstance(r, str) else r
 
 
+def _netns_text(netns: str | None) -> str:
+    return f" (netns {netns})" if netns else ""
+
+
+def _ttl_text(ttl: int | None) -> str:
+    return f"ttl {ttl}s" if ttl else "permanent"
+
+
+def _audit_trace(pin_dir: str, old: int, new: int) -> None:
+    if old != new and audit.active():
+        audit.record(pin_dir, f"tracing {f'1 in {old}' if old else 'off'} -> {f'1 in {new}' if new else 'off'}")
+
+
 class Filter:
     """Handle on the filter state in one pin directory. Open it with
     :meth:`open`, use it as a context manager (or :meth:`close` it: an open
@@ -61,22 +77,30 @@ class Filter:
 
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
-             capacity: int | None = None, rules: int | None = None, with_program: bool = False) -> Filter:
+             capacity: int | None = None, rules: int | None = None, with_program: bool = False,
+             flows: int | None = None) -> Filter:
         """Open the state in ``pin_dir``. ``create`` makes it when missing
         (mounting bpffs if needed); ``lock`` holds the directory's lock until
         :meth:`close` (take it for any change; a writer waiting for it says
         so, and gives up after 30 s or $PYXDP_LOCK_TIMEOUT). ``capacity``:
         set elements per family, ``rules``: the rule capacity (a multiple of
-        64 up to 8,192), both for state made now. ``with_program``: load and
+        64 up to 8,192), ``flows``: tracked connections per family (default 65,536), all
+        for state made now. ``with_program``: load and
         pin the program too when the state is made now. A writer first
         finishes or undoes any change a killed writer left."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
-                                 with_program=with_program)
+                                 with_program=with_program, flows=flows)
         flt = cls(st, created)
+        if created and audit.active():
+            audit.record(st.pin_dir, f"state created ({st.capacity} set elements per family, {st.rule_capacity} rules)")
         if st.locked:
             try:
+                left = st.journal()[0] if audit.active() else None
                 with signals_deferred():
                     S.recover(st, st.config().txn)
+                if left:  # JournalOp.NONE is 0
+                    audit.record(st.pin_dir, f"recovery: the {left.name.lower()} change a killed writer left was "
+                                 "finished or undone")
             except BaseException:
                 st.close()
                 raise
@@ -100,6 +124,8 @@ class Filter:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None and self.created and self._st.locked:
             self._st.remove()  # nothing half-made stays behind
+            if audit.active():
+                audit.record(self.pin_dir, "state removed again: the change it was made for failed")
         self.close()
 
     def __del__(self) -> None:
@@ -129,14 +155,59 @@ class Filter:
 
     def set_policy(self, policy: Verdict) -> None:
         self._st.require_lock()
-        self._st.write_config(self._st.config()._replace(policy=policy))
+        old = self._st.config()
+        self._st.write_config(old._replace(policy=policy))
+        if audit.active():
+            audit.record(self.pin_dir, f"policy {old.policy.label} -> {policy.label}")
 
     def set_trace(self, every: int) -> None:
         """Trace one packet in ``every`` (0 turns tracing off)."""
         if every < 0:
             raise UsageError("trace sampling must be 0 (off) or a positive number")
         self._st.require_lock()
-        self._st.write_config(self._st.config()._replace(trace_every=every))
+        old = self._st.config()
+        self._st.write_config(old._replace(trace_every=every))
+        _audit_trace(self.pin_dir, old.trace_every, every)
+
+    # ---- connection state -------------------------------------------------------
+
+    @property
+    def established(self) -> bool:
+        """Whether replies to connections the host opened pass before the rules."""
+        return self.config().established
+
+    def set_established(self, on: bool) -> None:
+        """Turn connection state on or off (``pyxdp-load state on|off``). Off:
+        replies go through the rules like any packet, and nothing is recorded."""
+        self._st.require_lock()
+        old = self._st.config()
+        self._st.write_config(old._replace(established=bool(on)))
+        if audit.active():
+            audit.record(self.pin_dir, f"connection state {'on' if old.established else 'off'} -> "
+                         f"{'on' if on else 'off'}")
+
+    def timeouts(self) -> dict[str, int]:
+        """Seconds a tracked connection lives after its last packet, per
+        name (see :data:`pyxdp.flows.TIMEOUTS`)."""
+        from .flows import timeouts_by_name
+
+        return timeouts_by_name(self.config().timeouts)
+
+    def set_timeouts(self, timeouts: Mapping[str, int]) -> None:
+        """Change the named timeouts (seconds); the others stay."""
+        from .flows import with_timeouts
+
+        self._st.require_lock()
+        cfg = self._st.config()
+        self._st.write_config(cfg._replace(timeouts=with_timeouts(cfg.timeouts, timeouts)))
+        if audit.active():
+            audit.record(self.pin_dir, "connection timeouts: " + ", ".join(f"{k} {v}s" for k, v in timeouts.items()))
+
+    def flows(self) -> list[Flow]:
+        """The connections the host opened that are tracked now."""
+        from .flows import read_flows
+
+        return read_flows(self._st)
 
     # ---- rules ------------------------------------------------------------------
 
@@ -154,7 +225,11 @@ class Filter:
         r = _rule(rule)
         self._st.require_lock()
         with signals_deferred():
-            return add_rule(self._st, r, position)
+            num = add_rule(self._st, r, position)
+        if audit.active():
+            n = self._st.config().nrules
+            audit.record(self.pin_dir, f"rule {num} added: {r} (rules {n - 1} -> {n})")
+        return num
 
     def allow(self, words: str, position: int | None = None) -> int:
         """``flt.allow("22/tcp")``, ``flt.allow("from 192.0.2.0/24 to any port 22")``."""
@@ -169,8 +244,19 @@ class Filter:
 
         items = [w if isinstance(w, int) else _rule(w) for w in which]
         self._st.require_lock()
+        before = self._rule_list() if audit.active() else None
         with signals_deferred():
-            return delete_rules(self._st, items)
+            n = delete_rules(self._st, items)
+        if before is not None:
+            after = set(self._rule_list())
+            gone = ", ".join(f"{i} '{r}'" for i, r in enumerate(before, 1) if r not in after)
+            audit.record(self.pin_dir, f"rules deleted: {gone} (rules {len(before)} -> {len(after)})")
+        return n
+
+    def _rule_list(self) -> list[Rule]:
+        from .ruleset import live_rules
+
+        return [r for _id, r in live_rules(self._st)]
 
     def replace_rules(self, rules: Iterable[str | Rule]) -> None:
         """Make ``rules`` the whole rule list in one switch (sets unchanged)."""
@@ -178,8 +264,11 @@ class Filter:
 
         items = [_rule(r) for r in rules]
         self._st.require_lock()
+        old = self._st.config().nrules
         with signals_deferred():
             install(self._st, items)
+        if audit.active():
+            audit.record(self.pin_dir, f"rules replaced: {old} -> {len(items)} rules")
 
     # ---- the whole firewall -------------------------------------------------------
 
@@ -189,20 +278,54 @@ class Filter:
         from .ruleset import apply
 
         self._st.require_lock()
+        before = self._summary() if audit.active() else None
         with signals_deferred():
             apply(self._st, spec)
+        if before is not None:
+            after = self._summary()
+            audit.record(self.pin_dir, "applied: " + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before))
 
-    def ruleset(self) -> RuleSetSpec:
+    def _summary(self) -> dict[str, object]:
+        """What an audit record of a whole-firewall change compares."""
+        cfg = self._st.config()
+        sets = self.sets()
+        return {"policy": cfg.policy.label, "rules": cfg.nrules, "sets": len(sets),
+                "elements": sum(s.n4 + s.n6 for s in sets)}
+
+    def ruleset(self, interfaces: bool = False) -> RuleSetSpec:
         """The running firewall: rules, sets with elements and remaining
-        timeouts, policy (``save`` writes this)."""
+        timeouts, policy (``save`` writes this); with ``interfaces``, also
+        the recorded interfaces that still exist and the mode each runs in
+        (``save --all``)."""
         from .ruleset import snapshot
 
-        return snapshot(self._st)
+        spec = snapshot(self._st)
+        if interfaces:
+            from .config import recorded_interfaces
+
+            spec = spec._replace(interfaces=recorded_interfaces(self._st))
+        return spec
+
+    def up(self, spec: RuleSetSpec) -> list[ConfigChange]:
+        """Make the running firewall and the interfaces it runs on what
+        ``spec`` says (``pyxdp-load up``), all or nothing: rules and sets
+        first, then new interfaces, then detaching the ones ``spec`` no
+        longer names (see :func:`pyxdp.config.up`). Returns the changes
+        (none: it was so already). SIGINT and SIGTERM wait until it is done."""
+        from .config import up
+
+        with signals_deferred():
+            return up(self, spec)
 
     # ---- sets and bans ----------------------------------------------------------------
 
-    def sets(self) -> list[SetState]:
-        return list(S.table(self._st).values())
+    def sets(self, exact: bool = True) -> list[SetState]:
+        """The sets and their element counts. While a change works on a set
+        (or a killed writer left one half-changed), its count is its visible
+        elements, counted by walking them; ``exact=False`` takes the stored
+        tally instead, which may already count elements not yet committed
+        (no walk: what a metrics scrape wants with a million elements)."""
+        return list(S.table(self._st, exact).values())
 
     def set_members(self, name: str) -> list[ElementState]:
         """The elements of a set now: prefix, seconds left, hits."""
@@ -219,10 +342,15 @@ class Filter:
             made = parse_set_name(name) not in S.live_ids(self._st)
             sid = S.create(self._st, name)
             try:
-                return S.change(self._st, sid, add=keys, ttl=ttl)
+                res = S.change(self._st, sid, add=keys, ttl=ttl)
             except Exception:  # a failed add changes nothing: a set made for it goes again
                 self._undo_made(name if made else None, 0)
                 raise
+        if audit.active():
+            audit.record(self.pin_dir, f"set @{parse_set_name(name)}{' made' if made else ''}: add "
+                         f"{audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} ({res.added} new, "
+                         f"{res.refreshed} refreshed)")
+        return res
 
     def set_remove(self, name: str, prefixes: Iterable[str | Prefix], missing_ok: bool = False) -> ChangeResult:
         """Remove prefixes from a set, all or nothing: each must be in it
@@ -230,13 +358,20 @@ class Filter:
         items = list(_prefixes(prefixes))
         self._st.require_lock()
         with signals_deferred():
-            return S.change(self._st, S.lookup_name(self._st, name), remove=items, missing_ok=missing_ok)
+            res = S.change(self._st, S.lookup_name(self._st, name), remove=items, missing_ok=missing_ok)
+        if audit.active():
+            audit.record(self.pin_dir, f"set @{parse_set_name(name)}: remove {audit.prefixes_text(items, len(items))}"
+                         f" ({res.removed} removed)")
+        return res
 
     def set_flush(self, name: str) -> int:
         """Remove every element of a set; returns how many."""
         self._st.require_lock()
         with signals_deferred():
-            return S.flush(self._st, S.lookup_name(self._st, name))
+            n = S.flush(self._st, S.lookup_name(self._st, name))
+        if audit.active():
+            audit.record(self.pin_dir, f"set @{parse_set_name(name)} flushed: {n} -> 0 elements")
+        return n
 
     def set_destroy(self, name: str) -> None:
         """Remove a set no rule uses."""
@@ -248,6 +383,8 @@ class Filter:
             raise UsageError(f"set @{parse_set_name(name)} is used by a rule; delete the rule first")
         with signals_deferred():
             S.destroy(self._st, name)
+        if audit.active():
+            audit.record(self.pin_dir, f"set @{parse_set_name(name)} destroyed")
 
     def ban(self, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None, set: str = BANNED) -> BanResult:
         """Add to set ``set`` (default ``banned``); when no rule refers to that
@@ -269,6 +406,10 @@ class Filter:
             except Exception:  # a failed ban changes nothing: take back the rule and set it made
                 self._undo_made(name if made else None, num)
                 raise
+        if audit.active():
+            audit.record(self.pin_dir, f"ban @{name}: {audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} "
+                         f"({res.added} new, {res.refreshed} refreshed)"
+                         + (f"; rule {num} added: deny from @{name}" if num else ""))
         return BanResult(res.added, res.refreshed, num)
 
     def _undo_made(self, made_set: str | None, rule_number: int) -> None:
@@ -289,7 +430,11 @@ class Filter:
         if not sid:
             return S.ChangeResult(0, 0, 0, tuple(items))
         with signals_deferred():
-            return S.change(self._st, sid, remove=items, missing_ok=True)
+            res = S.change(self._st, sid, remove=items, missing_ok=True)
+        if res.removed and audit.active():
+            audit.record(self.pin_dir, f"unban @{parse_set_name(set)}: {audit.prefixes_text(items, len(items))} "
+                         f"({res.removed} removed, {len(res.missing)} not banned)")
+        return res
 
     # ---- statistics and tracing -----------------------------------------------------
 
@@ -298,11 +443,14 @@ class Filter:
 
         return read_stats(self._st)
 
-    def trace(self, every: int = 1) -> Tracer:
-        """Stream events (``with flt.trace() as t: for ev in t: ...``)."""
+    def trace(self, every: int = 1, match: Callable[[Event], bool] | None = None) -> Tracer:
+        """Stream events (``with flt.trace() as t: for ev in t: ...``): one
+        packet in ``every``, kept when ``match`` (e.g. a
+        :class:`pyxdp.observe.TraceFilter`) accepts it, each with its
+        interface's name."""
         from .observe import Tracer
 
-        return Tracer(self._st, self._trace_switch, every)
+        return Tracer(self._st, self._trace_switch, every, match)
 
     def _trace_switch(self, every: int) -> None:
         if self._st.locked:
@@ -312,9 +460,11 @@ class Filter:
 
         lk = writer_lock(self.pin_dir)
         try:
-            self._st.write_config(self._st.config()._replace(trace_every=every))
+            old = self._st.config()
+            self._st.write_config(old._replace(trace_every=every))
         finally:
             lk.release()
+        _audit_trace(self.pin_dir, old.trace_every, every)
 
     # ---- program and interfaces ---------------------------------------------------------
 
@@ -334,6 +484,9 @@ class Filter:
         with signals_deferred():
             att = attach(self._st, ifname, mode, netns, force, reload)
             self._refresh_iface_rules()
+        if audit.active():
+            audit.record(self.pin_dir, f"attach {ifname}{_netns_text(netns)}: program {att.prog_id}, {att.mode} mode"
+                         + (", reloaded" if reload else "") + (", forced" if force else ""))
         return att
 
     def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
@@ -345,8 +498,12 @@ class Filter:
             detach(self._st, ifname, netns)
             if not keep and not recorded(self._st):
                 self._st.remove()
+                if audit.active():
+                    audit.record(self.pin_dir, f"detach {ifname}{_netns_text(netns)}; no interface left: state removed")
                 return True
             self._refresh_iface_rules()
+        if audit.active():
+            audit.record(self.pin_dir, f"detach {ifname}{_netns_text(netns)}")
         return False
 
     def _refresh_iface_rules(self) -> None:
@@ -368,6 +525,8 @@ class Filter:
         """Unpin everything and remove the pin directory."""
         self._st.require_lock()
         self._st.remove()
+        if audit.active():
+            audit.record(self.pin_dir, "state removed")
 
     # ---- replay ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import struct
 from enum import IntEnum
 
 # enum pyxdp_limits
-PYXDP_LAYOUT = 2
+PYXDP_LAYOUT = 3
 MAX_RULE_WORDS = 128
 DEFAULT_RULE_WORDS = 16
 RULE_SETS = 8
@@ -28,13 +28,20 @@ MAX_VLAN = 4
 MAX_EXTHDR = 8
 MAX_L4_OFF = 1024
 GUARD_WORDS = 1024
+IF_SLOTS = 64
+IF_HASH = 4096
+STATS_STRIDE = 20
+HEAD_LEN = 128
+DEFAULT_FLOWS = 65536
+FLOW_STALE_MS = 1000
 LIMITS = {
     "PYXDP_LAYOUT": PYXDP_LAYOUT, "MAX_RULE_WORDS": MAX_RULE_WORDS, "DEFAULT_RULE_WORDS": DEFAULT_RULE_WORDS,
     "RULE_SETS": RULE_SETS, "PROTO_CLASSES": PROTO_CLASSES, "CLASS_PER_RULE": CLASS_PER_RULE,
     "CLASS_EXTRA": CLASS_EXTRA, "RULE_TEXT": RULE_TEXT, "SET_NAME": SET_NAME, "MAX_SETS": MAX_SETS,
     "HASHED_MAX": HASHED_MAX, "LEN_SLOTS": LEN_SLOTS, "PORT_DIR_SHIFT": PORT_DIR_SHIFT, "GEN_SHIFT": GEN_SHIFT,
     "SWEEP_TICK_MS": SWEEP_TICK_MS, "MAX_VLAN": MAX_VLAN, "MAX_EXTHDR": MAX_EXTHDR, "MAX_L4_OFF": MAX_L4_OFF,
-    "GUARD_WORDS": GUARD_WORDS,
+    "GUARD_WORDS": GUARD_WORDS, "IF_SLOTS": IF_SLOTS, "IF_HASH": IF_HASH, "STATS_STRIDE": STATS_STRIDE,
+    "HEAD_LEN": HEAD_LEN, "DEFAULT_FLOWS": DEFAULT_FLOWS, "FLOW_STALE_MS": FLOW_STALE_MS,
 }
 
 
@@ -65,6 +72,8 @@ class Reason(IntEnum):
     TOO_DEEP = 5
     RULE_ALLOW = 6
     RULE_DENY = 7
+    ESTABLISHED = 8
+    RELATED = 9
 
     @property
     def label(self) -> str:
@@ -72,6 +81,30 @@ class Reason(IntEnum):
 
     def __str__(self) -> str:
         return self.label
+
+
+class FlowState(IntEnum):
+    """Where a tracked connection is (C: enum flow_state); also the index
+    of its timeout in the config."""
+
+    NONE = 0
+    SYN_SENT = 1
+    ESTABLISHED = 2
+    FIN = 3
+    CLOSE = 4
+    UDP = 5
+    UDP_STREAM = 6
+    ICMP = 7
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    def __str__(self) -> str:
+        return self.label
+
+
+FS_MAX = 8
 
 
 class IdState(IntEnum):
@@ -105,21 +138,26 @@ class RuleField(IntEnum):
     LIT6_DST = 2048
 
 
-N_REASONS = 8
-LOST_SLOT = N_REASONS * 2  # stats slot counting lost trace events
+N_REASONS = 10
+LOST_SLOT = IF_SLOTS * STATS_STRIDE  # stats entry counting lost trace events
 
 # XDP return codes
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
 
 # "=": native order, no implicit padding (the C structs have none either)
 META = struct.Struct("=II16s")  # layout, rule_words, build_id
-CONFIG = struct.Struct("=IIIIII")  # policy, trace_every, rgen, nrules, txn, pad
+CONFIG = struct.Struct(f"=IIIIII{FS_MAX}I")  # policy, trace_every, rgen, nrules, txn, established, timeout[]
 SELECTOR = struct.Struct("=IIQ")  # live slot, pad, switched_ns
 JOURNAL = struct.Struct("=IIII")  # op, txn, sid, pad
 COUNTER = struct.Struct("=QQ")  # packets, bytes
-EVENT = struct.Struct("=QIIBBBBHH16s16sBBHHHII")
+EVENT = struct.Struct(f"=QIIBBBBHH16s16sBBHHHIHH{HEAD_LEN}s")
 IFACE_KEY = struct.Struct("=I60s")
-IFACE_VAL = struct.Struct("=16sII")
+IFACE_VAL = struct.Struct("=16sIIII")  # ifname, mode, prog_id, slot, flags
+IFF_OWN_CLSACT = 1  # enum iface_flags: pyxdp added the interface's clsact qdisc
+IFSLOT = struct.Struct("=II")  # ifindex, slot
+FLOW_KEY = struct.Struct("=BBHHH16s16s")  # family, proto, rport, lport, pad, raddr, laddr (flows6)
+FLOW_KEY4 = struct.Struct("=BBHHH4s4s")  # the same for flows4: addresses of 4 bytes
+FLOW = struct.Struct("=QII")  # expires, state, pad
 KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, pad
 # n_words, iface_dflt, fields, all_cls, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
 RULESET = struct.Struct(f"=IIII{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
@@ -138,17 +176,23 @@ U32 = struct.Struct("=I")
 # struct name in the C header -> [(field, size)] for the BTF check
 BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
     "meta": [("layout", 4), ("rule_words", 4), ("build_id", 16)],
-    "config": [("policy", 4), ("trace_every", 4), ("rgen", 4), ("nrules", 4), ("txn", 4), ("pad", 4)],
+    "config": [("policy", 4), ("trace_every", 4), ("rgen", 4), ("nrules", 4), ("txn", 4), ("established", 4),
+               ("timeout", 4 * FS_MAX)],
     "selector": [("live", 4), ("pad", 4), ("switched_ns", 8)],
     "journal": [("op", 4), ("txn", 4), ("sid", 4), ("pad", 4)],
     "counter": [("packets", 8), ("bytes", 8)],
     "event": [
         ("ts", 8), ("ifindex", 4), ("pkt_len", 4), ("verdict", 1), ("reason", 1),
         ("family", 1), ("proto", 1), ("sport", 2), ("dport", 2), ("src", 16), ("dst", 16),
-        ("vlans", 1), ("fragment", 1), ("ethertype", 2), ("rule", 2), ("pad", 2), ("rule_id", 4), ("pad2", 4),
+        ("vlans", 1), ("fragment", 1), ("ethertype", 2), ("rule", 2), ("pad", 2), ("rule_id", 4), ("cap_len", 2),
+        ("pad2", 2), ("head", HEAD_LEN),
     ],
     "iface_key": [("ifindex", 4), ("netns", 60)],
-    "iface_val": [("ifname", 16), ("mode", 4), ("prog_id", 4)],
+    "iface_val": [("ifname", 16), ("mode", 4), ("prog_id", 4), ("slot", 4), ("flags", 4)],
+    "ifslot": [("ifindex", 4), ("slot", 4)],
+    "flow_key": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 16), ("laddr", 16)],
+    "flow_key4": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 4), ("laddr", 4)],
+    "flow": [("expires", 8), ("state", 4), ("pad", 4)],
     "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("pad", 4)],
     "ruleset": [
         ("n_words", 4), ("iface_dflt", 4), ("fields", 4), ("all_cls", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),
@@ -173,8 +217,9 @@ STRUCT_SIZES = {
     "knobs": KNOBS.size, "ruleset": RULESET.size, "rkey4": RKEY4.size, "rkey6": RKEY6.size, "elem": ELEM.size,
     "set_info": SET_INFO.size, "len_counts": LEN_COUNTS.size, "trie_guard": 8 * GUARD_WORDS,
     "set_name": SET_NAME_VAL.size, "rref": RREF.size,
-    "ifkey": IFKEY.size, "sweep_state": SWEEP_STATE.size, "sweep_ctl": SWEEP_CTL.size,
+    "ifkey": IFKEY.size, "sweep_state": SWEEP_STATE.size, "sweep_ctl": SWEEP_CTL.size, "ifslot": IFSLOT.size,
+    "flow_key": FLOW_KEY.size, "flow_key4": FLOW_KEY4.size, "flow": FLOW.size,
 }
 # C enum name -> (Python enum, prefix of the C names)
 ENUMS = {"action": Action, "reason": Reason, "verdict": Verdict, "set_state": IdState,
-         "journal_op": JournalOp, "rule_field": RuleField}
+         "journal_op": JournalOp, "rule_field": RuleField, "flow_state": FlowState}

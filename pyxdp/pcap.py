@@ -1,8 +1,10 @@
-"""Read and write classic libpcap files (Ethernet link type), for ``replay``
-and for tests. pcapng is not read: convert with ``tshark -F pcap``."""
+"""Read and write classic libpcap files (Ethernet link type), for ``replay``,
+``trace --pcap`` and tests. pcapng is not read: convert with ``tshark -F pcap``."""
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, NamedTuple
@@ -101,8 +103,57 @@ def read_pcap(stream: IO[bytes], name: str = "pcap") -> Iterator[bytes]:
         yield r.data
 
 
+class PcapWriter:
+    """Writes a classic libpcap file: magic 0xa1b2c3d4 (microsecond
+    timestamps, little-endian), version 2.4, link type Ethernet (1), snapshot
+    length ``snaplen``. Each :meth:`write` appends one record; a packet longer
+    than ``snaplen`` is cut to it (its original length is kept in the record).
+    The header is written at once, so a file closed before the first packet
+    is still a valid, empty capture."""
+
+    _HEADER = struct.Struct("<IHHiIII")
+    _RECORD = struct.Struct("<IIII")
+
+    def __init__(self, stream: IO[bytes], snaplen: int = MAX_CAPLEN, linktype: int = LINKTYPE_ETHERNET) -> None:
+        if not 1 <= snaplen <= MAX_CAPLEN:
+            raise UsageError(f"pcap snapshot length must be 1 to {MAX_CAPLEN}, not {snaplen}")
+        self._stream = stream
+        self.snaplen = snaplen
+        self.count = 0  # records written
+        stream.write(self._HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype))
+
+    def write(self, data: bytes, ts_ns: int = 0, orig_len: int | None = None) -> None:
+        """One record: ``data`` (cut to the snapshot length), stamped
+        ``ts_ns`` nanoseconds after the epoch (kept to the microsecond),
+        ``orig_len`` the packet's length on the wire (default: ``len(data)``;
+        never less than what is written)."""
+        cap = bytes(data[: self.snaplen])
+        orig = max(len(data) if orig_len is None else orig_len, len(cap))
+        sec, usec = divmod(max(ts_ns, 0) // 1000, 1_000_000)
+        self._stream.write(self._RECORD.pack(min(sec, 0xFFFFFFFF), usec, len(cap), min(orig, 0xFFFFFFFF)) + cap)
+        self.count += 1
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def write_pcap(stream: IO[bytes], packets: Iterable[bytes]) -> None:
-    stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, LINKTYPE_ETHERNET))
+    """A capture of ``packets``, the i-th (from 0) stamped i seconds after the epoch."""
+    w = PcapWriter(stream)
     for i, pkt in enumerate(packets):
-        stream.write(struct.pack("<IIII", i, 0, len(pkt), len(pkt)))
-        stream.write(pkt)
+        w.write(pkt, i * 1_000_000_000)
+
+
+def open_capture(path: str) -> IO[bytes]:
+    """``path`` opened for writing a capture as root may: created mode 0600
+    (packets are private) or truncated, never through a symlink (refused, as
+    :func:`pyxdp.safefile.write_file_atomic` does); a FIFO is fine. Failure
+    is a :class:`UsageError` "cannot write PATH: REASON"."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"cannot write {path}: it is a symlink, which pyxdp does not write through; "
+                             "give the real path") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    return os.fdopen(fd, "wb")

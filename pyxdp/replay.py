@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from . import layout as L
 from .bpf import RingBuffer
+from .flows import Flow
 from .layout import Reason, Verdict
 from .observe import Event
 from .state import open_object
@@ -27,7 +28,7 @@ class ReplayResult(NamedTuple):
         d: dict[str, Any] = {"packet": self.number, "len": self.length}
         if self.event:
             d.update(self.event.to_dict())
-            for k in ("ts_ns", "ifindex", "len"):
+            for k in ("ts_ns", "ifindex", "interface", "len"):
                 d.pop(k, None)
         d["verdict"] = self.verdict.label
         d["reason"] = self.reason.label
@@ -36,23 +37,30 @@ class ReplayResult(NamedTuple):
 
 class Tester:
     """A private instance of the filter program for BPF_PROG_TEST_RUN: it
-    reads this state's rules and policy, but has its own counters and trace
-    ring, traces every packet (so each result has its reason) and leaves the
-    live hit counters alone. Needs no interface attached. Close it (or use
-    ``with``): it holds a loaded program and a 1 MiB ring."""
+    reads this state's rules and policy, but has its own counters, trace
+    ring and connection table, traces every packet (so each result has its
+    reason) and leaves the live hit counters alone. :meth:`run` is a packet
+    arriving; :meth:`send` a packet the host sends (the egress program
+    records the flows it opens in the tester's table). Needs no interface
+    attached. Close it (or use ``with``): it holds loaded programs and a 1 MiB
+    ring."""
 
     def __init__(self, pin_dir: str) -> None:
         self._obj: Any = None
         self.program: Any = None
+        self.egress: Any = None
         self._ring: Any = None
         self._rb: RingBuffer | None = None
         obj = self._obj = open_object(pin_dir, trace_all=True, count_hits=False)
         try:
             obj.private_map("stats")
             obj.private_map("events")
-            obj.only_program("xdp_filter")
+            obj.private_map("flows4")
+            obj.private_map("flows6")
+            obj.only_program("xdp_filter", "egress")
             obj.load()
             self.program = obj.program("xdp_filter")
+            self.egress = obj.program("egress")
             self._got: list[bytes] = []
             self._ring = obj.map("events")
             self._rb = RingBuffer(self._ring, self._got.append)
@@ -72,11 +80,39 @@ class Tester:
         reason = ev.reason if ev else Reason.POLICY
         return ReplayResult(index, len(pkt), verdict, reason, ev, res.retval)
 
+    def send(self, pkt: bytes) -> None:
+        """``pkt`` leaves the host: the egress program sees it (and records
+        the flow it opens). Frames shorter than Ethernet are not run."""
+        assert self.egress is not None, "tester is closed"
+        if len(pkt) >= 14:
+            self.egress.test_run(pkt)
+
+    def flows(self) -> list[Flow]:
+        """The tester's tracked connections (what :meth:`send` recorded)."""
+        from .flows import decode
+        from .state import monotonic_ns
+
+        assert self._obj is not None, "tester is closed"
+        now = monotonic_ns()
+        return sorted(f for name in ("flows4", "flows6") for k, v in self._obj.map(name).items()
+                      if (f := decode(k, v, now)) is not None)
+
+    def forget_flows(self) -> int:
+        """Empty the tester's connection table; returns how many it held."""
+        assert self._obj is not None, "tester is closed"
+        gone = 0
+        for name in ("flows4", "flows6"):
+            m = self._obj.map(name)
+            for k in list(m.keys()):
+                m.delete(k)
+                gone += 1
+        return gone
+
     def close(self) -> None:
         rb, self._rb = self._rb, None
         if rb is not None:
             rb.close()
-        for attr in ("_ring", "program", "_obj"):
+        for attr in ("_ring", "program", "egress", "_obj"):
             h = getattr(self, attr, None)
             setattr(self, attr, None)
             if h is not None:

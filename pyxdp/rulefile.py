@@ -3,6 +3,7 @@
 elements and their remaining timeouts. Pure Python: no root, no libbpf.
 
     policy = "drop"
+    established = "on"         # replies to connections the host opened pass before the rules
     rules = [
         "deny from @banned",
         "allow proto tcp to any port 22",
@@ -13,17 +14,30 @@ elements and their remaining timeouts. Pure Python: no root, no libbpf.
         "203.0.113.7/32",
         "198.51.100.0/24 ttl 583",     # removed by itself 583 s after the apply
     ]
+
+    [timeouts]                 # optional: seconds a tracked connection lives (see pyxdp.flows)
+    udp = 60
+
+The config file ``pyxdp-load up`` reads (``save --all`` writes) is this file
+plus the interfaces the filter runs on, one ``[[interface]]`` table each
+(``apply`` leaves interfaces alone):
+
+    [[interface]]
+    name = "eth0"
+    mode = "native"            # auto (default), native, generic or offload
+    netns = "blue"             # optional: an 'ip netns' namespace
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .errors import UsageError
 from .layout import Verdict
 from .prefix import Prefix, parse_prefix, parse_ttl, quote
-from .rules import SET_NAME_RE, Rule, parse_rule
+from .rules import IFNAME_MAX, IFNAME_RE, SET_NAME_RE, Rule, parse_rule
 
 
 class Element(NamedTuple):
@@ -36,12 +50,28 @@ class Element(NamedTuple):
         return f"{self.prefix}" + (f" ttl {self.ttl}" if self.ttl else "")
 
 
+class InterfaceSpec(NamedTuple):
+    """An interface the filter runs on, as the config file names it."""
+
+    name: str
+    netns: str | None = None  # an 'ip netns' name; None: the host's namespace
+    mode: str = "auto"  # auto, native, generic or offload (XdpMode's values)
+
+    def __str__(self) -> str:
+        return self.name + (f" (netns {self.netns})" if self.netns else "")
+
+
 class RuleSetSpec(NamedTuple):
-    """The whole firewall: what ``apply`` installs and ``save`` writes."""
+    """The whole firewall: what ``apply`` installs and ``save`` writes.
+    ``interfaces``: what ``up`` attaches it to (``save --all`` writes them;
+    ``apply`` ignores them)."""
 
     rules: tuple[Rule, ...] = ()
     sets: dict[str, list[Element]] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
     policy: Verdict | None = None
+    interfaces: tuple[InterfaceSpec, ...] = ()
+    established: bool | None = None  # connection state on/off; None: the file does not say
+    timeouts: dict[str, int] = {}  # noqa: RUF012 - connection timeouts the file names (pyxdp.flows.TIMEOUTS)
 
 
 def parse_element(text: str) -> Element:
@@ -82,12 +112,25 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
     def fail(msg: str, needle: str | None = None, key: str | None = None) -> UsageError:
         line = _line_of(lines, needle) if needle is not None else 0
         if not line and key is not None:
-            line = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip().startswith(key)), 0)
+            line = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip(" \t[").startswith(key)), 0)  # or [key]
         return UsageError(f"{source}" + (f" line {line}" if line else "") + f": {msg}")
 
-    unknown = sorted(set(doc) - {"policy", "rules", "sets"})
+    unknown = sorted(set(doc) - {"policy", "established", "timeouts", "rules", "sets", "interface"})
     if unknown:
-        raise fail(f"unknown key {quote(unknown[0])} (expected policy, rules, sets)", key=unknown[0])
+        raise fail(f"unknown key {quote(unknown[0])} (expected policy, established, timeouts, rules, sets, "
+                   "interface)", key=unknown[0])
+    established = doc.get("established")
+    if established is not None and established not in ("on", "off"):
+        raise fail(f"established must be \"on\" or \"off\", not {quote(str(established))}", key="established")
+    raw_timeouts = doc.get("timeouts", {})
+    if not isinstance(raw_timeouts, dict):
+        raise fail("timeouts must be a table of NAME = SECONDS", key="timeouts")
+    from .flows import default_timeouts, with_timeouts
+
+    try:
+        with_timeouts(default_timeouts(), raw_timeouts)
+    except UsageError as exc:
+        raise fail(str(exc), key=next(iter(raw_timeouts), None)) from None
     policy = doc.get("policy")
     if policy is not None and policy not in ("pass", "drop"):
         raise fail(f"policy must be \"pass\" or \"drop\", not {quote(str(policy))}", key="policy")
@@ -126,14 +169,81 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
     missing = sorted(used - set(sets))
     if missing:
         raise fail(f"a rule uses @{missing[0]}, which the file does not define under [sets]", key="rules")
-    return RuleSetSpec(tuple(rules), sets, Verdict[policy.upper()] if policy else None)
+    interfaces = _parse_interfaces(doc.get("interface", []), lines, source)
+    return RuleSetSpec(tuple(rules), sets, Verdict[policy.upper()] if policy else None, interfaces=interfaces,
+                       established=None if established is None else established == "on", timeouts=raw_timeouts)
+
+
+_NETNS_MAX = 59  # the ifaces record holds 60 bytes
+_IFACE_KEYS = ("name", "netns", "mode")
+
+
+def _interface_line(lines: list[str], index: int, key: str | None) -> int:
+    """1-based line of ``key`` in the ``index``-th ``[[interface]]`` table
+    (its header line without a key; 0 when not found)."""
+    headers = [i for i, ln in enumerate(lines) if re.match(r"\s*\[\[\s*interface\s*\]\]", ln)]
+    if index >= len(headers):  # an inline 'interface = [...]', or '[interface]'
+        return next((i + 1 for i, ln in enumerate(lines) if re.match(r"\s*\[?\s*interface\b", ln)), 0)
+    start = headers[index]
+    if key is None:
+        return start + 1
+    end = headers[index + 1] if index + 1 < len(headers) else len(lines)
+    for i in range(start + 1, end):
+        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[InterfaceSpec, ...]:
+    from .xdp import XdpMode
+
+    def fail(msg: str, index: int, key: str | None = None) -> UsageError:
+        line = _interface_line(lines, index, key)
+        return UsageError(f"{source}" + (f" line {line}" if line else "") + f": {msg}")
+
+    if not isinstance(raw, list):
+        raise fail("interface must be [[interface]] tables (name = ..., netns = ..., mode = ...)", 0)
+    modes = [m.value for m in XdpMode]
+    out: list[InterfaceSpec] = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise fail("interface must be [[interface]] tables (name = ..., netns = ..., mode = ...)", i)
+        unknown = [k for k in entry if k not in _IFACE_KEYS]
+        if unknown:
+            raise fail(f"unknown key {quote(unknown[0])} in [[interface]] (expected name, netns, mode; the file's "
+                       "other keys go before the first [[interface]])", i, unknown[0])
+        name = entry.get("name")
+        if name is None:
+            raise fail("[[interface]] without a name (name = \"eth0\")", i)
+        if (not isinstance(name, str) or not 0 < len(name) <= IFNAME_MAX or not IFNAME_RE.match(name)
+                or name in (".", "..")):
+            raise fail(f"bad interface name {quote(str(name))}: 1 to {IFNAME_MAX} letters, digits or _ . : @ + -",
+                       i, "name")
+        netns = entry.get("netns")
+        if netns is not None and (not isinstance(netns, str) or not 0 < len(netns) <= _NETNS_MAX
+                                  or not IFNAME_RE.match(netns) or netns in (".", "..")):
+            raise fail(f"bad netns {quote(str(netns))}: the name of an 'ip netns' namespace, 1 to {_NETNS_MAX} "
+                       "letters, digits or _ . : @ + -", i, "netns")
+        mode = entry.get("mode", "auto")
+        if mode not in modes:
+            raise fail(f"bad mode {quote(str(mode))} for interface {name}: {', '.join(modes)}", i, "mode")
+        spec = InterfaceSpec(name, netns, mode)
+        if any((o.name, o.netns) == (name, netns) for o in out):
+            raise fail(f"interface {spec} given twice", i, "name")
+        out.append(spec)
+    return tuple(out)
 
 
 def format_ruleset(spec: RuleSetSpec) -> str:
     """The rule-set file for ``save`` (``apply`` reads it back unchanged)."""
     out = ["# pyxdp firewall: 'pyxdp-load apply FILE' installs it, 'pyxdp-load save' writes it", ""]
+    if spec.interfaces:
+        out[0] = ("# pyxdp firewall and its interfaces: 'pyxdp-load up FILE' installs it, "
+                  "'pyxdp-load save --all' writes it")
     if spec.policy is not None:
         out.append(f'policy = "{spec.policy.label}"')
+    if spec.established is not None:
+        out.append(f'established = "{"on" if spec.established else "off"}"')
     out.append("rules = [")
     out += [f'    "{r}",' for r in spec.rules]
     out += ["]", "", "[sets]"]
@@ -141,6 +251,11 @@ def format_ruleset(spec: RuleSetSpec) -> str:
         out.append(f"{name} = [")
         out += [f'    "{e}",' for e in sort_elements(members)]
         out.append("]")
+    if spec.timeouts:
+        out += ["", "[timeouts]"] + [f"{k} = {v}" for k, v in spec.timeouts.items()]
+    for i in spec.interfaces:  # names and modes need no quoting: parse_ruleset allows none that would
+        out += ["", "[[interface]]", f'name = "{i.name}"'] + ([f'netns = "{i.netns}"'] if i.netns else [])
+        out.append(f'mode = "{i.mode}"')
     return "\n".join(out) + "\n"
 
 

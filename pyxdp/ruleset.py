@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import layout as L
 from . import sets as S
 from .errors import BpfError, RuleExists, UsageError
+from .flows import default_timeouts, timeouts_by_name, with_timeouts
 from .layout import RULE_TEXT, JournalOp, Verdict
-from .rulefile import Element, RuleSetSpec
 from .rules import Rule, parse_rule, parse_set_name
 from .state import delete_all, grace_period, write_all
 
 if TYPE_CHECKING:
+    from .rulefile import RuleSetSpec
     from .state import State
 
 
@@ -79,10 +80,15 @@ def rule_states(st: State) -> list[RuleState]:
 def snapshot(st: State) -> RuleSetSpec:
     """The running firewall: rules, sets with their elements and remaining
     timeouts, and the policy (what ``save`` writes)."""
+    from .rulefile import Element, RuleSetSpec  # not for 'list' or a ban
+
     ids = S.live_ids(st)
     members = S.members(st, ids.values())
     sets = {name: [Element(e.prefix, S.ttl_left(e.expires_in)) for e in members[sid]] for name, sid in ids.items()}
-    return RuleSetSpec(tuple(r for _id, r in live_rules(st)), sets, st.config().policy)
+    cfg = st.config()
+    changed = {k: v for k, v in timeouts_by_name(cfg.timeouts).items() if v != timeouts_by_name(default_timeouts())[k]}
+    return RuleSetSpec(tuple(r for _id, r in live_rules(st)), sets, cfg.policy, established=cfg.established,
+                       timeouts=changed)
 
 
 # ---- installing a rule list ----------------------------------------------------------
@@ -117,8 +123,10 @@ def _ifindexes(st: State, rules: Sequence[Rule], extra: tuple[str, int, str | No
 
 
 def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set_ids: dict[str, int] | None = None,
+            conn: tuple[bool | None, dict[str, int]] = (None, {}),
             live: list[tuple[int, Rule]] | None = None, txn: int = 0) -> None:
-    """Make ``rules`` the live rule list (and ``policy`` the policy) in one
+    """Make ``rules`` the live rule list (and ``policy`` the policy, ``conn``
+    connection state on/off and the timeouts it names) in one
     switch. Nothing a packet can see changes before the switch. ``live``:
     the (id, rule) list the caller has just read (read here otherwise);
     ``txn``: the journal txn the new config carries (an apply's commit)."""
@@ -166,6 +174,11 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
     new_cfg = cfg._replace(rgen=gen, nrules=len(rules), txn=txn or cfg.txn)
     if policy is not None:
         new_cfg = new_cfg._replace(policy=policy)
+    established, timeouts = conn
+    if established is not None:
+        new_cfg = new_cfg._replace(established=established)
+    if timeouts:
+        new_cfg = new_cfg._replace(timeouts=with_timeouts(new_cfg.timeouts, timeouts))
     st.write_config(new_cfg)
 
 
@@ -298,7 +311,8 @@ def apply(st: State, spec: RuleSetSpec) -> None:
             if parse_set_name(name) not in keep:
                 new_ids[parse_set_name(name)] = S.stage(st, elements)
         S.mark_apply(st, new_ids)
-        install(st, spec.rules, policy=spec.policy, set_ids=new_ids, txn=txn)
+        install(st, spec.rules, policy=spec.policy, set_ids=new_ids, txn=txn,
+                conn=(spec.established, spec.timeouts))
     except BaseException:
         S.finish_apply(st, committed=False)
         S.drain(st, {sid for name, sid in new_ids.items() if name not in keep})

@@ -261,14 +261,17 @@ def _set_hold(st: State, hold: int) -> None:
     ctl.update(L.U32.pack(0), L.SWEEP_CTL.pack(hint, seq, hold))
 
 
-def table(st: State) -> dict[str, SetState]:
+def table(st: State, exact: bool = True) -> dict[str, SetState]:
     """The sets with their sizes. The size of a set that a change is working
     on (or that a killed writer left half-changed) is counted from its
-    visible elements: its stored counts are settled only when it ends."""
+    visible elements: its stored counts are settled only when it ends.
+    ``exact=False`` takes the stored tally of that set too: no walk of its
+    elements, fast at any size, but it counts elements the change has
+    written and not yet committed (until a writer recovers a killed one)."""
     op, _txn, busy = st.journal()
     out = {}
     for name, sid in live_ids(st).items():
-        if op == JournalOp.SET and sid == busy:
+        if exact and op == JournalOp.SET and sid == busy:
             els = members(st, [sid])[sid]
             n4 = sum(1 for e in els if e.prefix.family == 4)
             out[name] = SetState(name, sid, n4, len(els) - n4)

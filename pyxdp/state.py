@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import layout as L
 from .bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
 from .errors import BpfError, IncompatibleMap, NotLoaded, UsageError
+from .flows import default_timeouts
 from .layout import Verdict
 from .rules import DEFAULT_RULES, check_capacity
 
@@ -31,9 +32,12 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
-               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard")
+               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
+               "flows4", "flows6")
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
+FLOW_MAPS = ("flows4", "flows6")
 PROG_PIN = "prog"
+EGRESS_PIN = "egress"  # the egress (tc) program that records the flows the host opens
 DEFAULT_CAPACITY = 1 << 20  # set elements per family
 RECENT_SWITCH_NS = 5_000_000_000  # a slot live less than this ago waits for an RCU grace period
 ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
@@ -140,14 +144,17 @@ class Config(NamedTuple):
     rgen: int = 0  # the rule-set generation packets use
     nrules: int = 0  # rules in it
     txn: int = 0  # the journal txn of the change that wrote it
+    established: bool = True  # replies to flows the host opened pass before the rules
+    timeouts: tuple[int, ...] = default_timeouts()  # seconds per flow state
 
     def encode(self) -> bytes:
-        return L.CONFIG.pack(self.policy, self.trace_every, self.rgen, self.nrules, self.txn, 0)
+        return L.CONFIG.pack(self.policy, self.trace_every, self.rgen, self.nrules, self.txn, int(self.established),
+                             *self.timeouts)
 
     @classmethod
     def decode(cls, raw: bytes) -> Config:
-        policy, every, rgen, nrules, txn, _pad = L.CONFIG.unpack(raw)
-        return cls(Verdict(policy & 1), every, rgen & 1, nrules, txn)
+        policy, every, rgen, nrules, txn, established, *timeouts = L.CONFIG.unpack(raw)
+        return cls(Verdict(policy & 1), every, rgen & 1, nrules, txn, bool(established), tuple(timeouts))
 
 
 def object_build_id(path: str = OBJECT_PATH) -> bytes:
@@ -172,10 +179,11 @@ def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
 
 
 def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
-                count_hits: bool = True) -> BpfObject:
+                count_hits: bool = True, flows: int | None = None) -> BpfObject:
     """The shipped object with its maps pinned in ``pin_dir``; capacities are
     those of maps already pinned there (checked for shape), else ``capacity``
-    (set elements per family) and ``rules`` (rule capacity)."""
+    (set elements per family), ``rules`` (rule capacity) and ``flows``
+    (tracked connections)."""
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
         rvec = os.path.join(pin_dir, "rvec")
@@ -192,11 +200,13 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
             path = os.path.join(pin_dir, name)
             if os.path.exists(path):
                 with Map.from_pin(path) as pinned:
-                    if name in ELEMENT_MAPS:
+                    if name in ELEMENT_MAPS or name in FLOW_MAPS:
                         obj.set_max_entries(name, pinned.spec.max_entries)
                     obj.check_pinned(name, pinned.spec)
             elif capacity is not None and name in ELEMENT_MAPS:
                 obj.set_max_entries(name, capacity)
+            elif flows is not None and name in FLOW_MAPS:
+                obj.set_max_entries(name, flows)
     except BaseException:
         obj.close()
         raise
@@ -211,9 +221,10 @@ def start_sweeper(obj: BpfObject) -> None:
         raise BpfError(errno.EINVAL, "arming the expiry sweeper failed")
 
 
-def pin_program(prog: object, pin_dir: str) -> None:
-    """Pin ``prog`` as the state's program, replacing the old pin in one step."""
-    path = os.path.join(pin_dir, PROG_PIN)
+def pin_program(prog: object, pin_dir: str, name: str = PROG_PIN) -> None:
+    """Pin ``prog`` as the state's program ``name`` (the XDP filter, or
+    EGRESS_PIN), replacing the old pin in one step."""
+    path = os.path.join(pin_dir, name)
     tmp = path + "_new"  # bpffs refuses names with dots
     if os.path.exists(tmp):
         os.unlink(tmp)
@@ -221,7 +232,8 @@ def pin_program(prog: object, pin_dir: str) -> None:
     os.replace(tmp, path)
 
 
-STATE_NAMES = (*PINNED_MAPS, PROG_PIN, PROG_PIN + "_new")  # what pyxdp makes in a pin directory
+PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
+STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS)  # what pyxdp makes in a pin directory
 
 
 def _prepare_dir(pin_dir: str) -> bool:
@@ -278,7 +290,7 @@ def _no_state(pin_dir: str) -> None:
 def remove_pins(pin_dir: str, keep_dir: bool = False) -> None:
     """Unpin what pyxdp makes in ``pin_dir`` (the layout record first: a
     directory without it is state being made or removed), then the directory."""
-    for name in (*PINNED_MAPS, PROG_PIN, PROG_PIN + "_new"):
+    for name in STATE_NAMES:
         try:
             os.unlink(os.path.join(pin_dir, name))
         except FileNotFoundError:
@@ -310,7 +322,7 @@ class State:
 
     @classmethod
     def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
-             rules: int | None = None, with_program: bool = False) -> tuple[State, bool]:
+             rules: int | None = None, with_program: bool = False, flows: int | None = None) -> tuple[State, bool]:
         """Open (with ``create``: make) the state; returns it and whether it
         was made now."""
         require_privileges()
@@ -334,7 +346,7 @@ class State:
                 if not create:
                     _no_state(pin_dir)  # removed while we waited for the lock
                 remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
-                st._create(capacity or DEFAULT_CAPACITY, rules, with_program)
+                st._create(capacity or DEFAULT_CAPACITY, rules, with_program, flows)
                 created = True
             st.check_meta()
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
@@ -342,7 +354,8 @@ class State:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
             if create:
                 for what, want, have in (("set capacity", capacity, st.capacity),
-                                         ("rule capacity", rules, st.rule_capacity)):
+                                         ("rule capacity", rules, st.rule_capacity),
+                                         ("flow capacity", flows, st.flow_capacity)):
                     if want is not None and have != want:
                         raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}; "
                                               "detach everywhere (without --keep) to change it")
@@ -356,15 +369,17 @@ class State:
             st.close()
             raise
 
-    def _create(self, capacity: int, rules: int | None, with_program: bool) -> None:
+    def _create(self, capacity: int, rules: int | None, with_program: bool, flows: int | None = None) -> None:
         """Make and pin every map (the meta record last: it marks the state
         complete), and the program with ``with_program``."""
-        with open_object(self.pin_dir, capacity, rules) as obj:
+        with open_object(self.pin_dir, capacity, rules, flows=flows) as obj:
             if not with_program:
                 obj.only_program("sweep_start")
             obj.load()
             start_sweeper(obj)
             if with_program:
+                with obj.program("egress") as eprog:
+                    pin_program(eprog, self.pin_dir, EGRESS_PIN)
                 with obj.program("xdp_filter") as prog:
                     pin_program(prog, self.pin_dir)
             words = obj.map("rvec")
@@ -417,6 +432,10 @@ class State:
     @property
     def capacity(self) -> int:
         return self.map("elem4").spec.max_entries
+
+    @property
+    def flow_capacity(self) -> int:
+        return self.map("flows4").spec.max_entries
 
     @property
     def rule_capacity(self) -> int:

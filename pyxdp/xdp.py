@@ -101,6 +101,11 @@ class Netlink:
             kwargs["netns"] = netns
         self._ipr = cls(**kwargs)
 
+    @property
+    def ipr(self) -> Any:
+        """The pyroute2 IPRoute (for tc, see pyxdp.tc)."""
+        return self._ipr
+
     def close(self) -> None:
         self._ipr.close()
 
@@ -115,7 +120,8 @@ class Netlink:
         idx = self._ipr.link_lookup(ifname=ifname)
         if not idx:
             where = f" in netns {self.netns}" if self.netns else ""
-            raise UsageError(f"no interface {ifname!r}{where}")
+            see = f"'ip -n {self.netns} link'" if self.netns else "'ip link'; in a namespace: --netns NAME"
+            raise UsageError(f"no interface {ifname!r}{where} (see {see})")
         return int(idx[0])
 
     def state_by_index(self, ifindex: int) -> XdpState | None:
@@ -184,6 +190,8 @@ class Netlink:
                 return m
             except AttachError as exc:
                 last = exc
+                if m is XdpMode.NATIVE and mode is XdpMode.NATIVE and exc.errno == errno.EOPNOTSUPP:
+                    raise AttachError(exc.errno, f"{exc.msg} (--mode generic works on any interface)") from None
                 if exc.errno == errno.EBUSY or m is modes[-1]:
                     raise
         assert last is not None

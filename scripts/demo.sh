@@ -16,6 +16,7 @@ TRACE_OUT=$(mktemp)
 
 cleanup() {
   [[ -n "${TRACE_PID:-}" ]] && kill "$TRACE_PID" 2>/dev/null || true
+  [[ -n "${HTTP_PID:-}" ]] && kill "$HTTP_PID" 2>/dev/null || true
   $X detach vb --netns $B >/dev/null 2>&1 || true
   ip netns del $A 2>/dev/null || true
   ip netns del $B 2>/dev/null || true
@@ -25,7 +26,14 @@ trap cleanup EXIT
 cleanup
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "${*//.venv\/bin\//}"; "$@"; }
+# each command is printed as you would type it: 'sudo pyxdp-load ...' once setup has linked
+# /usr/local/sbin/pyxdp-load to this tree's .venv (it says so), else with the full path
+if [[ $(readlink "${PYXDP_SBIN:-/usr/local/sbin}/pyxdp-load" 2>/dev/null) == "$(pwd -P)/.venv/bin/pyxdp-load" ]]; then
+  AS_TYPED="sudo pyxdp-load"
+else
+  AS_TYPED="sudo $(pwd -P)/.venv/bin/pyxdp-load"
+fi
+show() { local cmd="$*"; printf '$ %s\n' "${cmd/#.venv\/bin\/pyxdp-load/$AS_TYPED}"; "$@"; }
 
 # send COUNT datagrams a -> b to each PORT; print what arrived
 traffic() {
@@ -95,17 +103,40 @@ rules = [
 office = ["10.88.0.0/24", "fd88::/64"]
 banned = ["203.0.113.7 ttl 600"]
 TOML
+show cat "$TRACE_OUT.toml"
 show $X apply "$TRACE_OUT.toml"
 traffic 10.88.0.2 5000 5001
 traffic fd88::2 5000 5001
 show $X save
+
+step "behind the drop policy the host still talks: replies to connections it opens pass (connection state)"
+ip netns exec $A $PY -m http.server 8080 --bind 10.88.0.1 >/dev/null 2>&1 &
+HTTP_PID=$!
+# the filtered host ($B) fetches a page from its peer; no rule allows TCP in
+fetch() {
+  ip netns exec $B $PY -c "
+import urllib.request
+try:
+    r = urllib.request.urlopen('http://10.88.0.1:8080/', timeout=2)
+    print('   $B fetched http://10.88.0.1:8080/:', r.status, len(r.read()), 'bytes')
+except OSError as exc:
+    print('   $B fetched http://10.88.0.1:8080/: no answer (%s)' % (getattr(exc, 'reason', None) or exc))"
+}
+for _ in 1 2 3 4 5 6 7 8 9 10; do ip netns exec $B $PY -c "import socket; socket.create_connection(('10.88.0.1', 8080), 1).close()" 2>/dev/null && break; sleep 0.2; done
+fetch
+show $X flows
+show $X state off
+fetch
+show $X state on
+fetch
+kill $HTTP_PID 2>/dev/null || true; wait $HTTP_PID 2>/dev/null || true; HTTP_PID=
 
 step "what the filter did, packet by packet (pyxdp-load trace)"
 sleep 0.3; kill $TRACE_PID 2>/dev/null || true; wait $TRACE_PID 2>/dev/null || true; TRACE_PID=
 grep -E "udp" "$TRACE_OUT" | awk 'NR <= 6 || /rule/' | head -14
 echo "   ... $(grep -c . "$TRACE_OUT") events in all"
 
-step "rules with their hit counts, and the counters per verdict and reason"
+step "rules with their hit counts, and the counters per interface, verdict and reason"
 show $X list
 show $X stats
 

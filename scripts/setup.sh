@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs what pyxdp needs on a fresh Debian 12 machine and builds .venv.
-#   scripts/setup.sh          runtime only: the package and its two Python deps
+#   scripts/setup.sh          runtime only: the package and its Python deps (cffi, pyroute2, prometheus_client, rich)
 #   scripts/setup.sh --test   also clang-19, bpftool, libbpf-dev and the test tools
 #   scripts/setup.sh --bench  --test, plus the peers measured against (xdp-tools, nftables, iptables, trafgen, bcc + kernel headers)
-# Run as root (apt-get). Idempotent: installs only what is missing.
+# Run as root (apt-get). Idempotent: installs only what is missing (no pip at all when .venv is complete).
+# Links /usr/local/sbin/pyxdp-load to .venv/bin/pyxdp-load (never over another file); the last line says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=(libbpf1 iproute2)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban)
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd)  # systemd: systemd-analyze
 fi
 if [[ $mode == --bench ]]; then
   want+=(xdp-tools nftables iptables netsniff-ng python3-bpfcc linux-headers-amd64)
@@ -40,12 +41,35 @@ if ((${#missing[@]})); then
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-if [[ $mode == --test || $mode == --bench ]]; then
-  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
-  .venv/bin/pip install -q --disable-pip-version-check '.[test]' >/dev/null
+extra=
+[[ $mode == --test || $mode == --bench ]] && extra=test
+# pip only when .venv lacks something: a rerun needs no package index. One build and install:
+# pip always reinstalls a local directory; build/ goes first (setuptools would pack files deleted since)
+if why=$(.venv/bin/python -I scripts/venv_current.py ${extra:+--extra $extra}); then
+  venv="up to date"
 else
-  .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
-  .venv/bin/pip install -q --disable-pip-version-check . >/dev/null
+  echo "setup: installing into .venv: $why"
+  rm -rf build
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check ".${extra:+[$extra]}" >/dev/null
+  venv=ready
 fi
-echo "setup: .venv ready ($(.venv/bin/python --version), pyxdp-load at .venv/bin/pyxdp-load)"
+
+# 'sudo pyxdp-load ...' as the README shows it: a link in /usr/local/sbin (on sudo's secure_path),
+# made only where nothing is, or replacing our own link (also a dangling one left by a moved tree)
+sbin=${PYXDP_SBIN:-/usr/local/sbin}  # another directory: for tests
+cli="$(pwd -P)/.venv/bin/pyxdp-load"
+link="$sbin/pyxdp-load"
+old=$(readlink "$link" 2>/dev/null || true)
+if [[ $old == "$cli" ]]; then
+  linked="pyxdp-load is $link -> $cli"
+elif [[ -L $link && ! -e $link && $old == */.venv/bin/pyxdp-load ]] && ln -sfn "$cli" "$link" 2>/dev/null; then
+  linked="pyxdp-load is $link -> $cli (replaced a dangling link to $old)"
+elif [[ -e $link || -L $link ]]; then
+  linked="$link is not ours (${old:-a file}): left alone; run $cli"
+elif ln -s "$cli" "$link" 2>/dev/null; then
+  linked="pyxdp-load is $link -> $cli"
+else
+  linked="cannot link $link (not root?): run $cli"
+fi
+echo "setup: .venv $venv ($(.venv/bin/python --version)); $linked"

@@ -4,7 +4,9 @@ of pyxdp.compiler. The property tests compare it with the kernel program on
 generated and mutated packets.
 
 The firewall is one ordered rule list (the first rule that matches decides),
-named sets whose elements may expire, and a policy. Rules here are the
+named sets whose elements may expire, a policy, and the connections the
+host opened (:func:`outbound` records them as the egress program must;
+replies and ICMP errors about them pass before the rules). Rules here are the
 model's own :class:`MRule` (protocol numbers, address sides, port ranges as
 plain lists), so a test can say what it means independently of how
 pyxdp.rules parses the words it typed."""
@@ -15,7 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyxdp.layout import Action, Reason, Verdict
+from pyxdp.flows import default_timeouts
+from pyxdp.layout import Action, FlowState, Reason, Verdict
 from pyxdp.prefix import Prefix
 
 if TYPE_CHECKING:
@@ -72,6 +75,10 @@ class Firewall:
     rules: list[MRule] = field(default_factory=list)
     sets: dict[str, dict[Prefix, int | None]] = field(default_factory=dict)
     policy: Verdict = Verdict.PASS
+    established: bool = True
+    timeouts: tuple[int, ...] = default_timeouts()
+    # (family, proto, remote addr, remote port, local addr, local port) -> [state, expiry ns]
+    flows: dict[tuple[int, int, bytes, int, bytes, int], list[int]] = field(default_factory=dict)
 
 
 class Decision(NamedTuple):
@@ -95,6 +102,11 @@ class Parsed:
     sport: int | None = None
     nd: bool = False
     hop255: bool = False
+    l4: int = 0  # offset of the L4 header
+    ext: bool = False  # IPv6 extension headers follow the fixed header
+    tcp_flags: int = 0
+    icmp_type: int | None = None
+    icmp_id: int | None = None  # an ICMP(v6) echo request or reply's identifier
 
 
 def parse(pkt: bytes) -> Parsed | Reason:
@@ -143,6 +155,7 @@ def parse(pkt: bytes) -> Parsed | Reason:
         p.src = pkt[off + 8 : off + 24]
         p.dst = pkt[off + 24 : off + 40]
         nh = pkt[off + 6]
+        p.ext = nh in EXT
         off += 40
         for _ in range(MAX_EXTHDR):
             if nh not in EXT:
@@ -183,10 +196,18 @@ def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
         return p
     if len(pkt) < off + need:
         return Reason.MALFORMED
+    p.l4 = off
     if p.proto in (6, 17):
         p.sport, p.dport = struct.unpack_from("!HH", pkt, off)
-    elif p.proto == 58 and p.family == 6 and p.hop255 and 133 <= pkt[off] <= 137:
-        p.nd = True
+        if p.proto == 6:
+            p.tcp_flags = pkt[off + 13]
+    else:
+        p.icmp_type = pkt[off]
+        echo = (8, 0) if p.proto == 1 else (128, 129)
+        if len(pkt) >= off + 8 and pkt[off] in echo:
+            p.icmp_id = struct.unpack_from("!H", pkt, off + 4)[0]
+        if p.proto == 58 and p.family == 6 and p.hop255 and 133 <= pkt[off] <= 137:
+            p.nd = True
     return p
 
 
@@ -234,9 +255,133 @@ def rule_matches(r: MRule, p: Parsed, fw: Firewall, now: int) -> bool:
     return r.iface is None
 
 
+# ---- connection state ------------------------------------------------------------------
+
+SYN, RST, FIN, ACK = 0x02, 0x04, 0x01, 0x10
+ICMP_ERRORS = {1: {3, 11, 12}, 58: {1, 2, 3, 4}}  # by protocol: unreachable, time exceeded, parameter problem, too big
+STALE_NS = 10**9  # egress rewrites a known flow's expiry at most once a second
+
+
+def _own_icmp(p: Parsed) -> bool:
+    return p.proto == (1 if p.family == 4 else 58)
+
+
+def _live_flow(fw: Firewall, key: tuple[int, int, bytes, int, bytes, int], now: int) -> list[int] | None:
+    f = fw.flows.get(key)
+    return f if f is not None and now < f[1] else None
+
+
+def _pad(addr: bytes) -> bytes:
+    return addr.ljust(16, b"\0")
+
+
+def outbound(pkt: bytes, fw: Firewall, now: int) -> None:
+    """``pkt`` leaves the host: record or move on the flow it belongs to, as
+    the README's state section says (a TCP SYN, a UDP datagram or an echo
+    request starts one; other TCP segments only move one on; a SYN-ACK is
+    not tracked). IPv6 extension headers and later fragments: not tracked."""
+    if not fw.established or len(pkt) < 14:
+        return
+    p = parse(pkt)
+    if isinstance(p, Reason) or not p.family or p.fragment == 2:
+        return
+    if p.ext:
+        return
+    if p.proto == 6:
+        fl = p.tcp_flags
+        if fl & (SYN | ACK) == SYN:
+            st, starts = FlowState.SYN_SENT, True
+        elif fl & SYN:
+            return
+        else:
+            st = FlowState.CLOSE if fl & RST else FlowState.FIN if fl & FIN else FlowState.ESTABLISHED
+            starts = False
+        key = (p.family, 6, _pad(p.dst), p.dport or 0, _pad(p.src), p.sport or 0)
+    elif p.proto == 17:
+        st, starts = FlowState.UDP, True
+        key = (p.family, 17, _pad(p.dst), p.dport or 0, _pad(p.src), p.sport or 0)
+    elif _own_icmp(p) and p.icmp_id is not None and p.icmp_type == (8 if p.proto == 1 else 128):
+        st, starts = FlowState.ICMP, True
+        key = (p.family, p.proto, _pad(p.dst), 0, _pad(p.src), p.icmp_id)
+    else:
+        return
+    f = _live_flow(fw, key, now)
+    if f is not None:
+        if p.proto == 6 and st != FlowState.SYN_SENT:
+            if f[0] == FlowState.CLOSE:
+                return
+            if f[0] == FlowState.FIN and st == FlowState.ESTABLISHED:
+                st = FlowState.FIN
+        elif f[0] == FlowState.UDP_STREAM and st == FlowState.UDP:
+            st = FlowState.UDP_STREAM
+    elif not starts:
+        return
+    expires = now + fw.timeouts[st] * 10**9
+    if f is not None and f[0] == st and f[1] + STALE_NS >= expires:
+        return
+    fw.flows[key] = [int(st), expires]
+
+
+def _related(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> bool:
+    """An ICMP error quoting a packet the host sent in a flow it opened."""
+    off = p.l4 + 8
+    if p.family == 4:
+        if len(pkt) < off + 20 or pkt[off] >> 4 != 4 or pkt[off] & 15 < 5 or pkt[off + 12 : off + 16] != p.dst:
+            return False
+        if struct.unpack_from("!H", pkt, off + 6)[0] & 0x1FFF:
+            return False
+        proto, qsrc, qdst = pkt[off + 9], pkt[off + 12 : off + 16], pkt[off + 16 : off + 20]
+        off += (pkt[off] & 15) * 4
+    else:
+        if len(pkt) < off + 40 or pkt[off] >> 4 != 6 or pkt[off + 8 : off + 24] != p.dst:
+            return False
+        proto, qsrc, qdst = pkt[off + 6], pkt[off + 8 : off + 24], pkt[off + 24 : off + 40]
+        off += 40
+    if len(pkt) < off + 8:
+        return False
+    if proto in (6, 17):
+        lport, rport = struct.unpack_from("!HH", pkt, off)
+    elif proto == (1 if p.family == 4 else 58):
+        if pkt[off] != (8 if proto == 1 else 128):
+            return False
+        lport, rport = struct.unpack_from("!H", pkt, off + 4)[0], 0
+    else:
+        return False
+    return _live_flow(fw, (p.family, proto, _pad(qdst), rport, _pad(qsrc), lport), now) is not None
+
+
+def _conn(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> Reason | None:
+    """ESTABLISHED, RELATED or None (the rules decide); moves a UDP flow to
+    its stream state on its first answer, as the kernel does."""
+    if p.proto in (6, 17):
+        if p.sport is None or p.dport is None:
+            return None
+        if p.proto == 6 and p.tcp_flags & (SYN | ACK) == SYN:
+            return None
+        key = (p.family, p.proto, _pad(p.src), p.sport, _pad(p.dst), p.dport)
+    elif _own_icmp(p):
+        if p.icmp_type in ICMP_ERRORS[p.proto]:
+            return Reason.RELATED if _related(pkt, p, fw, now) else None
+        if p.icmp_id is None or p.icmp_type == (8 if p.proto == 1 else 128):
+            return None
+        key = (p.family, p.proto, _pad(p.src), 0, _pad(p.dst), p.icmp_id)
+    else:
+        return None
+    f = _live_flow(fw, key, now)
+    if f is None:
+        return None
+    if p.proto == 6:
+        if f[0] == FlowState.SYN_SENT and not p.tcp_flags & (ACK | RST):
+            return None
+    elif f[0] == FlowState.UDP:
+        f[:] = [int(FlowState.UDP_STREAM), now + fw.timeouts[FlowState.UDP_STREAM] * 10**9]
+    return Reason.ESTABLISHED
+
+
 def decide(pkt: bytes, fw: Firewall, now: int = 0) -> Decision:
     """The verdict, reason and deciding rule the filter must give ``pkt`` at
-    CLOCK_MONOTONIC ``now`` (ns; only set elements' expiry depends on it)."""
+    CLOCK_MONOTONIC ``now`` (ns; set elements' and flows' expiry depend on
+    it). A reply may move its flow on (see :func:`_conn`)."""
     p = parse(pkt)
     if isinstance(p, Reason):
         return Decision(Verdict.DROP, p, 0)
@@ -244,6 +389,10 @@ def decide(pkt: bytes, fw: Firewall, now: int = 0) -> Decision:
         return Decision(Verdict.PASS, Reason.ARP, 0)
     if p.nd:
         return Decision(Verdict.PASS, Reason.ND, 0)
+    if fw.established and p.family and p.fragment != 2:
+        why = _conn(pkt, p, fw, now)
+        if why is not None:
+            return Decision(Verdict.PASS, why, 0)
     if p.family:
         for i, r in enumerate(fw.rules):
             if rule_matches(r, p, fw, now):

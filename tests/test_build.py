@@ -116,6 +116,8 @@ def test_python_enums_match_btf() -> None:
         for member in enum:
             assert any(k.endswith("_" + member.name) and v == member.value for k, v in named.items()), (cname, member)
     assert enums["reason"]["R_MAX"] == L.N_REASONS
+    assert enums["flow_state"]["FS_MAX"] == L.FS_MAX
+    assert enums["iface_flags"] == {"IFF_OWN_CLSACT": L.IFF_OWN_CLSACT}
 
 
 @needs_bpftool

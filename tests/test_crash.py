@@ -860,7 +860,7 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     write, and (simulated: no map write happens there) killed between the
     program replacement and the pin (issue case 3)."""
     from pyxdp import Filter
-    from pyxdp.attach import load_program
+    from pyxdp.attach import load_programs
     from pyxdp.xdp import Netlink, XdpMode
 
     _attach_both(pin_dir, netpair)
@@ -886,7 +886,8 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     # simulated death between the program replacement and the pin
     tag = "attach --reload died after replacing, before pinning (simulated)"
     with Filter.open(pin_dir) as f:
-        prog = load_program(f.state)
+        prog, eprog = load_programs(f.state)
+        eprog.close()
         try:
             with Netlink(netpair.b) as nl:
                 ifst = nl.state(netpair.vb)

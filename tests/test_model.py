@@ -26,7 +26,7 @@ import pytest
 from conftest import RUN, needs_root
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from model import PROTO_NUMBERS, Firewall, MRule, Side, decide, live
+from model import ACK, FIN, PROTO_NUMBERS, RST, SYN, Firewall, MRule, Side, decide, live, outbound
 
 from pyxdp import Action, Element, RuleSetSpec, Verdict
 from pyxdp import layout as L
@@ -421,6 +421,7 @@ def install(flt: Any, sc: Scenario) -> Firewall:
 
 
 def run_scenario(flt: Any, tester: Any, sc: Scenario) -> None:
+    tester.forget_flows()
     fw = install(flt, sc)
     now = monotonic_ns()
     for name in fw.sets:
@@ -461,3 +462,151 @@ def test_rules_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
 def test_packets_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
     """Random, truncated and mutated frames: the parser's verdicts."""
     run_scenario(*bench, sc)
+
+
+# ---- connection state -------------------------------------------------------------------------
+
+HOST = {4: "10.0.0.2", 6: "2001:db8::2"}
+REMOTES = {4: ["10.0.0.1", "192.0.2.7", "10.0.0.3"], 6: ["2001:db8::1", "2001:db8:1::7", "2001:db8::3"]}
+CT_PORTS = [22, 53, 80, 123, 40000, 40001]
+TCP_OUT = [SYN, SYN, SYN | ACK, ACK, ACK, ACK | 0x08, FIN | ACK, RST, RST | ACK]
+TCP_IN = [SYN, SYN, SYN | ACK, ACK, ACK | 0x08, FIN | ACK, RST, RST | ACK, 0]
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """One conversation: the host's end and the remote end (ICMP: port is the echo id)."""
+
+    fam: int
+    proto: int  # 6, 17, or 1 for ICMP echo (ICMPv6 in IPv6)
+    hport: int
+    remote: str
+    rport: int
+
+
+def _ip(fam: int, src: str, dst: str, proto: int, l4: bytes, frag: int = 0) -> bytes:
+    return P.ipv4(src, dst, proto, l4, frag_off=frag) if fam == 4 else P.ipv6(src, dst, proto, l4)
+
+
+def _l4(f: FlowSpec, outgoing: bool, flags: int) -> tuple[int, bytes]:
+    """(IP protocol, L4 bytes) of a packet of ``f`` in one direction."""
+    sport, dport = (f.hport, f.rport) if outgoing else (f.rport, f.hport)
+    if f.proto == P.TCP:
+        return P.TCP, P.tcp(sport, dport, flags=flags)
+    if f.proto == P.UDP:
+        return P.UDP, P.udp(sport, dport, b"q")
+    proto = P.ICMP if f.fam == 4 else P.ICMPV6
+    req, rep = (8, 0) if f.fam == 4 else (128, 129)
+    return proto, P.icmp(req if outgoing else rep, 0, f.hport.to_bytes(2, "big") + b"\0\1")
+
+
+@st.composite
+def conn_scenarios(draw: Any) -> tuple[Verdict, bool, list[str], list[tuple[str, bytes]]]:
+    """Flows the host opens and moves on (egress), and what arrives: their
+    replies, replies with one field off, ICMP errors quoting what the host
+    sent (or with the quote or its source off), echo replies, and noise."""
+    policy = draw(st.sampled_from([Verdict.DROP, Verdict.DROP, Verdict.PASS]))
+    on = draw(st.integers(0, 5)) > 0
+    rules = draw(st.sampled_from([[], [], ["allow 22/tcp"], ["deny from 10.0.0.1", "allow 53/udp"]]))
+    specs: list[FlowSpec] = []
+    for _ in range(draw(st.integers(1, 4))):
+        fam = draw(st.sampled_from([4, 6]))
+        specs.append(FlowSpec(fam, draw(st.sampled_from([P.TCP, P.TCP, P.UDP, P.ICMP])),
+                              draw(st.sampled_from(CT_PORTS)), draw(st.sampled_from(REMOTES[fam])),
+                              draw(st.sampled_from(CT_PORTS))))
+    events: list[tuple[str, bytes]] = []
+    sent: list[tuple[FlowSpec, bytes]] = []  # (flow, IP packet the host sent)
+    opened: set[FlowSpec] = set()
+    for _ in range(draw(st.integers(10, 40))):
+        f = draw(st.sampled_from(specs))
+        tags = ((P.VLAN_Q, 7),) if draw(st.integers(0, 5)) == 0 else ()
+        kind = draw(st.sampled_from(["out", "out", "out", "reply", "reply", "reply", "off", "error", "error",
+                                     "noise"]))
+        if kind == "out":
+            first = f not in opened and draw(st.integers(0, 3)) > 0  # usually a SYN opens it
+            opened.add(f)
+            proto, l4 = _l4(f, True, SYN if first else draw(st.sampled_from(TCP_OUT)))
+            frag = draw(st.sampled_from([0, 0, 0, 0x2000, 185]))
+            if f.fam == 6 and draw(st.integers(0, 6)) == 0:  # an extension header: not tracked
+                ip = P.ipv6(HOST[6], f.remote, 60, P.ext_opts(proto) + l4)
+            else:
+                ip = _ip(f.fam, HOST[f.fam], f.remote, proto, l4, frag if f.fam == 4 else 0)
+            sent.append((f, ip))
+            events.append(("out", P.eth(P.ETH_IP if f.fam == 4 else P.ETH_IPV6, ip, tags)))
+            continue
+        g = f
+        if kind == "off":  # one field of the reply is not the flow's
+            what = draw(st.sampled_from(["hport", "rport", "remote", "host"]))
+            if what == "hport":
+                g = FlowSpec(f.fam, f.proto, f.hport + 1, f.remote, f.rport)
+            elif what == "rport":
+                g = FlowSpec(f.fam, f.proto, f.hport, f.remote, f.rport ^ 1)
+            elif what == "remote":
+                g = FlowSpec(f.fam, f.proto, f.hport, draw(st.sampled_from(REMOTES[f.fam])), f.rport)
+        host = HOST[f.fam] if not (kind == "off" and g == f) else ("10.0.0.9" if f.fam == 4 else "2001:db8::9")
+        if kind in ("reply", "off"):
+            proto, l4 = _l4(g, False, draw(st.sampled_from(TCP_IN)))
+            ip = _ip(g.fam, g.remote, host, proto, l4)
+        elif kind == "error":
+            quoted = [ip for h, ip in sent if h.fam == f.fam] or [_ip(f.fam, HOST[f.fam], f.remote, *_l4(f, True, SYN))]
+            inner = draw(st.sampled_from(quoted))
+            inner = inner[: draw(st.sampled_from([len(inner), len(inner), 28, 44, 48, 20]))]
+            if draw(st.integers(0, 5)) == 0:  # the quote's source is not the host
+                at = 12 if f.fam == 4 else 8
+                inner = inner[:at] + bytes([inner[at] ^ 1]) + inner[at + 1 :]
+            typ = draw(st.sampled_from([3, 11, 12, 5, 0] if f.fam == 4 else [1, 2, 3, 4, 129, 135]))
+            router = draw(st.sampled_from(REMOTES[f.fam]))
+            icmp = P.icmp(typ, draw(st.sampled_from([0, 3, 4])), b"\0\0\x05\xdc" + inner)
+            to = HOST[f.fam] if draw(st.integers(0, 2)) else REMOTES[f.fam][2]  # sometimes not to the quote's source
+            ip = _ip(f.fam, router, to, P.ICMP if f.fam == 4 else P.ICMPV6, icmp)
+        else:
+            events.append(("in", frame(draw, [])))
+            continue
+        events.append(("in", P.eth(P.ETH_IP if f.fam == 4 else P.ETH_IPV6, ip, tags)))
+    return policy, on, rules, events
+
+
+def model_flows(fw: Firewall) -> list[Any]:
+    """The model's live flows as the tester lists its own."""
+    from pyxdp.flows import decode
+
+    now = monotonic_ns()
+    out = []
+    for (fam, proto, raddr, rport, laddr, lport), (state, expires) in fw.flows.items():
+        key = (L.FLOW_KEY4.pack(fam, proto, rport, lport, 0, raddr[:4], laddr[:4]) if fam == 4
+               else L.FLOW_KEY.pack(fam, proto, rport, lport, 0, raddr, laddr))
+        f = decode(key, L.FLOW.pack(expires, state, 0), now)
+        if f is not None:
+            out.append(f._replace(expires_in=0.0))
+    return sorted(out)
+
+
+@settings(max_examples=PACKET_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
+@given(sc=conn_scenarios())
+def test_connection_state_matches_model(bench: tuple[Any, Any], sc: Any) -> None:
+    """What the host sends (through the egress program) and what arrives:
+    replies pass as established, ICMP errors about the host's flows as
+    related, forged replies (a port, an address or the quote off) and
+    unsolicited packets go through the rules, as the model says."""
+    flt, tester = bench
+    policy, on, texts, events = sc
+    tester.forget_flows()
+    rules = tuple(parse_rule_words(t.split()) for t in texts)
+    flt.apply(RuleSetSpec(rules, {}, policy))
+    flt.set_established(on)
+    fw = Firewall([MRule.from_rule(r) for r in rules], {}, policy, established=on)
+    try:
+        for i, (kind, pkt) in enumerate(events):
+            if kind == "out":
+                tester.send(pkt)
+                outbound(pkt, fw, monotonic_ns())
+                continue
+            r = tester.run(pkt)
+            want = decide(pkt, fw, monotonic_ns())
+            got = (r.verdict, r.reason, r.event.rule if r.event else 0)
+            story = "\n".join(f"{'>' if k == 'out' else '<'} {p.hex()}" for k, p in events[: i + 1])
+            assert got == tuple(want), f"policy {policy.label}, state {'on' if on else 'off'}, rules {texts}\n{story}"
+            event(f"conn: {want.reason.label}")
+            assert [f._replace(expires_in=0.0) for f in tester.flows()] == model_flows(fw), story
+    finally:
+        flt.set_established(True)

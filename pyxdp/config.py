@@ -1,0 +1,216 @@
+"""The declarative config: make the running firewall, and the interfaces it
+runs on, what one file says (``pyxdp-load up``), and read both back
+(``pyxdp-load save --all``). The file is the rule-set file of
+:mod:`pyxdp.rulefile` plus ``[[interface]]`` tables; by default
+``/etc/pyxdp/pyxdp.toml`` (``$PYXDP_CONFIG`` names another).
+
+``up`` is all or nothing and safe in its order: it checks every interface it
+will attach first (it exists, and runs no other XDP program), then applies
+the rules and sets in one switch (only when they differ), then attaches the
+new interfaces (so none ever runs the old or empty rules), then detaches
+the interfaces the file no longer names (last: the filter stays on until
+everything else is done). A step that fails undoes the earlier ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from .errors import AttachError, PyxdpError
+from .rulefile import Element, InterfaceSpec, RuleSetSpec
+
+if TYPE_CHECKING:
+    from .attach import Attachment
+    from .filter import Filter
+    from .state import State
+
+__all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "up"]
+
+DEFAULT_CONFIG = "/etc/pyxdp/pyxdp.toml"
+
+
+def config_path(path: str | None = None) -> str:
+    """``path``, else ``$PYXDP_CONFIG``, else :data:`DEFAULT_CONFIG`."""
+    return path or os.environ.get("PYXDP_CONFIG") or DEFAULT_CONFIG
+
+
+class ConfigChange(NamedTuple):
+    """One thing ``up`` changed; ``str()`` is the line the CLI prints."""
+
+    action: str  # "apply", "attach", "reattach" (another mode) or "detach"
+    interface: InterfaceSpec | None  # None for "apply"
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def recorded_interfaces(st: State) -> tuple[InterfaceSpec, ...]:
+    """The interfaces the state records, with the mode each runs in (what
+    ``save --all`` writes), one per name and namespace, sorted. A record
+    whose interface or namespace is gone is left out (an 'up' of the file
+    would fail on it); one whose interface was made anew is kept ('up'
+    attaches it again)."""
+    from .attach import recorded
+    from .errors import UsageError
+    from .xdp import Netlink
+
+    out: dict[tuple[str, str], InterfaceSpec] = {}
+    for (_netns, _idx), a in sorted(recorded(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        try:
+            with Netlink(a.netns) as nl:
+                nl.ifindex(a.ifname)
+        except UsageError:  # no such interface, or namespace
+            continue
+        out.setdefault((a.netns or "", a.ifname), InterfaceSpec(a.ifname, a.netns, a.mode))
+    return tuple(out[k] for k in sorted(out))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word if n == 1 else word + 's'}"
+
+
+def _differs(spec: RuleSetSpec, running: RuleSetSpec) -> bool:
+    """Whether applying ``spec`` would change the running firewall. A field
+    the file leaves out (None: the policy) is what runs; set elements are
+    compared by prefix and by whether they expire, not by the time left."""
+    for field in RuleSetSpec._fields:
+        if field in ("sets", "interfaces"):
+            continue
+        want, have = getattr(spec, field), getattr(running, field)
+        if isinstance(want, dict) and isinstance(have, dict):  # a table of the file names some keys
+            if any(have.get(k) != v for k, v in want.items()):
+                return True
+        elif want is not None and want != have:
+            return True
+    if spec.sets.keys() != running.sets.keys():
+        return True
+    return any({e.prefix: e.ttl is None for e in elements} != {e.prefix: e.ttl is None for e in running.sets[name]}
+               for name, elements in spec.sets.items())
+
+
+def _keep_running_timeouts(spec: RuleSetSpec, running: RuleSetSpec) -> RuleSetSpec:
+    """``spec`` with each timed element that already runs with a timeout
+    keeping its time left: ``up`` does not restart a ban's clock."""
+    sets: dict[str, list[Element]] = {}
+    for name, elements in spec.sets.items():
+        left = {e.prefix: e.ttl for e in running.sets.get(name, ())}
+        sets[name] = [Element(e.prefix, left[e.prefix]) if e.ttl is not None and left.get(e.prefix) is not None
+                      else e for e in elements]
+    return spec._replace(sets=sets)
+
+
+def _where(netns: str | None) -> str:
+    return f" (netns {netns})" if netns else ""
+
+
+def _preflight(st: State, todo: list[InterfaceSpec], have: dict[tuple[str | None, str], list[Attachment]],
+               ) -> set[tuple[str | None, str]]:
+    """Refuse, before anything changes, an interface that is missing or runs
+    another XDP program. Returns the interfaces whose records are stale (the
+    interface was made anew: another ifindex)."""
+    import errno
+
+    from .attach import uses_state
+    from .xdp import Netlink
+
+    stale = set()
+    for i in todo:
+        with Netlink(i.netns) as nl:
+            ifst = nl.state(i.name)
+        if ifst.prog_id and not uses_state(st, ifst.prog_id):
+            raise AttachError(errno.EBUSY, f"{i}: runs XDP program {ifst.prog_id}, not this pyxdp filter; take it "
+                                           f"off first ('pyxdp-load attach {i.name} --force' replaces it)")
+        if any(a.ifindex != ifst.ifindex for a in have.get((i.netns, i.name), ())):
+            stale.add((i.netns, i.name))
+    return stale
+
+
+def _detach_all(flt: Filter, ifname: str, netns: str | None) -> None:
+    """Detach ``ifname`` and forget every record of that name (a stale one
+    too), keeping the state."""
+    from .attach import recorded
+
+    for _ in range(len(recorded(flt.state))):
+        if not any(a.ifname == ifname and a.netns == netns for a in recorded(flt.state).values()):
+            return
+        flt.detach(ifname, netns=netns, keep=True)
+
+
+def up(flt: Filter, spec: RuleSetSpec) -> list[ConfigChange]:
+    """Make the running firewall and its interfaces what ``spec`` says, all or
+    nothing: apply the rules, sets and policy when they differ (an element
+    that runs with a timeout keeps its time left), attach the interfaces not
+    running the filter (in their mode; ``auto`` takes whatever runs), attach
+    again in the file's mode an interface running in another, detach the
+    recorded interfaces the spec does not name. Returns what changed (empty:
+    nothing to do). ``flt`` must hold the lock."""
+    from .xdp import XdpMode
+
+    flt.state.require_lock()
+    have: dict[tuple[str | None, str], list[Attachment]] = {}
+    for a in flt.interfaces():
+        have.setdefault((a.netns, a.ifname), []).append(a)
+    want = {(i.netns, i.name): i for i in spec.interfaces}
+    new: list[InterfaceSpec] = []
+    remode: list[tuple[InterfaceSpec, Attachment]] = []
+    for key, i in want.items():
+        live = [a for a in have.get(key, ()) if a.attached]
+        if not live:
+            new.append(i)
+        elif i.mode != "auto" and live[0].mode != i.mode:
+            remode.append((i, live[0]))
+    gone = [key for key in have if key not in want]
+    stale = _preflight(flt.state, new, have)
+    running = flt.ruleset()
+
+    changes: list[ConfigChange] = []
+    undo: list[Callable[[], object]] = []
+
+    def attach(i: InterfaceSpec, mode: str) -> Attachment:
+        a = flt.attach(i.name, mode=XdpMode(mode), netns=i.netns)
+        undo.append(lambda: flt.detach(i.name, netns=i.netns, keep=True))
+        return a
+
+    def detach(i: InterfaceSpec, mode: str | None) -> None:
+        _detach_all(flt, i.name, i.netns)
+        if mode is not None:
+            undo.append(lambda: flt.attach(i.name, mode=XdpMode(mode), netns=i.netns))
+
+    try:
+        if _differs(spec, running):
+            flt.apply(_keep_running_timeouts(spec, running))
+            undo.append(lambda: flt.apply(running))
+            n = sum(len(v) for v in spec.sets.values())
+            changes.append(ConfigChange("apply", None, f"applied {_plural(len(spec.rules), 'rule')}, "
+                                        f"{_plural(len(spec.sets), 'set')} ({_plural(n, 'element')})"
+                                        + (f", policy {spec.policy.label}" if spec.policy is not None else "")))
+        for i in new:
+            if (i.netns, i.name) in stale:
+                detach(i, None)  # the record of the interface gone before: nothing runs on it
+            a = attach(i, i.mode)
+            changes.append(ConfigChange("attach", i, f"attached to {i}: {a.mode} mode, program id {a.prog_id}"))
+        for i, old in remode:  # native and generic cannot run at once: the filter is off for a moment
+            detach(i, old.mode)
+            a = attach(i, i.mode)
+            changes.append(ConfigChange("reattach", i, f"attached to {i} again: {a.mode} mode (was {old.mode}), "
+                                        f"program id {a.prog_id}"))
+        for key in gone:
+            recs = have[key]
+            i = InterfaceSpec(recs[0].ifname, recs[0].netns, recs[0].mode)
+            live = [a for a in recs if a.attached]
+            detach(i, live[0].mode if live else None)
+            changes.append(ConfigChange("detach", i, f"detached from {i}"))
+    except BaseException as exc:
+        failed = []
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception as undo_exc:  # noqa: BLE001 - said below, with the first failure
+                failed.append(str(undo_exc))
+        if failed:
+            raise PyxdpError(f"{exc}; undoing what 'up' had done failed too ({failed[0]}): see "
+                             "'pyxdp-load status'") from exc
+        raise
+    return changes

@@ -1,0 +1,273 @@
+"""Prometheus metrics of one pyxdp state: ``pyxdp-load exporter``.
+
+A custom collector reads the pinned maps on every scrape through the public
+API (:meth:`pyxdp.Filter.open` with ``lock=False``: a scrape never waits for,
+or blocks, a writer). It opens the state afresh each time (a fraction of a
+millisecond), so a state removed and made again is followed without a
+restart, and a scrape while there is no state still answers, with
+``pyxdp_up 0``. Nothing is exported per set element: a set is two series
+(IPv4 and IPv6 element counts) whatever its size, and those counts are read
+from the per-set counters, not by walking the elements.
+
+Each metric family comes from one function of :data:`FAMILIES` taking the
+open :class:`~pyxdp.Filter`; another family (tracked flows, say) is one more
+such function in that tuple.
+
+Needs ``prometheus_client`` (``pip install 'pyxdp[exporter]'``); nothing
+else in pyxdp imports this module."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from .attach import iface_label
+from .errors import NotLoaded, PyxdpError, UsageError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .filter import Filter
+
+DEFAULT_PORT = 9436
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+
+_TRAFFIC_LABELS = ("interface", "verdict", "reason")
+_RULE_LABELS = ("rule", "id", "action", "text")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for IPv6) -> (address, port). The host is
+    an IP address (``0.0.0.0`` or ``::`` for every address); port 0 asks the
+    kernel for a free port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"bad --listen {text!r}: give ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or [::1]:{DEFAULT_PORT}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"bad --listen {text!r}: {host!r} is not an IP address") from None
+    if addr.version == 6 and not bracketed:
+        raise UsageError(f"bad --listen {text!r}: write an IPv6 address in brackets, e.g. [{host}]:{port}")
+    return str(addr), int(port)
+
+
+# ---- the metric families: each reads one part of the state ---------------------------
+
+
+def traffic(flt: Filter) -> Iterator[Metric]:
+    """Packets and bytes per (interface, verdict, reason); lost trace events."""
+    st = flt.stats()
+    packets = CounterMetricFamily("pyxdp_packets", "Packets the filter decided, by interface (empty: not "
+                                  "attributed to one), verdict and reason.", labels=_TRAFFIC_LABELS)
+    octets = CounterMetricFamily("pyxdp_bytes", "Bytes of the packets the filter decided, by interface, verdict "
+                                 "and reason.", labels=_TRAFFIC_LABELS)
+    for ln in sorted(st.lines, key=lambda ln: (ln.interface, ln.verdict, ln.reason)):
+        labels = (ln.interface, ln.verdict.label, ln.reason.label)
+        packets.add_metric(labels, ln.packets)
+        octets.add_metric(labels, ln.bytes)
+    yield packets
+    yield octets
+    yield CounterMetricFamily("pyxdp_trace_events_lost", "Trace events the datapath dropped because the ring "
+                              "buffer was full.", value=st.lost_events)
+
+
+def rules(flt: Filter) -> Iterator[Metric]:
+    """Hits per rule; how many rules there are and can be."""
+    live = flt.rules()
+    packets = CounterMetricFamily("pyxdp_rule_packets", "Packets the rule decided, by rule number (its position), "
+                                  "stable rule id, action and canonical text.", labels=_RULE_LABELS)
+    octets = CounterMetricFamily("pyxdp_rule_bytes", "Bytes of the packets the rule decided.", labels=_RULE_LABELS)
+    for r in live:
+        labels = (str(r.number), str(r.id), r.rule.action.name.lower(), str(r.rule))
+        packets.add_metric(labels, r.packets)
+        octets.add_metric(labels, r.bytes)
+    yield packets
+    yield octets
+    yield GaugeMetricFamily("pyxdp_rules", "Rules in the live rule list.", value=len(live))
+    yield GaugeMetricFamily("pyxdp_rule_capacity", "Rules the rule tables can hold.", value=flt.rule_capacity)
+
+
+def sets(flt: Filter) -> Iterator[Metric]:
+    """Elements per set and family, from the control plane's tally: no walk
+    of the elements, also while a change works on a set (the tally may then
+    already count elements the change has not committed yet)."""
+    elements = GaugeMetricFamily("pyxdp_set_elements", "Elements of the set, by address family (expired ones "
+                                 "count until the sweeper removes them).", labels=("set", "family"))
+    for s in sorted(flt.sets(exact=False), key=lambda s: s.name):
+        elements.add_metric((s.name, "ipv4"), s.n4)
+        elements.add_metric((s.name, "ipv6"), s.n6)
+    yield elements
+    yield GaugeMetricFamily("pyxdp_set_element_capacity", "Set elements each address family can hold, all sets "
+                            "together.", value=flt.capacity)
+
+
+def config(flt: Filter) -> Iterator[Metric]:
+    """The policy and the trace sampling."""
+    cfg = flt.config()
+    yield InfoMetricFamily("pyxdp_policy", "The verdict for packets no rule matches.",
+                           value={"policy": cfg.policy.label})
+    yield GaugeMetricFamily("pyxdp_trace_sampling", "Tracing samples one packet in this many; 0: tracing is off.",
+                            value=cfg.trace_every)
+
+
+def attachments(flt: Filter) -> Iterator[Metric]:
+    """The interfaces the program is attached to, each checked against what
+    the kernel runs now."""
+    info = InfoMetricFamily("pyxdp_attached", "An interface this state's program was attached to.",
+                            labels=("interface", "netns", "mode", "prog_id"))
+    live = GaugeMetricFamily("pyxdp_interface_attached", "1 while the interface runs this state's program; 0 when "
+                             "the record remains but it no longer does (see 'pyxdp-load status').",
+                             labels=("interface", "netns"))
+    for a in flt.interfaces():
+        info.add_metric((iface_label(a.ifname, a.netns), a.netns or "", a.mode, str(a.prog_id)), {})
+        live.add_metric((iface_label(a.ifname, a.netns), a.netns or ""), 1 if a.attached else 0)
+    yield info
+    yield live
+
+
+Family = Callable[["Filter"], Iterable[Metric]]
+
+FAMILIES: tuple[Family, ...] = (traffic, rules, sets, config, attachments)
+
+
+class StateCollector:
+    """Reads the state in ``pin_dir`` on each :meth:`collect` (one scrape at a
+    time). A state that is missing or unreadable gives ``pyxdp_up 0`` and no
+    other pyxdp series (never half of them); the reason goes to ``log`` once
+    each time it changes."""
+
+    def __init__(self, pin_dir: str, families: tuple[Family, ...] = FAMILIES,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.pin_dir = pin_dir
+        self.families = families
+        self._log = log or (lambda msg: None)
+        self._lock = threading.Lock()
+        self._last_problem: str | None = None
+
+    def read(self) -> list[Metric]:
+        """Every family's metrics from the state now (raises NotLoaded, or
+        another PyxdpError/OSError when it cannot be read)."""
+        from .filter import Filter
+
+        with Filter.open(self.pin_dir, lock=False) as flt:
+            out: list[Metric] = []
+            for family in self.families:
+                out.extend(family(flt))
+            return out
+
+    def collect(self) -> list[Metric]:
+        """``pyxdp_up``, every family's metrics, ``pyxdp_scrape_duration_seconds``."""
+        with self._lock:
+            start = time.perf_counter()
+            problem = None
+            try:
+                metrics = self.read()
+            except NotLoaded as exc:
+                metrics, problem = [], f"no state: {exc}"
+            except (PyxdpError, OSError) as exc:
+                metrics, problem = [], f"cannot read the state: {exc}"
+            except Exception as exc:  # noqa: BLE001 - a scrape still answers; the log says what broke
+                metrics, problem = [], f"cannot read the state: {type(exc).__name__}: {exc}"
+            if problem != self._last_problem:
+                self._log(problem or f"reading the state in {self.pin_dir}")
+                self._last_problem = problem
+            took = time.perf_counter() - start
+        up = GaugeMetricFamily("pyxdp_up", "1 when the pin directory holds pyxdp state that could be read; 0 "
+                               "otherwise (then no other pyxdp_ series is exported).", value=0 if problem else 1)
+        duration = GaugeMetricFamily("pyxdp_scrape_duration_seconds", "Time this scrape took to read the state.",
+                                     value=took)
+        return [up, *metrics, duration]
+
+
+def make_server(collector: StateCollector, host: str, port: int) -> WSGIServer:
+    """An HTTP server (thread per request) serving ``collector``'s metrics,
+    with the process's own, bound to ``host``:``port`` only. Raises OSError
+    when it cannot bind."""
+    import socket
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind would look the address up in DNS (getfqdn): not needed to serve
+            socketserver.TCPServer.server_bind(self)
+            self.server_name = host
+            self.server_port = self.server_address[1]
+            self.setup_environ()
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            # a client that hangs up midway: one line, not socketserver's traceback
+            exc = sys.exc_info()[1]
+            print(f"pyxdp-load exporter: request from {client_address} failed: {exc!r}", file=sys.stderr,
+                  flush=True)
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    return make_server(host, port, make_wsgi_app(registry), server_class=Server, handler_class=Quiet)
+
+
+def serve(pin_dir: str, listen: str = DEFAULT_LISTEN) -> int:
+    """``pyxdp-load exporter``: serve until SIGTERM or SIGINT, then return 0."""
+    import errno
+    import signal
+
+    host, port = parse_listen(listen)
+
+    def log(msg: str) -> None:
+        print(f"pyxdp-load exporter: {msg}", file=sys.stderr, flush=True)
+
+    collector = StateCollector(pin_dir, log=log)
+    # SIGINT and SIGTERM wait for sigwait() below; threads started from here on keep them blocked
+    stop = {signal.SIGINT, signal.SIGTERM}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        try:
+            server = make_server(collector, host, port)
+        except OSError as exc:
+            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+            raise _ListenError(f"cannot listen on {listen}: {why}") from None
+        thread = threading.Thread(target=server.serve_forever, name="pyxdp-exporter", daemon=True)
+        try:
+            try:  # state that cannot be read (no privilege, unsafe, another layout) ends it now: exit 1
+                collector.read()
+            except NotLoaded:
+                pass  # served as pyxdp_up 0 until there is state
+            collector.collect()  # says whether there is state; imports what scrapes use
+            shown = f"[{host}]" if ":" in host else host
+            log(f"serving {pin_dir} on http://{shown}:{server.server_port}/metrics")
+            thread.start()
+            signal.sigwait(stop)
+        finally:
+            if thread.is_alive():
+                server.shutdown()
+                thread.join(5)
+            server.server_close()
+            for sig in stop:  # a second Ctrl-C or SIGTERM while stopping changes nothing
+                signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return 0
+
+
+class _ListenError(PyxdpError):
+    """The address cannot be listened on (in use, not local): exit 1."""

@@ -1,0 +1,180 @@
+"""What XDP program an interface runs, read over a plain rtnetlink socket
+(``RTM_GETLINK``, the ``socket`` module only). ``status`` and the other
+readers use it: pyroute2, which attach and detach use to change things,
+costs 100 ms or more to import. In another network namespace the socket is
+opened by a short-lived thread that enters the namespace (``setns`` changes
+only the calling thread's namespace); the socket stays in it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from .errors import AttachError, UsageError
+from .xdp import XdpMode, XdpState, _check_ifname, _netns_exists
+
+if TYPE_CHECKING:
+    from typing import Any
+
+NETLINK_ROUTE = 0
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+IFLA_IFNAME = 3
+IFLA_EXT_MASK = 29
+IFLA_XDP = 43
+IFLA_XDP_ATTACHED = 2
+IFLA_XDP_PROG_ID = 4
+IFLA_XDP_DRV_PROG_ID = 5
+IFLA_XDP_SKB_PROG_ID = 6
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+CLONE_NEWNET = 0x40000000
+
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
+_RTA = struct.Struct("=HH")  # struct rtattr
+_U32 = struct.Struct("=I")
+_MODES = {1: XdpMode.NATIVE, 2: XdpMode.GENERIC, 3: XdpMode.OFFLOAD}
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    raw = _RTA.pack(_RTA.size + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while off + _RTA.size <= end:
+        length, kind = _RTA.unpack_from(data, off)
+        if length < _RTA.size or off + length > end:
+            break
+        out[kind & NLA_TYPE_MASK] = data[off + _RTA.size:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)  # Python 3.12 and newer
+    if setns is not None:
+        setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _socket_in(netns: str) -> socket.socket:
+    """A netlink socket in network namespace ``netns``."""
+    import threading
+
+    fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    made: list[Any] = []
+
+    def enter_and_open() -> None:
+        try:
+            _setns(fd)
+            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
+        except OSError as exc:
+            made.append(exc)
+
+    try:
+        t = threading.Thread(target=enter_and_open, name="pyxdp-netns")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if not made or isinstance(made[0], OSError):
+        exc = made[0] if made else OSError(errno.EIO, "no socket")
+        raise AttachError(exc.errno or errno.EIO, f"cannot enter netns {netns}: {exc.strerror or exc}")
+    sock: socket.socket = made[0]
+    return sock
+
+
+class Links:
+    """A read-only rtnetlink socket, in the host's namespace or in ``netns``
+    (a name from ``ip netns``). Use as a context manager."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        if netns is None:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        elif not _netns_exists(netns):
+            raise UsageError(f"no network namespace {netns!r} (see 'ip netns list')")
+        else:
+            self._sock = _socket_in(netns)
+        self._sock.settimeout(5)
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Links:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def state(self, ifname: str) -> XdpState:
+        """What ``ifname`` runs (UsageError: no such interface)."""
+        _check_ifname(ifname)
+        st = self._get(0, ifname)
+        if st is None:
+            where = f" in netns {self.netns}" if self.netns else ""
+            raise UsageError(f"no interface {ifname!r}{where}")
+        return st
+
+    def state_by_index(self, ifindex: int) -> XdpState | None:
+        """What interface ``ifindex`` runs, or None when there is no such interface."""
+        return self._get(ifindex, None) if ifindex > 0 else None
+
+    def _get(self, ifindex: int, ifname: str | None) -> XdpState | None:
+        self._seq += 1
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0)
+        body += _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
+        if ifname is not None:
+            body += _attr(IFLA_IFNAME, ifname.encode() + b"\0")
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self._seq, 0) + body)
+        while True:
+            head = bytearray(_NLMSG.size)
+            size = self._sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)  # the whole length
+            data = self._sock.recv(max(size, _NLMSG.size))
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size or off + length > len(data):
+                    break
+                if seq == self._seq:
+                    if kind == NLMSG_ERROR:
+                        err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        if err == errno.ENODEV:
+                            return None
+                        raise AttachError(err, f"reading interface {ifname or ifindex}: {os.strerror(err)}")
+                    if kind == RTM_NEWLINK:
+                        return _xdp_state(data, off + _NLMSG.size, off + length)
+                off += (length + 3) & ~3
+
+
+def _xdp_state(data: bytes, off: int, end: int) -> XdpState:
+    _family, _type, index, _flags, _change = _IFINFO.unpack_from(data, off)
+    attrs = _attrs(data, off + _IFINFO.size, end)
+    name = attrs.get(IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+    xdp = _attrs(attrs[IFLA_XDP], 0, len(attrs[IFLA_XDP])) if IFLA_XDP in attrs else {}
+
+    def u32(kind: int) -> int:
+        raw = xdp.get(kind, b"")
+        return int(_U32.unpack(raw[:4])[0]) if len(raw) >= 4 else 0
+
+    attached = xdp.get(IFLA_XDP_ATTACHED, b"\0")[0]
+    prog_id = u32(IFLA_XDP_PROG_ID)
+    if attached == 4:  # multi: one in each of driver and skb; the driver's, as pyxdp.xdp reports it
+        drv = u32(IFLA_XDP_DRV_PROG_ID)
+        prog_id, attached = (drv, 1) if drv else (u32(IFLA_XDP_SKB_PROG_ID), 2)
+    return XdpState(name, index, prog_id, _MODES.get(attached))

@@ -1,0 +1,297 @@
+"""``pyxdp-load exporter`` as Prometheus sees it: the exporter runs as its own
+process on a free loopback port against a test pin directory, real packets
+cross a veth the filter is attached to, and a real HTTP client scrapes it.
+The text must parse with prometheus_client's own parser and agree with
+``stats --json``, ``list --json`` and ``status --json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from conftest import NetPair, needs_root
+from prometheus_client.parser import text_string_to_metric_families
+from test_cli import fails, ok, run
+from test_e2e import exchange
+
+pytestmark = needs_root
+
+BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
+SERVING = re.compile(r"serving .* on (http://\S+/metrics)$")
+
+
+class Exporter:
+    """``pyxdp-load exporter`` in a process of its own; ``url`` once it serves."""
+
+    def __init__(self, pin_dir: str, listen: str = "127.0.0.1:0") -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYXDP_PIN_DIR", "PYXDP_DEBUG")}
+        self.proc = subprocess.Popen([BIN, "--pin-dir", pin_dir, "exporter", "--listen", listen],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.log: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self.wait_for(SERVING).group(1)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> re.Match[str]:
+        """The first new stderr line matching ``pattern``."""
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"exporter said nothing like {pattern.pattern!r}: {self.log}") from None
+            if line is None:
+                raise AssertionError(f"exporter ended ({self.proc.wait()}): {self.log}")
+            self.log.append(line)
+            m = pattern.search(line)
+            if m:
+                return m
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            self.proc.kill()
+
+
+@contextmanager
+def exporter(pin_dir: str, listen: str = "127.0.0.1:0") -> Iterator[Exporter]:
+    exp = Exporter(pin_dir, listen)
+    try:
+        yield exp
+    finally:
+        exp.proc.kill()
+        exp.proc.wait()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> tuple[str, dict[str, Any], Samples]:
+    """(the text, family name -> parsed family, (sample name, sorted labels) -> value)."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    return text, fams, samples
+
+
+def labels(**kw: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(kw.items()))
+
+
+def pyxdp_series(samples: Samples) -> set[str]:
+    return {name for name, _ in samples if name.startswith("pyxdp_")}
+
+
+def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
+    ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"10.{i >> 8}.{i & 255}.0/24\n" for i in range(5000)))
+    ok("set", "add", "big", "--file", str(big), pin_dir=pin_dir)
+    ok("set", "add", "blocked", "10.77.0.0/24", "fd77::/64", "192.0.2.0/24", pin_dir=pin_dir)
+    ok("deny", "proto", "udp", "from", "@blocked", "to", "any", "port", "7001", pin_dir=pin_dir)
+    ok("allow", "proto", "udp", "to", "any", "port", "7002", pin_dir=pin_dir)
+
+    from pyxdp import Filter, Verdict
+
+    with Filter.open(pin_dir, lock=False) as flt:
+        drops0 = flt.stats().total(Verdict.DROP)
+        got = exchange(netpair, "10.77.0.2", {7001: 30, 7002: 20},
+                       settled=lambda rx: flt.stats().total(Verdict.DROP) - drops0 >= 50 - rx)
+    assert got == {7001: 0, 7002: 20}
+
+    with exporter(pin_dir) as exp:
+        text, fams, first = scrape(exp.url)
+        stats = json.loads(ok("stats", "--json", pin_dir=pin_dir))
+        rules = [json.loads(x) for x in ok("list", "--json", pin_dir=pin_dir).splitlines()]
+        status = json.loads(ok("status", "--json", pin_dir=pin_dir))
+        _, _, second = scrape(exp.url)
+        assert exp.stop() == 0
+
+    # the format: every family has HELP and TYPE; counters end in _total; names are snake_case
+    for name, fam in fams.items():
+        if not name.startswith("pyxdp_"):
+            continue
+        assert re.fullmatch(r"pyxdp_[a-z0-9_]+", name), name
+        assert fam.documentation, name
+        assert f"# HELP {name}" in text and f"# TYPE {name}" in text, name
+        if fam.type == "counter":
+            assert all(s.name == name + "_total" for s in fam.samples), name
+    assert fams["pyxdp_packets"].type == "counter" and fams["pyxdp_rule_packets"].type == "counter"
+    assert fams["pyxdp_set_elements"].type == "gauge"
+    assert first[("pyxdp_up", ())] == 1
+
+    # packets and bytes per (interface, verdict, reason): what 'stats --json' says, read between two scrapes
+    # (ARP, ND and the like may still trickle in); the rule decisions exactly what was sent
+    lines = stats["stats"]
+    assert lines
+    for ln in lines:
+        key = labels(interface=ln.get("interface", ""), verdict=ln["verdict"], reason=ln["reason"])
+        for metric, field in (("pyxdp_packets_total", "packets"), ("pyxdp_bytes_total", "bytes")):
+            assert first.get((metric, key), 0) <= ln[field] <= second[(metric, key)], (metric, key)
+    deny = sum(v for (n, lb), v in first.items() if n == "pyxdp_packets_total" and ("reason", "rule-deny") in lb)
+    allow = sum(v for (n, lb), v in first.items() if n == "pyxdp_packets_total" and ("reason", "rule-allow") in lb)
+    assert (deny, allow) == (30, 20)
+    assert all(("verdict", "drop") in lb for (n, lb) in first if n == "pyxdp_packets_total"
+               and ("reason", "rule-deny") in lb)
+    assert first[("pyxdp_trace_events_lost_total", ())] == stats["lost_events"] == 0
+
+    # per rule: number, stable id, action and text as 'list' shows them, and its hits
+    listed = [r for r in rules if "rule" in r]
+    assert [r["rule"] for r in listed] == ["deny proto udp from @blocked to any port 7001",
+                                           "allow proto udp to any port 7002"]
+    rule_series = {lb: v for (n, lb), v in first.items() if n == "pyxdp_rule_packets_total"}
+    assert len(rule_series) == 2
+    for r in listed:
+        [(lb, v)] = [(lb, v) for lb, v in rule_series.items() if dict(lb)["rule"] == str(r["number"])]
+        assert dict(lb)["text"] == r["rule"] and dict(lb)["action"] == r["rule"].split()[0]
+        assert v == r["packets"] == (30 if r["number"] == 1 else 20)
+        assert first[("pyxdp_rule_bytes_total", lb)] == r["bytes"] > 0
+    assert sorted(dict(lb)["id"] for lb in rule_series) == ["0", "1"]
+    assert first[("pyxdp_rules", ())] == 2 and first[("pyxdp_rule_capacity", ())] == status["rule_capacity"]
+
+    # sets: two series each (per family), never one per element
+    sets = {(dict(lb)["set"], dict(lb)["family"]): v for (n, lb), v in first.items() if n == "pyxdp_set_elements"}
+    assert sets == {("big", "ipv4"): 5000, ("big", "ipv6"): 0, ("blocked", "ipv4"): 2, ("blocked", "ipv6"): 1}
+    assert first[("pyxdp_set_element_capacity", ())] == status["set_capacity"]
+    assert len([k for k in first if k[0].startswith("pyxdp_")]) < 40
+
+    # policy, tracing, the attachment (labelled as 'stats' names interfaces)
+    assert first[("pyxdp_policy_info", labels(policy="pass"))] == 1
+    assert first[("pyxdp_trace_sampling", ())] == 0
+    [att] = status["interfaces"]
+    where = labels(interface=f"{netpair.b}/{netpair.vb}", netns=netpair.b)
+    assert first[("pyxdp_attached_info", labels(interface=f"{netpair.b}/{netpair.vb}", netns=netpair.b,
+                                                mode=att["mode"], prog_id=str(att["prog_id"])))] == 1
+    assert first[("pyxdp_interface_attached", where)] == 1
+    # traffic is labelled with the interface it came in on (or "" when the datapath does not say), named alike
+    assert {dict(lb)["interface"] for (n, lb) in first if n == "pyxdp_packets_total"} <= {
+        "", f"{netpair.b}/{netpair.vb}"}
+    assert 0 < first[("pyxdp_scrape_duration_seconds", ())] < 10
+    assert ("process_open_fds", ()) in first  # the exporter's own process metrics
+
+    ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+
+
+def test_no_state_answers_with_up_0_and_follows_the_state(pin_dir: str) -> None:
+    with exporter(pin_dir) as exp:
+        assert any("no state" in line for line in exp.log)
+        _, _, s = scrape(exp.url)
+        assert s[("pyxdp_up", ())] == 0
+        assert pyxdp_series(s) == {"pyxdp_up", "pyxdp_scrape_duration_seconds"}
+
+        ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)  # state made while it runs
+        _, _, s = scrape(exp.url)
+        assert s[("pyxdp_up", ())] == 1 and s[("pyxdp_rules", ())] == 1
+        assert {n for n, _ in s if n.startswith("pyxdp_")} >= {"pyxdp_rule_packets_total", "pyxdp_policy_info"}
+        assert ("pyxdp_packets_total", ()) not in s  # no traffic: the family is there, no series yet
+
+        from pyxdp import Filter
+
+        with Filter.open(pin_dir) as flt:
+            flt.remove_state()
+        _, _, s = scrape(exp.url)
+        assert s[("pyxdp_up", ())] == 0 and pyxdp_series(s) == {"pyxdp_up", "pyxdp_scrape_duration_seconds"}
+        exp.wait_for(re.compile("no state"))
+
+        ok("--create", "allow", "22/tcp", pin_dir=pin_dir)  # and made again: the new maps are read
+        _, _, s = scrape(exp.url)
+        assert s[("pyxdp_up", ())] == 1
+        assert [dict(lb)["text"] for (n, lb) in s if n == "pyxdp_rule_packets_total"] == [
+            "allow proto tcp to any port 22"]
+        assert exp.stop(signal.SIGINT) == 0
+    assert "Traceback" not in "\n".join(exp.log)
+
+
+def test_set_sizes_never_walk_a_set_under_change(pin_dir: str) -> None:
+    """While a change works on a set (here: one killed midway, as the next
+    writer finds it) 'set list' counts the visible elements by walking them
+    (seconds with a million); a scrape takes the stored tally instead."""
+    from pyxdp import Filter
+    from pyxdp.exporter import StateCollector
+    from pyxdp.layout import JournalOp
+
+    ok("--create", "set", "add", "office", "192.0.2.0/24", "198.51.100.0/24", pin_dir=pin_dir)
+    env = {"PYXDP_TEST_KILL_AFTER": ""}
+    for n in range(1, 40):
+        env["PYXDP_TEST_KILL_AFTER"] = str(n)
+        r = run("set", "add", "office", "203.0.113.0/24", "2001:db8::/32", "10.0.0.0/8", pin_dir=pin_dir, env=env)
+        if r.returncode == 0:
+            raise AssertionError("no point of the change left the set with a tally its visible elements differ from")
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        with Filter.open(pin_dir, lock=False) as flt:
+            op, _txn, _busy = flt.state.journal()
+            exact = {s.name: (s.n4, s.n6) for s in flt.sets()}
+            tally = {s.name: (s.n4, s.n6) for s in flt.sets(exact=False)}
+        if op == JournalOp.SET and exact != tally:
+            break
+        ok("unban", "192.0.2.1", pin_dir=pin_dir)  # a writer: finishes or undoes the killed change
+    assert exact["office"] in ((2, 0), (4, 1)) and tally["office"] != exact["office"]
+    families = {m.name: m for m in StateCollector(pin_dir).read()}
+    got = {s.labels["family"]: s.value for s in families["pyxdp_set_elements"].samples}
+    assert (got["ipv4"], got["ipv6"]) == tally["office"]
+    ok("unban", "192.0.2.1", pin_dir=pin_dir)  # recovered: tally and walk agree again
+    with Filter.open(pin_dir, lock=False) as flt:
+        assert flt.sets() == flt.sets(exact=False)
+
+
+def test_listens_only_where_told(pin_dir: str) -> None:
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    with exporter(pin_dir) as exp:
+        port = int(exp.url.rsplit(":", 1)[1].split("/")[0])
+        assert exp.url.startswith("http://127.0.0.1:")
+        with pytest.raises(urllib.error.URLError):  # another loopback address: nobody listens there
+            urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5)
+        assert scrape(exp.url)[2][("pyxdp_up", ())] == 1
+        assert exp.stop() == 0
+    with exporter(pin_dir, "[::1]:0") as exp:
+        assert exp.url.startswith("http://[::1]:")
+        assert scrape(exp.url)[2][("pyxdp_up", ())] == 1
+        assert exp.stop() == 0
+
+
+def test_bad_listen_and_busy_port(pin_dir: str) -> None:
+    for bad in ("nonsense", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "localhost:9436", "::1:9436",
+                ":9436", "127.0.0.1:port"):
+        fails(2, "bad --listen", "exporter", "--listen", bad, pin_dir=pin_dir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        fails(1, f"cannot listen on 127.0.0.1:{port}: address already in use", "exporter", "--listen",
+              f"127.0.0.1:{port}", pin_dir=pin_dir)
+    fails(1, "cannot listen on 192.0.2.1:9436", "exporter", "--listen", "192.0.2.1:9436", pin_dir=pin_dir)
+
+
+def test_unreadable_state_and_missing_library(pin_dir: str) -> None:
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    fails(1, "needs root", "exporter", "--listen", "127.0.0.1:0", pin_dir=pin_dir, no_caps=True)
+    code = ("import sys; sys.modules['prometheus_client'] = None; from pyxdp.cli import main; "
+            f"sys.exit(main(['--pin-dir', {pin_dir!r}, 'exporter']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == ("pyxdp-load: error: this command needs prometheus_client: "
+                                "pip install 'pyxdp[exporter]' (or prometheus_client itself)")
+    assert run("status", pin_dir=pin_dir).returncode == 0  # nothing else needs it

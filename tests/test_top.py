@@ -1,0 +1,223 @@
+"""``pyxdp-load top``: the live view in a pseudo-terminal (as over ssh), left
+with Ctrl-C or SIGTERM (exit 0, tracing off again, the terminal given back),
+and ``--once`` as a script reads it, with real packets crossing a veth the
+filter is attached to."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from conftest import NetPair, needs_root
+from test_cli import fails, ok, run
+from test_e2e import sock
+
+from pyxdp import Filter
+
+pytestmark = needs_root
+
+BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
+RULE = "deny proto udp from @blocked to any port 7001"
+
+
+@contextmanager
+def blasting(pair: NetPair, ports: tuple[int, ...] = (7001, 7002)) -> Iterator[None]:
+    """Datagrams from 10.77.0.1 to 10.77.0.2 on ``ports``, a few every 10 ms, until the block ends."""
+    tx = sock(pair.a)
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            for port in ports:
+                for _ in range(3):
+                    tx.sendto(b"pyxdp-top", ("10.77.0.2", port))
+            stop.wait(0.01)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        tx.close()
+
+
+def firewall(pin_dir: str, pair: NetPair) -> None:
+    """Attached on the receiver; 10.77.0.1 is blocked from port 7001, 7002 allowed."""
+    ok("attach", pair.vb, "--netns", pair.b, pin_dir=pin_dir)
+    ok("set", "add", "blocked", "10.77.0.0/24", pin_dir=pin_dir)
+    ok(*RULE.split(), pin_dir=pin_dir)
+    ok("allow", "proto", "udp", "to", "any", "port", "7002", pin_dir=pin_dir)
+
+
+def trace_every(pin_dir: str) -> int:
+    with Filter.open(pin_dir, lock=False) as flt:
+        return flt.config().trace_every
+
+
+def spawn_in_pty(args: list[str], rows: int = 50, cols: int = 150) -> tuple[int, int]:
+    """``pyxdp-load ARGS`` with a pseudo-terminal as its controlling terminal
+    and stdio: (pid, the terminal's master side)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYXDP_PIN_DIR", "PYXDP_DEBUG", "COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: size the terminal, then become pyxdp-load
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            os.execve(BIN, [BIN, *args], env)
+        finally:
+            os._exit(127)
+    return pid, fd
+
+
+def read_until(fd: int, done: Callable[[bytes], bool], timeout: float = 30) -> bytes:
+    """What the terminal shows until ``done(all so far)`` or the other side closes."""
+    out = b""
+    end = time.monotonic() + timeout
+    while not done(out) and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def wait_exit(pid: int, timeout: float = 20) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("top did not exit")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_live_view_in_a_terminal(pin_dir: str, netpair: NetPair, how: str) -> None:
+    firewall(pin_dir, netpair)
+    with blasting(netpair):
+        pid, fd = spawn_in_pty(["--pin-dir", pin_dir, "top", "--interval", "0.3", "--sample", "1"])
+        try:
+            # refreshed views until one shows the blocked sender among the dropped sources
+            shown = read_until(fd, lambda out: b"10.77.0.1 " in out and out.count(b"pyxdp top") >= 3)
+            assert b"\x1b[?1049h" in shown  # the view is on the alternate screen
+            text = shown.decode(errors="replace")
+            assert "pyxdp top" in text and "traffic" in text and "busiest rules" in text
+            assert "rule-deny" in text and "top dropped sources (sampled: 1 in 1 packets" in text
+            assert "10.77.0.1 " in text, text[-3000:]
+            assert RULE in text
+            assert trace_every(pin_dir) == 1  # tracing is on while it runs
+            if how == "ctrl-c":
+                os.write(fd, b"\x03")  # the terminal turns it into SIGINT
+            else:
+                os.kill(pid, signal.SIGTERM)
+            rest = read_until(fd, lambda out: False, timeout=15)
+            assert wait_exit(pid) == 0
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(fd)
+    assert trace_every(pin_dir) == 0  # tracing off again
+    # the terminal is given back: the alternate screen left, the cursor shown, no traceback
+    assert b"\x1b[?1049l" in rest and b"\x1b[?25h" in rest
+    assert b"Traceback" not in shown + rest
+
+
+def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:
+    firewall(pin_dir, netpair)
+    with blasting(netpair):
+        time.sleep(0.2)
+        r = run("top", "--once", "--interval", "1", "--sample", "1", pin_dir=pin_dir)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    out = r.stdout
+    assert "\x1b" not in out  # plain text, no escape codes
+    assert trace_every(pin_dir) == 0
+    head, *_ = out.splitlines()
+    assert head.startswith(f"pyxdp top  {pin_dir}  policy pass  rules 2/1024  every 1 s")
+
+    def rows(title: str) -> list[list[str]]:
+        """The words of each data row of the table under ``title`` (after its header and rule line)."""
+        lines = out.splitlines()
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(title))
+        assert set(lines[start + 2].strip()) <= {"─", "-"}, lines[start:start + 3]
+        body = []
+        for ln in lines[start + 3:]:
+            if not ln.strip():
+                break
+            body.append(ln.split())
+        return body
+
+    traffic = {(r[1], r[2]): r for r in rows("traffic")}
+    deny, allow = traffic[("drop", "rule-deny")], traffic[("pass", "rule-allow")]
+    for row in (deny, allow):  # about 300 packets a second each: at least some counted in the interval
+        assert re.fullmatch(r"[0-9.]+k?", row[3]) and float(row[3].rstrip("k")) > 10, row
+        assert int(row[5]) > 0 and int(row[6]) > 0
+    with Filter.open(pin_dir, lock=False) as flt:
+        from pyxdp import Reason, Verdict
+
+        assert int(deny[5]) <= flt.stats().get(Verdict.DROP, Reason.RULE_DENY).packets
+        hits = {r.number: r.packets for r in flt.rules()}
+
+    busiest = rows("busiest rules (of 2)")
+    assert [r[0] for r in busiest] in (["1", "2"], ["2", "1"])
+    for r in busiest:
+        assert " ".join(r[1:-2]) == (RULE if r[0] == "1" else "allow proto udp to any port 7002")
+        assert 0 < int(r[-1]) <= hits[int(r[0])]
+
+    sources = rows("top dropped sources (sampled: 1 in 1 packets")
+    assert sources[0][0] == "10.77.0.1" and int(sources[0][1]) > 10
+    assert len(sources) == 1  # the allowed packets are not dropped sources
+    assert re.search(r"^trace events: \d+ sampled; lost: 0 in all", out, re.M)
+    ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+
+
+def test_tracing_on_already_is_left_alone(pin_dir: str) -> None:
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    with Filter.open(pin_dir) as flt:
+        flt.set_trace(7)  # as a running 'pyxdp-load trace --sample 7' has it
+    out = ok("top", "--once", "--interval", "0.2", pin_dir=pin_dir)
+    assert "not sampled: tracing is on already, 1 in 7" in out
+    assert trace_every(pin_dir) == 7
+    out = ok("top", "--once", "--interval", "0.2", "--sample", "0", pin_dir=pin_dir)
+    assert "not sampled: --sample 0" in out and "(no packets yet)" in out and "(no rule hit yet)" in out
+    assert trace_every(pin_dir) == 7
+
+
+def test_bad_input_no_state_missing_library(pin_dir: str) -> None:
+    fails(1, "no pyxdp state", "top", "--once", pin_dir=pin_dir)
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    for args, says in ((["--interval", "0"], "--interval must be"), (["--interval", "nan"], "--interval must be"),
+                       (["--interval", "x"], "invalid float"), (["--sample", "-1"], "--sample must be"),
+                       (["--sample", "x"], "invalid int")):
+        fails(2, says, "top", "--once", *args, pin_dir=pin_dir)
+    code = ("import sys; sys.modules['rich'] = None; from pyxdp.cli import main; "
+            f"sys.exit(main(['--pin-dir', {pin_dir!r}, 'top', '--once']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == "pyxdp-load: error: this command needs rich: pip install 'pyxdp[top]' (or rich itself)"
+    assert trace_every(pin_dir) == 0
