@@ -198,8 +198,10 @@ def per_packet(repeat: int, rounds: int) -> str:
         mixed_extra = other_lengths()
         for label, name, prefixes, ports in (
                 ("pyxdp, no rules", "none", None, False),
+                ("pyxdp, no rules, connection state off", "none-off", None, False),
                 ("pyxdp, the 4 port rules only", "ports", None, True),
                 ("pyxdp, `deny from @banned` (100k /24) + 4 port rules", "banned", table, True),
+                ("pyxdp, the same, connection state off", "banned-off", table, True),
                 (f"pyxdp, the same + {len(mixed_extra):,} over 24 other lengths", "mixed", table + mixed_extra,
                  True)):
             pin = pin_path(name)
@@ -213,6 +215,8 @@ def per_packet(repeat: int, rounds: int) -> str:
                 flt, took = banned_filter(pin, prefixes, ports)
                 notes.append(f"{label}: {len(prefixes):,} elements added through `Filter.ban` in {took:.2f} s; "
                              f"{set_layout(flt)}")
+            if name.endswith("-off"):
+                flt.set_established(False)
             progs[label] = flt.program()
             keep.insert(0, flt.close)
         med = interleaved(progs, pkts, repeat, rounds)

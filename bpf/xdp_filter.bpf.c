@@ -1016,6 +1016,21 @@ static __always_inline void flow_put(struct flow_key *k, struct flow *v)
 	}
 }
 
+/* The flow an arriving packet belongs to, if any (the key built for its
+ * family directly: the hot path of every TCP and UDP packet). */
+static __always_inline struct flow *arriving_flow(struct pkt *p, __u16 rport, __u16 lport)
+{
+	if (p->family == 4) {
+		struct flow_key4 k = { .family = 4, .proto = p->proto, .rport = rport, .lport = lport,
+				       .raddr = p->saddr4, .laddr = p->daddr4 };
+		return bpf_map_lookup_elem(&flows4, &k);
+	}
+	struct flow_key k = { .family = 6, .proto = p->proto, .rport = rport, .lport = lport };
+	__builtin_memcpy(k.raddr, &p->saddr6, 16);
+	__builtin_memcpy(k.laddr, &p->daddr6, 16);
+	return bpf_map_lookup_elem(&flows6, &k);
+}
+
 static __always_inline struct flow *live_flow(struct flow_key *k, __u64 now)
 {
 	struct flow *f = flow_get(k);
@@ -1090,7 +1105,7 @@ static __always_inline int ct_related(struct xdp_md *ctx, struct pkt *p)
  */
 static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, struct pkt *p)
 {
-	struct flow_key k = {};
+	__u16 rport = 0, lport;
 	struct flow *f;
 	__u64 now;
 
@@ -1099,21 +1114,22 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
 			return -1;
 		if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
 			return -1;
-		k.rport = p->sport;
-		k.lport = p->dport;
+		rport = p->sport;
+		lport = p->dport;
 	} else if (p->proto == (p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6)) {
 		if (icmp_error(p))
 			return ct_related(ctx, p);
 		if (!p->has_id || echo_request(p->proto, p->sport))
 			return -1;
-		k.lport = p->icmp_id;
+		lport = p->icmp_id;
 	} else {
 		return -1;
 	}
-	key_addrs(&k, p, 1);
-	now = bpf_ktime_get_coarse_ns();
-	f = live_flow(&k, now);
+	f = arriving_flow(p, rport, lport);
 	if (!f)
+		return -1; /* the common case for what is not a reply: no clock read */
+	now = bpf_ktime_get_coarse_ns();
+	if (now >= f->expires)
 		return -1;
 	if (p->proto == IPPROTO_TCP) {
 		if (f->state == FS_SYN_SENT && !(p->tcp_flags & (TCP_ACK | TCP_RST)))
