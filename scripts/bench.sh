@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter}.md. As root; ~15 minutes.
+# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack}.md. As root; ~16 minutes.
 # The scripts import pyxdp from this tree (PYTHONPATH), whatever .venv holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +26,4 @@ run wire
 run attach
 run rules
 run exporter
+run conntrack
