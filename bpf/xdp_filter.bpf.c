@@ -164,6 +164,16 @@ struct {
 	PINNED;
 } flows6 SEC(".maps");
 
+/* Flows the egress program started, per family: [0] IPv4, [1] IPv6 (a
+ * live count would need a walk of the tables; this counts new ones) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+	PINNED;
+} flows_made SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -1207,7 +1217,11 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p)
 	__u64 expires = now + secs(c->timeout[st]);
 	if (!f) {
 		struct flow n = { .expires = expires, .state = st };
+		__u32 fam = k.family == 6;
+		__u64 *made = bpf_map_lookup_elem(&flows_made, &fam);
 		flow_put(&k, &n);
+		if (made)
+			*made += 1;
 		return;
 	}
 	if (f->state == st && f->expires + FLOW_STALE_MS * 1000000ULL >= expires)

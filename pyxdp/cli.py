@@ -55,15 +55,22 @@ def _pin_dir(args: argparse.Namespace) -> str:
     return os.environ.get("PYXDP_PIN_DIR") or DEFAULT_PIN_DIR
 
 
-def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, with_program: bool = False) -> Any:
+def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, with_program: bool = False,
+          migrate: bool = False) -> Any:
     """The Filter; a command that changes things creates state only when
-    it is 'attach' (create=True) or --create was given."""
+    it is 'attach' (create=True) or --create was given. ``migrate``: state
+    of an older pyxdp is migrated ('attach --reload', 'up') and a line says so."""
     from .filter import Filter
 
-    return Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
-                       capacity=getattr(args, "capacity", None), with_program=with_program,
-                       flows=getattr(args, "flows", None),
-                       rules=getattr(args, "rules", None))
+    flt = Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
+                      capacity=getattr(args, "capacity", None), with_program=with_program,
+                      flows=getattr(args, "flows", None), rules=getattr(args, "rules", None), migrate=migrate)
+    if flt.migrated:
+        from .layout import PYXDP_LAYOUT
+
+        print(f"migrated the state in {flt.pin_dir} from layout {flt.migrated} to {PYXDP_LAYOUT}: rules, sets and "
+              "elements kept; every attached interface runs the new program")
+    return flt
 
 
 def _emit(obj: Any) -> None:
@@ -84,7 +91,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     mode = XdpMode.parse(args.mode)
     loading = preload()  # pyroute2's import overlaps the verifier
-    with _open(args, create=True, with_program=True) as flt:
+    with _open(args, create=True, with_program=True, migrate=args.reload) as flt:
         loading.join()
         a = flt.attach(args.iface, mode=mode, netns=args.netns, force=args.force, reload=args.reload)
     where = f" (netns {a.netns})" if a.netns else ""
@@ -380,15 +387,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     name = "stdin" if path == "-" else path
     spec = parse_ruleset(_read_text(path), name)
     loading = preload()  # pyroute2's import overlaps a program load
-    with _open(args, create=True, with_program=bool(spec.interfaces)) as flt:
+    with _open(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
         loading.join()
         changes = flt.up(spec)
         created = flt.created
+        migrated = bool(flt.migrated)
     if created:
         print(f"made the state in {flt.pin_dir}")
     for c in changes:
         print(c)
-    if not changes and not created:
+    if not changes and not created and not migrated:
         print(f"no change: the firewall and its {_plural(len(spec.interfaces), 'interface')} are what {name} says")
     return 0
 
@@ -455,8 +463,10 @@ def cmd_flows(args: argparse.Namespace) -> int:
     with _open(args, lock=False) as flt:
         flows = flt.flows()
         on = flt.established
+        opened = flt.flows_opened()
     if args.json:
-        _emit({"established": on, "flows": [f.to_dict() for f in flows]})
+        _emit({"established": on, "flows": [f.to_dict() for f in flows],
+               "opened": {f"ipv{fam}": n for fam, n in opened.items()}})
         return 0
     if not on:
         print("connection state is off ('pyxdp-load state on' turns it on)")
@@ -465,7 +475,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
     print(f"{'proto':8}{'local':{wl}}{'remote':{wr}}{'state':13}{'expires in':>12}")
     for f in flows:
         print(f"{f.proto:8}{f.local:{wl}}{f.remote:{wr}}{f.state.label:13}{_duration(f.expires_in):>12}")
-    print(_plural(len(flows), "flow"))
+    print(f"{_plural(len(flows), 'flow')} tracked; {sum(opened.values())} opened since the state was made")
     return 0
 
 

@@ -10,8 +10,8 @@ restart, and a scrape while there is no state still answers, with
 from the per-set counters, not by walking the elements.
 
 Each metric family comes from one function of :data:`FAMILIES` taking the
-open :class:`~pyxdp.Filter`; another family (tracked flows, say) is one more
-such function in that tuple.
+open :class:`~pyxdp.Filter`; another family is one more such function in
+that tuple.
 
 Needs ``prometheus_client`` (``pip install 'pyxdp[exporter]'``); nothing
 else in pyxdp imports this module."""
@@ -120,6 +120,21 @@ def config(flt: Filter) -> Iterator[Metric]:
                             value=cfg.trace_every)
 
 
+def connections(flt: Filter) -> Iterator[Metric]:
+    """Connection state: on or off, the flows the host opened (a counter the
+    egress program keeps: counting live flows would walk the tables), and
+    the tables' size."""
+    yield GaugeMetricFamily("pyxdp_connection_state", "1 when replies to connections the host opened pass before "
+                            "the rules; 0 when connection state is off.", value=int(flt.established))
+    opened = CounterMetricFamily("pyxdp_flows_opened", "Connections (TCP, UDP, ICMP echo) the host opened that the "
+                                 "egress program started tracking, by address family.", labels=("family",))
+    for fam, n in sorted(flt.flows_opened().items()):
+        opened.add_metric((f"ipv{fam}",), n)
+    yield opened
+    yield GaugeMetricFamily("pyxdp_flow_capacity", "Tracked connections each address family's table holds (the "
+                            "least recently used goes when full).", value=flt.state.flow_capacity)
+
+
 def attachments(flt: Filter) -> Iterator[Metric]:
     """The interfaces the program is attached to, each checked against what
     the kernel runs now."""
@@ -137,7 +152,7 @@ def attachments(flt: Filter) -> Iterator[Metric]:
 
 Family = Callable[["Filter"], Iterable[Metric]]
 
-FAMILIES: tuple[Family, ...] = (traffic, rules, sets, config, attachments)
+FAMILIES: tuple[Family, ...] = (traffic, rules, sets, config, connections, attachments)
 
 
 class StateCollector:

@@ -78,7 +78,7 @@ class Filter:
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
              capacity: int | None = None, rules: int | None = None, with_program: bool = False,
-             flows: int | None = None) -> Filter:
+             flows: int | None = None, migrate: bool = False) -> Filter:
         """Open the state in ``pin_dir``. ``create`` makes it when missing
         (mounting bpffs if needed); ``lock`` holds the directory's lock until
         :meth:`close` (take it for any change; a writer waiting for it says
@@ -86,13 +86,21 @@ class Filter:
         set elements per family, ``rules``: the rule capacity (a multiple of
         64 up to 8,192), ``flows``: tracked connections per family (default 65,536), all
         for state made now. ``with_program``: load and
-        pin the program too when the state is made now. A writer first
-        finishes or undoes any change a killed writer left."""
+        pin the program too when the state is made now. ``migrate``: state
+        an older pyxdp made (an older layout) is migrated in place, with every
+        rule, set and element, while the filter keeps running (see
+        :mod:`pyxdp.migrate`; :attr:`migrated` says from which layout);
+        without it such state is refused. A writer first finishes or undoes
+        any change a killed writer left."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
-                                 with_program=with_program, flows=flows)
+                                 with_program=with_program, flows=flows, migrate=migrate)
         flt = cls(st, created)
         if created and audit.active():
             audit.record(st.pin_dir, f"state created ({st.capacity} set elements per family, {st.rule_capacity} rules)")
+        if st.migrated_from and audit.active():
+            from .layout import PYXDP_LAYOUT
+
+            audit.record(st.pin_dir, f"state migrated from layout {st.migrated_from} to {PYXDP_LAYOUT}")
         if st.locked:
             try:
                 left = st.journal()[0] if audit.active() else None
@@ -114,6 +122,11 @@ class Filter:
     def state(self) -> State:
         """The state layer underneath (maps, config, journal)."""
         return self._st
+
+    @property
+    def migrated(self) -> int:
+        """The layout :meth:`open` migrated the state from (0: it did not)."""
+        return self._st.migrated_from
 
     def close(self) -> None:
         self._st.close()
@@ -208,6 +221,13 @@ class Filter:
         from .flows import read_flows
 
         return read_flows(self._st)
+
+    def flows_opened(self) -> dict[int, int]:
+        """Connections the host opened since the state was made, per family
+        (4, 6), as the egress program counted them when it started tracking."""
+        from .flows import flows_made
+
+        return flows_made(self._st)
 
     # ---- rules ------------------------------------------------------------------
 
@@ -481,6 +501,8 @@ class Filter:
         program atomically; refuses another program unless ``force``."""
         from .attach import attach
 
+        if self.migrated:
+            reload = False  # the migration loaded and pinned the programs, and they run everywhere already
         with signals_deferred():
             att = attach(self._st, ifname, mode, netns, force, reload)
             self._refresh_iface_rules()

@@ -115,6 +115,16 @@ def decode(key: bytes, value: bytes, now_ns: int) -> Flow | None:
                 _end(family, raddr, rport, proto, False), st, (expires - now_ns) / 1e9)
 
 
+def flows_made(st: State) -> dict[int, int]:
+    """Flows the egress program started since the state was made, per family (4, 6)."""
+    m = st.map("flows_made")
+    out = {}
+    for idx, fam in ((0, 4), (1, 6)):
+        raw = m.lookup(L.U32.pack(idx)) or b""
+        out[fam] = sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
+    return out
+
+
 def read_flows(st: State) -> list[Flow]:
     """The live (unexpired) flows, by protocol and remote end."""
     import time

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -33,7 +33,7 @@ OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filt
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
                "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
-               "flows4", "flows6")
+               "flows4", "flows6", "flows_made")
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 FLOW_MAPS = ("flows4", "flows6")
 PROG_PIN = "prog"
@@ -178,14 +178,31 @@ def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
     }
 
 
+def temp_pin(name: str) -> str:
+    """Where a migration pins the new map ``name`` while the old one is still
+    there (see pyxdp.migrate)."""
+    return f"{name}_v{L.PYXDP_LAYOUT}"
+
+
+def _pin_map_at(obj: BpfObject, name: str, path: str) -> None:
+    from .libbpf import check, ffi, lib
+
+    check(lib.bpf_map__set_pin_path(obj._maps[name], ffi.new("char[]", os.fsencode(path))),
+          f"set the pin path of map {name}")
+
+
 def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
-                count_hits: bool = True, flows: int | None = None) -> BpfObject:
+                count_hits: bool = True, flows: int | None = None,
+                pin_as: Mapping[str, str] | None = None) -> BpfObject:
     """The shipped object with its maps pinned in ``pin_dir``; capacities are
     those of maps already pinned there (checked for shape), else ``capacity``
     (set elements per family), ``rules`` (rule capacity) and ``flows``
-    (tracked connections)."""
+    (tracked connections). ``pin_as``: maps pinned (made, or reused) under
+    another name in ``pin_dir`` (a migration's temporary pins)."""
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
+        for name, other in (pin_as or {}).items():
+            _pin_map_at(obj, name, os.path.join(pin_dir, other))
         rvec = os.path.join(pin_dir, "rvec")
         if os.path.exists(rvec):
             with Map.from_pin(rvec) as pinned:
@@ -197,7 +214,7 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
                 obj.set_value_size(name, vsize)
         obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, 0))
         for name in PINNED_MAPS:
-            path = os.path.join(pin_dir, name)
+            path = os.path.join(pin_dir, (pin_as or {}).get(name, name))
             if os.path.exists(path):
                 with Map.from_pin(path) as pinned:
                     if name in ELEMENT_MAPS or name in FLOW_MAPS:
@@ -233,7 +250,7 @@ def pin_program(prog: object, pin_dir: str, name: str = PROG_PIN) -> None:
 
 
 PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
-STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS)  # what pyxdp makes in a pin directory
+STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS))  # what pyxdp makes in a pin dir
 
 
 def _prepare_dir(pin_dir: str) -> bool:
@@ -319,12 +336,15 @@ class State:
         self.pin_dir = pin_dir
         self._maps: dict[str, Map] = {}
         self._lock = lock
+        self.migrated_from = 0  # the layout this open migrated the state from (0: none)
 
     @classmethod
     def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
-             rules: int | None = None, with_program: bool = False, flows: int | None = None) -> tuple[State, bool]:
+             rules: int | None = None, with_program: bool = False, flows: int | None = None,
+             migrate: bool = False) -> tuple[State, bool]:
         """Open (with ``create``: make) the state; returns it and whether it
-        was made now."""
+        was made now. ``migrate``: state of an older layout is migrated to
+        this one (see :mod:`pyxdp.migrate`) instead of refused."""
         require_privileges()
         if not pin_dir:
             raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
@@ -348,6 +368,10 @@ class State:
                 remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
                 st._create(capacity or DEFAULT_CAPACITY, rules, with_program, flows)
                 created = True
+            elif migrate and lk is not None:
+                from .migrate import migrate as migrate_state
+
+                st.migrated_from = migrate_state(st, flows)
             st.check_meta()
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
@@ -395,19 +419,24 @@ class State:
             raise NotLoaded(f"incomplete pyxdp state in {self.pin_dir} (made by a process that died): "
                             f"rm -r {self.pin_dir} and attach again")
         if layout != L.PYXDP_LAYOUT:
-            raise IncompatibleMap(f"state in {self.pin_dir} has layout version {layout}; this pyxdp knows "
-                                  f"{L.PYXDP_LAYOUT}: use the pyxdp that made it, or detach everywhere and attach "
-                                  "again")
+            from .migrate import refusal
+
+            raise IncompatibleMap(refusal(self, layout))
         words = L.META.unpack(raw)[1] if raw else 0
         if words * 64 != self.rule_capacity:  # the rule vectors' shape says otherwise: another build made it
             raise IncompatibleMap(f"state in {self.pin_dir} was made by another build of pyxdp (map rvec holds "
                                   f"{self.map('rvec').spec.value_size}-byte vectors for {words * 64} rules): "
                                   "detach everywhere and attach again")
 
-    def close(self) -> None:
+    def forget_maps(self) -> None:
+        """Close the maps opened so far (they are opened again on next use):
+        after their pins were replaced."""
         for m in self._maps.values():
             m.close()
         self._maps = {}
+
+    def close(self) -> None:
+        self.forget_maps()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

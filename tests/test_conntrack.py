@@ -388,6 +388,8 @@ def test_host_still_talks_under_drop_policy(guarded: tuple[Any, NetPair]) -> Non
     assert st.get(Verdict.PASS, Reason.ESTABLISHED).packets >= 20
     assert {ln.interface for ln in st.lines} == {f"{pair.b}/{pair.vb}"}  # counted per interface
     assert {f.proto for f in flt.flows()} >= {"tcp", "udp", "icmp", "icmpv6"}
+    opened = flt.flows_opened()
+    assert opened[4] >= 2 and opened[6] >= 2  # TCP + ping over IPv4; UDP + ping over IPv6
     assert flt.stats().get(Verdict.PASS, Reason.RULE_ALLOW).packets == 0
 
 
@@ -519,7 +521,8 @@ def test_cli_state_and_flows(pin_dir: str) -> None:
     assert got["established"] is False and got["timeouts"]["udp"] == 60 and got["timeouts"]["tcp_fin"] == 90
     assert "connection state is off" in ok("flows", pin_dir=pin_dir)
     ok("state", "on", pin_dir=pin_dir)
-    assert json.loads(ok("flows", "--json", pin_dir=pin_dir)) == {"established": True, "flows": []}
+    assert json.loads(ok("flows", "--json", pin_dir=pin_dir)) == {"established": True, "flows": [],
+                                                                   "opened": {"ipv4": 0, "ipv6": 0}}
     assert "connection state: on" in ok("status", pin_dir=pin_dir)
     for says, bad in (("bad state", ["state", "maybe"]), ("NAME=SECONDS", ["state", "--timeout", "udp"]),
                       ("at least 1 second", ["state", "--timeout", "udp=0"]),

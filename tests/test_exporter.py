@@ -25,7 +25,7 @@ import pytest
 from conftest import NetPair, needs_root
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import fails, ok, run
-from test_e2e import exchange
+from test_e2e import exchange, sock
 
 pytestmark = needs_root
 
@@ -121,6 +121,10 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
         got = exchange(netpair, "10.77.0.2", {7001: 30, 7002: 20},
                        settled=lambda rx: flt.stats().total(Verdict.DROP) - drops0 >= 50 - rx)
     assert got == {7001: 0, 7002: 20}
+    out = sock(netpair.b)  # the filtered host opens two UDP flows (its egress program counts them)
+    for port in (9, 10):
+        out.sendto(b"x", ("10.77.0.1", port))
+    out.close()
 
     with exporter(pin_dir) as exp:
         text, fams, first = scrape(exp.url)
@@ -176,7 +180,13 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
     sets = {(dict(lb)["set"], dict(lb)["family"]): v for (n, lb), v in first.items() if n == "pyxdp_set_elements"}
     assert sets == {("big", "ipv4"): 5000, ("big", "ipv6"): 0, ("blocked", "ipv4"): 2, ("blocked", "ipv6"): 1}
     assert first[("pyxdp_set_element_capacity", ())] == status["set_capacity"]
-    assert len([k for k in first if k[0].startswith("pyxdp_")]) < 40
+    assert len([k for k in first if k[0].startswith("pyxdp_")]) < 45
+
+    # connection state: on, the two flows the host opened, the tables' size
+    assert first[("pyxdp_connection_state", ())] == 1
+    assert first[("pyxdp_flows_opened_total", labels(family="ipv4"))] == 2
+    assert first[("pyxdp_flows_opened_total", labels(family="ipv6"))] == 0
+    assert first[("pyxdp_flow_capacity", ())] == status["flow_capacity"] == 65536
 
     # policy, tracing, the attachment (labelled as 'stats' names interfaces)
     assert first[("pyxdp_policy_info", labels(policy="pass"))] == 1
