@@ -524,6 +524,12 @@ class BpfObject:
         """Do not pin or reuse ``name``: this instance gets its own."""
         check(lib.bpf_map__set_pin_path(self._maps[name], ffi.NULL), f"unpin map {name}")
 
+    def set_pin_path(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Pin ``name`` at ``path`` (or reuse the map pinned there) instead of
+        under the pin root by its own name."""
+        check(lib.bpf_map__set_pin_path(self._maps[name], ffi.new("char[]", os.fsencode(os.fspath(path)))),
+              f"set the pin path of map {name}")
+
     def set_rodata(self, data: bytes) -> None:
         """Set the initial bytes of the object's ``.rodata`` (its ``const
         volatile`` knobs) before load."""

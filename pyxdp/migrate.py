@@ -361,7 +361,7 @@ class Migration:
         interface gone, or running no program of this state, is left as it is
         ('status' shows it); a replacement that fails stops the migration
         (the old program still filters there)."""
-        from .tc import _has_clsact, attach_egress
+        from .tc import attach_egress, has_clsact
         from .xdp import Netlink, XdpMode
 
         assert self.run_maps is not None and self.prog is not None and self.eprog is not None
@@ -379,7 +379,7 @@ class Migration:
                 ifst = nl.state_by_index(i.ifindex)
                 if ifst is None or not ifst.prog_id or not self._ours(ifst.prog_id):
                     continue
-                if not flags & L.IFF_OWN_CLSACT and not _has_clsact(nl, i.ifindex):
+                if not flags & L.IFF_OWN_CLSACT and not has_clsact(nl, i.ifindex):
                     # recorded before it is added: a process killed right after adding it leaves it known as ours
                     flags |= L.IFF_OWN_CLSACT
                     ifaces.update(key, L.IFACE_VAL.pack(name, mode, pid, slot, flags))

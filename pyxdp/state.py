@@ -184,13 +184,6 @@ def temp_pin(name: str) -> str:
     return f"{name}_v{L.PYXDP_LAYOUT}"
 
 
-def _pin_map_at(obj: BpfObject, name: str, path: str) -> None:
-    from .libbpf import check, ffi, lib
-
-    check(lib.bpf_map__set_pin_path(obj._maps[name], ffi.new("char[]", os.fsencode(path))),
-          f"set the pin path of map {name}")
-
-
 def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
                 count_hits: bool = True, flows: int | None = None,
                 pin_as: Mapping[str, str] | None = None) -> BpfObject:
@@ -202,7 +195,7 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
         for name, other in (pin_as or {}).items():
-            _pin_map_at(obj, name, os.path.join(pin_dir, other))
+            obj.set_pin_path(name, os.path.join(pin_dir, other))
         rvec = os.path.join(pin_dir, "rvec")
         if os.path.exists(rvec):
             with Map.from_pin(rvec) as pinned:

@@ -48,12 +48,12 @@ def _ours(f: Any) -> bool:
 
 def has_egress(nl: Netlink, ifindex: int) -> bool:
     """Whether the interface has our egress filter."""
-    if not _has_clsact(nl, ifindex):
+    if not has_clsact(nl, ifindex):
         return False
     return any(_ours(f) for f in _filters(nl, ifindex, _EGRESS_PARENT))
 
 
-def _has_clsact(nl: Netlink, ifindex: int) -> bool:
+def has_clsact(nl: Netlink, ifindex: int) -> bool:
     qdiscs = _call("list qdiscs", nl.ipr.get_qdiscs, index=ifindex)
     return any(q.get_attr("TCA_KIND") == "clsact" for q in qdiscs)
 
@@ -62,7 +62,7 @@ def attach_egress(nl: Netlink, ifindex: int, prog_fd: int) -> bool:
     """Put the egress program on ``ifindex`` (replacing ours atomically when
     there). Returns True when the clsact qdisc was added for it."""
     added = False
-    if not _has_clsact(nl, ifindex):
+    if not has_clsact(nl, ifindex):
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
@@ -85,7 +85,7 @@ def attach_egress(nl: Netlink, ifindex: int, prog_fd: int) -> bool:
 def detach_egress(nl: Netlink, ifindex: int, own_clsact: bool) -> None:
     """Remove our egress filter (and the qdisc when we added it and nothing
     else is on it). Nothing there is not an error."""
-    if not _has_clsact(nl, ifindex):
+    if not has_clsact(nl, ifindex):
         return
     if any(_ours(f) for f in _filters(nl, ifindex, _EGRESS_PARENT)):
         _call("detach the egress program", nl.ipr.tc, "del-filter", "bpf", index=ifindex, handle=HANDLE,
