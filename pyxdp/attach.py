@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import layout as L
 from .bpf import Program
 from .errors import AttachError, BpfError, UsageError
-from .state import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper
+from .state import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper, write_all
 from .tc import attach_egress, detach_egress, has_egress
 
 if TYPE_CHECKING:
@@ -155,9 +155,8 @@ def _assign_slot(st: State, recs: dict[tuple[str | None, int], _Record], ifindex
         return 0
     slot = free[0]
     stats = st.map("stats")
-    zero = bytes(stats.value_bytes)
-    for i in range(L.STATS_STRIDE):
-        stats.update(L.U32.pack(slot * L.STATS_STRIDE + i), zero)
+    write_all(stats, [L.U32.pack(slot * L.STATS_STRIDE + i) for i in range(L.STATS_STRIDE)],
+              [bytes(stats.value_bytes)] * L.STATS_STRIDE)  # one batch write
     st.map("ifslots").update(hkey, L.IFSLOT.pack(ifindex, slot))
     return slot
 
