@@ -1051,9 +1051,14 @@ static __always_inline struct flow *live_flow(struct flow_key *k, __u64 now)
  * An ICMP error whose quoted header is a packet the host sent in a flow it
  * opened: the quoted source must be the error's destination, and the quoted
  * ports (or echo identifier) must name the flow. Returns R_RELATED or -1.
+ * A global function: ICMP errors are rare, and its key and header pointers
+ * kept in finish's frame would take the call chain past the 512 bytes of
+ * stack 6.1's verifier allows (each frame rounded up to 32 bytes there).
  */
-static __always_inline int ct_related(struct xdp_md *ctx, struct pkt *p)
+__noinline int ct_related(struct xdp_md *ctx, struct pkt *p)
 {
+	if (!ctx || !p)
+		return -1;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct flow_key k = {};
