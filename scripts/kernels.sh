@@ -1,24 +1,33 @@
 #!/bin/bash
 # Boot Debian's own kernel packages in qemu with this machine's root file
-# system (read-only, over virtio-9p) and run pyxdp inside each:
-#   programs  each program of the object (xdp_filter, sweep_start) verified alone
-#   load   the shipped object at the default rule capacity and at 8,192 rules
-#   replay a pcap with known verdicts (rules, a ban, a malformed frame, ARP, IPv6)
-#   pytest tests/test_verdicts.py tests/test_model.py
-# then print a table kernel -> result -> first error line and write it to
+# system (read-only, over virtio-9p) and run pyxdp inside each, steps
+# (scripts/kernel_checks.py; one line per step in KERNELS.md):
+#   programs   each program of the object (xdp_filter, sweep_start, egress) verified alone; the libbpf loaded
+#   load       the shipped object at the default rule capacity and at 8,192 rules
+#   replay     a pcap with known verdicts (rules, a ban, a malformed frame, ARP, IPv6)
+#   native     pyxdp-load attach --mode native on a veth between two namespaces; real packets
+#   trace      pyxdp-load trace --json --pcap sees them (ring buffer, packet heads)
+#   conntrack  the egress program: connections the guarded namespace opens, under policy drop
+#   pytest     tests/test_verdicts.py tests/test_model.py tests/test_conntrack.py
+# then print a table kernel -> libbpf -> result -> first error line and write it to
 # $CACHE/results.md (KERNELS.md is that file, committed by hand).
 #
-#   sudo bash scripts/kernels.sh                 # every kernel in KERNELS below
-#   sudo bash scripts/kernels.sh 6.1 6.12        # only these labels
-#   bash scripts/kernels.sh --report             # the table of the last results, nothing booted
+#   sudo bash scripts/kernels.sh                 # every row of KERNELS below (~24 min under TCG here)
+#   sudo bash scripts/kernels.sh 6.1 6.12        # only these rows (LABEL: the host's libbpf; LABEL+libbpf-SUITE)
+#   sudo bash scripts/kernels.sh --quick         # CI's part: programs, load, replay, test_verdicts.py on the
+#                                                # oldest and newest kernel expected to pass (also QUICK=1)
+#   sudo bash scripts/kernels.sh --head ...      # test the last commit (git archive HEAD), not the work tree
+#   bash scripts/kernels.sh --report [--quick]   # the table of the last results, nothing booted
 #
-# Idempotent: kernel packages are fetched once with `apt-get download` through
+# The guest runs a copy of the tree's pyxdp/ and tests/ made at start (the
+# work tree's, or HEAD's with --head), so edits during a run do not mix in.
+# Idempotent: kernel and libbpf packages are fetched once with `apt-get download` through
 # a private apt configuration (its own sources file, lists and cache under
 # $CACHE; the host's apt sources and lists are not touched; the temporary
-# sources file is removed on exit). Extracted kernels, initramfs images and
-# serial logs stay in $CACHE (default /var/cache/pyxdp-kernels).
+# sources file is removed on exit). Extracted kernels, libbpf.so.1 files, initramfs images and
+# serial logs stay in $CACHE (default /var/cache/pyxdp-kernels; made when missing).
 # KVM is used when PYXDP_KVM=1 (and /dev/kvm works), TCG otherwise (~90 s a boot).
-# Exit status: non-zero when a kernel listed as expected to pass fails.
+# Exit status: non-zero when a row expected to pass fails.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,42 +35,90 @@ CACHE=${PYXDP_KERNEL_CACHE:-/var/cache/pyxdp-kernels}
 VENV=${PYXDP_VENV:-$ROOT/.venv}
 MEM=${PYXDP_VM_MEM:-3G}
 TIMEOUT=${PYXDP_VM_TIMEOUT:-2400}    # seconds for one whole boot + run
-PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q --color=no -p no:cacheprovider tests/test_verdicts.py tests/test_model.py"}
+QUICK=${QUICK:-0}
+HEAD=0 REPORT=0 LABELS=()
+for a in "$@"; do
+    case $a in
+        --quick) QUICK=1 ;;
+        --head) HEAD=1 ;;
+        --report) REPORT=1 ;;
+        -*) echo "kernels.sh: unknown option $a" >&2; exit 2 ;;
+        *) LABELS+=("$a") ;;
+    esac
+done
+[ "$QUICK" = 1 ] || QUICK=0
+if [ "$QUICK" = 1 ]; then
+    STEPS="programs load-default load-8192 replay pytest"
+    PYTEST_FILES="tests/test_verdicts.py"
+    ROWS=$CACHE/rows-quick RESULTS=$CACHE/results-quick.md
+    TIMEOUT=${PYXDP_VM_TIMEOUT:-1200}
+else
+    STEPS="programs load-default load-8192 replay native trace conntrack pytest"
+    PYTEST_FILES="tests/test_verdicts.py tests/test_model.py tests/test_conntrack.py"
+    ROWS=$CACHE/rows RESULTS=$CACHE/results.md
+fi
+PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q --color=no -p no:cacheprovider $PYTEST_FILES"}
+# the model tests' Hypothesis examples in the guest (the host's suite runs 150 and 100; TCG is ~7x slower)
+RULE_EXAMPLES=${PYXDP_RULE_EXAMPLES:-60}
+MODEL_EXAMPLES=${PYXDP_MODEL_EXAMPLES:-40}
 
-# label  suite-the-metapackage-comes-from  expectation (pass | fail: documented unsupported)
+# label  suite the linux-image-amd64 comes from  expectation (pass | fail: documented unsupported)  libbpf
+# (host: the host's libbpf.so.1; a suite: that suite's libbpf1 package, loaded through PYXDP_LIBBPF)
 KERNELS="
-5.10  bullseye-security   fail
-6.1   bookworm-security   pass
-6.12  trixie-security     pass
-newest trixie-backports   pass
+5.10    bullseye-security  fail  host
+6.1     bookworm-security  pass  host
+6.12    trixie-security    pass  host
+newest  trixie-backports   pass  host
+newest  trixie-backports   pass  trixie
+newest  trixie-backports   pass  bookworm-backports
 "
+rowid() { if [ "$2" = host ]; then echo "$1"; else echo "$1+libbpf-$2"; fi; }  # LABEL LIBBPF-SOURCE
+# --quick without labels: the oldest and the newest row expected to pass with the host's libbpf
+if [ "$QUICK" = 1 ] && [ ${#LABELS[@]} = 0 ]; then
+    LABELS=($(awk '$3 == "pass" && $4 == "host" {print $1}' <<<"$KERNELS" | sed -n '1p;$p'))
+fi
 
-tree_line() {  # what was tested: the commit, and the object's hash
-    echo "Last run on tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- pyxdp bpf tests 2>/dev/null || echo ' (pyxdp/bpf/tests modified)'), pyxdp/xdp_filter.bpf.o sha256 $(sha256sum "$ROOT/pyxdp/xdp_filter.bpf.o" | cut -c1-16)"
+tree_line() {  # what was tested: the commit (or the work tree), and the object's hash
+    local obj=${1:-$ROOT/pyxdp/xdp_filter.bpf.o} what
+    what="tree $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    if [ "$HEAD" = 1 ]; then what="$what (HEAD; work tree not used)"
+    elif ! git -C "$ROOT" diff --quiet HEAD -- pyxdp bpf tests 2>/dev/null; then what="$what (pyxdp/bpf/tests modified)"; fi
+    echo "Last run on $what, pyxdp/xdp_filter.bpf.o sha256 $(sha256sum "$obj" | cut -c1-16)"
 }
-# the table: the latest row of every kernel label, with what was tested
+# the table: the latest row of every row id, with what was tested
 report() {
-    local label _
+    local label suite expect lib
     {
-        cat "$CACHE/rows/.tree" 2>/dev/null || tree_line
+        cat "$ROWS/.tree" 2>/dev/null || tree_line
         echo
-        echo "Table written $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, libbpf $LIBBPF, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+        echo "Table written $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')$([ "$QUICK" = 1 ] && echo ', --quick' || true)"
         echo
-        echo "| label | date | kernel (Debian version, suite) | result | steps | boot+run | first error line |"
-        echo "|---|---|---|---|---|---|---|"
-        while read -r label _; do [ -z "$label" ] || cat "$CACHE/rows/$label" 2>/dev/null || true; done <<<"$KERNELS"
-    } | tee "$CACHE/results.md"
+        echo "| label | date | kernel (Debian version, suite) | libbpf | result | steps (seconds) | boot+run | first error line |"
+        echo "|---|---|---|---|---|---|---|---|"
+        while read -r label suite expect lib; do
+            [ -z "$label" ] || cat "$ROWS/$(rowid "$label" "$lib")" 2>/dev/null || true
+        done <<<"$KERNELS"
+    } | tee "$RESULTS"
 }
-LIBBPF=$(dpkg-query -W -f='${Version}' libbpf1 2>/dev/null || echo unknown)
 ACCEL="-accel tcg -cpu max"
 if [ "${PYXDP_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then ACCEL="-accel kvm -cpu host"; fi
-if [ "${1:-}" = --report ]; then report; exit 0; fi   # print the last results, boot nothing
+if [ "$REPORT" = 1 ]; then report; exit 0; fi   # print the last results, boot nothing
 
 [ "$(id -u)" = 0 ] || { echo "run as root (apt-get download into $CACHE, guest runs as root)" >&2; exit 2; }
-command -v qemu-system-x86_64 >/dev/null || apt-get install -y qemu-system-x86
-for t in dpkg-deb xz zstd gzip; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 2; }; done
+[ -x "$VENV/bin/python" ] || { echo "no $VENV: run scripts/setup.sh --test first" >&2; exit 2; }
+# the guest sees this machine's / but mounts tmpfs on /tmp and /run: what it reads must lie elsewhere
+for p in "$CACHE" "$VENV" "$(readlink -f "$VENV/bin/python")"; do
+    case $(readlink -m "$p")/ in /tmp/* | /run/*)
+        echo "kernels.sh: $p is under /tmp or /run, which the guest covers with tmpfs; use another place (PYXDP_KERNEL_CACHE, PYXDP_VENV)" >&2
+        exit 2 ;;
+    esac
+done
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+for t in dpkg-deb:dpkg xz:xz-utils zstd:zstd gzip:gzip; do command -v "${t%%:*}" >/dev/null || need+=("${t#*:}"); done
+[ ${#need[@]} = 0 ] || apt-get install -y -q "${need[@]}"
 
-mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs,rows}
+mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs,libbpf} "$ROWS"
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 SRC=$RUN/pyxdp.sources
 QEMU_PID=
@@ -124,7 +181,28 @@ resolve() {
     echo "$img $extra"
 }
 
-# build $KDIR/initrd.gz: busybox, the 9p/virtio modules (decompressed), /init
+# the host's libbpf, or SUITE's libbpf1 extracted into $CACHE/libbpf/VERSION/ (fetched once):
+# prints "DEBIAN-VERSION PATH" (PATH empty for the host's)
+libbpf_for() {
+    local suite=$1 ver dir deb d
+    if [ "$suite" = host ]; then echo "$(dpkg-query -W -f='${Version}' libbpf1 2>/dev/null || echo unknown) "; return 0; fi
+    ver=$(apt-cache "${APT[@]}" madison libbpf1 | awk -F'[|]' -v s="$suite" '$3 ~ (" "s"/") {gsub(/ /, "", $2); print $2; exit}')
+    [ -n "$ver" ] || return 1
+    dir=$CACHE/libbpf/${ver#*:}
+    if [ ! -f "$dir/libbpf.so.1" ]; then
+        deb=$CACHE/debs/libbpf1_${ver/:/%3a}_amd64.deb
+        [ -f "$deb" ] || (cd "$CACHE/debs" && apt-get "${APT[@]}" -q download "libbpf1=$ver" >/dev/null) || return 1
+        d=$(mktemp -d "$RUN/libbpf.XXXX")
+        dpkg-deb -x "$deb" "$d" && mkdir -p "$dir" &&
+            cp -L "$d/usr/lib/x86_64-linux-gnu/libbpf.so.1" "$dir/libbpf.so.1.tmp" || return 1
+        mv "$dir/libbpf.so.1.tmp" "$dir/libbpf.so.1"
+        rm -rf "$d"
+    fi
+    echo "$ver $dir/libbpf.so.1"
+}
+
+# build $KDIR/initrd.gz: busybox, the modules below (decompressed), /init
+MODULES="virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf"   # the root over 9p; the veth pair; tc clsact + bpf
 mkinitrd() {
     local kdir=$1 kver=$2 ird=$RUN/initrd.$kver m f dep
     local mdir=$kdir/lib/modules/$kver
@@ -144,7 +222,7 @@ mkinitrd() {
         done
         echo "$name.ko" >>"$ird/mods/order"
     }
-    for m in virtio_pci 9pnet_virtio 9p; do addmod $m; done
+    for m in $MODULES; do addmod $m; done
     cat >"$ird/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
@@ -162,120 +240,77 @@ EOF
     chmod +x "$ird/init"
     (cd "$ird" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1) >"$kdir/initrd.gz.tmp"
     mv "$kdir/initrd.gz.tmp" "$kdir/initrd.gz"
+    echo "$MODULES" >"$kdir/initrd.modules"
     rm -rf "$ird"
 }
 
-# ---- the run inside the guest ---------------------------------------------------------------
+# ---- what the guest runs: a copy of the tree under test, the checks --------------------------
+TREE=$RUN/tree
+mkdir -p "$TREE"
+if [ "$HEAD" = 1 ]; then
+    git -C "$ROOT" archive HEAD pyxdp tests | tar -x -C "$TREE"
+else
+    cp -a "$ROOT/pyxdp" "$ROOT/tests" "$TREE/"
+    find "$TREE" -name __pycache__ -prune -exec rm -rf {} +
+fi
+cp "$ROOT/scripts/kernel_checks.py" "$RUN/checks.py"   # the harness: always the work tree's
+TREE_LINE=$(tree_line "$TREE/pyxdp/xdp_filter.bpf.o")
+echo "== $TREE_LINE" >&2
+
 cat >"$RUN/guest.sh" <<EOF
 # runs as PID 1 in the guest, on the host's root (read-only 9p), tmpfs /tmp and /run
-export HOME=/tmp PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH=$ROOT PYTHONDONTWRITEBYTECODE=1
-export LANG=C.UTF-8 TMPDIR=/tmp
+export HOME=/tmp PATH=$VENV/bin:/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH=$TREE PYTHONDONTWRITEBYTECODE=1
+export LANG=C.UTF-8 TMPDIR=/tmp HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
+export PYXDP_RULE_EXAMPLES=$RULE_EXAMPLES PYXDP_MODEL_EXAMPLES=$MODEL_EXAMPLES
+. $RUN/row.env   # PYXDP_LIBBPF of this row, when not the host's
 mkdir -p /dev/shm /dev/pts; mount -t tmpfs tmpfs /dev/shm; mount -t devpts devpts /dev/pts
 mount -t bpf -o mode=0700 bpf /sys/fs/bpf
-cd $ROOT
+cd $TREE
 echo "@@KERNEL \$(uname -r) \$(cat /proc/version)"
 step() {
-    local name=\$1; shift
+    local name=\$1 t0=\$(date +%s); shift
     echo "@@BEGIN \$name"
     timeout ${TIMEOUT} "\$@" </dev/null 2>&1; local rc=\$?
-    echo "@@END \$name rc=\$rc"
+    echo "@@END \$name rc=\$rc secs=\$((\$(date +%s) - t0))"
 }
-step programs python $RUN/checks.py programs
-step load-default python $RUN/checks.py load
-step load-8192 python $RUN/checks.py load 8192
-step replay python $RUN/checks.py replay
-step pytest python -m pytest $PYTEST_ARGS
+for s in $STEPS; do
+    case \$s in
+        load-default) step \$s python $RUN/checks.py load ;;
+        load-8192) step \$s python $RUN/checks.py load 8192 ;;
+        pytest) step \$s python -m pytest $PYTEST_ARGS ;;
+        *) step \$s python $RUN/checks.py \$s ;;
+    esac
+done
 echo "@@DONE"
 sync; echo o >/proc/sysrq-trigger; sleep 30
 EOF
 
-cat >"$RUN/checks.py" <<'EOF'
-import os, sys
-import pyxdp
-from pyxdp import Verdict as V, Reason as R
-from pyxdp.pcap import read_pcap, write_pcap
-sys.path.insert(0, os.path.join(os.path.dirname(pyxdp.__file__), "..", "tests"))
-import packets as P
-
-if sys.argv[1] == "programs":
-    # each program of the shipped object verified on its own: shows every
-    # program's first error, not only the first program's
-    from pyxdp.bpf import BpfObject
-    from pyxdp.state import OBJECT_PATH
-    with BpfObject(OBJECT_PATH) as obj:
-        names = list(obj._progs)
-    bad = 0
-    for name in names:
-        try:
-            with BpfObject(OBJECT_PATH) as obj:
-                obj.only_program(name)
-                obj.load()
-            print(f"program {name}: loaded")
-        except pyxdp.VerifierError as e:
-            bad += 1
-            print(f"program {name}: VerifierError: {e.cause()}")
-            print("\n".join("    " + ln for ln in e.log.rstrip().splitlines()[-6:]))
-        except pyxdp.PyxdpError as e:
-            bad += 1
-            print(f"program {name}: {type(e).__name__}: {e}")
-    sys.exit(1 if bad else 0)
-
-if sys.argv[1] == "load":
-    rules = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    pin = "/sys/fs/bpf/k" + (str(rules) if rules else "")
-    try:
-        f = pyxdp.Filter.open(pin, create=True, with_program=True, rules=rules)
-    except pyxdp.VerifierError as e:
-        print(f"{type(e).__name__}: {e}")
-        print("verifier log, last 12 lines:")
-        print("\n".join("    " + ln for ln in e.log.rstrip().splitlines()[-12:]))
-        sys.exit(1)
-    f.close()
-    print("loaded", pin, "rules", rules or "default")
-    sys.exit(0)
-
-cases = [  # packet, expected verdict, expected reason
-    (P.tcp4("192.0.2.5", 22), V.PASS, R.RULE_ALLOW),
-    (P.tcp4("198.51.100.9", 22), V.DROP, R.RULE_DENY),
-    (P.udp4("203.0.113.7", 53), V.DROP, R.RULE_DENY),       # banned
-    (P.tcp4("198.51.100.9", 443), V.PASS, R.RULE_ALLOW),
-    (P.tcp4("198.51.100.9", 8080), V.DROP, R.POLICY),
-    (P.eth(P.ETH_ARP, P.arp()), V.PASS, R.ARP),
-    (P.eth(P.ETH_IP, b"\x45\x00"), V.DROP, R.MALFORMED),
-    (P.tcp6("2001:db8::1", 22), V.DROP, R.RULE_DENY),
-    (P.udp6("2001:db8::1", 53), V.DROP, R.POLICY),
-]
-with open("/tmp/replay.pcap", "wb") as out:
-    write_pcap(out, [c[0] for c in cases])
-f = pyxdp.Filter.open("/sys/fs/bpf/replay", create=True, with_program=True)
-f.add_rule("allow proto tcp from 192.0.2.0/24 to any port 22")
-f.add_rule("deny 22/tcp")
-f.add_rule("allow 80,443/tcp")
-f.set_policy(V.DROP)
-f.ban(["203.0.113.7"], ttl=600)
-with open("/tmp/replay.pcap", "rb") as inp:
-    got = list(f.replay(read_pcap(inp)))
-f.close()
-bad = 0
-for (_, ev, er), r in zip(cases, got):
-    ok = (r.verdict, r.reason) == (ev, er)
-    bad += not ok
-    print(f"packet {r.number}: {r.verdict.label}/{r.reason.label} expected {ev.label}/{er.label} {'ok' if ok else 'MISMATCH'}")
-if len(got) != len(cases):
-    print(f"MISMATCH: {len(got)} results for {len(cases)} packets"); bad += 1
-print(f"replay: {len(cases) - bad}/{len(cases)} verdicts as expected")
-sys.exit(1 if bad else 0)
-EOF
-
-# ---- each kernel ----------------------------------------------------------------------------
-WANT=" $* "
-RES=$RUN/results
-: >"$RES"
+# ---- each row ----------------------------------------------------------------------------------
+WANT=" ${LABELS[*]} "
 FAILED=0
-while read -r label suite expect; do
+row() {  # ROWID FIELDS...: one table row, into $ROWS/ROWID
+    local id=$1 out="| $1" f; shift
+    for f in "$@"; do out="$out | $f"; done
+    echo "$out |" | tee "$ROWS/$id" >&2
+}
+while read -r label suite expect libsrc; do
     [ -n "$label" ] || continue
-    [ "$WANT" = "  " ] || [[ $WANT == *" $label "* ]] || continue
-    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; echo "| $label | $(date -u +%F) | (not found in $suite) | not run | | | |" >>"$RES"; FAILED=1; continue; }
+    id=$(rowid "$label" "$libsrc")
+    [ "$WANT" = "  " ] || [[ $WANT == *" $id "* ]] || continue
+    echo "$TREE_LINE" >"$ROWS/.tree"
+    # the libbpf: the host's, or a suite's; one that cannot be loaded here is reported, not booted
+    lib=$(libbpf_for "$libsrc") || { row "$id" "$(date -u +%F)" "(not booted)" "(no libbpf1 in $libsrc)" "not run" "" "" ""; FAILED=1; continue; }
+    libver=${lib%% *} libpath=${lib#* }
+    libcol="$libver ($libsrc)"
+    if [ -n "$libpath" ]; then
+        why=$("$VENV/bin/python" -c 'import ctypes, sys; ctypes.CDLL(sys.argv[1])' "$libpath" 2>&1 | tail -1) || {
+            row "$id" "$(date -u +%F)" "(not booted)" "$libcol" "not run" "" "" "cannot load on this host ($(ldd --version | head -1 | awk '{print "glibc " $NF}')): ${why//|/\\|}"
+            continue; }
+        echo "export PYXDP_LIBBPF=$libpath" >"$RUN/row.env"
+    else
+        : >"$RUN/row.env"
+    fi
+    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; row "$id" "$(date -u +%F)" "(not found in $suite)" "$libcol" "not run" "" "" ""; FAILED=1; continue; }
     img=${pkgs%% *}
     [[ $img == linux-image-?* ]] || { echo "$label: cannot resolve the image package in $suite" >&2; FAILED=1; continue; }
     fetch $pkgs
@@ -287,13 +322,14 @@ while read -r label suite expect; do
         [ -d "$kdir/lib/modules/$kver" ] || { [ -d "$kdir/usr/lib/modules/$kver" ] && mkdir -p "$kdir/lib" && ln -s ../usr/lib/modules "$kdir/lib/modules"; }
         touch "$kdir/.extracted"
     fi
-    [ -f "$kdir/initrd.gz" ] || mkinitrd "$kdir" "$kver"
+    [ -f "$kdir/initrd.gz" ] && [ "$(cat "$kdir/initrd.modules" 2>/dev/null)" = "$MODULES" ] || mkinitrd "$kdir" "$kver"
     # boot/vmlinuz-KVER (<= 6.x packaging) or usr/lib/modules/KVER/vmlinuz (linux-binary-*, 7.x)
     vmlinuz=$(ls "$kdir"/boot/vmlinuz-* "$kdir"/usr/lib/modules/"$kver"/vmlinuz 2>/dev/null | head -1 || true)
     [ -n "$vmlinuz" ] || { echo "$label: no vmlinuz in $pkgs" >&2; FAILED=1; continue; }
     debver=$(dpkg-deb -f "$(ls "$CACHE"/debs/"$img"_*.deb | head -1)" Version)
-    log=$CACHE/logs/$kver.log
-    echo "== $label: $img $debver ($suite), log $log" >&2
+    log=$CACHE/logs/$kver${libpath:+.libbpf-$libsrc}.log
+    [ "$QUICK" = 0 ] || log=${log%.log}.quick.log
+    echo "== $id: $img $debver ($suite), libbpf $libcol, steps: $STEPS; log $log" >&2
     start=$(date +%s)
     qemu-system-x86_64 $ACCEL -machine q35 -m "$MEM" -smp 2 -nodefaults -no-reboot -display none \
         -serial "file:$log" -monitor none \
@@ -306,30 +342,31 @@ while read -r label suite expect; do
     QEMU_PID=
     kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null || true
     secs=$(( $(date +%s) - start ))
-    # per step: rc and the first error line (verifier cause, exception, failed test)
+    # per step: rc, seconds and the first error line (a failed check, verifier cause, exception, failed test)
     summary=$(tr -d '\r' <"$log" | awk '
-        /^@@BEGIN / {step=$2; first=""; n=0; next}
-        /^@@END /   {rc=$3; sub(/rc=/,"",rc); r[step]=rc; if (rc!=0) e[step]=(sfirst!="" ? sfirst : first); order=order" "step; step=""; sfirst=""; next}
+        /^@@BEGIN / {step=$2; first=""; sfirst=""; next}
+        /^@@END /   {rc=$3; sub(/rc=/,"",rc); t=$4; sub(/secs=/,"",t); r[step]=rc; sec[step]=t
+                     if (rc!=0) e[step]=(sfirst!="" ? sfirst : first); order=order" "step; step=""; next}
         step=="pytest" && sfirst=="" && /^(FAILED|ERROR) tests/ {sfirst=$0}
+        step!="" && step!="pytest" && sfirst=="" && /^FAILED: / {sfirst=$0}
         step!="" && first=="" && /(not supported|[Ii]nvalid|unknown func|[Pp]ermission|[Ee]rror|FAILED|failed|Traceback|rejected|cannot|Errno)/ {
             if ($0 !~ /^Traceback/) first=$0 }
         step!="" && /^[A-Za-z_.]+(Error|Exception): / && first=="" {first=$0}
         step=="pytest" && /(passed|failed|error|errors)( ,|,| in [0-9.]+s)/ {pyline=$0; gsub(/=/,"",pyline); gsub(/^ +| +$/,"",pyline)}
         END {
-            split(order, s, " "); out=""; err="";
+            out=""; err=""
             n=split(order, s, " ")
-            for (i=1;i<=n;i++) { k=s[i]; out=out k "=" (r[k]==0?"ok":"FAIL(" r[k] ")") " "; if (r[k]!=0 && err=="") err=k ": " e[k] }
+            for (i=1;i<=n;i++) { k=s[i]; out=out k "=" (r[k]==0?"ok":"FAIL(" r[k] ")") "(" sec[k] ") "; if (r[k]!=0 && err=="") err=k ": " e[k] }
             if (pyline!="") out=out "[pytest: " pyline "]"
             printf "%s\t%s\n", out, err
         }')
     steps=${summary%%$'\t'*}; err=${summary#*$'\t'}
     if grep -q '^@@DONE' <(tr -d '\r' <"$log") && ! grep -q 'FAIL' <<<"$steps"; then result=pass; else result=fail; fi
     grep -q '^@@DONE' <(tr -d '\r' <"$log") || { err=${err:-"guest did not finish (see $log)"}; steps="${steps:-none} (incomplete)"; }
-    printf '| %s | %s | %s (%s, %s) | %s | %s | %s s | %s |\n' "$label" "$(date -u +%F)" "$(tr -d '\r' <"$log" | sed -n 's/^@@KERNEL \([^ ]*\).*/\1/p' | head -1)" \
-        "$debver" "$suite" "$result" "$steps" "$secs" "${err//|/\\|}" >>"$RES"
-    tail -1 "$RES" >&2
-    tail -1 "$RES" >"$CACHE/rows/$label"
-    tree_line >"$CACHE/rows/.tree"
+    # the libbpf the guest loaded (the programs step fails when it is not the one asked for)
+    loaded=$(tr -d '\r' <"$log" | sed -n 's/^@@LIBBPF .*(\(v[0-9.]*\))$/\1/p' | head -1)
+    row "$id" "$(date -u +%F)" "$(tr -d '\r' <"$log" | sed -n 's/^@@KERNEL \([^ ]*\).*/\1/p' | head -1) ($debver, $suite)" \
+        "$libcol${loaded:+, loaded $loaded}" "$result" "$steps" "$secs s" "${err//|/\\|}"
     [ "$expect" = pass ] && [ "$result" != pass ] && FAILED=1
 done <<<"$KERNELS"
 

@@ -125,3 +125,65 @@ def test_python_constants_match_btf() -> None:
     """The limits the C header defines (enum pyxdp_limits), value by value."""
     limits = _btf_enums()["pyxdp_limits"]
     assert limits == L.LIMITS
+
+
+def _frames(obj: str) -> dict[str, tuple[int, set[str]]]:
+    """Per function of ``obj``: its stack depth (the deepest r10 offset it
+    touches) and the functions it calls (BPF-to-BPF calls carry a
+    relocation naming the callee), from llvm-objdump."""
+    out = subprocess.run(["llvm-objdump-19", "-dr", "--no-show-raw-insn", obj], capture_output=True, text=True,
+                         check=True).stdout
+    funcs: dict[str, tuple[int, set[str]]] = {}
+    cur = ""
+    fp_regs: set[str] = set()
+    for line in out.splitlines():
+        head = re.match(r"^[0-9a-f]+ <(\w+)>:", line)
+        if head:
+            cur = head.group(1)
+            funcs[cur] = (0, set())
+            fp_regs = set()
+            continue
+        if not cur:
+            continue
+        depth, calls = funcs[cur]
+        offs = [int(x, 16) for x in re.findall(r"r10 - 0x([0-9a-f]+)\)", line)]
+        copy = re.search(r"\b(r\d) = r10$", line)
+        if copy:
+            fp_regs.add(copy.group(1))
+        else:
+            add = re.search(r"\b(r\d) \+= -0x([0-9a-f]+)$", line)
+            if add and add.group(1) in fp_regs:
+                offs.append(int(add.group(2), 16))
+            assigned = re.search(r"\b(r\d) [-+*/|&^<>]*= ", line)
+            if assigned and not add:
+                fp_regs.discard(assigned.group(1))
+        callee = re.search(r"R_BPF_64_32\s+(\w+)", line)
+        if callee:
+            calls.add(callee.group(1))
+        funcs[cur] = (max([depth, *offs]), calls)
+    return funcs
+
+
+def _deepest_chain(funcs: dict[str, tuple[int, set[str]]], entry: str, round_to: int) -> tuple[int, list[str]]:
+    depth, calls = funcs[entry]
+    own = -(-max(depth, 1) // round_to) * round_to
+    best: tuple[int, list[str]] = (0, [])
+    for c in calls:
+        if c in funcs:
+            sub = _deepest_chain(funcs, c, round_to)
+            best = max(best, sub)
+    return own + best[0], [entry, *best[1]]
+
+
+@pytest.mark.skipif(shutil.which("llvm-objdump-19") is None, reason="needs llvm-objdump-19 (Debian package llvm-19)")
+def test_call_chains_fit_older_verifiers_stack() -> None:
+    """Kernels before 6.8 (Debian's 6.1) round every frame of a call chain
+    up to 32 bytes and refuse a chain over 512 (MAX_BPF_STACK): 6.1 refused
+    an object whose frames summed to 448 (544 rounded). Checked here in
+    milliseconds instead of in a VM."""
+    funcs = _frames(OBJ)
+    for entry in ("xdp_filter", "egress", "sweep_start"):
+        total, chain = _deepest_chain(funcs, entry, 32)
+        assert total <= 512, f"{' -> '.join(chain)}: {total} bytes with frames rounded to 32 (6.1 allows 512)"
+    total, chain = _deepest_chain(funcs, "xdp_filter", 32)
+    assert chain[:2] == ["xdp_filter", "finish"] and total > 256  # the walk sees the chain it must

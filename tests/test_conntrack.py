@@ -458,7 +458,7 @@ def test_flow_expires(guarded: tuple[Any, NetPair]) -> None:
         assert flt.flows() == []
         drops = counted(flt, Reason.POLICY, Verdict.DROP)
         peer.sendto(b"late", mine.getsockname())
-        assert wait_count(flt, Reason.POLICY, Verdict.DROP, drops + 1) == drops + 1
+        assert wait_count(flt, Reason.POLICY, Verdict.DROP, drops + 1) >= drops + 1  # (and the link's chatter)
         assert received(mine, 0.2) is None
 
 
@@ -498,16 +498,22 @@ def test_icmp_errors_reach_the_host(guarded: tuple[Any, NetPair]) -> None:
             while want not in (out := sh(*route, "route", "get", peer).stdout) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert want in out, out
-            # time exceeded about the same flow: related; about another port: the rules (dropped)
-            for dport, reason in ((5400, Reason.RELATED), (5401, Reason.POLICY)):
+            # time exceeded about the same flow: related; about another port: the rules (dropped). The
+            # policy's drop counter also counts the link's own chatter (an MLD report), so that case is
+            # told by the related counter staying put while a drop is counted
+            for dport, related in ((5400, True), (5401, False)):
                 q = P.udp(port, dport, b"x" * 64)
                 quoted = P.ipv4(me, peer, P.UDP, q) if fam == 4 else P.ipv6(me, peer, P.UDP, q)
                 te = P.icmp(11 if fam == 4 else 3, 0, b"\0\0\0\0" + quoted)
                 ip = P.ipv4(peer, me, P.ICMP, te) if fam == 4 else P.ipv6(peer, me, P.ICMPV6, te)
-                verdict = Verdict.PASS if reason is Reason.RELATED else Verdict.DROP
-                before = counted(flt, reason, verdict)
+                rel = counted(flt, Reason.RELATED, Verdict.PASS)
+                drops = counted(flt, Reason.POLICY, Verdict.DROP)
                 inject(pair, P.eth(P.ETH_IP if fam == 4 else P.ETH_IPV6, ip))
-                assert wait_count(flt, reason, verdict, before + 1) == before + 1
+                if related:
+                    assert wait_count(flt, Reason.RELATED, Verdict.PASS, rel + 1) == rel + 1
+                else:
+                    assert wait_count(flt, Reason.POLICY, Verdict.DROP, drops + 1) >= drops + 1
+                    assert counted(flt, Reason.RELATED, Verdict.PASS) == rel
 
 
 def test_cli_state_and_flows(pin_dir: str) -> None:
