@@ -162,7 +162,7 @@ def programs() -> None:
     for name in names:
         try:
             with BpfObject(OBJECT_PATH) as obj:
-                for m in obj.map_names():  # private: never pinned at the bpffs root (run on a host too)
+                for m in obj.map_names:  # private: never pinned at the bpffs root (run on a host too)
                     obj.private_map(m)
                 obj.only_program(name)
                 obj.load()

@@ -106,13 +106,19 @@ if [ "$REPORT" = 1 ]; then report; exit 0; fi   # print the last results, boot n
 
 [ "$(id -u)" = 0 ] || { echo "run as root (apt-get download into $CACHE, guest runs as root)" >&2; exit 2; }
 [ -x "$VENV/bin/python" ] || { echo "no $VENV: run scripts/setup.sh --test first" >&2; exit 2; }
-# the guest sees this machine's / but mounts tmpfs on /tmp and /run: what it reads must lie elsewhere
+# the guest sees this machine's / but mounts tmpfs on /tmp and /run: the cache must lie elsewhere; a
+# venv under /tmp (a clone there: CI's may be) is bound back over the guest's tmpfs (KEEP)
+KEEP=
 for p in "$CACHE" "$VENV" "$(readlink -f "$VENV/bin/python")"; do
-    case $(readlink -m "$p")/ in /tmp/* | /run/*)
-        echo "kernels.sh: $p is under /tmp or /run, which the guest covers with tmpfs; use another place (PYXDP_KERNEL_CACHE, PYXDP_VENV)" >&2
-        exit 2 ;;
+    real=$(readlink -m "$p")
+    case $real/ in
+        /tmp/*) if [ "$p" = "$VENV" ]; then KEEP=$real; continue; fi ;&
+        /run/*)
+            echo "kernels.sh: $p is under /tmp or /run, which the guest covers with tmpfs; use another place (PYXDP_KERNEL_CACHE, PYXDP_VENV)" >&2
+            exit 2 ;;
     esac
 done
+case $KEEP in *[!A-Za-z0-9._/-]*) echo "kernels.sh: $KEEP: a path the kernel command line cannot carry" >&2; exit 2 ;; esac
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 for t in dpkg-deb:dpkg xz:xz-utils zstd:zstd gzip:gzip; do command -v "${t%%:*}" >/dev/null || need+=("${t#*:}"); done
@@ -201,6 +207,7 @@ libbpf_for() {
     echo "$ver $dir/libbpf.so.1"
 }
 
+INIT_VERSION=init2   # bump when /init below changes: a cached initrd.gz is rebuilt
 # build $KDIR/initrd.gz: busybox, the modules below (decompressed), /init
 MODULES="virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf"   # the root over 9p; the veth pair; tc clsact + bpf
 mkinitrd() {
@@ -232,7 +239,11 @@ for m in $(cat /mods/order); do insmod /mods/$m 2>/dev/null || echo "initrd: ins
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 root /newroot; then
     echo "@@FATAL 9p root mount failed"; echo o >/proc/sysrq-trigger; sleep 10
 fi
+[ -n "$pyxdp_keep" ] && mkdir -p /hosttmp && mount --bind /newroot/tmp /hosttmp
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+if [ -n "$pyxdp_keep" ]; then   # the venv under the host's /tmp, visible again over the tmpfs
+    mkdir -p "/newroot$pyxdp_keep" && mount --bind "/hosttmp${pyxdp_keep#/tmp}" "/newroot$pyxdp_keep"
+fi
 mount -t tmpfs -o mode=755 tmpfs /newroot/run
 mount --move /proc /newroot/proc; mount --move /sys /newroot/sys; mount --move /dev /newroot/dev
 exec switch_root /newroot /bin/bash "$pyxdp_guest"
@@ -240,7 +251,7 @@ EOF
     chmod +x "$ird/init"
     (cd "$ird" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1) >"$kdir/initrd.gz.tmp"
     mv "$kdir/initrd.gz.tmp" "$kdir/initrd.gz"
-    echo "$MODULES" >"$kdir/initrd.modules"
+    echo "$MODULES $INIT_VERSION" >"$kdir/initrd.modules"
     rm -rf "$ird"
 }
 
@@ -322,7 +333,7 @@ while read -r label suite expect libsrc; do
         [ -d "$kdir/lib/modules/$kver" ] || { [ -d "$kdir/usr/lib/modules/$kver" ] && mkdir -p "$kdir/lib" && ln -s ../usr/lib/modules "$kdir/lib/modules"; }
         touch "$kdir/.extracted"
     fi
-    [ -f "$kdir/initrd.gz" ] && [ "$(cat "$kdir/initrd.modules" 2>/dev/null)" = "$MODULES" ] || mkinitrd "$kdir" "$kver"
+    [ -f "$kdir/initrd.gz" ] && [ "$(cat "$kdir/initrd.modules" 2>/dev/null)" = "$MODULES $INIT_VERSION" ] || mkinitrd "$kdir" "$kver"
     # boot/vmlinuz-KVER (<= 6.x packaging) or usr/lib/modules/KVER/vmlinuz (linux-binary-*, 7.x)
     vmlinuz=$(ls "$kdir"/boot/vmlinuz-* "$kdir"/usr/lib/modules/"$kver"/vmlinuz 2>/dev/null | head -1 || true)
     [ -n "$vmlinuz" ] || { echo "$label: no vmlinuz in $pkgs" >&2; FAILED=1; continue; }
@@ -334,7 +345,7 @@ while read -r label suite expect libsrc; do
     qemu-system-x86_64 $ACCEL -machine q35 -m "$MEM" -smp 2 -nodefaults -no-reboot -display none \
         -serial "file:$log" -monitor none \
         -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
-        -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off pyxdp_guest=$RUN/guest.sh" \
+        -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off pyxdp_guest=$RUN/guest.sh${KEEP:+ pyxdp_keep=$KEEP}" \
         -virtfs local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap &
     QEMU_PID=$!
     ( sleep "$TIMEOUT"; kill "$QEMU_PID" 2>/dev/null ) & watchdog=$!

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then echo "scripts/test.sh: run as root (sudo): the tests load BPF programs" >&2; exit 2; fi
 bash scripts/setup.sh --test
 echo "== bpf objects"; make -s -C bpf check
-echo "== ruff";  .venv/bin/ruff check pyxdp tests tools
-echo "== mypy";  .venv/bin/mypy pyxdp
+echo "== ruff";  .venv/bin/ruff check pyxdp tests tools scripts benchmarks
+echo "== mypy";  .venv/bin/mypy pyxdp scripts/kernel_checks.py scripts/venv_current.py
 echo "== pytest"
 # the installed package is what runs (.venv/bin/pytest does not put the source tree first on sys.path)
 exec .venv/bin/pytest -q -p no:cacheprovider tests "$@"
