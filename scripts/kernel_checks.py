@@ -30,15 +30,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pyxdp
 from pyxdp import Reason as R
 from pyxdp import Verdict as V
 from pyxdp.pcap import read_pcap, write_pcap
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(pyxdp.__file__))), "tests"))
+from netio import Echo, netns  # noqa: E402  (the tree's tests/: one netns helper and echo server for all)
 
 TAG = os.environ.get("PXK_TAG", "pxk")
 NS_A, NS_B = f"{TAG}a", f"{TAG}b"  # a: the rest of the world; b: the host the filter guards
@@ -78,27 +78,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and r.returncode != 0:
         fail(f"pyxdp-load {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
     return r
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def netns(name: str) -> Iterator[None]:
-    """This thread in namespace ``name``; sockets made meanwhile stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(target, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, 0x40000000) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def sock(ns: str, addr: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
@@ -280,24 +259,23 @@ def native() -> None:
     send(A4, B4, 5004, COUNT)        # no rule: the policy drops
     send(A6, B6, 5001, COUNT)        # allowed, IPv6
     got = {v: 0 for v in rx.values()}
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (got[(5001, 4)] < COUNT or got[(5001, 6)] < COUNT):
-        ready, _, _ = select.select(list(rx), [], [], 0.2)
-        for s in ready:
-            while True:
-                try:
-                    s.recv(2048)
-                except BlockingIOError:
-                    break
-                got[rx[s]] += 1
-    time.sleep(0.3)
-    for s in rx:  # stragglers
+
+    def drain(s: socket.socket) -> None:
         while True:
             try:
                 s.recv(2048)
             except BlockingIOError:
-                break
+                return
             got[rx[s]] += 1
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (got[(5001, 4)] < COUNT or got[(5001, 6)] < COUNT):
+        ready, _, _ = select.select(list(rx), [], [], 0.2)
+        for s in ready:
+            drain(s)
+    time.sleep(0.3)
+    for s in rx:  # stragglers
+        drain(s)
         s.close()
     print("received per (port, family):", got, flush=True)
     after = stats()
@@ -352,41 +330,6 @@ def trace() -> None:
            f"--pcap: {len(heads)} packets, each with its datagram's bytes (bpf_xdp_load_bytes)")
     st = json.loads(cli("status", "--json").stdout)
     expect(st["trace_every"] == 0, "tracing is off again after trace exits")
-
-
-class Echo:
-    """A TCP echo server in namespace ``ns`` (a thread)."""
-
-    def __init__(self, ns: str, addr: str, port: int) -> None:
-        self.s = sock(ns, addr, socket.SOCK_STREAM)
-        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.s.bind((addr, port))
-        self.s.listen(4)
-        self.s.settimeout(0.2)
-        self.stop = False
-        self.accepted = 0
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while not self.stop:
-            try:
-                conn, _ = self.s.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            with conn:
-                conn.settimeout(10)
-                try:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop = True
-        self.t.join(2)
-        self.s.close()
 
 
 def connect(ns: str, addr: str, port: int, timeout: float) -> socket.socket | None:

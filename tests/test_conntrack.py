@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +20,8 @@ from typing import Any
 import packets as P
 import pytest
 from conftest import NetPair, needs_root, sh
+from netio import Echo, netns
 from test_cli import fails, ok
-from test_e2e import netns
 
 from pyxdp import Filter, FlowState, Reason, RuleSetSpec, UsageError, Verdict, format_ruleset, parse_ruleset
 
@@ -244,47 +243,6 @@ def in_ns(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
         return socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, kind, proto)
 
 
-class Echo:
-    """A TCP or UDP echo server in namespace ``ns`` (a thread)."""
-
-    def __init__(self, ns: str, addr: str, port: int, kind: int) -> None:
-        self.s = in_ns(ns, 6 if ":" in addr else 4, kind)
-        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.s.bind((addr, port))
-        if kind == socket.SOCK_STREAM:
-            self.s.listen(4)
-        self.s.settimeout(0.2)
-        self.kind = kind
-        self.stop = False
-        self.accepted = 0
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self) -> None:
-        while not self.stop:
-            try:
-                if self.kind == socket.SOCK_DGRAM:
-                    data, peer = self.s.recvfrom(65535)
-                    self.s.sendto(data, peer)
-                    continue
-                conn, _peer = self.s.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.accepted += 1
-            with conn:
-                conn.settimeout(5)
-                try:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop = True
-        self.t.join(2)
-        self.s.close()
-
-
 def received(s: socket.socket, seconds: float) -> bytes | None:
     s.settimeout(seconds)
     try:
@@ -342,7 +300,7 @@ def test_host_still_talks_under_drop_policy(guarded: tuple[Any, NetPair]) -> Non
     """TCP with data both ways, a DNS-like UDP exchange, ping over IPv4 and
     IPv6: all opened by the host, all answered, under 'policy drop'."""
     flt, pair = guarded
-    tcp = Echo(pair.a, A4, 8080, socket.SOCK_STREAM)
+    tcp = Echo(pair.a, A4, 8080)
     udp = Echo(pair.a, A6, 5353, socket.SOCK_DGRAM)
     try:
         c = in_ns(pair.b, 4, socket.SOCK_STREAM)
@@ -395,7 +353,7 @@ def test_host_still_talks_under_drop_policy(guarded: tuple[Any, NetPair]) -> Non
 
 def test_unsolicited_and_forged_stay_out(guarded: tuple[Any, NetPair]) -> None:
     flt, pair = guarded
-    srv = Echo(pair.b, B4, 2222, socket.SOCK_STREAM)  # a service on the host no rule allows
+    srv = Echo(pair.b, B4, 2222)  # a service on the host no rule allows
     try:
         c = in_ns(pair.a, 4, socket.SOCK_STREAM)
         with c:
@@ -429,7 +387,7 @@ def test_unsolicited_and_forged_stay_out(guarded: tuple[Any, NetPair]) -> None:
         neighbour.setblocking(False)
         assert received(mine, 0.2) is None and received(neighbour, 0.2) is None
     # the allowed service still works, and serving it records no flow
-    ssh = Echo(pair.b, B4, 22, socket.SOCK_STREAM)
+    ssh = Echo(pair.b, B4, 22)
     try:
         c = in_ns(pair.a, 4, socket.SOCK_STREAM)
         with c:

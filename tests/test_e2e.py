@@ -10,45 +10,24 @@ counters account for every datagram sent."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import NetPair, needs_root, sh
+from netio import netns
 
 from pyxdp import Filter, Reason, UsageError, Verdict, XdpMode
 
 pytestmark = needs_root
 
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-@contextmanager
-def netns(name: str) -> Iterator[None]:
-    """This thread in network namespace ``name`` (sockets made meanwhile stay there)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def sock(ns: str, family: int = 4, port: int | None = None) -> socket.socket:
