@@ -1035,9 +1035,8 @@ static __always_inline struct flow *arriving_flow(struct pkt *p, __u16 rport, __
 				       .raddr = p->saddr4, .laddr = p->daddr4 };
 		return bpf_map_lookup_elem(&flows4, &k);
 	}
-	struct flow_key k = { .family = 6, .proto = p->proto, .rport = rport, .lport = lport };
-	__builtin_memcpy(k.raddr, &p->saddr6, 16);
-	__builtin_memcpy(k.laddr, &p->daddr6, 16);
+	struct flow_key k = { .rport = rport, .lport = lport };
+	key_addrs(&k, p, 1);
 	return bpf_map_lookup_elem(&flows6, &k);
 }
 

@@ -295,11 +295,12 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
 
     st.require_lock()
     where = f" in netns {netns}" if netns else ""
-    by_name = {k: a for k, a in recorded(st).items() if k[0] == netns and a.ifname == ifname}
+    recs = _records(st)
+    by_name = {k: r for k, r in recs.items() if k[0] == netns and r.ifname == ifname}
     try:
         with Netlink(netns) as nl:
             ifst = nl.state(ifname)
-            rec = recorded(st).get((netns, ifst.ifindex))
+            rec = recs.get((netns, ifst.ifindex))
             if ifst.prog_id and ifst.mode is not None and (
                     (rec is not None and ifst.prog_id == rec.prog_id) or uses_state(st, ifst.prog_id)):
                 with Program.from_id(ifst.prog_id) as old:
@@ -308,8 +309,7 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
             if not gone and ifst.prog_id and uses_state(st, ifst.prog_id):
                 gone = [(netns, ifst.ifindex)]  # attached by a writer that died before recording it
             if (netns, ifst.ifindex) in gone:
-                r = _records(st).get((netns, ifst.ifindex))
-                detach_egress(nl, ifst.ifindex, r is not None and bool(r.flags & L.IFF_OWN_CLSACT))
+                detach_egress(nl, ifst.ifindex, rec is not None and bool(rec.flags & L.IFF_OWN_CLSACT))
     except UsageError as exc:
         if not by_name:  # no such interface, and no record of one by that name
             raise UsageError(_attached_elsewhere(st, ifname, netns) or str(exc)) from None
@@ -326,7 +326,6 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
     if not gone:
         raise UsageError(_attached_elsewhere(st, ifname, netns)
                          or f"pyxdp is not attached to {ifname}{where} (see 'pyxdp-load status')")
-    recs = _records(st)
     for ns, idx in gone:
         st.map("ifaces").delete(_iface_key(idx, ns))
         if (ns, idx) in recs:

@@ -16,6 +16,7 @@ from .layout import FlowState
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from .bpf import Map
     from .state import State
 
 # user-facing timeout name -> the flow state it applies to; seconds by default (conntrack's)
@@ -28,6 +29,7 @@ TIMEOUTS: dict[str, tuple[FlowState, int]] = {
     "udp_stream": (FlowState.UDP_STREAM, 120),
     "icmp": (FlowState.ICMP, 30),
 }
+FLOW_MAPS = ("flows4", "flows6")  # the flow tables, by family
 MAX_TIMEOUT = 30 * 86400  # a month: longer is a mistake, and ns stay far from overflowing
 
 
@@ -125,12 +127,16 @@ def flows_made(st: State) -> dict[int, int]:
     return out
 
 
+def live_flows(maps: Iterable[Map], now_ns: int) -> list[Flow]:
+    """The unexpired flows in ``maps`` (a state's or a tester's ``FLOW_MAPS``)."""
+    return [f for m in maps for k, v in m.items() if (f := decode(k, v, now_ns)) is not None]
+
+
 def read_flows(st: State) -> list[Flow]:
     """The live (unexpired) flows, by protocol and remote end."""
     import time
 
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the datapath's clock (read coarsely there)
-    out = [f for name in ("flows4", "flows6") for k, v in st.map(name).items()
-           if (f := decode(k, v, now)) is not None]
+    out = live_flows((st.map(name) for name in FLOW_MAPS), now)
     out.sort(key=lambda f: (f.proto, f.remote, f.local))
     return out

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from . import layout as L
 from .bpf import RingBuffer
-from .flows import Flow
+from .flows import FLOW_MAPS, Flow
 from .layout import Reason, Verdict
 from .observe import Event
 from .state import open_object
@@ -55,8 +55,8 @@ class Tester:
         try:
             obj.private_map("stats")
             obj.private_map("events")
-            obj.private_map("flows4")
-            obj.private_map("flows6")
+            for name in FLOW_MAPS:
+                obj.private_map(name)
             obj.only_program("xdp_filter", "egress")
             obj.load()
             self.program = obj.program("xdp_filter")
@@ -89,19 +89,17 @@ class Tester:
 
     def flows(self) -> list[Flow]:
         """The tester's tracked connections (what :meth:`send` recorded)."""
-        from .flows import decode
+        from .flows import live_flows
         from .state import monotonic_ns
 
         assert self._obj is not None, "tester is closed"
-        now = monotonic_ns()
-        return sorted(f for name in ("flows4", "flows6") for k, v in self._obj.map(name).items()
-                      if (f := decode(k, v, now)) is not None)
+        return sorted(live_flows((self._obj.map(name) for name in FLOW_MAPS), monotonic_ns()))
 
     def forget_flows(self) -> int:
         """Empty the tester's connection table; returns how many it held."""
         assert self._obj is not None, "tester is closed"
         gone = 0
-        for name in ("flows4", "flows6"):
+        for name in FLOW_MAPS:
             m = self._obj.map(name)
             for k in list(m.keys()):
                 m.delete(k)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import layout as L
 from .bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
 from .errors import BpfError, IncompatibleMap, NotLoaded, UsageError
-from .flows import default_timeouts
+from .flows import FLOW_MAPS, default_timeouts
 from .layout import Verdict
 from .rules import DEFAULT_RULES, check_capacity
 
@@ -35,7 +35,6 @@ PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces",
                "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
                "flows4", "flows6", "flows_made")
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
-FLOW_MAPS = ("flows4", "flows6")
 PROG_PIN = "prog"
 EGRESS_PIN = "egress"  # the egress (tc) program that records the flows the host opens
 DEFAULT_CAPACITY = 1 << 20  # set elements per family
@@ -457,7 +456,7 @@ class State:
 
     @property
     def flow_capacity(self) -> int:
-        return self.map("flows4").spec.max_entries
+        return self.map(FLOW_MAPS[0]).spec.max_entries
 
     @property
     def rule_capacity(self) -> int:
