@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 from core import BIN, pin_path, scratch_pin  # noqa: E402
 
 from pyxdp import Filter  # noqa: E402
-from pyxdp.prefix import read_prefix_lines  # noqa: E402
+from pyxdp.model.prefix import read_prefix_lines  # noqa: E402
 
 N4, N6 = 1_000_000, 100_000
 NETNS = f"pxbench-nft-{os.getpid()}"
@@ -85,7 +85,8 @@ def main() -> None:
             for path, lines in ((f4, l4), (f6, l6)):
                 with open(path, "w") as fh:
                     fh.write("\n".join(lines) + "\n")
-            subprocess.run([sys.executable, "-c", "import pyxdp.cli, pyxdp.filter, pyxdp.sets"], env=env, check=True)
+            subprocess.run([sys.executable, "-c", "import pyxdp.cli, pyxdp.filter, pyxdp.store.sets"],
+                           env=env, check=True)
 
             # the CLI, interleaved rounds, a fresh pin directory per loader
             for r in range(args.rounds):

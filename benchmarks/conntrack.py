@@ -44,8 +44,8 @@ import packets as P  # noqa: E402
 
 from pyxdp import Filter  # noqa: E402
 from pyxdp import layout as L  # noqa: E402
-from pyxdp.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.state import EGRESS_PIN, monotonic_ns  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
+from pyxdp.store.state import EGRESS_PIN, monotonic_ns  # noqa: E402
 
 FLOOR = os.path.join(HERE, "xdp_pass.bpf.o")
 TC_FLOOR = os.path.join(HERE, "tc_pass.bpf.o")

@@ -45,8 +45,8 @@ sys.path.insert(0, os.path.join(TOP, "tests"))
 import packets as P  # noqa: E402
 
 from pyxdp import Filter, Prefix  # noqa: E402
-from pyxdp.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.libbpf import num_possible_cpus  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
+from pyxdp.kernel.libbpf import num_possible_cpus  # noqa: E402
 
 XDPFILTER_DIR = "/usr/lib/x86_64-linux-gnu/bpf"
 FLOOR = os.path.join(HERE, "xdp_pass.bpf.o")
@@ -158,7 +158,7 @@ def banned_filter(pin: str, prefixes: list[Prefix], port_rules: bool = True) -> 
 
 def set_layout(flt: Filter, name: str = "banned") -> str:
     """Which IPv4 lengths the set's hash serves, and whether it uses the trie."""
-    from pyxdp import sets as S
+    from pyxdp.store import sets as S
 
     si = S.info(flt.state, S.lookup_name(flt.state, name))
     lens = sorted(n - 1 for n in si.lens4 if n)

@@ -27,8 +27,8 @@ import packets as P  # noqa: E402
 from core import FLOOR, PORT_RULES, XdpFilterPeer, median, scratch_pin  # noqa: E402
 
 from pyxdp import Filter, Prefix  # noqa: E402
-from pyxdp.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.libbpf import num_possible_cpus  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
+from pyxdp.kernel.libbpf import num_possible_cpus  # noqa: E402
 
 SIZES = {"1k": 1_000, "100k": 100_000, "1M": 1_000_000}
 

@@ -42,8 +42,8 @@ import wire  # noqa: E402
 from core import XdpFilterPeer, pin_path, table_nets  # noqa: E402
 
 from pyxdp import Filter  # noqa: E402
-from pyxdp.bpf import BpfObject  # noqa: E402
-from pyxdp.rules import MAX_RULES, parse_rule  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject  # noqa: E402
+from pyxdp.model.rules import MAX_RULES, parse_rule  # noqa: E402
 
 COUNTS = [10, 100, 1024, MAX_RULES]
 FLOOR = os.path.join(HERE, "xdp_pass.bpf.o")

@@ -9,7 +9,7 @@ The shipped datapath has no benchmark #ifdefs (issue 8). A step that no state
 can switch off needs a build variant: a small .c file that #defines options
 and #includes bpf/xdp_filter.bpf.c (as benchmarks/sweep_walk.bpf.c does); the
 knobs the loader sets (`count_hits`) are switched here through
-pyxdp.state.open_object on the same pinned maps.
+pyxdp.store.state.open_object on the same pinned maps.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from core import (  # noqa: E402
     table_prefixes,
 )
 
-import pyxdp.state as S  # noqa: E402
+import pyxdp.store.state as S  # noqa: E402
 from pyxdp import Filter  # noqa: E402
-from pyxdp.bpf import BpfObject, Program  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
 
 
 def main() -> None:

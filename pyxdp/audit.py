@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import IO
 
-    from .prefix import Prefix
-    from .sets import KeySet
+    from .model.prefix import Prefix
+    from .store.sets import KeySet
 
 NAME = "pyxdp.audit"
 SYSLOG_SOCKET = "/dev/log"
@@ -106,12 +106,12 @@ def prefixes_text(items: Iterable[Prefix] | KeySet, count: int, most: int = 4) -
     else how many (a million banned addresses are not logged one by one)."""
     if count > most:
         return f"{count} prefixes"
-    from .sets import KeySet
+    from .store.sets import KeySet
 
     if not isinstance(items, KeySet):
         return " ".join(str(p) for p in items)
     from .layout import U32
-    from .prefix import Prefix
+    from .model.prefix import Prefix
 
     return " ".join(sorted(str(Prefix(fam, k[4:], U32.unpack_from(k)[0] - 32))
                            for fam, keys in items.keys.items() for k in keys))
@@ -130,7 +130,7 @@ def syslog_socket() -> str | None:
     not exist (a container without syslog) or is turned off."""
     path = os.environ.get(SYSLOG_ENV) or SYSLOG_SOCKET
     if path != SYSLOG_SOCKET:
-        from .libbpf import environment_trusted
+        from .kernel.libbpf import environment_trusted
 
         if not environment_trusted():  # a sudo caller's environment does not hide changes from syslog
             path = SYSLOG_SOCKET

@@ -15,23 +15,23 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import audit
-from . import sets as S
 from .errors import UsageError
 from .layout import Verdict
-from .prefix import Prefix, parse_prefix
-from .rules import Rule, parse_rule, parse_set_name
-from .state import DEFAULT_PIN_DIR, Config, State, signals_deferred
+from .model.prefix import Prefix, parse_prefix
+from .model.rules import Rule, parse_rule, parse_set_name
+from .store import sets as S
+from .store.state import DEFAULT_PIN_DIR, Config, State, signals_deferred
 
 if TYPE_CHECKING:
-    from .attach import Attachment
-    from .bpf import Program
-    from .config import ConfigChange
-    from .flows import Flow
+    from .kernel.bpf import Program
+    from .model.rulefile import RuleSetSpec
     from .observe import Event, Stats, Tracer
     from .replay import ReplayResult, Tester
-    from .rulefile import RuleSetSpec
-    from .ruleset import RuleState
-    from .sets import ChangeResult, ElementState, KeySet, SetState
+    from .store.attach import Attachment
+    from .store.flows import Flow
+    from .store.ruleset import RuleState
+    from .store.sets import ChangeResult, ElementState, KeySet, SetState
+    from .up import ConfigChange
 
 __all__ = ["DEFAULT_PIN_DIR", "BanResult", "Config", "Filter"]
 
@@ -202,13 +202,13 @@ class Filter:
     def timeouts(self) -> dict[str, int]:
         """Seconds a tracked connection lives after its last packet, per
         name (see :data:`pyxdp.flows.TIMEOUTS`)."""
-        from .flows import timeouts_by_name
+        from .store.flows import timeouts_by_name
 
         return timeouts_by_name(self.config().timeouts)
 
     def set_timeouts(self, timeouts: Mapping[str, int]) -> None:
         """Change the named timeouts (seconds); the others stay."""
-        from .flows import with_timeouts
+        from .store.flows import with_timeouts
 
         self._st.require_lock()
         cfg = self._st.config()
@@ -218,14 +218,14 @@ class Filter:
 
     def flows(self) -> list[Flow]:
         """The connections the host opened that are tracked now."""
-        from .flows import read_flows
+        from .store.flows import read_flows
 
         return read_flows(self._st)
 
     def flows_opened(self) -> dict[int, int]:
         """Connections the host opened since the state was made, per family
         (4, 6), as the egress program counted them when it started tracking."""
-        from .flows import flows_made
+        from .store.flows import flows_made
 
         return flows_made(self._st)
 
@@ -233,14 +233,14 @@ class Filter:
 
     def rules(self) -> list[RuleState]:
         """The live rules in order, with their hit counters."""
-        from .ruleset import rule_states
+        from .store.ruleset import rule_states
 
         return rule_states(self._st)
 
     def add_rule(self, rule: str | Rule, position: int | None = None) -> int:
         """Append ``rule`` (or insert it before 1-based ``position``); returns
         its number. The rule list switches atomically."""
-        from .ruleset import add_rule
+        from .store.ruleset import add_rule
 
         r = _rule(rule)
         self._st.require_lock()
@@ -260,7 +260,7 @@ class Filter:
 
     def delete_rules(self, which: Iterable[int | str | Rule]) -> int:
         """Delete rules by number or text, all or nothing."""
-        from .ruleset import delete_rules
+        from .store.ruleset import delete_rules
 
         items = [w if isinstance(w, int) else _rule(w) for w in which]
         self._st.require_lock()
@@ -274,13 +274,13 @@ class Filter:
         return n
 
     def _rule_list(self) -> list[Rule]:
-        from .ruleset import live_rules
+        from .store.ruleset import live_rules
 
         return [r for _id, r in live_rules(self._st)]
 
     def replace_rules(self, rules: Iterable[str | Rule]) -> None:
         """Make ``rules`` the whole rule list in one switch (sets unchanged)."""
-        from .ruleset import install
+        from .store.ruleset import install
 
         items = [_rule(r) for r in rules]
         self._st.require_lock()
@@ -295,7 +295,7 @@ class Filter:
     def apply(self, spec: RuleSetSpec) -> None:
         """Replace rules, sets (with their elements and timeouts) and (when the
         spec names it) the policy in one switch."""
-        from .ruleset import apply
+        from .store.ruleset import apply
 
         self._st.require_lock()
         before = self._summary() if audit.active() else None
@@ -317,11 +317,11 @@ class Filter:
         timeouts, policy (``save`` writes this); with ``interfaces``, also
         the recorded interfaces that still exist and the mode each runs in
         (``save --all``)."""
-        from .ruleset import snapshot
+        from .store.ruleset import snapshot
 
         spec = snapshot(self._st)
         if interfaces:
-            from .config import recorded_interfaces
+            from .up import recorded_interfaces
 
             spec = spec._replace(interfaces=recorded_interfaces(self._st))
         return spec
@@ -332,7 +332,7 @@ class Filter:
         first, then new interfaces, then detaching the ones ``spec`` no
         longer names (see :func:`pyxdp.config.up`). Returns the changes
         (none: it was so already). SIGINT and SIGTERM wait until it is done."""
-        from .config import up
+        from .up import up
 
         with signals_deferred():
             return up(self, spec)
@@ -395,8 +395,8 @@ class Filter:
 
     def set_destroy(self, name: str) -> None:
         """Remove a set no rule uses."""
-        from .rules import parse_set_name
-        from .ruleset import referenced_sets
+        from .model.rules import parse_set_name
+        from .store.ruleset import referenced_sets
 
         self._st.require_lock()
         if parse_set_name(name) in referenced_sets(self._st):
@@ -409,8 +409,8 @@ class Filter:
     def ban(self, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None, set: str = BANNED) -> BanResult:
         """Add to set ``set`` (default ``banned``); when no rule refers to that
         set yet, first insert ``deny from @SET`` as rule 1."""
-        from .rules import parse_set_name
-        from .ruleset import add_rule, referenced_sets
+        from .model.rules import parse_set_name
+        from .store.ruleset import add_rule, referenced_sets
 
         name = parse_set_name(set)
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
@@ -433,7 +433,7 @@ class Filter:
         return BanResult(res.added, res.refreshed, num)
 
     def _undo_made(self, made_set: str | None, rule_number: int) -> None:
-        from .ruleset import delete_rules
+        from .store.ruleset import delete_rules
 
         if rule_number:
             delete_rules(self._st, [rule_number])
@@ -444,7 +444,7 @@ class Filter:
         """Remove from set ``set``; an address not banned is reported, not an error."""
         items = list(_prefixes(prefixes))
         self._st.require_lock()
-        from .rules import parse_set_name
+        from .model.rules import parse_set_name
 
         sid = S.live_ids(self._st).get(parse_set_name(set))
         if not sid:
@@ -476,7 +476,7 @@ class Filter:
         if self._st.locked:
             self.set_trace(every)
             return
-        from .state import writer_lock
+        from .store.state import writer_lock
 
         lk = writer_lock(self.pin_dir)
         try:
@@ -491,7 +491,7 @@ class Filter:
     def program(self, reload: bool = False) -> Program:
         """The filter program pinned in this state, loaded and pinned first
         when missing (or when ``reload``)."""
-        from .attach import program
+        from .store.attach import program
 
         return program(self._st, reload)
 
@@ -499,7 +499,7 @@ class Filter:
                reload: bool = False) -> Attachment:
         """Attach the filter to ``ifname`` (in ``netns``). Replaces our own
         program atomically; refuses another program unless ``force``."""
-        from .attach import attach
+        from .store.attach import attach
 
         if self.migrated:
             reload = False  # the migration loaded and pinned the programs, and they run everywhere already
@@ -514,7 +514,7 @@ class Filter:
     def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
         """Take the filter off ``ifname``. When no interface is left, the pin
         directory is removed unless ``keep``. Returns True if it was removed."""
-        from .attach import detach, recorded
+        from .store.attach import detach, recorded
 
         with signals_deferred():
             detach(self._st, ifname, netns)
@@ -531,7 +531,7 @@ class Filter:
     def _refresh_iface_rules(self) -> None:
         """Rules that name an interface match by ifindex: recompute them when
         the attached interfaces change."""
-        from .ruleset import install, live_rules
+        from .store.ruleset import install, live_rules
 
         live = live_rules(self._st)
         if any(r.iface for _id, r in live):
@@ -539,7 +539,7 @@ class Filter:
 
     def interfaces(self) -> list[Attachment]:
         """Recorded attachments, each checked against what the kernel runs."""
-        from .attach import interfaces
+        from .store.attach import interfaces
 
         return interfaces(self._st)
 

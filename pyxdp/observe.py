@@ -9,16 +9,16 @@ from socket import AF_INET, AF_INET6, if_indextoname, inet_ntop, inet_pton
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from . import layout as L
-from .attach import iface_label
-from .bpf import RingBuffer
 from .errors import UsageError
+from .kernel.bpf import RingBuffer
 from .layout import Reason, Verdict
-from .pcap import PcapWriter
-from .prefix import Prefix, parse_prefix
+from .model.pcap import PcapWriter
+from .model.prefix import Prefix, parse_prefix
+from .store.attach import iface_label
 
 if TYPE_CHECKING:
-    from .attach import Attachment
-    from .state import State
+    from .store.attach import Attachment
+    from .store.state import State
 
 TRACE_BATCH = 4096  # events taken from the ring per poll: memory stays bounded whatever the rate
 
@@ -54,7 +54,7 @@ class Stats(NamedTuple):
 
 def read_stats(st: State) -> Stats:
     """The counters, one line per interface, verdict and reason counted."""
-    from .attach import slot_names
+    from .store.attach import slot_names
 
     names = slot_names(st)
     lines = []
@@ -192,7 +192,7 @@ class TraceFilter(NamedTuple):
                 raise UsageError(f"bad port {port}: 0 to 65535")
             ports = ((port, port),)
         elif port is not None:
-            from .rules import parse_ports
+            from .model.rules import parse_ports
 
             ports = parse_ports(port)
         if rule is not None and rule < 1:
@@ -329,7 +329,7 @@ class Tracer:
         self._every = every
         self._match = match
         if names is None:
-            from .attach import recorded
+            from .store.attach import recorded
 
             names = InterfaceNames(lambda: recorded(st).values())
         self._names = names

@@ -85,7 +85,7 @@ def write_private_temp(prefix: str, data: str, suffix: str = ".log") -> str:
     path: ``$TMPDIR`` (or /tmp), but not ``$TMPDIR`` under sudo or setuid
     (see :func:`pyxdp.libbpf.environment_trusted`). For things like the
     verifier's log. Failure raises :class:`UsageError`."""
-    from .libbpf import environment_trusted
+    from .kernel.libbpf import environment_trusted
 
     directory = tempfile.gettempdir() if environment_trusted() else "/tmp"
     try:

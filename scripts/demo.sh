@@ -145,7 +145,7 @@ $PY - "$TRACE_OUT.pcap" <<'PY'
 import sys
 sys.path.insert(0, "tests")
 import packets as P
-from pyxdp.pcap import write_pcap
+from pyxdp.model.pcap import write_pcap
 with open(sys.argv[1], "wb") as fh:
     write_pcap(fh, [P.udp4("198.51.100.7", 5001), P.udp4("198.51.100.7", 53), P.tcp6("2001:db8::1", 22),
                     P.eth(P.ETH_ARP, P.arp())])

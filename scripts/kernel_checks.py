@@ -35,7 +35,7 @@ import time
 import pyxdp
 from pyxdp import Reason as R
 from pyxdp import Verdict as V
-from pyxdp.pcap import read_pcap, write_pcap
+from pyxdp.model.pcap import read_pcap, write_pcap
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(pyxdp.__file__))), "tests"))
 from netio import Echo, netns  # noqa: E402  (the tree's tests/: one netns helper and echo server for all)
@@ -109,7 +109,7 @@ def send(src: str, dst: str, port: int, n: int, tag: str = "") -> None:
 
 def libbpf_loaded() -> str:
     """The libbpf.so.1 file this process mapped, and the version it reports."""
-    from pyxdp.libbpf import _load
+    from pyxdp.kernel.libbpf import _load
 
     _load()  # dlopen, as the first libbpf call does
     with open("/proc/self/maps") as fh:
@@ -123,8 +123,8 @@ def libbpf_loaded() -> str:
 
 
 def programs() -> None:
-    from pyxdp.bpf import BpfObject
-    from pyxdp.state import OBJECT_PATH
+    from pyxdp.kernel.bpf import BpfObject
+    from pyxdp.store.state import OBJECT_PATH
 
     where = libbpf_loaded()
     print(f"@@LIBBPF {where}", flush=True)

@@ -73,7 +73,7 @@ def _sweep(own: bool = False) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if ROOT:
-        from pyxdp.bpf import ensure_bpffs
+        from pyxdp.kernel.bpf import ensure_bpffs
 
         ensure_bpffs()
     _sweep()

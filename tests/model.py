@@ -1,6 +1,6 @@
 """A plain-Python reference model of the filter's decision: what the README's
 decision table and rule grammar say, written independently of the C code and
-of pyxdp.compiler. The property tests compare it with the kernel program on
+of pyxdp.model.compiler. The property tests compare it with the kernel program on
 generated and mutated packets.
 
 The firewall is one ordered rule list (the first rule that matches decides),
@@ -9,7 +9,7 @@ host opened (:func:`outbound` records them as the egress program must;
 replies and ICMP errors about them pass before the rules). Rules here are the
 model's own :class:`MRule` (protocol numbers, address sides, port ranges as
 plain lists), so a test can say what it means independently of how
-pyxdp.rules parses the words it typed."""
+pyxdp.model.rules parses the words it typed."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from pyxdp.flows import default_timeouts
 from pyxdp.layout import Action, FlowState, Reason, Verdict
-from pyxdp.prefix import Prefix
+from pyxdp.model.prefix import Prefix
+from pyxdp.store.flows import default_timeouts
 
 if TYPE_CHECKING:
-    from pyxdp.rules import Rule
+    from pyxdp.model.rules import Rule
 
 MAX_VLAN = 4
 MAX_EXTHDR = 8
@@ -62,7 +62,7 @@ class MRule:
 
     @classmethod
     def from_rule(cls, r: Rule) -> MRule:
-        """A pyxdp.rules.Rule as the model reads it (for hand-written cases)."""
+        """A pyxdp.model.rules.Rule as the model reads it (for hand-written cases)."""
         return cls(r.action, None if r.proto == "any" else PROTO_NUMBERS[r.proto], Side(r.src.prefix, r.src.set),
                    r.sport, Side(r.dst.prefix, r.dst.set), r.dport, r.iface)
 

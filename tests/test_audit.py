@@ -189,7 +189,7 @@ def records() -> Iterator[list[logging.LogRecord]]:
 @needs_root
 def test_api_changes_are_records_on_the_pyxdp_audit_logger(pin_dir: str, records: list[logging.LogRecord]) -> None:
     import pyxdp
-    from pyxdp.rulefile import Element
+    from pyxdp.model.rulefile import Element
 
     with pyxdp.Filter.open(pin_dir, create=True) as flt:
         flt.add_rule("allow 80/tcp")

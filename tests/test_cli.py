@@ -84,7 +84,7 @@ def verdicts(pin_dir: str, *pkts: bytes) -> list[tuple[str, str, int]]:
 
 
 def write_cap(path: Any, *pkts: bytes) -> str:
-    from pyxdp.pcap import write_pcap
+    from pyxdp.model.pcap import write_pcap
 
     with open(path, "wb") as fh:
         write_pcap(fh, list(pkts))
@@ -425,7 +425,7 @@ def test_status_policy_and_commands_without_state(pin_dir: str) -> None:
 def test_old_state_is_refused_with_what_to_do(pin_dir: str) -> None:
     """A pin dir from pyxdp 0.1 (the entries model): its 'cfg', 'src4' and
     'lens_count' maps (here one small array pinned under those names), no 'meta'."""
-    from pyxdp.bpf import Map
+    from pyxdp.kernel.bpf import Map
 
     nr = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
     if nr is None:

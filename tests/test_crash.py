@@ -1,7 +1,7 @@
 """Crash injection (issue 9): every multi-map change is all or nothing under
 SIGKILL, and what list/save/set list report is what the datapath does.
 
-The CLI runs as a subprocess with $PYXDP_TEST_KILL_AFTER=N (pyxdp.bpf.Map
+The CLI runs as a subprocess with $PYXDP_TEST_KILL_AFTER=N (pyxdp.kernel.bpf.Map
 kills the process right after its Nth map write), for N = 1, 2, ... until it
 completes; big inputs are also killed after a delay. After each kill:
 
@@ -89,7 +89,7 @@ def view_of(spec: Any) -> View:
 
 
 def view_of_text(text: str) -> View:
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     return view_of(parse_ruleset(text, "save"))
 
@@ -133,7 +133,7 @@ class Members:
     """A set's prefixes, indexed by family and length for membership tests."""
 
     def __init__(self, prefixes: frozenset[str]) -> None:
-        from pyxdp.prefix import parse_prefix
+        from pyxdp.model.prefix import parse_prefix
 
         self.by: dict[tuple[int, int], set[bytes]] = {}
         for text in prefixes:
@@ -141,7 +141,7 @@ class Members:
             self.by.setdefault((p.family, p.plen), set()).add(p.addr)
 
     def holds(self, fam: int, addr: bytes) -> bool:
-        from pyxdp.prefix import MASKS4, MASKS6
+        from pyxdp.model.prefix import MASKS4, MASKS6
 
         masks = MASKS4 if fam == 4 else MASKS6
         for (f, plen), addrs in self.by.items():
@@ -169,7 +169,7 @@ def expected(v: View, members: dict[str, Members], pr: Probe) -> tuple[str, int]
     """(verdict label, 1-based deciding rule or 0) for a TCP/UDP packet, by the decision table."""
     import socket
 
-    from pyxdp.rules import RULE_PROTOS, parse_rule
+    from pyxdp.model.rules import RULE_PROTOS, parse_rule
 
     af = socket.AF_INET if pr.fam == 4 else socket.AF_INET6
     src, dst = socket.inet_pton(af, pr.src), socket.inet_pton(af, pr.dst)
@@ -280,7 +280,7 @@ def _dump(m: Any) -> Iterator[tuple[bytes, bytes]]:
     300,000 elements read many times)."""
     import errno
 
-    from pyxdp.libbpf import ffi, lib
+    from pyxdp.kernel.libbpf import ffi, lib
 
     ks, vs, chunk = m.key_size, m.value_bytes, 65536
     keys, vals = ffi.new("char[]", ks * chunk), ffi.new("char[]", vs * chunk)
@@ -304,7 +304,7 @@ def storage_problems(pin: str) -> list[str]:
     copies exactly for the lengths not probed in the hash."""
     from pyxdp import Filter
     from pyxdp import layout as L
-    from pyxdp import sets as S
+    from pyxdp.store import sets as S
 
     out: list[str] = []
     with Filter.open(pin, lock=False) as f:
@@ -477,7 +477,7 @@ CASES = [
 
 def _setup(pin: str, base: str) -> None:
     from pyxdp import Filter
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     with Filter.open(pin, create=True) as f:
         if base:
@@ -489,7 +489,7 @@ def _setup(pin: str, base: str) -> None:
 def _restore(pin: str, before: View, base: str) -> None:
     """Back to ``before``: element by element when only set contents differ, else by apply."""
     from pyxdp import Filter
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     with Filter.open(pin) as f:
         now = view_of(f.ruleset())
@@ -760,7 +760,7 @@ def test_killed_big_change_does_not_poison_the_next_set(pin_dir: str, big_file: 
 
 
 def _xdp_prog(ns: str, ifname: str) -> int:
-    from pyxdp.xdp import Netlink
+    from pyxdp.kernel.xdp import Netlink
 
     with Netlink(ns) as nl:
         return int(nl.state(ifname).prog_id)
@@ -768,8 +768,8 @@ def _xdp_prog(ns: str, ifname: str) -> int:
 
 def _ours(pin: str, prog_id: int) -> bool:
     """Whether program ``prog_id`` uses this state's config map (asked of
-    bpftool, not of pyxdp: pyxdp.attach.uses_state is under test)."""
-    from pyxdp.bpf import Map
+    bpftool, not of pyxdp: pyxdp.store.attach.uses_state is under test)."""
+    from pyxdp.kernel.bpf import Map
 
     prog = json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog_id)).stdout)
     with Map.from_pin(os.path.join(pin, "cfg")) as cfg:
@@ -860,8 +860,8 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     write, and (simulated: no map write happens there) killed between the
     program replacement and the pin (issue case 3)."""
     from pyxdp import Filter
-    from pyxdp.attach import load_programs
-    from pyxdp.xdp import Netlink, XdpMode
+    from pyxdp.kernel.xdp import Netlink, XdpMode
+    from pyxdp.store.attach import load_programs
 
     _attach_both(pin_dir, netpair)
     want = saved(pin_dir)
@@ -891,7 +891,7 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
         try:
             with Netlink(netpair.b) as nl:
                 ifst = nl.state(netpair.vb)
-                from pyxdp.bpf import Program
+                from pyxdp.kernel.bpf import Program
 
                 with Program.from_id(ifst.prog_id) as old:
                     nl.attach(netpair.vb, prog.fd, ifst.mode or XdpMode.AUTO, replace_fd=old.fd)
@@ -918,7 +918,7 @@ def test_detach_killed(pin_dir: str, netpair: NetPair) -> None:
     """`detach` of one of two interfaces, then of the last, killed after each
     map write; and the last detach killed part-way through removing the pins
     (simulated: no map write happens there), then `attach` again."""
-    from pyxdp.state import PINNED_MAPS, PROG_PIN
+    from pyxdp.store.state import PINNED_MAPS, PROG_PIN
 
     problems: list[str] = []
     _attach_both(pin_dir, netpair)

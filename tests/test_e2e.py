@@ -247,7 +247,7 @@ def test_atomic_reload_while_traffic_flows(pin_dir: str, netpair: NetPair) -> No
 
 def test_foreign_program_is_not_replaced_without_force(pin_dir: str, netpair: NetPair) -> None:
     from pyxdp.errors import AttachError, UsageError
-    from pyxdp.generic import load_object, unload
+    from pyxdp.kernel.anyobject import load_object, unload
 
     obj = os.path.join(os.path.dirname(__file__), "..", "examples", "packets.bpf.o")
     foreign, _mode = load_object(obj, netpair.vb, netns=netpair.b)

@@ -240,7 +240,7 @@ def test_set_sizes_never_walk_a_set_under_change(pin_dir: str) -> None:
     writer finds it) 'set list' counts the visible elements by walking them
     (seconds with a million); a scrape takes the stored tally instead."""
     from pyxdp import Filter
-    from pyxdp.exporter import StateCollector
+    from pyxdp.cli.exporter import StateCollector
     from pyxdp.layout import JournalOp
 
     ok("--create", "set", "add", "office", "192.0.2.0/24", "198.51.100.0/24", pin_dir=pin_dir)

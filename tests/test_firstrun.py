@@ -96,10 +96,10 @@ def test_status_list_and_ban_do_not_import_what_they_do_not_need(pin_dir: str, n
     rc, mods = _imports_of(["--pin-dir", pin_dir, "status"])
     assert rc == 0
     assert "pyroute2" not in mods  # the attached interface is checked over a plain netlink socket
-    assert "pyxdp.rtnl" in mods
+    assert "pyxdp.kernel.rtnl" in mods
     rc, mods = _imports_of(["--pin-dir", pin_dir, "list"])
     assert rc == 0
-    assert not {"pyroute2", "pyxdp.rulefile", "pyxdp.rtnl", "logging", "threading"} & mods, mods
+    assert not {"pyroute2", "pyxdp.model.rulefile", "pyxdp.kernel.rtnl", "logging", "threading"} & mods, mods
     # a ban (fail2ban runs one per ban) on a host without syslog and without --log-file: no logging at all
     rc, mods = _imports_of(["--pin-dir", pin_dir, "ban", "192.0.2.8"], {"PYXDP_SYSLOG": "off"})
     assert rc == 0
@@ -112,10 +112,10 @@ def test_status_list_and_ban_do_not_import_what_they_do_not_need(pin_dir: str, n
 
 @needs_root
 def test_plain_netlink_reads_what_pyroute2_reads(pin_dir: str, netpair: NetPair) -> None:
-    """pyxdp.rtnl (status) against pyxdp.xdp (pyroute2: attach, detach): the same answer for interfaces
+    """pyxdp.kernel.rtnl (status) against pyxdp.kernel.xdp (pyroute2: attach, detach): the same answer for interfaces
     in the host's namespace and in others, with and without a program, native and generic."""
-    from pyxdp.rtnl import Links
-    from pyxdp.xdp import Netlink
+    from pyxdp.kernel.rtnl import Links
+    from pyxdp.kernel.xdp import Netlink
 
     ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
     ok("attach", "lo", "--netns", netpair.a, "--mode", "generic", pin_dir=pin_dir)
@@ -202,12 +202,12 @@ def test_setup_installs_once_quietly_links_and_reruns_without_the_index(tmp_path
         # a changed file of the package is seen (and then needs the index)
         check = [os.path.join(tree, ".venv", "bin", "python"), "-I", os.path.join("scripts", "venv_current.py")]
         assert subprocess.run(check, cwd=tree, capture_output=True, text=True).returncode == 0
-        with open(os.path.join(tree, "pyxdp", "cli.py"), "a") as fh:
+        with open(os.path.join(tree, "pyxdp", "store", "state.py"), "a") as fh:
             fh.write("# changed\n")
         r = subprocess.run(check, cwd=tree, capture_output=True, text=True)
-        assert (r.returncode, r.stdout) == (1, "pyxdp/cli.py changed\n")
+        assert (r.returncode, r.stdout) == (1, "pyxdp/store/state.py changed\n")
         stale = _setup(tree, sbin, OFFLINE)
-        assert stale.returncode != 0 and "setup: installing into .venv: pyxdp/cli.py changed" in stale.stdout
+        assert stale.returncode != 0 and "setup: installing into .venv: pyxdp/store/state.py changed" in stale.stdout
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 

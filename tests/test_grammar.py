@@ -1,6 +1,6 @@
 """What users type, without root (no BPF, no kernel): prefixes and TTLs
-(pyxdp.prefix), prefix files, the rule-set file (pyxdp.rulefile), and where a
-set's prefix lengths are stored (pyxdp.sets.plan_hashed)."""
+(pyxdp.model.prefix), prefix files, the rule-set file (pyxdp.model.rulefile), and where a
+set's prefix lengths are stored (pyxdp.store.sets.plan_hashed)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from pyxdp.errors import UsageError
 from pyxdp.layout import HASHED_MAX, Verdict
-from pyxdp.prefix import MASKS4, MASKS6, MAX_ECHO, MAX_TTL, Prefix, parse_prefix, parse_ttl, read_prefix_lines
-from pyxdp.rulefile import Element, RuleSetSpec, format_ruleset, parse_element, parse_ruleset, sort_elements
-from pyxdp.rules import parse_rule
-from pyxdp.sets import SHARE_TO_HASH, SMALL_SET, plan_hashed
+from pyxdp.model.prefix import MASKS4, MASKS6, MAX_ECHO, MAX_TTL, Prefix, parse_prefix, parse_ttl, read_prefix_lines
+from pyxdp.model.rulefile import Element, RuleSetSpec, format_ruleset, parse_element, parse_ruleset, sort_elements
+from pyxdp.model.rules import parse_rule
+from pyxdp.store.sets import SHARE_TO_HASH, SMALL_SET, plan_hashed
 
 EXAMPLES = int(os.environ.get("PYXDP_GRAMMAR_EXAMPLES", "150"))
 FAST = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

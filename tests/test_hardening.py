@@ -47,7 +47,7 @@ def base() -> Iterator[str]:
 
 
 def test_make_pin_dir_creates_it_private(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     old = os.umask(0o077 if os.getuid() else 0o022)
     try:
@@ -64,7 +64,7 @@ def test_make_pin_dir_creates_it_private(base: str) -> None:
 
 @needs_root
 def test_pin_dir_of_another_user_is_refused_and_kept(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     path = os.path.join(base, "state")
     os.mkdir(path, 0o755)
@@ -85,7 +85,7 @@ def test_pin_dir_of_another_user_is_refused_and_kept(base: str) -> None:
 
 @pytest.mark.parametrize("mode", [0o770, 0o702, 0o1777])
 def test_group_or_world_writable_pin_dir_is_refused(base: str, mode: int) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     path = os.path.join(base, "state")
     os.mkdir(path)
@@ -98,7 +98,7 @@ def test_group_or_world_writable_pin_dir_is_refused(base: str, mode: int) -> Non
 
 
 def test_foreign_entry_in_pin_dir_is_refused(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     path = os.path.join(base, "state")
     assert make_pin_dir(path)
@@ -113,7 +113,7 @@ def test_foreign_entry_in_pin_dir_is_refused(base: str) -> None:
 
 @needs_root
 def test_entry_owned_by_another_user_is_refused(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir
+    from pyxdp.store.pindir import check_pin_dir
 
     path = os.path.join(base, "state")
     os.mkdir(path, 0o700)
@@ -125,7 +125,7 @@ def test_entry_owned_by_another_user_is_refused(base: str) -> None:
 
 
 def test_symlinked_pin_dir_is_refused(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     real = os.path.join(base, "real")
     os.mkdir(real, 0o700)
@@ -139,7 +139,7 @@ def test_symlinked_pin_dir_is_refused(base: str) -> None:
 
 
 def test_pin_dir_in_a_parent_others_can_write_is_refused(base: str) -> None:
-    from pyxdp.pindir import make_pin_dir
+    from pyxdp.store.pindir import make_pin_dir
 
     parent = os.path.join(base, "shared")
     os.mkdir(parent)
@@ -152,7 +152,7 @@ def test_pin_dir_in_a_parent_others_can_write_is_refused(base: str) -> None:
 
 
 def test_missing_pin_dir_and_parent(base: str) -> None:
-    from pyxdp.pindir import check_pin_dir, make_pin_dir
+    from pyxdp.store.pindir import check_pin_dir, make_pin_dir
 
     with pytest.raises(NotLoaded, match="does not exist"):
         check_pin_dir(os.path.join(base, "none"), [])
@@ -163,8 +163,8 @@ def test_missing_pin_dir_and_parent(base: str) -> None:
 @needs_root
 def test_pin_dir_on_bpffs_made_by_another_user(tmp_path: object) -> None:
     """The real case: the bpffs root is 1777, a user makes the pin dir first."""
-    from pyxdp.bpf import BPFFS, ensure_bpffs, is_bpffs
-    from pyxdp.pindir import make_pin_dir
+    from pyxdp.kernel.bpf import BPFFS, ensure_bpffs, is_bpffs
+    from pyxdp.store.pindir import make_pin_dir
 
     ensure_bpffs()
     assert is_bpffs(BPFFS)
@@ -186,7 +186,7 @@ def test_pin_dir_on_bpffs_made_by_another_user(tmp_path: object) -> None:
 
 @needs_root
 def test_ensure_bpffs_mounts_private(base: str) -> None:
-    from pyxdp.bpf import ensure_bpffs, is_bpffs
+    from pyxdp.kernel.bpf import ensure_bpffs, is_bpffs
 
     mnt = os.path.join(base, "bpffs")
     os.mkdir(mnt)
@@ -285,7 +285,7 @@ def test_write_private_temp(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- the writers' lock ---------------------------------------------------------
 
 def test_lock_waits_says_so_and_times_out(base: str) -> None:
-    from pyxdp.lock import DirLock
+    from pyxdp.store.lock import DirLock
 
     with DirLock(base) as first:
         assert first.locked
@@ -307,7 +307,7 @@ def test_lock_waits_says_so_and_times_out(base: str) -> None:
 def test_lock_waits_until_released(base: str) -> None:
     import threading
 
-    from pyxdp.lock import DirLock
+    from pyxdp.store.lock import DirLock
 
     first = DirLock(base)
     timer = threading.Timer(0.3, first.release)
@@ -320,7 +320,7 @@ def test_lock_waits_until_released(base: str) -> None:
 
 
 def test_lock_timeout_from_environment(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyxdp.lock import DirLock, lock_timeout
+    from pyxdp.store.lock import DirLock, lock_timeout
 
     assert lock_timeout({}) == 30.0
     assert lock_timeout({"PYXDP_LOCK_TIMEOUT": "2.5"}) == 2.5
@@ -333,7 +333,7 @@ def test_lock_timeout_from_environment(base: str, monkeypatch: pytest.MonkeyPatc
 
 
 def test_lock_dropped_unreleased_warns_and_releases(base: str) -> None:
-    from pyxdp.lock import DirLock
+    from pyxdp.store.lock import DirLock
 
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
@@ -346,7 +346,7 @@ def test_lock_dropped_unreleased_warns_and_releases(base: str) -> None:
 
 
 def test_lock_refuses_symlink_and_missing(base: str) -> None:
-    from pyxdp.lock import DirLock
+    from pyxdp.store.lock import DirLock
 
     link = os.path.join(base, "link")
     os.symlink(base, link)
@@ -359,7 +359,7 @@ def test_lock_refuses_symlink_and_missing(base: str) -> None:
 # ---- PYXDP_LIBBPF ------------------------------------------------------------
 
 def test_libbpf_override_ignored_under_sudo_and_setuid() -> None:
-    from pyxdp.libbpf import environment_trusted, libbpf_soname
+    from pyxdp.kernel.libbpf import environment_trusted, libbpf_soname
 
     env = {"PYXDP_LIBBPF": "/home/user/evil.so"}
     plain = (1000, 1000, 1000, 1000)
@@ -376,7 +376,7 @@ def test_libbpf_override_ignored_under_sudo_and_setuid() -> None:
 
 def test_libbpf_override_ignored_in_a_sudo_process() -> None:
     """A whole process: the override would fail to load; under SUDO_UID it is not used."""
-    code = "from pyxdp.libbpf import lib; print(lib.libbpf_num_possible_cpus())"
+    code = "from pyxdp.kernel.libbpf import lib; print(lib.libbpf_num_possible_cpus())"
     env = {**os.environ, "PYXDP_LIBBPF": "libbpf-none.so.9"}
     r = subprocess.run([sys.executable, "-c", code], env={**env, "SUDO_UID": "1000"},
                        capture_output=True, text=True)
@@ -389,7 +389,7 @@ def test_libbpf_override_ignored_in_a_sudo_process() -> None:
 def test_system_tools_not_taken_from_path_under_sudo(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """ensure_bpffs runs 'mount' as root: under sudo/setuid $PATH is not the
     privileged user's, so only the system directories are searched."""
-    from pyxdp.bpf import system_tool
+    from pyxdp.kernel.bpf import system_tool
 
     fake = os.path.join(base, "mount")
     with open(fake, "w") as fh:
@@ -418,7 +418,7 @@ def _rec(data: bytes, caplen: int | None = None) -> bytes:
 
 
 def test_pcap_oversize_record_is_reported_and_skipped() -> None:
-    from pyxdp.pcap import PcapRecord, read_pcap, read_pcap_records
+    from pyxdp.model.pcap import PcapRecord, read_pcap, read_pcap_records
 
     big = 300000
     f = _pcap(_rec(b"a" * 60), _rec(b"\0" * big), _rec(b"c" * 64))
@@ -434,7 +434,7 @@ def test_pcap_oversize_record_is_reported_and_skipped() -> None:
 
 
 def test_pcap_oversize_record_past_the_end() -> None:
-    from pyxdp.pcap import read_pcap_records
+    from pyxdp.model.pcap import read_pcap_records
 
     f = _pcap(_rec(b"a" * 60), _rec(b"\0" * 10, caplen=1 << 30))
     got = list(read_pcap_records(f))
@@ -447,7 +447,7 @@ def test_pcap_oversize_record_past_the_end() -> None:
     (b"\0" * 7, "truncated record header (7 of 16 bytes)"),
 ], ids=["data", "header"])
 def test_pcap_truncated_last_record_is_reported(tail: bytes, error: str) -> None:
-    from pyxdp.pcap import PcapRecord, read_pcap, read_pcap_records
+    from pyxdp.model.pcap import PcapRecord, read_pcap, read_pcap_records
 
     f = _pcap(_rec(b"a" * 60), _rec(b"c" * 64), tail=tail)
     assert list(read_pcap_records(f)) == [
@@ -459,7 +459,7 @@ def test_pcap_truncated_last_record_is_reported(tail: bytes, error: str) -> None
 
 
 def test_pcap_bad_file_still_raises() -> None:
-    from pyxdp.pcap import read_pcap_records
+    from pyxdp.model.pcap import read_pcap_records
 
     with pytest.raises(UsageError, match="bad magic"):
         list(read_pcap_records(io.BytesIO(b"\0" * 40), "f"))
@@ -514,7 +514,7 @@ def _ring_producer(map_fd: int) -> int:
 def ring() -> Iterator[tuple[object, object]]:
     if not ROOT or _SYS_BPF is None:
         pytest.skip("needs root on x86_64 or aarch64")
-    from pyxdp.bpf import Map, Program
+    from pyxdp.kernel.bpf import Map, Program
 
     mfd = _bpf(_BPF_MAP_CREATE, struct.pack("=IIIII", _RINGBUF, 0, 0, _RINGBUF_BYTES, 0))
     ring = Map.from_fd(mfd)
@@ -531,7 +531,7 @@ def ring() -> Iterator[tuple[object, object]]:
 
 
 def test_ring_buffer_poll_limit(ring: tuple[object, object]) -> None:
-    from pyxdp.bpf import Map, Program, RingBuffer
+    from pyxdp.kernel.bpf import Map, Program, RingBuffer
 
     rmap, prog = ring
     assert isinstance(rmap, Map) and isinstance(prog, Program)
@@ -551,7 +551,7 @@ def test_ring_buffer_poll_limit(ring: tuple[object, object]) -> None:
 def test_ring_buffer_memory_bounded_under_a_flood(ring: tuple[object, object]) -> None:
     """A producer far faster than the reader: each poll hands over at most
     ``limit`` records; the ring keeps what fits and the kernel drops the rest."""
-    from pyxdp.bpf import Map, Program, RingBuffer
+    from pyxdp.kernel.bpf import Map, Program, RingBuffer
 
     rmap, prog = ring
     assert isinstance(rmap, Map) and isinstance(prog, Program)
@@ -575,7 +575,7 @@ def test_ring_buffer_memory_bounded_under_a_flood(ring: tuple[object, object]) -
 
 
 def test_ring_buffer_callback_error_is_raised(ring: tuple[object, object]) -> None:
-    from pyxdp.bpf import Map, Program, RingBuffer
+    from pyxdp.kernel.bpf import Map, Program, RingBuffer
 
     rmap, prog = ring
     assert isinstance(rmap, Map) and isinstance(prog, Program)
@@ -595,7 +595,7 @@ def test_ring_buffer_callback_error_is_raised(ring: tuple[object, object]) -> No
 def test_sweep_leaves_other_live_runs_alone() -> None:
     import conftest
 
-    from pyxdp.bpf import BPFFS, ensure_bpffs
+    from pyxdp.kernel.bpf import BPFFS, ensure_bpffs
 
     ensure_bpffs()
     child = subprocess.Popen(["true"])

@@ -201,14 +201,14 @@ def make_old_state(pkg: str, pin: str, pair: NetPair, tmp: str, both: bool = Fal
 
 def layout_of(pin: str) -> int:
     from pyxdp import layout as L
-    from pyxdp.bpf import Map
+    from pyxdp.kernel.bpf import Map
 
     with Map.from_pin(os.path.join(pin, "meta")) as m:
         return int(L.META.unpack(m[L.U32.pack(0)])[0])
 
 
 def xdp_prog(ns: str, dev: str) -> int:
-    from pyxdp.xdp import Netlink
+    from pyxdp.kernel.xdp import Netlink
 
     with Netlink(ns) as nl:
         return int(nl.state(dev).prog_id)
@@ -225,7 +225,7 @@ def has_clsact(ns: str, dev: str) -> bool:
 
 
 def pinned_id(pin: str, name: str) -> int:
-    from pyxdp.bpf import Program
+    from pyxdp.kernel.bpf import Program
 
     with Program.from_pin(os.path.join(pin, name)) as p:
         return int(p.id)
@@ -240,7 +240,7 @@ def map_exists(map_id: int) -> bool:
 
 
 def map_id(pin: str, name: str) -> int:
-    from pyxdp.bpf import Map
+    from pyxdp.kernel.bpf import Map
 
     with Map.from_pin(os.path.join(pin, name)) as m:
         return int(m.id)
@@ -248,7 +248,7 @@ def map_id(pin: str, name: str) -> int:
 
 def verdict(prog_id: int, src: str, dport: int = 5001) -> int:
     """What program ``prog_id`` does to a UDP datagram from ``src`` (BPF_PROG_TEST_RUN)."""
-    from pyxdp.bpf import Program
+    from pyxdp.kernel.bpf import Program
 
     with Program.from_id(prog_id) as p:
         return int(p.test_run(P.udp4(src, dport, dst="10.77.0.2")).retval)
@@ -265,7 +265,7 @@ def view(pin: str) -> tuple[str, tuple[str, ...], dict[str, set[str]]]:
 
 
 def old_view() -> tuple[str, tuple[str, ...], dict[str, set[str]]]:
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     spec = parse_ruleset(OLD_FIREWALL, "old")
     assert spec.policy is not None
@@ -274,7 +274,7 @@ def old_view() -> tuple[str, tuple[str, ...], dict[str, set[str]]]:
 
 
 def expected_pins() -> set[str]:
-    from pyxdp.state import EGRESS_PIN, PINNED_MAPS, PROG_PIN
+    from pyxdp.store.state import EGRESS_PIN, PINNED_MAPS, PROG_PIN
 
     return {*PINNED_MAPS, PROG_PIN, EGRESS_PIN}
 
@@ -324,7 +324,7 @@ def _element_hits(members_json: str) -> dict[str, int]:
 
 
 def _ttls(save_text: str) -> dict[str, int | None]:
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     spec = parse_ruleset(save_text, "save")
     return {f"{n} {e.prefix}": e.ttl for n, els in spec.sets.items() for e in els}
@@ -364,7 +364,7 @@ def test_migration_keeps_everything(old_pkg: str, pin_dir: str, netpair: NetPair
     elapsed = time.monotonic() - t0
 
     new_save = ok(pin_dir, "save")
-    from pyxdp.rulefile import parse_ruleset
+    from pyxdp.model.rulefile import parse_ruleset
 
     before, after = parse_ruleset(old_save, "old"), parse_ruleset(new_save, "new")
     assert after.rules == before.rules and after.policy == before.policy
@@ -534,9 +534,9 @@ def test_migration_killed_at_every_step(old_pkg: str, pin_dir: str, netpair: Net
     time the next `attach --reload` completes with the result a migration
     that was not killed has: same firewall, vb on the pinned programs,
     no temporary pins, no program left loaded that it replaced."""
-    from pyxdp.bpf import Map
-    from pyxdp.migrate import CONVERTERS, Migration
-    from pyxdp.state import State, writer_lock
+    from pyxdp.kernel.bpf import Map
+    from pyxdp.store.migrate import CONVERTERS, Migration
+    from pyxdp.store.state import State, writer_lock
 
     tmp = str(tmp_path)
     make_old_state(old_pkg, pin_dir, netpair, tmp)

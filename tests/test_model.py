@@ -30,10 +30,10 @@ from model import ACK, FIN, PROTO_NUMBERS, RST, SYN, Firewall, MRule, Side, deci
 
 from pyxdp import Action, Element, RuleSetSpec, Verdict
 from pyxdp import layout as L
-from pyxdp import sets as S
-from pyxdp.prefix import Prefix
-from pyxdp.rules import parse_rule_words
-from pyxdp.state import monotonic_ns
+from pyxdp.model.prefix import Prefix
+from pyxdp.model.rules import parse_rule_words
+from pyxdp.store import sets as S
+from pyxdp.store.state import monotonic_ns
 
 pytestmark = needs_root
 
@@ -568,7 +568,7 @@ def conn_scenarios(draw: Any) -> tuple[Verdict, bool, list[str], list[tuple[str,
 
 def model_flows(fw: Firewall) -> list[Any]:
     """The model's live flows as the tester lists its own."""
-    from pyxdp.flows import decode
+    from pyxdp.store.flows import decode
 
     now = monotonic_ns()
     out = []

@@ -1,4 +1,4 @@
-"""The rule grammar (pyxdp.rules) and the rule compiler (pyxdp.compiler),
+"""The rule grammar (pyxdp.model.rules) and the rule compiler (pyxdp.model.compiler),
 without root: no BPF, no kernel.
 
 The grammar: every form ufw accepts -> canonical text -> the same Rule, by
@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pyxdp.compiler import PROTO_CLASS, Tables, classes_per_gen, compile_rules
 from pyxdp.errors import UsageError
 from pyxdp.layout import RULE_SETS, RULE_TEXT, Action, RuleField
-from pyxdp.prefix import Prefix, parse_prefix
-from pyxdp.rules import (
+from pyxdp.model.compiler import PROTO_CLASS, Tables, classes_per_gen, compile_rules
+from pyxdp.model.prefix import Prefix, parse_prefix
+from pyxdp.model.rules import (
     ANY,
     IFNAME_MAX,
     MAX_PORT_RANGES,

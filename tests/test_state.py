@@ -187,7 +187,7 @@ def test_lock_is_exclusive(pin_dir: str) -> None:
 def test_bpffs_is_mounted_when_missing(tmp_path: object) -> None:
     """ensure_bpffs mounts a bpffs (mode 0700) where none is (shown on a
     scratch mount point: the host's /sys/fs/bpf is left alone)."""
-    from pyxdp.bpf import ensure_bpffs, is_bpffs
+    from pyxdp.kernel.bpf import ensure_bpffs, is_bpffs
 
     point = os.path.join(str(tmp_path), "bpf")
     os.mkdir(point)
@@ -214,7 +214,7 @@ def test_ttl_through_the_api_is_clamped_like_the_cli_and_a_negative_one_refused(
     set_add must not raise struct.error on a big TTL nor silently add an
     element that is expired already."""
     from pyxdp import UsageError
-    from pyxdp.prefix import MAX_TTL
+    from pyxdp.model.prefix import MAX_TTL
 
     flt.ban(["192.0.2.1"], ttl=10**12)
     [el] = flt.set_members("banned")
@@ -231,7 +231,7 @@ def test_state_of_another_layout_version_is_refused(pin_dir: str) -> None:
     by the API and by the CLI (one line, exit 1), and nothing is changed."""
     from pyxdp import IncompatibleMap
     from pyxdp import layout as L
-    from pyxdp.bpf import Map
+    from pyxdp.kernel.bpf import Map
 
     with Filter.open(pin_dir, create=True) as flt:
         flt.add_rule("deny 22/tcp")
@@ -291,7 +291,7 @@ def test_grace_period_goes_through_the_map_in_map(flt: Filter) -> None:
     after a map-in-map update (not membarrier, which skips it on one CPU):
     after it, rcu_sync holds rcu_token."""
     from pyxdp import layout as L
-    from pyxdp.state import grace_period
+    from pyxdp.store.state import grace_period
 
     st = flt.state
     grace_period(st)

@@ -24,9 +24,9 @@ from conftest import NetPair, needs_root
 
 from pyxdp import Filter, Reason, UsageError, Verdict, XdpMode
 from pyxdp import layout as L
-from pyxdp.attach import Attachment
+from pyxdp.model.pcap import MAX_CAPLEN, PcapWriter, open_capture, read_pcap_records
 from pyxdp.observe import Event, InterfaceNames, TraceFilter, TracePcap
-from pyxdp.pcap import MAX_CAPLEN, PcapWriter, open_capture, read_pcap_records
+from pyxdp.store.attach import Attachment
 
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 

@@ -35,7 +35,7 @@ from pyxdp import (
     parse_rule,
     parse_ruleset,
 )
-from pyxdp.rulefile import Element
+from pyxdp.model.rulefile import Element
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UNIT = os.path.join(HERE, "..", "contrib", "systemd", "pyxdp.service")

@@ -18,9 +18,9 @@ from model import Firewall, MRule, decide
 
 from pyxdp import Element, Reason, RuleSetSpec, Verdict, parse_prefix, parse_rule
 from pyxdp import layout as L
-from pyxdp import sets as S
-from pyxdp.prefix import Prefix
-from pyxdp.state import monotonic_ns
+from pyxdp.model.prefix import Prefix
+from pyxdp.store import sets as S
+from pyxdp.store.state import monotonic_ns
 
 pytestmark = needs_root
 

@@ -1,8 +1,8 @@
-"""Generates pyxdp/_libbpf_ffi.py: the cffi declarations of the libbpf subset
+"""Generates pyxdp/kernel/_libbpf_ffi.py: the cffi declarations of the libbpf subset
 pyxdp uses, pre-parsed (cffi's out-of-line ABI mode). Nothing is compiled: the
 output is plain Python that cffi turns into types at import, without parsing C.
 
-    python tools/build_ffi.py            # rewrite pyxdp/_libbpf_ffi.py
+    python tools/build_ffi.py            # rewrite pyxdp/kernel/_libbpf_ffi.py
     python tools/build_ffi.py --check    # exit 1 when the committed file is stale
 """
 
@@ -120,13 +120,13 @@ void ring_buffer__free(struct ring_buffer *rb);
 int ring_buffer__epoll_fd(const struct ring_buffer *rb);
 """
 
-OUT = Path(__file__).resolve().parent.parent / "pyxdp" / "_libbpf_ffi.py"
+OUT = Path(__file__).resolve().parent.parent / "pyxdp" / "kernel" / "_libbpf_ffi.py"
 
 
 def generate(path: Path) -> None:
     builder = FFI()
     builder.cdef(CDEF)
-    builder.set_source("pyxdp._libbpf_ffi", None)
+    builder.set_source("pyxdp.kernel._libbpf_ffi", None)
     builder.emit_python_code(str(path))
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import NamedTuple
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MAX_TTL = 100 * 365 * 86400  # longer TTLs are clamped to this (about 100 years)
 MAX_ECHO = 80  # characters of a bad input line quoted back in an error

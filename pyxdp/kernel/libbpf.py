@@ -9,8 +9,8 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..errors import LibbpfMissing, bpf_error
 from ._libbpf_ffi import ffi
-from .errors import LibbpfMissing, bpf_error
 
 if TYPE_CHECKING:
     from typing import Any

@@ -40,10 +40,10 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import layout as L
-from .bpf import Map, MapSpec, Program
-from .errors import AttachError, BpfError, IncompatibleMap, UsageError
-from .layout import Verdict
+from .. import layout as L
+from ..errors import AttachError, BpfError, IncompatibleMap, UsageError
+from ..kernel.bpf import Map, MapSpec, Program
+from ..layout import Verdict
 from .state import (
     DEFAULT_PIN_DIR,
     EGRESS_PIN,
@@ -60,7 +60,7 @@ from .state import (
 )
 
 if TYPE_CHECKING:
-    from .bpf import BpfObject
+    from ..kernel.bpf import BpfObject
     from .state import State
 
 __all__ = ["CONVERTERS", "Converter", "MapChange", "OldIface", "migrate", "refusal"]
@@ -361,8 +361,8 @@ class Migration:
         interface gone, or running no program of this state, is left as it is
         ('status' shows it); a replacement that fails stops the migration
         (the old program still filters there)."""
-        from .tc import attach_egress, has_clsact
-        from .xdp import Netlink, XdpMode
+        from ..kernel.tc import attach_egress, has_clsact
+        from ..kernel.xdp import Netlink, XdpMode
 
         assert self.run_maps is not None and self.prog is not None and self.eprog is not None
         ifaces = self.run_maps.map("ifaces")  # of this layout (converted, or renamed already)

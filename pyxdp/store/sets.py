@@ -19,16 +19,16 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import layout as L
-from .errors import BpfError, MapFull, UsageError
-from .layout import HASHED_MAX, MAX_SETS, IdState, JournalOp
-from .prefix import Prefix, check_ttl
-from .rules import parse_set_name
+from .. import layout as L
+from ..errors import BpfError, MapFull, UsageError
+from ..layout import HASHED_MAX, MAX_SETS, IdState, JournalOp
+from ..model.prefix import Prefix, check_ttl
+from ..model.rules import parse_set_name
 from .state import BATCH, delete_all, grace_period, monotonic_ns, write_all
 
 if TYPE_CHECKING:
-    from .bpf import Map
-    from .rulefile import Element
+    from ..kernel.bpf import Map
+    from ..model.rulefile import Element
     from .state import State
 
 SMALL_SET = 1024  # below this many elements in a family, any length may be hashed

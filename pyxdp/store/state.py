@@ -18,18 +18,18 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import layout as L
-from .bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
-from .errors import BpfError, IncompatibleMap, NotLoaded, UsageError
+from .. import layout as L
+from ..errors import BpfError, IncompatibleMap, NotLoaded, UsageError
+from ..kernel.bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
+from ..layout import Verdict
+from ..model.rules import DEFAULT_RULES, check_capacity
 from .flows import FLOW_MAPS, default_timeouts
-from .layout import Verdict
-from .rules import DEFAULT_RULES, check_capacity
 
 if TYPE_CHECKING:
     from .lock import DirLock
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
-OBJECT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_filter.bpf.o")
+OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xdp_filter.bpf.o")
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
                "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
@@ -165,7 +165,7 @@ def object_build_id(path: str = OBJECT_PATH) -> bytes:
 
 def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
     """Map -> (max entries, value size or None) for a rule capacity."""
-    from .compiler import classes_per_gen
+    from ..model.compiler import classes_per_gen
 
     return {
         "rlit4": (4 * rules, None),

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import AttachError, PyxdpError
-from .rulefile import Element, InterfaceSpec, RuleSetSpec
+from .model.rulefile import Element, InterfaceSpec, RuleSetSpec
 
 if TYPE_CHECKING:
-    from .attach import Attachment
     from .filter import Filter
-    from .state import State
+    from .store.attach import Attachment
+    from .store.state import State
 
 __all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "up"]
 
@@ -52,9 +52,9 @@ def recorded_interfaces(st: State) -> tuple[InterfaceSpec, ...]:
     whose interface or namespace is gone is left out (an 'up' of the file
     would fail on it); one whose interface was made anew is kept ('up'
     attaches it again)."""
-    from .attach import recorded
     from .errors import UsageError
-    from .xdp import Netlink
+    from .kernel.xdp import Netlink
+    from .store.attach import recorded
 
     out: dict[tuple[str, str], InterfaceSpec] = {}
     for (_netns, _idx), a in sorted(recorded(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
@@ -112,8 +112,8 @@ def _preflight(st: State, todo: list[InterfaceSpec], have: dict[tuple[str | None
     interface was made anew: another ifindex)."""
     import errno
 
-    from .attach import uses_state
-    from .xdp import Netlink
+    from .kernel.xdp import Netlink
+    from .store.attach import uses_state
 
     stale = set()
     for i in todo:
@@ -130,7 +130,7 @@ def _preflight(st: State, todo: list[InterfaceSpec], have: dict[tuple[str | None
 def _detach_all(flt: Filter, ifname: str, netns: str | None) -> None:
     """Detach ``ifname`` and forget every record of that name (a stale one
     too), keeping the state."""
-    from .attach import recorded
+    from .store.attach import recorded
 
     for _ in range(len(recorded(flt.state))):
         if not any(a.ifname == ifname and a.netns == netns for a in recorded(flt.state).values()):
@@ -146,7 +146,7 @@ def up(flt: Filter, spec: RuleSetSpec) -> list[ConfigChange]:
     again in the file's mode an interface running in another, detach the
     recorded interfaces the spec does not name. Returns what changed (empty:
     nothing to do). ``flt`` must hold the lock."""
-    from .xdp import XdpMode
+    from .kernel.xdp import XdpMode
 
     flt.state.require_lock()
     have: dict[tuple[str | None, str], list[Attachment]] = {}

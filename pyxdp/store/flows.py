@@ -9,14 +9,14 @@ from __future__ import annotations
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import layout as L
-from .errors import UsageError
-from .layout import FlowState
+from .. import layout as L
+from ..errors import UsageError
+from ..layout import FlowState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from .bpf import Map
+    from ..kernel.bpf import Map
     from .state import State
 
 # user-facing timeout name -> the flow state it applies to; seconds by default (conntrack's)
@@ -60,7 +60,7 @@ def with_timeouts(timeouts: tuple[int, ...], changes: Mapping[str, object]) -> t
 def parse_timeout_args(items: Iterable[str]) -> dict[str, int]:
     """``NAME=SECONDS`` words (the CLI's ``--timeout``) as a dict; SECONDS
     may carry a unit (s, m, h, d)."""
-    from .prefix import parse_ttl
+    from ..model.prefix import parse_ttl
 
     out: dict[str, int] = {}
     for item in items:

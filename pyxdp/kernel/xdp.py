@@ -8,7 +8,7 @@ import errno
 from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import AttachError, UsageError
+from ..errors import AttachError, UsageError
 
 if TYPE_CHECKING:
     from typing import Any

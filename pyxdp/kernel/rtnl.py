@@ -13,7 +13,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .errors import AttachError, UsageError
+from ..errors import AttachError, UsageError
 from .xdp import XdpMode, XdpState, _check_ifname, _netns_exists
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _pin_dir(args: argparse.Namespace) -> str:
-    from .state import DEFAULT_PIN_DIR
+    from ..store.state import DEFAULT_PIN_DIR
 
     if args.pin_dir is not None:
         return str(args.pin_dir)
@@ -60,13 +60,13 @@ def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, wit
     """The Filter; a command that changes things creates state only when
     it is 'attach' (create=True) or --create was given. ``migrate``: state
     of an older pyxdp is migrated ('attach --reload', 'up') and a line says so."""
-    from .filter import Filter
+    from ..filter import Filter
 
     flt = Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
                       capacity=getattr(args, "capacity", None), with_program=with_program,
                       flows=getattr(args, "flows", None), rules=getattr(args, "rules", None), migrate=migrate)
     if flt.migrated:
-        from .layout import PYXDP_LAYOUT
+        from ..layout import PYXDP_LAYOUT
 
         print(f"migrated the state in {flt.pin_dir} from layout {flt.migrated} to {PYXDP_LAYOUT}: rules, sets and "
               "elements kept; every attached interface runs the new program")
@@ -87,7 +87,7 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .xdp import XdpMode, preload
+    from ..kernel.xdp import XdpMode, preload
 
     mode = XdpMode.parse(args.mode)
     loading = preload()  # pyroute2's import overlaps the verifier
@@ -107,7 +107,7 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .errors import NotLoaded
+    from ..errors import NotLoaded
 
     try:
         flt = _open(args, lock=False)
@@ -145,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _read_text(path: str) -> str:
-    from .errors import UsageError
+    from ..errors import UsageError
 
     try:
         if path == "-":
@@ -160,8 +160,8 @@ def _read_text(path: str) -> str:
 
 def _read_file_prefixes(path: str) -> Iterator[Any]:
     """The prefixes of a file, one by one (a million of them never sit in a list)."""
-    from .errors import UsageError
-    from .prefix import read_prefix_lines
+    from ..errors import UsageError
+    from ..model.prefix import read_prefix_lines
 
     name = "stdin" if path == "-" else path
     try:
@@ -187,8 +187,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _add_rule(args: argparse.Namespace, words: list[str], position: int | None) -> int:
-    from .errors import RuleExists
-    from .rules import parse_rule_words
+    from ..errors import RuleExists
+    from ..model.rules import parse_rule_words
 
     rule = parse_rule_words(words)
     with _open(args) as flt:
@@ -207,8 +207,8 @@ def cmd_insert(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from .prefix import is_digits
-    from .rules import parse_rule_words
+    from ..model.prefix import is_digits
+    from ..model.rules import parse_rule_words
 
     words = list(args.words)
     if all(is_digits(w) for w in words):
@@ -254,8 +254,8 @@ def _print_members(members: list[Any], as_json: bool) -> None:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .prefix import parse_prefix, parse_ttl
+    from ..errors import UsageError
+    from ..model.prefix import parse_prefix, parse_ttl
 
     op, words = args.op, list(args.words)
     if op == "list":
@@ -290,7 +290,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             else:
                 print(f"set @{name}: removed {_plural(flt.set_flush(name), 'element')}")
         return 0
-    from .sets import KeySet
+    from ..store.sets import KeySet
 
     if op == "add":
         ttl = parse_ttl(args.ttl) if args.ttl is not None else None
@@ -314,10 +314,10 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .prefix import parse_prefix, parse_ttl
-    from .rules import parse_set_name
-    from .sets import KeySet
+    from ..errors import UsageError
+    from ..model.prefix import parse_prefix, parse_ttl
+    from ..model.rules import parse_set_name
+    from ..store.sets import KeySet
 
     parse_set_name(args.set)
     ttl = parse_ttl(args.ttl) if args.ttl is not None else None
@@ -336,9 +336,9 @@ def cmd_ban(args: argparse.Namespace) -> int:
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .prefix import parse_prefix
-    from .rules import parse_set_name
+    from ..errors import UsageError
+    from ..model.prefix import parse_prefix
+    from ..model.rules import parse_set_name
 
     name = parse_set_name(args.set)
     prefixes = [parse_prefix(w) for w in args.targets]
@@ -364,7 +364,7 @@ def cmd_unban(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .rulefile import parse_ruleset
+    from ..model.rulefile import parse_ruleset
 
     spec = parse_ruleset(_read_text(args.file), "stdin" if args.file == "-" else args.file)
     with _open(args) as flt:
@@ -379,9 +379,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .config import config_path
-    from .rulefile import parse_ruleset
-    from .xdp import preload
+    from ..kernel.xdp import preload
+    from ..model.rulefile import parse_ruleset
+    from ..up import config_path
 
     path = config_path(args.file)
     name = "stdin" if path == "-" else path
@@ -402,8 +402,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from .rulefile import format_ruleset
-    from .safefile import write_file_atomic
+    from ..model.rulefile import format_ruleset
+    from ..safefile import write_file_atomic
 
     with _open(args, lock=False) as flt:
         spec = flt.ruleset(interfaces=args.all)
@@ -416,8 +416,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .layout import Verdict
+    from ..errors import UsageError
+    from ..layout import Verdict
 
     if args.policy is None:
         with _open(args, lock=False) as flt:
@@ -432,8 +432,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .flows import parse_timeout_args
+    from ..errors import UsageError
+    from ..store.flows import parse_timeout_args
 
     if args.onoff not in (None, "on", "off"):
         raise UsageError(f"bad state {args.onoff!r}: on or off")
@@ -505,7 +505,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if args.count is not None and args.count < 1:
         raise UsageError("--count must be 1 or more")
@@ -521,8 +521,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     from contextlib import ExitStack
 
-    from .observe import TraceFilter, TracePcap
-    from .pcap import open_capture
+    from ..model.pcap import open_capture
+    from ..observe import TraceFilter, TracePcap
 
     match = TraceFilter.make(args.verdict, args.src, args.port, args.rule)
     to_stdout = args.pcap == "-"  # the capture goes to stdout instead of the lines
@@ -567,8 +567,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .pcap import read_pcap_records
+    from ..errors import UsageError
+    from ..model.pcap import read_pcap_records
 
     try:
         fh: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
@@ -606,8 +606,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from .generic import load_object
-    from .xdp import XdpMode
+    from ..kernel.anyobject import load_object
+    from ..kernel.xdp import XdpMode
 
     prog_id, mode = load_object(args.object, args.iface, program=args.program, mode=XdpMode.parse(args.mode),
                                 netns=args.netns, force=args.force)
@@ -616,7 +616,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
-    from .generic import unload
+    from ..kernel.anyobject import unload
 
     prog_id = unload(args.iface, netns=args.netns)
     print(f"unloaded program {prog_id} from {args.iface}")
@@ -624,7 +624,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
 
 
 def cmd_printk(args: argparse.Namespace) -> int:
-    from .generic import trace_pipe
+    from ..kernel.anyobject import trace_pipe
 
     for n, line in enumerate(trace_pipe(), 1):
         print(line, flush=True)
@@ -651,7 +651,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 def cmd_top(args: argparse.Namespace) -> int:
     import math
 
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if not (math.isfinite(args.interval) and 0.1 <= args.interval <= 3600):
         raise UsageError(f"--interval must be 0.1 to 3600 seconds, not {args.interval:g}")
@@ -708,7 +708,7 @@ def _changes(args: argparse.Namespace) -> bool:
 
 def _audit_to(args: argparse.Namespace) -> None:
     """Audit records of this call go to syslog (when there is one) and --log-file."""
-    from .audit import install, syslog_socket
+    from ..audit import install, syslog_socket
 
     install(args.log_file, syslog_socket(), PROG)
 
@@ -904,7 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - every error ends as one line
-        from .errors import UsageError
+        from ..errors import UsageError
 
         if isinstance(exc, UsageError):
             return _fail(str(exc), 2)
@@ -916,10 +916,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    from .errors import PyxdpError, VerifierError
+    from ..errors import PyxdpError, VerifierError
 
     if isinstance(exc, VerifierError):
-        from .safefile import write_private_temp
+        from ..safefile import write_private_temp
 
         try:
             return f"{exc} (verifier log: {write_private_temp('pyxdp-verifier-', exc.log)})"

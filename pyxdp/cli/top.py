@@ -27,8 +27,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from .layout import Verdict
-from .state import signals_deferred
+from ..layout import Verdict
+from ..store.state import signals_deferred
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
     from rich.console import RenderableType
 
-    from .filter import Filter
-    from .observe import Event, Stats, Tracer
-    from .ruleset import RuleState
+    from ..filter import Filter
+    from ..observe import Event, Stats, Tracer
+    from ..store.ruleset import RuleState
 
 TOP_RULES = 10
 TOP_SOURCES = 10

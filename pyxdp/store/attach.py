@@ -10,11 +10,11 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import layout as L
-from .bpf import Program
-from .errors import AttachError, BpfError, UsageError
+from .. import layout as L
+from ..errors import AttachError, BpfError, UsageError
+from ..kernel.bpf import Program
+from ..kernel.tc import attach_egress, detach_egress, has_egress
 from .state import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper, write_all
-from .tc import attach_egress, detach_egress, has_egress
 
 if TYPE_CHECKING:
     from .state import State
@@ -176,7 +176,7 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
            reload: bool = False) -> Attachment:
     """Attach the filter to ``ifname`` (in ``netns``). Replaces our own
     program atomically; refuses another program unless ``force``."""
-    from .xdp import Netlink, XdpMode
+    from ..kernel.xdp import Netlink, XdpMode
 
     st.require_lock()
     mode = mode or XdpMode.AUTO
@@ -274,7 +274,7 @@ def uses_state(st: State, prog_id: int) -> bool:
 
 
 def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Program, eprog: Program) -> None:
-    from .xdp import Netlink, XdpMode
+    from ..kernel.xdp import Netlink, XdpMode
 
     try:
         with Netlink(netns) as nl:
@@ -291,7 +291,7 @@ def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Pr
 
 def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str | None, int]]:
     """Take the filter off ``ifname``; returns the records removed."""
-    from .xdp import Netlink
+    from ..kernel.xdp import Netlink
 
     st.require_lock()
     where = f" in netns {netns}" if netns else ""
@@ -349,7 +349,7 @@ def _attached_elsewhere(st: State, ifname: str, netns: str | None) -> str | None
 
 def interfaces(st: State) -> list[Attachment]:
     """Recorded attachments, each checked against what the kernel runs."""
-    from .rtnl import Links  # read-only netlink without pyroute2's import: 'status' stays quick
+    from ..kernel.rtnl import Links  # read-only netlink without pyroute2's import: 'status' stays quick
 
     out = []
     for (netns, _idx), a in sorted(recorded(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):

@@ -16,8 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
-from .errors import UsageError
-from .layout import RULE_TEXT, Action
+from ..errors import UsageError
+from ..layout import RULE_TEXT, Action
 from .prefix import Prefix, is_digits, parse_prefix, quote
 
 RULE_PROTOS = {"any": 0, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, NamedTuple
 
-from .errors import UsageError
+from ..errors import UsageError
 
 LINKTYPE_ETHERNET = 1
 _MAGICS = {

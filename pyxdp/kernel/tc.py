@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from .errors import AttachError
+from ..errors import AttachError
 
 if TYPE_CHECKING:
     from typing import Any

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import BpfError, IncompatibleMap, NotPrivileged, UsageError, VerifierError, bpf_error
+from ..errors import BpfError, IncompatibleMap, NotPrivileged, UsageError, VerifierError, bpf_error
 from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from .errors import NotLoaded, UnsafeState, UsageError
+from ..errors import NotLoaded, UnsafeState, UsageError
 
 __all__ = ["check_pin_dir", "make_pin_dir"]
 

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 
-from .errors import LockTimeout, NotLoaded, UnsafeState, UsageError
+from ..errors import LockTimeout, NotLoaded, UnsafeState, UsageError
 
 __all__ = ["DirLock", "DEFAULT_TIMEOUT", "lock_timeout", "lock_holder"]
 

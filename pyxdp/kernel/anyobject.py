@@ -9,8 +9,8 @@ import os
 import subprocess
 from collections.abc import Iterator
 
+from ..errors import AttachError, UsageError
 from .bpf import BpfObject, Program, require_privileges, system_tool
-from .errors import AttachError, UsageError
 from .xdp import Netlink, XdpMode
 
 BPF_PROG_TYPE_XDP = 6

@@ -14,16 +14,16 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import layout as L
+from .. import layout as L
+from ..errors import BpfError, RuleExists, UsageError
+from ..layout import RULE_TEXT, JournalOp, Verdict
+from ..model.rules import Rule, parse_rule, parse_set_name
 from . import sets as S
-from .errors import BpfError, RuleExists, UsageError
 from .flows import default_timeouts, timeouts_by_name, with_timeouts
-from .layout import RULE_TEXT, JournalOp, Verdict
-from .rules import Rule, parse_rule, parse_set_name
 from .state import delete_all, grace_period, write_all
 
 if TYPE_CHECKING:
-    from .rulefile import RuleSetSpec
+    from ..model.rulefile import RuleSetSpec
     from .state import State
 
 
@@ -80,7 +80,7 @@ def rule_states(st: State) -> list[RuleState]:
 def snapshot(st: State) -> RuleSetSpec:
     """The running firewall: rules, sets with their elements and remaining
     timeouts, and the policy (what ``save`` writes)."""
-    from .rulefile import Element, RuleSetSpec  # not for 'list' or a ban
+    from ..model.rulefile import Element, RuleSetSpec  # not for 'list' or a ban
 
     ids = S.live_ids(st)
     members = S.members(st, ids.values())
@@ -130,7 +130,7 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
     switch. Nothing a packet can see changes before the switch. ``live``:
     the (id, rule) list the caller has just read (read here otherwise);
     ``txn``: the journal txn the new config carries (an apply's commit)."""
-    from .compiler import compile_rules
+    from ..model.compiler import compile_rules
 
     st.require_lock()
     cap = st.rule_capacity
@@ -199,7 +199,7 @@ def _clear_generation(st: State, gen: int) -> None:
 
 
 def _write_tables(st: State, t: object, gen: int, cap: int, ids: list[int], rules: Sequence[Rule]) -> None:
-    from .compiler import Tables
+    from ..model.compiler import Tables
 
     assert isinstance(t, Tables)
     vec_bytes = cap // 8

@@ -34,8 +34,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .errors import UsageError
-from .layout import Verdict
+from ..errors import UsageError
+from ..layout import Verdict
 from .prefix import Prefix, parse_prefix, parse_ttl, quote
 from .rules import IFNAME_MAX, IFNAME_RE, SET_NAME_RE, Rule, parse_rule
 
@@ -125,7 +125,7 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
     raw_timeouts = doc.get("timeouts", {})
     if not isinstance(raw_timeouts, dict):
         raise fail("timeouts must be a table of NAME = SECONDS", key="timeouts")
-    from .flows import default_timeouts, with_timeouts
+    from ..store.flows import default_timeouts, with_timeouts
 
     try:
         with_timeouts(default_timeouts(), raw_timeouts)
@@ -195,7 +195,7 @@ def _interface_line(lines: list[str], index: int, key: str | None) -> int:
 
 
 def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[InterfaceSpec, ...]:
-    from .xdp import XdpMode
+    from ..kernel.xdp import XdpMode
 
     def fail(msg: str, index: int, key: str | None = None) -> UsageError:
         line = _interface_line(lines, index, key)

@@ -10,8 +10,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from .errors import UsageError
-from .layout import CLASS_EXTRA, CLASS_PER_RULE, RULE_SETS, RuleField
+from ..errors import UsageError
+from ..layout import CLASS_EXTRA, CLASS_PER_RULE, RULE_SETS, RuleField
 from .prefix import Prefix
 from .rules import RULE_PROTOS, Rule
 

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-from .attach import iface_label
-from .errors import NotLoaded, PyxdpError, UsageError
+from ..errors import NotLoaded, PyxdpError, UsageError
+from ..store.attach import iface_label
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .filter import Filter
+    from ..filter import Filter
 
 DEFAULT_PORT = 9436
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -172,7 +172,7 @@ class StateCollector:
     def read(self) -> list[Metric]:
         """Every family's metrics from the state now (raises NotLoaded, or
         another PyxdpError/OSError when it cannot be read)."""
-        from .filter import Filter
+        from ..filter import Filter
 
         with Filter.open(self.pin_dir, lock=False) as flt:
             out: list[Metric] = []
