@@ -42,7 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
-import packets as P  # noqa: E402
+from helpers import packets as P  # noqa: E402
 
 from pyxdp import Filter, Prefix  # noqa: E402
 from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402

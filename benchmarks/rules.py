@@ -37,9 +37,9 @@ TOP = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 sys.path.insert(0, HERE)
 
-import packets as P  # noqa: E402
 import wire  # noqa: E402
 from core import XdpFilterPeer, pin_path, table_nets  # noqa: E402
+from helpers import packets as P  # noqa: E402
 
 from pyxdp import Filter  # noqa: E402
 from pyxdp.kernel.bpf import BpfObject  # noqa: E402

@@ -23,8 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-import packets as P  # noqa: E402
 from core import BIN, scratch_pin  # noqa: E402
+from helpers import packets as P  # noqa: E402
 
 from pyxdp import Filter  # noqa: E402
 

@@ -144,7 +144,7 @@ step "replay a capture through the loaded rules (BPF_PROG_TEST_RUN, no interface
 $PY - "$TRACE_OUT.pcap" <<'PY'
 import sys
 sys.path.insert(0, "tests")
-import packets as P
+from helpers import packets as P
 from pyxdp.model.pcap import write_pcap
 with open(sys.argv[1], "wb") as fh:
     write_pcap(fh, [P.udp4("198.51.100.7", 5001), P.udp4("198.51.100.7", 53), P.tcp6("2001:db8::1", 22),

@@ -38,7 +38,7 @@ from pyxdp import Verdict as V
 from pyxdp.model.pcap import read_pcap, write_pcap
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(pyxdp.__file__))), "tests"))
-from netio import Echo, netns  # noqa: E402  (the tree's tests/: one netns helper and echo server for all)
+from helpers.netio import Echo, netns  # noqa: E402  (the tree's tests/: one netns helper and echo server for all)
 
 TAG = os.environ.get("PXK_TAG", "pxk")
 NS_A, NS_B = f"{TAG}a", f"{TAG}b"  # a: the rest of the world; b: the host the filter guards

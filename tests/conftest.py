@@ -11,12 +11,9 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 ROOT = os.geteuid() == 0
 RUN = str(os.getpid())

@@ -18,9 +18,9 @@ import tempfile
 import time
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import NetPair, needs_root, sh
+from helpers import packets as P
 
 pytestmark = needs_root
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import NetPair, needs_root
+from helpers import packets as P
 
 from pyxdp import Filter, Reason, UsageError, Verdict, XdpMode
 from pyxdp import layout as L

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import needs_root
-from model import Firewall, MRule, decide
+from helpers import packets as P
+from helpers.model import Firewall, MRule, decide
 
 from pyxdp import Element, Reason, RuleSetSpec, Verdict, parse_prefix, parse_rule
 from pyxdp import layout as L

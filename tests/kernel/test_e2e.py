@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import NetPair, needs_root, sh
-from netio import netns
+from helpers.netio import netns
 
 from pyxdp import Filter, Reason, UsageError, Verdict, XdpMode
 

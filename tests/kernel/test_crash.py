@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import packets as P
 import pytest
 from conftest import RUN, NetPair, needs_root, sh
+from helpers import packets as P
 
 pytestmark = needs_root
 

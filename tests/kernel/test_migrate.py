@@ -24,9 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import NetPair, needs_root, sh
+from helpers import packets as P
 
 pytestmark = needs_root
 

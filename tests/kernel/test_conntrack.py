@@ -17,10 +17,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import NetPair, needs_root, sh
-from netio import Echo, netns
+from helpers import packets as P
+from helpers.netio import Echo, netns
 from test_cli import fails, ok
 
 from pyxdp import Filter, FlowState, Reason, RuleSetSpec, UsageError, Verdict, format_ruleset, parse_ruleset

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
-import packets as P
 import pytest
 from conftest import RUN, needs_root
+from helpers import packets as P
+from helpers.model import ACK, FIN, PROTO_NUMBERS, RST, SYN, Firewall, MRule, Side, decide, live, outbound
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from model import ACK, FIN, PROTO_NUMBERS, RST, SYN, Firewall, MRule, Side, decide, live, outbound
 
 from pyxdp import Action, Element, RuleSetSpec, Verdict
 from pyxdp import layout as L

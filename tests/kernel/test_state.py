@@ -14,9 +14,9 @@ import sys
 import textwrap
 import time
 
-import packets as P
 import pytest
 from conftest import needs_root
+from helpers import packets as P
 
 from pyxdp import Filter, LockTimeout, Verdict
 

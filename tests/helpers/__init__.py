@@ -1,0 +1,1 @@
+"""What the tests share: the reference model, packet builders, namespaces and sockets."""
