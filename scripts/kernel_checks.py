@@ -171,8 +171,7 @@ def load(rules: int | None) -> None:
 
 
 def replay() -> None:
-    sys.path.insert(0, os.path.join(os.path.dirname(pyxdp.__file__), "..", "tests"))
-    import packets as P
+    from helpers import packets as P
 
     cases = [  # packet, expected verdict, expected reason
         (P.tcp4("192.0.2.5", 22), V.PASS, R.RULE_ALLOW),

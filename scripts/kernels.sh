@@ -8,7 +8,7 @@
 #   native     pyxdp-load attach --mode native on a veth between two namespaces; real packets
 #   trace      pyxdp-load trace --json --pcap sees them (ring buffer, packet heads)
 #   conntrack  the egress program: connections the guarded namespace opens, under policy drop
-#   pytest     tests/test_verdicts.py tests/test_model.py tests/test_conntrack.py
+#   pytest     tests/kernel/test_verdicts.py tests/kernel/test_model.py tests/kernel/test_conntrack.py
 # then print a table kernel -> libbpf -> result -> first error line and write it to
 # $CACHE/results.md (KERNELS.md is that file, committed by hand).
 #
@@ -49,12 +49,12 @@ done
 [ "$QUICK" = 1 ] || QUICK=0
 if [ "$QUICK" = 1 ]; then
     STEPS="programs load-default load-8192 replay pytest"
-    PYTEST_FILES="tests/test_verdicts.py"
+    PYTEST_FILES="tests/kernel/test_verdicts.py"
     ROWS=$CACHE/rows-quick RESULTS=$CACHE/results-quick.md
     TIMEOUT=${PYXDP_VM_TIMEOUT:-1200}
 else
     STEPS="programs load-default load-8192 replay native trace conntrack pytest"
-    PYTEST_FILES="tests/test_verdicts.py tests/test_model.py tests/test_conntrack.py"
+    PYTEST_FILES="tests/kernel/test_verdicts.py tests/kernel/test_model.py tests/kernel/test_conntrack.py"
     ROWS=$CACHE/rows RESULTS=$CACHE/results.md
 fi
 PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q --color=no -p no:cacheprovider $PYTEST_FILES"}

@@ -10,20 +10,13 @@ import itertools
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
+from helpers.env import ROOT, RUN, NetPair, sh
 
-ROOT = os.geteuid() == 0
-RUN = str(os.getpid())
 _seq = itertools.count()
-
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root (BPF and netlink)")
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+ROOT_FIXTURES = {"pin_dir", "flt", "tester", "netpair"}  # a test using one needs root
 
 
 _NETNS_RE = re.compile(r"pxt(\d+)-")
@@ -68,12 +61,29 @@ def _sweep(own: bool = False) -> None:
                 shutil.rmtree(os.path.join("/sys/fs/bpf", name), ignore_errors=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "root: needs root (BPF and netlink); skipped without it, "
+                            "-m 'not root' leaves it out")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if ROOT:
         from pyxdp.kernel.bpf import ensure_bpffs
 
         ensure_bpffs()
     _sweep()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs root is marked ``root`` (explicitly, or by using a
+    fixture that makes BPF state or namespaces): ``pytest -m "not root"``
+    leaves it out; run without root, it is skipped."""
+    skip = pytest.mark.skip(reason="needs root (BPF and netlink)")
+    for item in items:
+        if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.root)
+        if not ROOT and item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -104,31 +114,6 @@ def tester(flt: object) -> Iterator[object]:
     """A test-run instance sharing ``flt``'s rules."""
     with flt.tester() as t:  # type: ignore[attr-defined]
         yield t
-
-
-class NetPair:
-    """Two namespaces joined by a veth: ``a`` (10.77.0.1, fd77::1) sends,
-    ``b`` (10.77.0.2, fd77::2) receives on interface ``vb``."""
-
-    def __init__(self, tag: str) -> None:
-        self.a = f"pxt{RUN}-{tag}a"
-        self.b = f"pxt{RUN}-{tag}b"
-        self.va = "va"
-        self.vb = "vb"
-        for ns in (self.a, self.b):
-            sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", "pxtmp0", "netns", self.a, "type", "veth", "peer", "name", "pxtmp1", "netns", self.b)
-        sh("ip", "-n", self.a, "link", "set", "pxtmp0", "name", self.va)
-        sh("ip", "-n", self.b, "link", "set", "pxtmp1", "name", self.vb)
-        for ns, dev, v4, v6 in ((self.a, self.va, "10.77.0.1", "fd77::1"), (self.b, self.vb, "10.77.0.2", "fd77::2")):
-            sh("ip", "-n", ns, "addr", "add", f"{v4}/24", "dev", dev)
-            sh("ip", "-n", ns, "addr", "add", f"{v6}/64", "dev", dev, "nodad")
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-    def close(self) -> None:
-        for ns in (self.a, self.b):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 @pytest.fixture

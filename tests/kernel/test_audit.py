@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import needs_root
-from test_cli import fails, ok
+from helpers.cli import fails, ok
+from helpers.env import needs_root
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} pyxdp-load\[(\d+)\]: (.*) \| (.*) pin_dir=(\S+)$")
 

@@ -19,45 +19,15 @@ import time
 from typing import Any
 
 import pytest
-from conftest import NetPair, needs_root, sh
 from helpers import packets as P
+from helpers.cli import BIN, fails, ok, run
+from helpers.env import NetPair, needs_root, sh
 
 pytestmark = needs_root
 
-BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.join(HERE, "..", "examples", "packets.bpf.o")
+EXAMPLE = os.path.join(HERE, "..", "..", "examples", "packets.bpf.o")
 NO_STATE = "run 'pyxdp-load attach IFACE' first (or give --create"
-
-
-def run(*args: str, pin_dir: str | None = None, env: dict[str, str] | None = None, input: str | None = None,
-        no_caps: bool = False, drop_env: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    cmd = [BIN] + (["--pin-dir", pin_dir] if pin_dir is not None else []) + list(args)
-    if no_caps:  # root without capabilities (an empty bounding set empties root's set at exec)
-        cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *cmd]
-    e = dict(os.environ)  # PYTHONPATH passes through: the CLI runs the source tree
-    for k in ("PYXDP_DEBUG", "PYXDP_PIN_DIR", "PYXDP_LOCK_TIMEOUT", "PYXDP_TEST_KILL_AFTER", *drop_env):
-        e.pop(k, None)
-    e.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=e, input=input, timeout=60)
-
-
-def ok(*args: str, **kw: Any) -> str:
-    r = run(*args, **kw)
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    assert r.stderr == "", r.stderr
-    return r.stdout
-
-
-def fails(code: int, says: str, *args: str, **kw: Any) -> str:
-    """The command fails with ``code`` and one error line containing ``says``."""
-    r = run(*args, **kw)
-    assert r.returncode == code, (args, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pyxdp-load: error: "), r.stderr
-    assert says in lines[0], lines[0]
-    return lines[0]
 
 
 def rules_of(pin_dir: str) -> list[str]:
@@ -96,7 +66,7 @@ def while_sending(pair: NetPair, cmd: list[str], tries: int = 50) -> tuple[int, 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(tries):
-            sh("ip", "netns", "exec", pair.a, sys.executable, os.path.join(HERE, "netio.py"), "send",
+            sh("ip", "netns", "exec", pair.a, sys.executable, os.path.join(HERE, "..", "helpers", "netio.py"), "send",
                "10.77.0.2", "5000", "2")
             if proc.poll() is not None:
                 break
@@ -548,7 +518,7 @@ def test_generic_load_unload_and_printk_of_the_seed_program(netpair: NetPair) ->
 
 
 def test_verifier_rejection_shows_the_verifier(netpair: NetPair) -> None:
-    bad = os.path.join(HERE, "data", "reject.bpf.o")
+    bad = os.path.join(HERE, "..", "data", "reject.bpf.o")
     r = run("load", bad, netpair.vb, "--netns", netpair.b)
     assert r.returncode == 1
     [line] = r.stderr.strip().splitlines()

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NetPair, needs_root, sh
 from helpers import packets as P
+from helpers.cli import fails, ok
+from helpers.env import NetPair, needs_root, sh
 from helpers.netio import Echo, netns
-from test_cli import fails, ok
 
 from pyxdp import Filter, FlowState, Reason, RuleSetSpec, UsageError, Verdict, format_ruleset, parse_ruleset
 

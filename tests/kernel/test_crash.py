@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import pytest
-from conftest import RUN, NetPair, needs_root, sh
 from helpers import packets as P
+from helpers.env import RUN, NetPair, needs_root, sh
 
 pytestmark = needs_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TREE = os.path.dirname(HERE)
+TREE = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 UNRELATED = "203.0.113.250"
 NOBODY = 65534
@@ -1045,7 +1045,7 @@ def test_save_ignores_planted_temporaries(pin_dir: str, victim: str, tmp_path: A
 def test_verifier_log_is_random_and_private(victim: str) -> None:
     """The CLI writes the verifier's log to a new random 0600 file, never to
     a fixed name (a symlink planted at the old name is left alone)."""
-    bad = os.path.join(HERE, "data", "reject.bpf.o")
+    bad = os.path.join(HERE, "..", "data", "reject.bpf.o")
     ns = f"pxt{RUN}-crashv"
     fixed = "/tmp/pyxdp-verifier.log"
     sh("ip", "netns", "add", ns)

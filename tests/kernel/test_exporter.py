@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import NetPair, needs_root
+from helpers.cli import fails, ok, run
+from helpers.env import NetPair, needs_root
+from helpers.traffic import exchange, sock
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli import fails, ok, run
-from test_e2e import exchange, sock
 
 pytestmark = needs_root
 

@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 import pytest
-from conftest import NetPair, needs_root, sh
+from helpers.env import NetPair, needs_root, sh
 
 pytestmark = needs_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NETIO = os.path.join(HERE, "netio.py")
-ACTION = os.path.join(HERE, "..", "contrib", "fail2ban", "action.d", "pyxdp.conf")
+NETIO = os.path.join(HERE, "..", "helpers", "netio.py")
+ACTION = os.path.join(HERE, "..", "..", "contrib", "fail2ban", "action.d", "pyxdp.conf")
 PYXDP = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 JAIL = "pxt"
 SET = f"f2b-{JAIL}"

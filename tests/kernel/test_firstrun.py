@@ -13,12 +13,12 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import ROOT, NetPair, needs_root, sh
-from test_cli import BIN, fails, ok
+from helpers.cli import BIN, fails, ok
+from helpers.env import ROOT, NetPair, needs_root, sh
 
 from pyxdp import UsageError
 
-TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ---- no command -------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from conftest import NetPair, needs_root, sh
 from helpers import packets as P
+from helpers.env import NetPair, needs_root, sh
 
 pytestmark = needs_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TREE = os.path.dirname(HERE)
+TREE = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 OLD_COMMIT = "fa254f4"  # pyxdp 0.2.0: state layout 2
 KILLED = -signal.SIGKILL

@@ -22,8 +22,8 @@ from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
 import pytest
-from conftest import RUN, needs_root
 from helpers import packets as P
+from helpers.env import RUN, needs_root
 from helpers.model import ACK, FIN, PROTO_NUMBERS, RST, SYN, Firewall, MRule, Side, decide, live, outbound
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

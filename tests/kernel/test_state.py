@@ -15,8 +15,8 @@ import textwrap
 import time
 
 import pytest
-from conftest import needs_root
 from helpers import packets as P
+from helpers.env import needs_root
 
 from pyxdp import Filter, LockTimeout, Verdict
 

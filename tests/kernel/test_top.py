@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from conftest import NetPair, needs_root
-from test_cli import fails, ok, run
-from test_e2e import sock
+from helpers.cli import fails, ok, run
+from helpers.env import NetPair, needs_root
+from helpers.traffic import sock
 
 from pyxdp import Filter
 

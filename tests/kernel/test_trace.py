@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import NetPair, needs_root
 from helpers import packets as P
+from helpers.env import NetPair, needs_root
 
 from pyxdp import Filter, Reason, UsageError, Verdict, XdpMode
 from pyxdp import layout as L

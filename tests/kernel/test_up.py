@@ -18,11 +18,11 @@ import subprocess
 from typing import Any
 
 import pytest
-from conftest import ROOT, NetPair, needs_root, sh
+from helpers.cli import BIN, fails, ok, run
+from helpers.env import ROOT, NetPair, needs_root, sh
+from helpers.traffic import dropped_all_but, exchange
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import BIN, fails, ok, run
-from test_e2e import dropped_all_but, exchange
 
 from pyxdp import (
     Filter,
@@ -38,7 +38,7 @@ from pyxdp import (
 from pyxdp.model.rulefile import Element
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-UNIT = os.path.join(HERE, "..", "contrib", "systemd", "pyxdp.service")
+UNIT = os.path.join(HERE, "..", "..", "contrib", "systemd", "pyxdp.service")
 
 # ---- the file (pure: no root) ----------------------------------------------------------------
 

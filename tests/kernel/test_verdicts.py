@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from conftest import needs_root
 from helpers import packets as P
+from helpers.env import needs_root
 from helpers.model import Firewall, MRule, decide
 
 from pyxdp import Element, Reason, RuleSetSpec, Verdict, parse_prefix, parse_rule

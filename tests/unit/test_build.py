@@ -14,7 +14,7 @@ import pytest
 
 from pyxdp import layout as L
 
-TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OBJ = os.path.join(TOP, "pyxdp", "xdp_filter.bpf.o")
 needs_clang = pytest.mark.skipif(shutil.which("clang-19") is None, reason="needs clang-19 (Debian package clang-19)")
 needs_bpftool = pytest.mark.skipif(shutil.which("bpftool") is None, reason="needs bpftool")

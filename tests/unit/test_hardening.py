@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, RUN, needs_root
+from helpers.env import ROOT, RUN, needs_root
 
 from pyxdp.errors import LockTimeout, NotLoaded, PyxdpError, UnsafeState, UsageError
 
