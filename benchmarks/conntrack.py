@@ -45,7 +45,8 @@ from helpers import packets as P  # noqa: E402
 from pyxdp import Filter  # noqa: E402
 from pyxdp import layout as L  # noqa: E402
 from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
-from pyxdp.store.state import EGRESS_PIN, monotonic_ns  # noqa: E402
+from pyxdp.store.clock import monotonic_ns  # noqa: E402
+from pyxdp.store.objects import EGRESS_PIN  # noqa: E402
 
 FLOOR = os.path.join(HERE, "xdp_pass.bpf.o")
 TC_FLOOR = os.path.join(HERE, "tc_pass.bpf.o")

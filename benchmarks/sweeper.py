@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 
 from core import pin_path, scratch_pin  # noqa: E402
 
-import pyxdp.store.state as S  # noqa: E402
+import pyxdp.store.objects as S  # noqa: E402
 from pyxdp import Filter, Prefix  # noqa: E402
 
 N = 1_000_000

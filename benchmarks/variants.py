@@ -36,7 +36,7 @@ from core import (  # noqa: E402
     table_prefixes,
 )
 
-import pyxdp.store.state as S  # noqa: E402
+import pyxdp.store.objects as S  # noqa: E402
 from pyxdp import Filter  # noqa: E402
 from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
 

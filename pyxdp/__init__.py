@@ -102,9 +102,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .attach import Attachment
-    from .bpf import BpfObject, Map, Program, RingBuffer
-    from .config import ConfigChange
     from .errors import (
         AttachError,
         BpfError,
@@ -123,18 +120,21 @@ if TYPE_CHECKING:
         VerifierError,
     )
     from .filter import BanResult, Filter
-    from .flows import Flow
-    from .generic import load_object, unload
+    from .kernel.anyobject import load_object, unload
+    from .kernel.bpf import BpfObject, Map, Program, RingBuffer
+    from .kernel.xdp import XdpMode
     from .layout import Action, FlowState, Reason, Verdict
+    from .model.prefix import Prefix, parse_prefix, parse_ttl
+    from .model.rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
+    from .model.rules import Addr, Rule, parse_rule, parse_rule_words
     from .observe import Event, StatLine, Stats, TraceFilter, Tracer
-    from .prefix import Prefix, parse_prefix, parse_ttl
     from .replay import ReplayResult, Tester
-    from .rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
-    from .rules import Addr, Rule, parse_rule, parse_rule_words
-    from .ruleset import RuleState
-    from .sets import ChangeResult, ElementState, SetState
-    from .state import DEFAULT_PIN_DIR, Config
-    from .xdp import XdpMode
+    from .store.attach import Attachment
+    from .store.flows import Flow
+    from .store.ruleset import RuleState
+    from .store.sets import ChangeResult, ElementState, SetState
+    from .store.state import DEFAULT_PIN_DIR, Config
+    from .up import ConfigChange
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,8 @@ from .layout import Verdict
 from .model.prefix import Prefix, parse_prefix
 from .model.rules import Rule, parse_rule, parse_set_name
 from .store import sets as S
-from .store.state import DEFAULT_PIN_DIR, Config, State, signals_deferred
+from .store.lock import signals_deferred
+from .store.state import DEFAULT_PIN_DIR, Config, State
 
 if TYPE_CHECKING:
     from .kernel.bpf import Program
@@ -51,6 +52,18 @@ def _prefixes(items: Iterable[str | Prefix]) -> Iterator[Prefix]:
 
 def _rule(r: str | Rule) -> Rule:
     return parse_rule(r) if isinstance(r, str) else r
+
+
+def _migrate(st: State, flows: int | None) -> int:
+    from .store.migrate import migrate  # only 'attach --reload' and 'up' migrate
+
+    return migrate(st, flows)
+
+
+def _refusal(st: State, layout: int) -> str:
+    from .store.migrate import refusal
+
+    return refusal(st, layout)
 
 
 def _netns_text(netns: str | None) -> str:
@@ -93,7 +106,8 @@ class Filter:
         without it such state is refused. A writer first finishes or undoes
         any change a killed writer left."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
-                                 with_program=with_program, flows=flows, migrate=migrate)
+                                 with_program=with_program, flows=flows, migrate=_migrate if migrate else None,
+                                 refusal=_refusal)
         flt = cls(st, created)
         if created and audit.active():
             audit.record(st.pin_dir, f"state created ({st.capacity} set elements per family, {st.rule_capacity} rules)")

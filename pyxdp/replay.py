@@ -11,7 +11,7 @@ from .kernel.bpf import RingBuffer
 from .layout import Reason, Verdict
 from .observe import Event
 from .store.flows import FLOW_MAPS, Flow
-from .store.state import open_object
+from .store.objects import open_object
 
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
 
@@ -89,8 +89,8 @@ class Tester:
 
     def flows(self) -> list[Flow]:
         """The tester's tracked connections (what :meth:`send` recorded)."""
+        from .store.clock import monotonic_ns
         from .store.flows import live_flows
-        from .store.state import monotonic_ns
 
         assert self._obj is not None, "tester is closed"
         return sorted(live_flows((self._obj.map(name) for name in FLOW_MAPS), monotonic_ns()))

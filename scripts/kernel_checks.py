@@ -124,7 +124,7 @@ def libbpf_loaded() -> str:
 
 def programs() -> None:
     from pyxdp.kernel.bpf import BpfObject
-    from pyxdp.store.state import OBJECT_PATH
+    from pyxdp.store.objects import OBJECT_PATH
 
     where = libbpf_loaded()
     print(f"@@LIBBPF {where}", flush=True)

@@ -68,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if ROOT:
-        from pyxdp.kernel.bpf import ensure_bpffs
+        from pyxdp.kernel.bpffs import ensure_bpffs
 
         ensure_bpffs()
     _sweep()

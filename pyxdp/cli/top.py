@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..layout import Verdict
-from ..store.state import signals_deferred
+from ..store.lock import signals_deferred
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -10,7 +10,8 @@ import subprocess
 from collections.abc import Iterator
 
 from ..errors import AttachError, UsageError
-from .bpf import BpfObject, Program, require_privileges, system_tool
+from .bpf import BpfObject, Program
+from .bpffs import require_privileges, system_tool
 from .xdp import Netlink, XdpMode
 
 BPF_PROG_TYPE_XDP = 6

@@ -14,7 +14,8 @@ from .. import layout as L
 from ..errors import AttachError, BpfError, UsageError
 from ..kernel.bpf import Program
 from ..kernel.tc import attach_egress, detach_egress, has_egress
-from .state import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper, write_all
+from .mapio import write_all
+from .objects import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper
 
 if TYPE_CHECKING:
     from .state import State

@@ -10,7 +10,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from ..errors import LockTimeout, NotLoaded, UnsafeState, UsageError
 
@@ -149,3 +150,17 @@ class DirLock:
                 warnings.warn(f"DirLock on {self.path} was never released", ResourceWarning, stacklevel=2)
             finally:
                 self.release()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while a change spans several maps: Ctrl-C then
+    lands after it, never inside it. (SIGKILL cannot be held: the journal
+    covers it.)"""
+    import signal
+
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -44,20 +44,11 @@ from .. import layout as L
 from ..errors import AttachError, BpfError, IncompatibleMap, UsageError
 from ..kernel.bpf import Map, MapSpec, Program
 from ..layout import Verdict
-from .state import (
-    DEFAULT_PIN_DIR,
-    EGRESS_PIN,
-    PROG_PIN,
-    Config,
-    grace_period,
-    object_build_id,
-    open_object,
-    pin_program,
-    signals_deferred,
-    start_sweeper,
-    temp_pin,
-    write_all,
-)
+from .clock import grace_period
+from .lock import signals_deferred
+from .mapio import write_all
+from .objects import EGRESS_PIN, PROG_PIN, object_build_id, open_object, pin_program, start_sweeper, temp_pin
+from .state import DEFAULT_PIN_DIR, Config
 
 if TYPE_CHECKING:
     from ..kernel.bpf import BpfObject

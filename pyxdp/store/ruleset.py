@@ -19,8 +19,9 @@ from ..errors import BpfError, RuleExists, UsageError
 from ..layout import RULE_TEXT, JournalOp, Verdict
 from ..model.rules import Rule, parse_rule, parse_set_name
 from . import sets as S
+from .clock import grace_period
 from .flows import default_timeouts, timeouts_by_name, with_timeouts
-from .state import delete_all, grace_period, write_all
+from .mapio import delete_all, write_all
 
 if TYPE_CHECKING:
     from ..model.rulefile import RuleSetSpec

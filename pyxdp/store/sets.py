@@ -24,7 +24,8 @@ from ..errors import BpfError, MapFull, UsageError
 from ..layout import HASHED_MAX, MAX_SETS, IdState, JournalOp
 from ..model.prefix import Prefix, check_ttl
 from ..model.rules import parse_set_name
-from .state import BATCH, delete_all, grace_period, monotonic_ns, write_all
+from .clock import grace_period, monotonic_ns
+from .mapio import BATCH, delete_all, write_all
 
 if TYPE_CHECKING:
     from ..kernel.bpf import Map

@@ -11,128 +11,28 @@ dead writer left (see :mod:`pyxdp.sets` ``recover``)."""
 
 from __future__ import annotations
 
-import errno
 import os
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import layout as L
 from ..errors import BpfError, IncompatibleMap, NotLoaded, UsageError
-from ..kernel.bpf import BPFFS, BpfObject, Map, ensure_bpffs, is_bpffs, require_privileges
+from ..kernel.bpf import Map
+from ..kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs, require_privileges
 from ..layout import Verdict
-from ..model.rules import DEFAULT_RULES, check_capacity
+from .clock import RECENT_SWITCH_NS, grace_period, monotonic_ns
 from .flows import FLOW_MAPS, default_timeouts
+from .objects import EGRESS_PIN, PINNED_MAPS, STATE_NAMES, object_build_id, open_object, pin_program, start_sweeper
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .lock import DirLock
 
+    Migration = Callable[["State", "int | None"], int]  # brings older state to this layout; returns the old one
+    Refusal = Callable[["State", int], str]  # what to say about state of another layout
+
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pyxdp"
-OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xdp_filter.bpf.o")
-PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
-               "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
-               "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
-               "flows4", "flows6", "flows_made")
-ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
-PROG_PIN = "prog"
-EGRESS_PIN = "egress"  # the egress (tc) program that records the flows the host opens
 DEFAULT_CAPACITY = 1 << 20  # set elements per family
-RECENT_SWITCH_NS = 5_000_000_000  # a slot live less than this ago waits for an RCU grace period
-ENOTSUPP = 524  # the kernel's own "no such operation for this map type" (not in errno)
-NO_BATCH_ERRNOS = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, ENOTSUPP)
-BATCH = 65536
-
-
-def monotonic_ns() -> int:
-    """The datapath's clock for expiry (it reads CLOCK_MONOTONIC coarsely)."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-_MEMBARRIER = {"x86_64": 324, "aarch64": 283}  # syscall numbers
-MEMBARRIER_CMD_GLOBAL = 1
-
-
-def grace_period(st: State) -> None:
-    """Wait until no BPF program (a packet's run, a test run, a sweeper walk)
-    can still be reading data written before now. Writing into the state's
-    map-in-map ``rcu_sync`` returns only after the kernel's synchronize_rcu()
-    (it must know no program still uses the old inner map); XDP programs,
-    test runs and BPF timer callbacks all run inside RCU read-side sections.
-    Where that fails, membarrier(MEMBARRIER_CMD_GLOBAL) (synchronize_rcu when
-    more than one CPU is online), else a wait far longer than any run."""
-    try:
-        token = st.map("rcu_token")
-        st.map("rcu_sync").update(L.U32.pack(0), L.U32.pack(token.fd))
-        return
-    except (BpfError, KeyError):
-        pass
-    import ctypes
-    import platform
-
-    nr = _MEMBARRIER.get(platform.machine())
-    if nr is not None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(nr, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 and (os.cpu_count() or 1) > 1:
-            return
-    time.sleep(0.05)
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while a change spans several maps: Ctrl-C then
-    lands after it, never inside it. (SIGKILL cannot be held: the journal
-    covers it.)"""
-    import signal
-
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _no_batch_support(exc: BpfError) -> bool:
-    """The kernel has no batch op for this map (and so did nothing)."""
-    done: int = getattr(exc, "done", 0)
-    return exc.errno in NO_BATCH_ERRNOS and done == 0
-
-
-def write_all(m: Map, keys: list[bytes], values: list[bytes]) -> None:
-    """Batch writes, one by one where the kernel has no batch op for the map."""
-    for pos in range(0, len(keys), BATCH):
-        ks, vs = keys[pos : pos + BATCH], values[pos : pos + BATCH]
-        try:
-            m.update_batch(b"".join(ks), b"".join(vs))
-        except BpfError as exc:
-            if not _no_batch_support(exc):
-                raise
-            for k, v in zip(ks, vs):
-                m.update(k, v)
-
-
-def delete_all(m: Map, keys: list[bytes]) -> int:
-    """Delete those of ``keys`` that are there; returns how many were."""
-    gone = 0
-    for pos in range(0, len(keys), BATCH):
-        ks = keys[pos : pos + BATCH]
-        try:
-            gone += m.delete_batch(b"".join(ks))
-            continue
-        except BpfError as exc:
-            if not _no_batch_support(exc) and exc.errno != errno.ENOENT:
-                raise
-            # one by one from where the batch stopped: a key was missing, or there is no batch op
-            start: int = getattr(exc, "done", 0) if exc.errno == errno.ENOENT else 0
-        gone += start
-        for k in ks[start:]:
-            try:
-                m.delete(k)
-                gone += 1
-            except BpfError as exc2:
-                if exc2.errno != errno.ENOENT:
-                    raise
-    return gone
 
 
 class Config(NamedTuple):
@@ -154,95 +54,6 @@ class Config(NamedTuple):
     def decode(cls, raw: bytes) -> Config:
         policy, every, rgen, nrules, txn, established, *timeouts = L.CONFIG.unpack(raw)
         return cls(Verdict(policy & 1), every, rgen & 1, nrules, txn, bool(established), tuple(timeouts))
-
-
-def object_build_id(path: str = OBJECT_PATH) -> bytes:
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).digest()[:16]
-
-
-def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
-    """Map -> (max entries, value size or None) for a rule capacity."""
-    from ..model.compiler import classes_per_gen
-
-    return {
-        "rlit4": (4 * rules, None),
-        "rlit6": (4 * rules, None),
-        "rvec": (2 * classes_per_gen(rules), rules // 8 + 8),  # the vector, then its first non-zero word
-        "rorder": (2 * rules, None),
-        "rhits": (2 * rules, None),
-        "rdefs": (2 * rules, None),
-    }
-
-
-def temp_pin(name: str) -> str:
-    """Where a migration pins the new map ``name`` while the old one is still
-    there (see pyxdp.migrate)."""
-    return f"{name}_v{L.PYXDP_LAYOUT}"
-
-
-def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
-                count_hits: bool = True, flows: int | None = None,
-                pin_as: Mapping[str, str] | None = None) -> BpfObject:
-    """The shipped object with its maps pinned in ``pin_dir``; capacities are
-    those of maps already pinned there (checked for shape), else ``capacity``
-    (set elements per family), ``rules`` (rule capacity) and ``flows``
-    (tracked connections). ``pin_as``: maps pinned (made, or reused) under
-    another name in ``pin_dir`` (a migration's temporary pins)."""
-    obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
-    try:
-        for name, other in (pin_as or {}).items():
-            obj.set_pin_path(name, os.path.join(pin_dir, other))
-        rvec = os.path.join(pin_dir, "rvec")
-        if os.path.exists(rvec):
-            with Map.from_pin(rvec) as pinned:
-                rules = (pinned.spec.value_size - 8) * 8
-        rules = check_capacity(rules or DEFAULT_RULES)
-        for name, (entries, vsize) in rule_sizes(rules).items():
-            obj.set_max_entries(name, entries)
-            if vsize is not None:
-                obj.set_value_size(name, vsize)
-        obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, 0))
-        for name in PINNED_MAPS:
-            path = os.path.join(pin_dir, (pin_as or {}).get(name, name))
-            if os.path.exists(path):
-                with Map.from_pin(path) as pinned:
-                    if name in ELEMENT_MAPS or name in FLOW_MAPS:
-                        obj.set_max_entries(name, pinned.spec.max_entries)
-                    obj.check_pinned(name, pinned.spec)
-            elif capacity is not None and name in ELEMENT_MAPS:
-                obj.set_max_entries(name, capacity)
-            elif flows is not None and name in FLOW_MAPS:
-                obj.set_max_entries(name, flows)
-    except BaseException:
-        obj.close()
-        raise
-    return obj
-
-
-def start_sweeper(obj: BpfObject) -> None:
-    """Arm the expiry sweeper's timer with this object's program."""
-    with obj.program("sweep_start") as prog:
-        res = prog.test_run(bytes(64))
-    if res.retval != L.XDP_PASS:
-        raise BpfError(errno.EINVAL, "arming the expiry sweeper failed")
-
-
-def pin_program(prog: object, pin_dir: str, name: str = PROG_PIN) -> None:
-    """Pin ``prog`` as the state's program ``name`` (the XDP filter, or
-    EGRESS_PIN), replacing the old pin in one step."""
-    path = os.path.join(pin_dir, name)
-    tmp = path + "_new"  # bpffs refuses names with dots
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    prog.pin(tmp)  # type: ignore[attr-defined]
-    os.replace(tmp, path)
-
-
-PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
-STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS))  # what pyxdp makes in a pin dir
 
 
 def _prepare_dir(pin_dir: str) -> bool:
@@ -333,10 +144,12 @@ class State:
     @classmethod
     def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
              rules: int | None = None, with_program: bool = False, flows: int | None = None,
-             migrate: bool = False) -> tuple[State, bool]:
+             migrate: Migration | None = None, refusal: Refusal | None = None) -> tuple[State, bool]:
         """Open (with ``create``: make) the state; returns it and whether it
         was made now. ``migrate``: state of an older layout is migrated to
-        this one (see :mod:`pyxdp.migrate`) instead of refused."""
+        this one by it (the caller decides: :class:`pyxdp.Filter` passes
+        :func:`pyxdp.store.migrate.migrate`) instead of refused; ``refusal``
+        words the refusal (see :meth:`check_meta`)."""
         require_privileges()
         if not pin_dir:
             raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
@@ -360,11 +173,9 @@ class State:
                 remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
                 st._create(capacity or DEFAULT_CAPACITY, rules, with_program, flows)
                 created = True
-            elif migrate and lk is not None:
-                from .migrate import migrate as migrate_state
-
-                st.migrated_from = migrate_state(st, flows)
-            st.check_meta()
+            elif migrate is not None and lk is not None:
+                st.migrated_from = migrate(st, flows)
+            st.check_meta(refusal)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
@@ -404,16 +215,18 @@ class State:
         self.map("cfg").update(L.U32.pack(0), Config().encode())
         self.map("meta").update(L.U32.pack(0), L.META.pack(L.PYXDP_LAYOUT, rule_words, object_build_id()))
 
-    def check_meta(self) -> None:
+    def check_meta(self, refusal: Refusal | None = None) -> None:
+        """State of this layout, complete, made by this build; ``refusal``
+        says what to do about state of another layout."""
         raw = self.map("meta").lookup(L.U32.pack(0))
         layout = L.META.unpack(raw)[0] if raw else 0
         if layout == 0:
             raise NotLoaded(f"incomplete pyxdp state in {self.pin_dir} (made by a process that died): "
                             f"rm -r {self.pin_dir} and attach again")
         if layout != L.PYXDP_LAYOUT:
-            from .migrate import refusal
-
-            raise IncompatibleMap(refusal(self, layout))
+            raise IncompatibleMap(refusal(self, layout) if refusal is not None else
+                                  f"state in {self.pin_dir} has layout version {layout}; this pyxdp uses "
+                                  f"{L.PYXDP_LAYOUT}")
         words = L.META.unpack(raw)[1] if raw else 0
         if words * 64 != self.rule_capacity:  # the rule vectors' shape says otherwise: another build made it
             raise IncompatibleMap(f"state in {self.pin_dir} was made by another build of pyxdp (map rvec holds "

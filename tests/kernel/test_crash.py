@@ -918,7 +918,7 @@ def test_detach_killed(pin_dir: str, netpair: NetPair) -> None:
     """`detach` of one of two interfaces, then of the last, killed after each
     map write; and the last detach killed part-way through removing the pins
     (simulated: no map write happens there), then `attach` again."""
-    from pyxdp.store.state import PINNED_MAPS, PROG_PIN
+    from pyxdp.store.objects import PINNED_MAPS, PROG_PIN
 
     problems: list[str] = []
     _attach_both(pin_dir, netpair)

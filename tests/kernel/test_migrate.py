@@ -274,7 +274,7 @@ def old_view() -> tuple[str, tuple[str, ...], dict[str, set[str]]]:
 
 
 def expected_pins() -> set[str]:
-    from pyxdp.store.state import EGRESS_PIN, PINNED_MAPS, PROG_PIN
+    from pyxdp.store.objects import EGRESS_PIN, PINNED_MAPS, PROG_PIN
 
     return {*PINNED_MAPS, PROG_PIN, EGRESS_PIN}
 

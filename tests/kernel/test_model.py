@@ -33,7 +33,7 @@ from pyxdp import layout as L
 from pyxdp.model.prefix import Prefix
 from pyxdp.model.rules import parse_rule_words
 from pyxdp.store import sets as S
-from pyxdp.store.state import monotonic_ns
+from pyxdp.store.clock import monotonic_ns
 
 pytestmark = needs_root
 

@@ -187,7 +187,7 @@ def test_lock_is_exclusive(pin_dir: str) -> None:
 def test_bpffs_is_mounted_when_missing(tmp_path: object) -> None:
     """ensure_bpffs mounts a bpffs (mode 0700) where none is (shown on a
     scratch mount point: the host's /sys/fs/bpf is left alone)."""
-    from pyxdp.kernel.bpf import ensure_bpffs, is_bpffs
+    from pyxdp.kernel.bpffs import ensure_bpffs, is_bpffs
 
     point = os.path.join(str(tmp_path), "bpf")
     os.mkdir(point)
@@ -291,7 +291,7 @@ def test_grace_period_goes_through_the_map_in_map(flt: Filter) -> None:
     after a map-in-map update (not membarrier, which skips it on one CPU):
     after it, rcu_sync holds rcu_token."""
     from pyxdp import layout as L
-    from pyxdp.store.state import grace_period
+    from pyxdp.store.clock import grace_period
 
     st = flt.state
     grace_period(st)

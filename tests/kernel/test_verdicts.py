@@ -20,7 +20,7 @@ from pyxdp import Element, Reason, RuleSetSpec, Verdict, parse_prefix, parse_rul
 from pyxdp import layout as L
 from pyxdp.model.prefix import Prefix
 from pyxdp.store import sets as S
-from pyxdp.store.state import monotonic_ns
+from pyxdp.store.clock import monotonic_ns
 
 pytestmark = needs_root
 

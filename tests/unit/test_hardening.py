@@ -163,7 +163,7 @@ def test_missing_pin_dir_and_parent(base: str) -> None:
 @needs_root
 def test_pin_dir_on_bpffs_made_by_another_user(tmp_path: object) -> None:
     """The real case: the bpffs root is 1777, a user makes the pin dir first."""
-    from pyxdp.kernel.bpf import BPFFS, ensure_bpffs, is_bpffs
+    from pyxdp.kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs
     from pyxdp.store.pindir import make_pin_dir
 
     ensure_bpffs()
@@ -186,7 +186,7 @@ def test_pin_dir_on_bpffs_made_by_another_user(tmp_path: object) -> None:
 
 @needs_root
 def test_ensure_bpffs_mounts_private(base: str) -> None:
-    from pyxdp.kernel.bpf import ensure_bpffs, is_bpffs
+    from pyxdp.kernel.bpffs import ensure_bpffs, is_bpffs
 
     mnt = os.path.join(base, "bpffs")
     os.mkdir(mnt)
@@ -389,7 +389,7 @@ def test_libbpf_override_ignored_in_a_sudo_process() -> None:
 def test_system_tools_not_taken_from_path_under_sudo(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """ensure_bpffs runs 'mount' as root: under sudo/setuid $PATH is not the
     privileged user's, so only the system directories are searched."""
-    from pyxdp.kernel.bpf import system_tool
+    from pyxdp.kernel.bpffs import system_tool
 
     fake = os.path.join(base, "mount")
     with open(fake, "w") as fh:
@@ -595,7 +595,7 @@ def test_ring_buffer_callback_error_is_raised(ring: tuple[object, object]) -> No
 def test_sweep_leaves_other_live_runs_alone() -> None:
     import conftest
 
-    from pyxdp.kernel.bpf import BPFFS, ensure_bpffs
+    from pyxdp.kernel.bpffs import BPFFS, ensure_bpffs
 
     ensure_bpffs()
     child = subprocess.Popen(["true"])
