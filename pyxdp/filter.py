@@ -216,13 +216,13 @@ class Filter:
     def timeouts(self) -> dict[str, int]:
         """Seconds a tracked connection lives after its last packet, per
         name (see :data:`pyxdp.flows.TIMEOUTS`)."""
-        from .store.flows import timeouts_by_name
+        from .model.timeouts import timeouts_by_name
 
         return timeouts_by_name(self.config().timeouts)
 
     def set_timeouts(self, timeouts: Mapping[str, int]) -> None:
         """Change the named timeouts (seconds); the others stay."""
-        from .store.flows import with_timeouts
+        from .model.timeouts import with_timeouts
 
         self._st.require_lock()
         cfg = self._st.config()

@@ -10,8 +10,8 @@ from . import layout as L
 from .kernel.bpf import RingBuffer
 from .layout import Reason, Verdict
 from .observe import Event
-from .store.flows import FLOW_MAPS, Flow
-from .store.objects import open_object
+from .store.flows import Flow, live_flows
+from .store.objects import FLOW_MAPS, open_object
 
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
 
@@ -90,7 +90,6 @@ class Tester:
     def flows(self) -> list[Flow]:
         """The tester's tracked connections (what :meth:`send` recorded)."""
         from .store.clock import monotonic_ns
-        from .store.flows import live_flows
 
         assert self._obj is not None, "tester is closed"
         return sorted(live_flows((self._obj.map(name) for name in FLOW_MAPS), monotonic_ns()))

@@ -21,9 +21,23 @@ from .errors import AttachError, PyxdpError
 from .model.rulefile import Element, InterfaceSpec, RuleSetSpec
 
 if TYPE_CHECKING:
-    from .filter import Filter
+    from typing import Any, Protocol
+
     from .store.attach import Attachment
     from .store.state import State
+
+    class Filter(Protocol):
+        """What :func:`up` uses of a :class:`pyxdp.Filter` (which calls it:
+        this module does not import pyxdp.filter)."""
+
+        @property
+        def state(self) -> State: ...
+        def interfaces(self) -> list[Attachment]: ...
+        def ruleset(self, interfaces: bool = False) -> RuleSetSpec: ...
+        def apply(self, spec: RuleSetSpec) -> None: ...
+        def attach(self, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
+                   reload: bool = False) -> Attachment: ...
+        def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool: ...
 
 __all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "up"]
 

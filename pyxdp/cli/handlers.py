@@ -433,7 +433,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_state(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..store.flows import parse_timeout_args
+    from ..model.timeouts import parse_timeout_args
 
     if args.onoff not in (None, "on", "off"):
         raise UsageError(f"bad state {args.onoff!r}: on or off")

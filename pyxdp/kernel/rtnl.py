@@ -14,7 +14,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..errors import AttachError, UsageError
-from .xdp import XdpMode, XdpState, _check_ifname, _netns_exists
+from ..names import check_ifname, netns_exists
+from .xdp import XdpMode, XdpState
 
 if TYPE_CHECKING:
     from typing import Any
@@ -106,7 +107,7 @@ class Links:
         self.netns = netns
         if netns is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        elif not _netns_exists(netns):
+        elif not netns_exists(netns):
             raise UsageError(f"no network namespace {netns!r} (see 'ip netns list')")
         else:
             self._sock = _socket_in(netns)
@@ -124,7 +125,7 @@ class Links:
 
     def state(self, ifname: str) -> XdpState:
         """What ``ifname`` runs (UsageError: no such interface)."""
-        _check_ifname(ifname)
+        check_ifname(ifname)
         st = self._get(0, ifname)
         if st is None:
             where = f" in netns {self.netns}" if self.netns else ""

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import AttachError, UsageError
+from ..names import check_ifname, netns_exists
 
 if TYPE_CHECKING:
     from typing import Any
@@ -93,7 +94,7 @@ class Netlink:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        if netns is not None and not _netns_exists(netns):
+        if netns is not None and not netns_exists(netns):
             raise UsageError(f"no network namespace {netns!r} (see 'ip netns list')")
         cls = _iproute_class()
         kwargs: dict[str, Any] = {"ext_ack": True}
@@ -116,7 +117,7 @@ class Netlink:
         self.close()
 
     def ifindex(self, ifname: str) -> int:
-        _check_ifname(ifname)
+        check_ifname(ifname)
         idx = self._ipr.link_lookup(ifname=ifname)
         if not idx:
             where = f" in netns {self.netns}" if self.netns else ""
@@ -208,14 +209,3 @@ class Netlink:
             attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
         attrs.append(("IFLA_XDP_FLAGS", flags))
         self._set(idx, attrs, f"detach from {ifname}")
-
-
-def _check_ifname(ifname: str) -> None:
-    if not ifname or len(ifname) > 15 or "/" in ifname or any(c.isspace() for c in ifname):
-        raise UsageError(f"bad interface name {ifname!r}")
-
-
-def _netns_exists(name: str) -> bool:
-    import os
-
-    return "/" not in name and os.path.exists(f"/var/run/netns/{name}")

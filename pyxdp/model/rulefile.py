@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 
 from ..errors import UsageError
 from ..layout import Verdict
+from ..names import IFNAME_MAX, is_ifname
 from .prefix import Prefix, parse_prefix, parse_ttl, quote
-from .rules import IFNAME_MAX, IFNAME_RE, SET_NAME_RE, Rule, parse_rule
+from .rules import IFNAME_RE, SET_NAME_RE, Rule, parse_rule
 
 
 class Element(NamedTuple):
@@ -125,7 +126,7 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
     raw_timeouts = doc.get("timeouts", {})
     if not isinstance(raw_timeouts, dict):
         raise fail("timeouts must be a table of NAME = SECONDS", key="timeouts")
-    from ..store.flows import default_timeouts, with_timeouts
+    from .timeouts import default_timeouts, with_timeouts
 
     try:
         with_timeouts(default_timeouts(), raw_timeouts)
@@ -215,7 +216,7 @@ def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[Inter
         name = entry.get("name")
         if name is None:
             raise fail("[[interface]] without a name (name = \"eth0\")", i)
-        if (not isinstance(name, str) or not 0 < len(name) <= IFNAME_MAX or not IFNAME_RE.match(name)
+        if (not isinstance(name, str) or not is_ifname(name) or not IFNAME_RE.match(name)
                 or name in (".", "..")):
             raise fail(f"bad interface name {quote(str(name))}: 1 to {IFNAME_MAX} letters, digits or _ . : @ + -",
                        i, "name")

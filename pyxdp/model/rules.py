@@ -18,13 +18,13 @@ from typing import NamedTuple, Optional
 
 from ..errors import UsageError
 from ..layout import RULE_TEXT, Action
+from ..names import is_ifname
 from .prefix import Prefix, is_digits, parse_prefix, quote
 
 RULE_PROTOS = {"any": 0, "tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 DEFAULT_RULES = 1024
 MAX_RULES = 8192
 SET_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,31}\Z")
-IFNAME_MAX = 15
 IFNAME_RE = re.compile(r"[A-Za-z0-9_.:@+-]+\Z")  # what rule texts and files can carry unquoted
 MAX_PORT_RANGES = 15  # ufw's limit for a port list
 
@@ -195,7 +195,7 @@ def parse_rule_words(words: Sequence[str]) -> Rule:
                 fields["sport" if word == "from" else "dport"] = parse_ports(take("a port after 'port'"))
         elif word == "on":
             ifname = take("an interface after 'on'")
-            if not 0 < len(ifname) <= IFNAME_MAX or not IFNAME_RE.match(ifname):
+            if not is_ifname(ifname) or not IFNAME_RE.match(ifname):
                 raise UsageError(f"bad interface name {quote(ifname)}")
             fields["iface"] = ifname
         elif word == "port":

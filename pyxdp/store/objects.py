@@ -12,13 +12,13 @@ from .. import layout as L
 from ..errors import BpfError
 from ..kernel.bpf import BpfObject, Map
 from ..model.rules import DEFAULT_RULES, check_capacity
-from .flows import FLOW_MAPS
 
 OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xdp_filter.bpf.o")
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
                "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
                "flows4", "flows6", "flows_made")
+FLOW_MAPS = ("flows4", "flows6")  # the flow tables, by family
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 PROG_PIN = "prog"
 EGRESS_PIN = "egress"  # the egress (tc) program that records the flows the host opens

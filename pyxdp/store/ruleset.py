@@ -18,9 +18,9 @@ from .. import layout as L
 from ..errors import BpfError, RuleExists, UsageError
 from ..layout import RULE_TEXT, JournalOp, Verdict
 from ..model.rules import Rule, parse_rule, parse_set_name
+from ..model.timeouts import default_timeouts, timeouts_by_name, with_timeouts
 from . import sets as S
 from .clock import grace_period
-from .flows import default_timeouts, timeouts_by_name, with_timeouts
 from .mapio import delete_all, write_all
 
 if TYPE_CHECKING:

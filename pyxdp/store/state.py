@@ -19,9 +19,18 @@ from ..errors import BpfError, IncompatibleMap, NotLoaded, UsageError
 from ..kernel.bpf import Map
 from ..kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs, require_privileges
 from ..layout import Verdict
+from ..model.timeouts import default_timeouts
 from .clock import RECENT_SWITCH_NS, grace_period, monotonic_ns
-from .flows import FLOW_MAPS, default_timeouts
-from .objects import EGRESS_PIN, PINNED_MAPS, STATE_NAMES, object_build_id, open_object, pin_program, start_sweeper
+from .objects import (
+    EGRESS_PIN,
+    FLOW_MAPS,
+    PINNED_MAPS,
+    STATE_NAMES,
+    object_build_id,
+    open_object,
+    pin_program,
+    start_sweeper,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pyxdp.layout import Action, FlowState, Reason, Verdict
 from pyxdp.model.prefix import Prefix
-from pyxdp.store.flows import default_timeouts
+from pyxdp.model.timeouts import default_timeouts
 
 if TYPE_CHECKING:
     from pyxdp.model.rules import Rule

@@ -25,7 +25,6 @@ from pyxdp.model.compiler import PROTO_CLASS, Tables, classes_per_gen, compile_r
 from pyxdp.model.prefix import Prefix, parse_prefix
 from pyxdp.model.rules import (
     ANY,
-    IFNAME_MAX,
     MAX_PORT_RANGES,
     RULE_PROTOS,
     Addr,
@@ -35,6 +34,7 @@ from pyxdp.model.rules import (
     parse_rule_words,
     parse_set_name,
 )
+from pyxdp.names import IFNAME_MAX
 
 EXAMPLES = int(os.environ.get("PYXDP_GRAMMAR_EXAMPLES", "150"))
 FAST = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
