@@ -1,8 +1,8 @@
 """``Filter``: the firewall in one pin directory, as one Python object. A
-thin facade: the work is in :mod:`pyxdp.state` (pin dir, lock, config,
-journal), :mod:`pyxdp.ruleset` (rules, apply), :mod:`pyxdp.sets` (sets,
+thin facade: the work is in :mod:`pyxdp.store.state` (pin dir, lock, config,
+journal), :mod:`pyxdp.store.ruleset` (rules, apply), :mod:`pyxdp.store.sets` (sets,
 bans), :mod:`pyxdp.observe` (stats, trace), :mod:`pyxdp.replay` and
-:mod:`pyxdp.attach`.
+:mod:`pyxdp.store.attach`.
 
 State lives in a pin directory on bpffs (default ``/sys/fs/bpf/pyxdp``).
 Every change takes an exclusive ``flock`` on that directory, so concurrent
@@ -102,7 +102,7 @@ class Filter:
         pin the program too when the state is made now. ``migrate``: state
         an older pyxdp made (an older layout) is migrated in place, with every
         rule, set and element, while the filter keeps running (see
-        :mod:`pyxdp.migrate`; :attr:`migrated` says from which layout);
+        :mod:`pyxdp.store.migrate`; :attr:`migrated` says from which layout);
         without it such state is refused. A writer first finishes or undoes
         any change a killed writer left."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
@@ -215,7 +215,7 @@ class Filter:
 
     def timeouts(self) -> dict[str, int]:
         """Seconds a tracked connection lives after its last packet, per
-        name (see :data:`pyxdp.flows.TIMEOUTS`)."""
+        name (see :data:`pyxdp.model.timeouts.TIMEOUTS`)."""
         from .model.timeouts import timeouts_by_name
 
         return timeouts_by_name(self.config().timeouts)
@@ -344,7 +344,7 @@ class Filter:
         """Make the running firewall and the interfaces it runs on what
         ``spec`` says (``pyxdp-load up``), all or nothing: rules and sets
         first, then new interfaces, then detaching the ones ``spec`` no
-        longer names (see :func:`pyxdp.config.up`). Returns the changes
+        longer names (see :func:`pyxdp.up.up`). Returns the changes
         (none: it was so already). SIGINT and SIGTERM wait until it is done."""
         from .up import up
 

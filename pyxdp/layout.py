@@ -1,5 +1,5 @@
 """The datapath's constants, enums and struct layouts, mirrored from
-bpf/pyxdp.h (the one source of truth). tests/test_build.py checks every
+bpf/pyxdp.h (the one source of truth). tests/unit/test_build.py checks every
 struct here field by field, and every constant and enum value by value,
 against the BTF of the shipped object."""
 

@@ -1,7 +1,7 @@
 """The declarative config: make the running firewall, and the interfaces it
 runs on, what one file says (``pyxdp-load up``), and read both back
 (``pyxdp-load save --all``). The file is the rule-set file of
-:mod:`pyxdp.rulefile` plus ``[[interface]]`` tables; by default
+:mod:`pyxdp.model.rulefile` plus ``[[interface]]`` tables; by default
 ``/etc/pyxdp/pyxdp.toml`` (``$PYXDP_CONFIG`` names another).
 
 ``up`` is all or nothing and safe in its order: it checks every interface it

@@ -1,6 +1,6 @@
 """BPF objects: open a ``.bpf.o``, pin its maps, load it, and use its programs
 and maps as Python objects (bytes in, bytes out), with batch operations, a
-ring-buffer reader and BPF_PROG_TEST_RUN. Built on :mod:`pyxdp.libbpf`."""
+ring-buffer reader and BPF_PROG_TEST_RUN. Built on :mod:`pyxdp.kernel.libbpf`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 ``bpf`` filter in direct-action mode on its egress hook, at a fixed
 priority and handle, named ``pyxdp_egress``. Only that filter is ever
 replaced or removed; the qdisc goes only when pyxdp added it and it holds
-nothing else. Uses the rtnetlink socket of :class:`pyxdp.xdp.Netlink`."""
+nothing else. Uses the rtnetlink socket of :class:`pyxdp.kernel.xdp.Netlink`."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ class RuleSetSpec(NamedTuple):
     policy: Verdict | None = None
     interfaces: tuple[InterfaceSpec, ...] = ()
     established: bool | None = None  # connection state on/off; None: the file does not say
-    timeouts: dict[str, int] = {}  # noqa: RUF012 - connection timeouts the file names (pyxdp.flows.TIMEOUTS)
+    timeouts: dict[str, int] = {}  # noqa: RUF012 - connection timeouts the file names (pyxdp.model.timeouts.TIMEOUTS)
 
 
 def parse_element(text: str) -> Element:

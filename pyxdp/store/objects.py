@@ -47,7 +47,7 @@ def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
 
 def temp_pin(name: str) -> str:
     """Where a migration pins the new map ``name`` while the old one is still
-    there (see pyxdp.migrate)."""
+    there (see pyxdp.store.migrate)."""
     return f"{name}_v{L.PYXDP_LAYOUT}"
 
 

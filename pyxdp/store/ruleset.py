@@ -1,7 +1,7 @@
 """The filter's ordered rules as its pinned maps hold them: reading them
 back, changing them, and replacing the whole firewall (rules, sets, policy)
-in one step. The grammar is in :mod:`pyxdp.rules`, the compiler in
-:mod:`pyxdp.compiler`, sets in :mod:`pyxdp.sets`.
+in one step. The grammar is in :mod:`pyxdp.model.rules`, the compiler in
+:mod:`pyxdp.model.compiler`, sets in :mod:`pyxdp.store.sets`.
 
 Every rule change writes the idle generation whole, then switches the config
 (``rgen``): a packet sees the old rule list or the new one. Sets are shared

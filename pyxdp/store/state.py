@@ -7,7 +7,7 @@ the ``journal`` map, writes new data where no packet looks yet (new set ids,
 uncommitted set epochs, the idle rule generation), then commits with one
 word (a set's epoch, or the config switch), then cleans up and clears the
 journal. The next writer, before its own work, finishes or undoes what a
-dead writer left (see :mod:`pyxdp.sets` ``recover``)."""
+dead writer left (see :mod:`pyxdp.store.sets` ``recover``)."""
 
 from __future__ import annotations
 

@@ -296,7 +296,7 @@ def test_vlan_and_stacked_vlan_on_the_wire(pin_dir: str, netpair: NetPair) -> No
     """Tagged frames sent raw (AF_PACKET) across the veth: the filter on the
     receiving side parses one 802.1Q tag, and 802.1ad over 802.1Q; the set's
     element hit counters count them."""
-    import packets as P
+    from helpers import packets as P
 
     frames = [
         P.eth(P.ETH_IP, P.ipv4("10.78.0.1", "10.77.0.2", P.UDP, P.udp(1, 5000)), ((P.VLAN_Q, 100),)),
