@@ -188,7 +188,9 @@ struct flow_key4 {
 struct flow {
 	__u64 expires;             /* CLOCK_MONOTONIC ns (coarse) */
 	__u32 state;               /* enum flow_state */
-	__u32 pad;
+	__u32 syn_ack;             /* TCP: the ISN of the host's last SYN + 1 (host order), the ack
+	                            * its answer must carry in syn-sent; 0 for UDP and ICMP. Was
+	                            * pad (always 0): same size and layout */
 };
 
 struct knobs {

@@ -222,8 +222,17 @@ int egress(struct __sk_buff *skb)
 	} else {
 		return TC_NEXT;
 	}
-	if (p.fragment != 2)
-		ct_outbound(c, &p);
+	if (p.fragment == 2)
+		return TC_NEXT;
+	__u32 seq = 0;
+	if (p.proto == IPPROTO_TCP) {
+		__u64 l4 = p.l4_off;
+		struct tcphdr *t = data + l4;
+		if (l4 > MAX_L4_OFF || (void *)(t + 1) > end)
+			return TC_NEXT;
+		seq = bpf_ntohl(t->seq);
+	}
+	ct_outbound(c, &p, seq);
 	return TC_NEXT;
 }
 

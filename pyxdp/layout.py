@@ -157,7 +157,7 @@ IFF_OWN_CLSACT = 1  # enum iface_flags: pyxdp added the interface's clsact qdisc
 IFSLOT = struct.Struct("=II")  # ifindex, slot
 FLOW_KEY = struct.Struct("=BBHHH16s16s")  # family, proto, rport, lport, pad, raddr, laddr (flows6)
 FLOW_KEY4 = struct.Struct("=BBHHH4s4s")  # the same for flows4: addresses of 4 bytes
-FLOW = struct.Struct("=QII")  # expires, state, pad
+FLOW = struct.Struct("=QII")  # expires, state, syn_ack
 KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, pad
 # n_words, iface_dflt, fields, all_cls, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
 RULESET = struct.Struct(f"=IIII{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
@@ -192,7 +192,7 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
     "ifslot": [("ifindex", 4), ("slot", 4)],
     "flow_key": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 16), ("laddr", 16)],
     "flow_key4": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 4), ("laddr", 4)],
-    "flow": [("expires", 8), ("state", 4), ("pad", 4)],
+    "flow": [("expires", 8), ("state", 4), ("syn_ack", 4)],
     "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("pad", 4)],
     "ruleset": [
         ("n_words", 4), ("iface_dflt", 4), ("fields", 4), ("all_cls", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),

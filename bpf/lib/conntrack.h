@@ -183,12 +183,39 @@ __noinline int ct_related(struct xdp_md *ctx, struct pkt *p)
 }
 
 /*
+ * Whether a segment arriving in a syn-sent flow answers the host's SYN: a
+ * SYN-ACK, or a RST with ACK, whose ack is the host's ISN + 1 (the flow's
+ * syn_ack). In SYN-SENT the host's TCP accepts nothing else (RFC 793 3.9,
+ * RFC 5961 3.2) and answers a wrong ack with a RST of its own, which would
+ * close the flow: a forged SYN-ACK must not get there. A global function:
+ * only syn-sent flows reach it, and its header pointer kept in finish's frame
+ * would take the call chain past 6.1's 512 bytes of stack (see ct_related).
+ */
+__noinline int ct_syn_answer(struct xdp_md *ctx, struct pkt *p, __u32 syn_ack)
+{
+	if (!ctx || !p)
+		return 0;
+	if (!(p->tcp_flags & TCP_ACK) || !(p->tcp_flags & (TCP_SYN | TCP_RST)))
+		return 0;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u64 off = p->l4_off;
+	if (off > MAX_L4_OFF)
+		return 0;
+	struct tcphdr *t = data + off;
+	if ((void *)(t + 1) > end)
+		return 0;
+	return t->ack_seq == bpf_htonl(syn_ack);
+}
+
+/*
  * Whether an inbound packet belongs to a flow the host opened: R_ESTABLISHED,
  * R_RELATED (an ICMP error about one) or -1. A TCP SYN without ACK never
- * does (a new connection from outside is for the rules), nor anything but a
- * SYN-ACK or RST before the host has acknowledged the answer. Inbound packets
- * never change a TCP flow (a forged RST or FIN cannot end it); the first
- * answer to a UDP flow moves it to its longer "stream" timeout.
+ * does (a new connection from outside is for the rules), nor, before the host
+ * has acknowledged the answer, anything but the answer to its SYN (see
+ * ct_syn_answer). Inbound packets never change a TCP flow (a forged RST or
+ * FIN cannot end it); the first answer to a UDP flow moves it to its longer
+ * "stream" timeout.
  */
 static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, struct pkt *p)
 {
@@ -219,7 +246,7 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
 	if (now >= f->expires)
 		return -1;
 	if (p->proto == IPPROTO_TCP) {
-		if (f->state == FS_SYN_SENT && !(p->tcp_flags & (TCP_ACK | TCP_RST)))
+		if (f->state == FS_SYN_SENT && !ct_syn_answer(ctx, p, f->syn_ack))
 			return -1;
 	} else if (f->state == FS_UDP) {
 		f->state = FS_UDP_STREAM;
@@ -233,13 +260,14 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
  * ICMP echo request starts a flow; later TCP segments move it on (the ACK of
  * the answer: established; a FIN: fin; a RST: close) but never start one or
  * bring back one that expired or closed. A SYN-ACK is the host answering a
- * connection someone else opened: not tracked. The flow's expiry is
- * rewritten only when its state changes or it is older than FLOW_STALE_MS.
+ * connection someone else opened: not tracked. A SYN records isn + 1 (seq,
+ * host order): the ack its answer must carry. The flow's expiry is rewritten
+ * only when its state changes or it is older than FLOW_STALE_MS.
  */
-static __always_inline void ct_outbound(struct config *c, struct pkt *p)
+static __always_inline void ct_outbound(struct config *c, struct pkt *p, __u32 isn)
 {
 	struct flow_key k = {};
-	__u32 st;
+	__u32 st, syn_ack = 0;
 	int starts = 0;
 
 	if (p->proto == IPPROTO_TCP) {
@@ -247,6 +275,7 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p)
 		if ((fl & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
 			st = FS_SYN_SENT;
 			starts = 1;
+			syn_ack = isn + 1;
 		} else if (fl & TCP_SYN) {
 			return;
 		} else if (fl & TCP_RST) {
@@ -293,7 +322,7 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p)
 		return;
 	__u64 expires = now + secs(c->timeout[st]);
 	if (!f) {
-		struct flow n = { .expires = expires, .state = st };
+		struct flow n = { .expires = expires, .state = st, .syn_ack = syn_ack };
 		__u32 fam = k.family == 6;
 		__u64 *made = bpf_map_lookup_elem(&flows_made, &fam);
 		flow_put(&k, &n);
@@ -301,7 +330,9 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p)
 			*made += 1;
 		return;
 	}
-	if (f->state == st && f->expires + FLOW_STALE_MS * 1000000ULL >= expires)
+	if (st == FS_SYN_SENT && f->syn_ack != syn_ack)
+		f->syn_ack = syn_ack; /* a SYN with another ISN: the ports used anew */
+	else if (f->state == st && f->expires + FLOW_STALE_MS * 1000000ULL >= expires)
 		return;
 	f->state = st;
 	f->expires = expires;

@@ -48,7 +48,7 @@ def decode(key: bytes, value: bytes, now_ns: int) -> Flow | None:
     key's size), or None when it has expired."""
     fmt = L.FLOW_KEY4 if len(key) == L.FLOW_KEY4.size else L.FLOW_KEY
     family, proto, rport, lport, _pad, raddr, laddr = fmt.unpack(key)
-    expires, state, _pad2 = L.FLOW.unpack(value)
+    expires, state, _syn_ack = L.FLOW.unpack(value)
     if expires <= now_ns or family not in (4, 6):
         return None
     try:

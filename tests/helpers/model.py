@@ -77,7 +77,7 @@ class Firewall:
     policy: Verdict = Verdict.PASS
     established: bool = True
     timeouts: tuple[int, ...] = default_timeouts()
-    # (family, proto, remote addr, remote port, local addr, local port) -> [state, expiry ns]
+    # (family, proto, remote addr, remote port, local addr, local port) -> [state, expiry ns, syn_ack]
     flows: dict[tuple[int, int, bytes, int, bytes, int], list[int]] = field(default_factory=dict)
 
 
@@ -105,6 +105,8 @@ class Parsed:
     l4: int = 0  # offset of the L4 header
     ext: bool = False  # IPv6 extension headers follow the fixed header
     tcp_flags: int = 0
+    tcp_seq: int = 0
+    tcp_ack: int = 0
     icmp_type: int | None = None
     icmp_id: int | None = None  # an ICMP(v6) echo request or reply's identifier
 
@@ -201,6 +203,7 @@ def _l4(pkt: bytes, p: Parsed, off: int) -> Parsed | Reason:
         p.sport, p.dport = struct.unpack_from("!HH", pkt, off)
         if p.proto == 6:
             p.tcp_flags = pkt[off + 13]
+            p.tcp_seq, p.tcp_ack = struct.unpack_from("!II", pkt, off + 4)
     else:
         p.icmp_type = pkt[off]
         echo = (8, 0) if p.proto == 1 else (128, 129)
@@ -279,7 +282,8 @@ def outbound(pkt: bytes, fw: Firewall, now: int) -> None:
     """``pkt`` leaves the host: record or move on the flow it belongs to, as
     the README's state section says (a TCP SYN, a UDP datagram or an echo
     request starts one; other TCP segments only move one on; a SYN-ACK is
-    not tracked). IPv6 extension headers and later fragments: not tracked."""
+    not tracked; a SYN records its ISN + 1, the ack its answer must carry).
+    IPv6 extension headers and later fragments: not tracked."""
     if not fw.established or len(pkt) < 14:
         return
     p = parse(pkt)
@@ -317,9 +321,10 @@ def outbound(pkt: bytes, fw: Firewall, now: int) -> None:
     elif not starts:
         return
     expires = now + fw.timeouts[st] * 10**9
-    if f is not None and f[0] == st and f[1] + STALE_NS >= expires:
+    syn_ack = (p.tcp_seq + 1) & 0xFFFFFFFF if st == FlowState.SYN_SENT else (f[2] if f is not None else 0)
+    if f is not None and f[0] == st and f[2] == syn_ack and f[1] + STALE_NS >= expires:
         return
-    fw.flows[key] = [int(st), expires]
+    fw.flows[key] = [int(st), expires, syn_ack]
 
 
 def _related(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> bool:
@@ -371,10 +376,12 @@ def _conn(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> Reason | None:
     if f is None:
         return None
     if p.proto == 6:
-        if f[0] == FlowState.SYN_SENT and not p.tcp_flags & (ACK | RST):
+        # in syn-sent only the answer to the host's SYN: a SYN-ACK or RST with ACK acknowledging it
+        if f[0] == FlowState.SYN_SENT and not (p.tcp_flags & ACK and p.tcp_flags & (SYN | RST)
+                                               and p.tcp_ack == f[2]):
             return None
     elif f[0] == FlowState.UDP:
-        f[:] = [int(FlowState.UDP_STREAM), now + fw.timeouts[FlowState.UDP_STREAM] * 10**9]
+        f[:] = [int(FlowState.UDP_STREAM), now + fw.timeouts[FlowState.UDP_STREAM] * 10**9, 0]
     return Reason.ESTABLISHED
 
 

@@ -19,9 +19,9 @@ def eth(ethertype: int, payload: bytes, vlans: tuple[tuple[int, int], ...] = ())
     return out + struct.pack("!H", ethertype) + payload
 
 
-def tcp(sport: int, dport: int, payload: bytes = b"", flags: int = 0x02) -> bytes:
+def tcp(sport: int, dport: int, payload: bytes = b"", flags: int = 0x02, seq: int = 0, ack: int = 0) -> bytes:
     """A TCP header (flags: SYN unless told) and ``payload``."""
-    return struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
 
 
 def udp(sport: int, dport: int, payload: bytes = b"") -> bytes:

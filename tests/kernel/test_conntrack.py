@@ -93,12 +93,13 @@ def test_ipv6_and_vlan_replies(host: tuple[Any, Any]) -> None:
 
 def test_tcp_states(host: tuple[Any, Any]) -> None:
     flt, t = host
+    isn = 0x89ABCDEF
 
-    def seg(flags: int, sport: int = 443, dport: int = 40000) -> bytes:
-        return v4(PEER4, HOST4, P.TCP, P.tcp(sport, dport, flags=flags))
+    def seg(flags: int, sport: int = 443, dport: int = 40000, ack: int = 0) -> bytes:
+        return v4(PEER4, HOST4, P.TCP, P.tcp(sport, dport, flags=flags, seq=7, ack=ack))
 
-    def out(flags: int) -> None:
-        t.send(v4(HOST4, PEER4, P.TCP, P.tcp(40000, 443, flags=flags)))
+    def out(flags: int, seq: int = isn + 1) -> None:
+        t.send(v4(HOST4, PEER4, P.TCP, P.tcp(40000, 443, flags=flags, seq=seq)))
 
     def state() -> FlowState | None:
         fl = [f for f in t.flows() if f.proto == "tcp"]
@@ -108,15 +109,25 @@ def test_tcp_states(host: tuple[Any, Any]) -> None:
     assert state() is None
     out(ACK)  # a segment of no flow the host opened: nothing recorded
     assert state() is None
-    out(SYN)
+    out(SYN, seq=isn)
     assert state() == FlowState.SYN_SENT
-    assert why(t, seg(PSH)) == DROPPED  # before the answer only a SYN-ACK or RST belongs
+    # before the answer only a SYN-ACK, or a RST with ACK, acknowledging the host's SYN belongs
+    for flags in (PSH, ACK, PSH | ACK, FIN | ACK, RST, 0):
+        assert why(t, seg(flags, ack=isn + 1)) == DROPPED, flags
     assert why(t, seg(SYN)) == DROPPED  # a new connection from outside is for the rules
-    assert why(t, seg(SYN | ACK)) == PASS_EST
-    assert why(t, seg(SYN | ACK, sport=444)) == DROPPED
+    for wrong in (0, isn, isn + 2, isn + 1 - 65536, isn + 1 + 65536):
+        assert why(t, seg(SYN | ACK, ack=wrong)) == DROPPED, hex(wrong)  # a forged answer (RFC 793: not acceptable)
+        assert why(t, seg(RST | ACK, ack=wrong)) == DROPPED, hex(wrong)
+    assert why(t, seg(RST | ACK, ack=isn + 1)) == PASS_EST
+    assert why(t, seg(SYN | ACK, ack=isn + 1)) == PASS_EST
+    assert why(t, seg(SYN | ACK, sport=444, ack=isn + 1)) == DROPPED
+    assert state() == FlowState.SYN_SENT
+    out(SYN, seq=0xFFFFFFFF)  # the same ports anew (another ISN): its answer acknowledges 0
+    assert why(t, seg(SYN | ACK, ack=isn + 1)) == DROPPED
+    assert why(t, seg(SYN | ACK, ack=0)) == PASS_EST
     out(ACK)
     assert state() == FlowState.ESTABLISHED
-    assert why(t, seg(ACK | PSH)) == PASS_EST
+    assert why(t, seg(ACK | PSH)) == PASS_EST  # no sequence checks once established
     assert why(t, seg(SYN)) == DROPPED
     assert why(t, seg(RST)) == PASS_EST
     assert state() == FlowState.ESTABLISHED  # what arrives never ends a flow: a forged RST cannot
@@ -129,8 +140,9 @@ def test_tcp_states(host: tuple[Any, Any]) -> None:
     assert state() == FlowState.CLOSE
     out(ACK)
     assert state() == FlowState.CLOSE  # closed stays closed until it expires or a new SYN
-    out(SYN)
+    out(SYN, seq=5)
     assert state() == FlowState.SYN_SENT
+    assert why(t, seg(SYN | ACK, ack=6)) == PASS_EST
     assert why(t, seg(ACK, sport=443, dport=22)) == (Verdict.PASS, Reason.RULE_ALLOW)  # rules still apply
     assert flt.stats().lines == ()  # the tester's counters are its own
 

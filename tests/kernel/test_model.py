@@ -471,6 +471,8 @@ REMOTES = {4: ["10.0.0.1", "192.0.2.7", "10.0.0.3"], 6: ["2001:db8::1", "2001:db
 CT_PORTS = [22, 53, 80, 123, 40000, 40001]
 TCP_OUT = [SYN, SYN, SYN | ACK, ACK, ACK, ACK | 0x08, FIN | ACK, RST, RST | ACK]
 TCP_IN = [SYN, SYN, SYN | ACK, ACK, ACK | 0x08, FIN | ACK, RST, RST | ACK, 0]
+ISNS = [0, 1000, 0xFFFFFFFF]  # the host's SEQ; an answer acknowledges ISN + 1 (mod 2**32)
+ACKS = [1, 1001, 0, 1002, 999]  # every right ack, and wrong ones
 
 
 @dataclass(frozen=True)
@@ -488,11 +490,11 @@ def _ip(fam: int, src: str, dst: str, proto: int, l4: bytes, frag: int = 0) -> b
     return P.ipv4(src, dst, proto, l4, frag_off=frag) if fam == 4 else P.ipv6(src, dst, proto, l4)
 
 
-def _l4(f: FlowSpec, outgoing: bool, flags: int) -> tuple[int, bytes]:
+def _l4(f: FlowSpec, outgoing: bool, flags: int, seq: int = 0, ack: int = 0) -> tuple[int, bytes]:
     """(IP protocol, L4 bytes) of a packet of ``f`` in one direction."""
     sport, dport = (f.hport, f.rport) if outgoing else (f.rport, f.hport)
     if f.proto == P.TCP:
-        return P.TCP, P.tcp(sport, dport, flags=flags)
+        return P.TCP, P.tcp(sport, dport, flags=flags, seq=seq, ack=ack)
     if f.proto == P.UDP:
         return P.UDP, P.udp(sport, dport, b"q")
     proto = P.ICMP if f.fam == 4 else P.ICMPV6
@@ -525,7 +527,7 @@ def conn_scenarios(draw: Any) -> tuple[Verdict, bool, list[str], list[tuple[str,
         if kind == "out":
             first = f not in opened and draw(st.integers(0, 3)) > 0  # usually a SYN opens it
             opened.add(f)
-            proto, l4 = _l4(f, True, SYN if first else draw(st.sampled_from(TCP_OUT)))
+            proto, l4 = _l4(f, True, SYN if first else draw(st.sampled_from(TCP_OUT)), draw(st.sampled_from(ISNS)))
             frag = draw(st.sampled_from([0, 0, 0, 0x2000, 185]))
             if f.fam == 6 and draw(st.integers(0, 6)) == 0:  # an extension header: not tracked
                 ip = P.ipv6(HOST[6], f.remote, 60, P.ext_opts(proto) + l4)
@@ -545,7 +547,7 @@ def conn_scenarios(draw: Any) -> tuple[Verdict, bool, list[str], list[tuple[str,
                 g = FlowSpec(f.fam, f.proto, f.hport, draw(st.sampled_from(REMOTES[f.fam])), f.rport)
         host = HOST[f.fam] if not (kind == "off" and g == f) else ("10.0.0.9" if f.fam == 4 else "2001:db8::9")
         if kind in ("reply", "off"):
-            proto, l4 = _l4(g, False, draw(st.sampled_from(TCP_IN)))
+            proto, l4 = _l4(g, False, draw(st.sampled_from(TCP_IN)), ack=draw(st.sampled_from(ACKS)))
             ip = _ip(g.fam, g.remote, host, proto, l4)
         elif kind == "error":
             quoted = [ip for h, ip in sent if h.fam == f.fam] or [_ip(f.fam, HOST[f.fam], f.remote, *_l4(f, True, SYN))]
@@ -572,7 +574,7 @@ def model_flows(fw: Firewall) -> list[Any]:
 
     now = monotonic_ns()
     out = []
-    for (fam, proto, raddr, rport, laddr, lport), (state, expires) in fw.flows.items():
+    for (fam, proto, raddr, rport, laddr, lport), (state, expires, _syn_ack) in fw.flows.items():
         key = (L.FLOW_KEY4.pack(fam, proto, rport, lport, 0, raddr[:4], laddr[:4]) if fam == 4
                else L.FLOW_KEY.pack(fam, proto, rport, lport, 0, raddr, laddr))
         f = decode(key, L.FLOW.pack(expires, state, 0), now)
