@@ -31,12 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import packets as P
 import pytest
-from conftest import NetPair, needs_root, sh
-from netio import netns
-from test_conntrack import csum, dev_mac, in_ns
+from helpers import packets as P
+from helpers.env import NetPair, needs_root, sh
+from helpers.netio import netns
 
+from kernel.test_conntrack import csum, dev_mac, in_ns
 from pyxdp import Filter, FlowState, Verdict
 
 pytestmark = needs_root
@@ -47,7 +47,7 @@ PEER = {4: "10.77.0.1", 6: "fd77::1"}
 FENCE_PORT = 9
 IP_TYPES = (b"\x08\x00", b"\x86\xdd")
 PISN = 0x10000000  # the peer's ISN in the answers it crafts
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
 # Probes in syn-sent, each on a connection of its own; "..., then the SYN-ACK" is the right answer after it
 SYN_SENT_PROBES = ("syn-sent: ACK", "syn-sent: PSH+ACK with data", "syn-sent: FIN+ACK", "syn-sent: RST without ACK",
