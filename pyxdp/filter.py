@@ -526,8 +526,10 @@ class Filter:
         return att
 
     def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
-        """Take the filter off ``ifname``. When no interface is left, the pin
-        directory is removed unless ``keep``. Returns True if it was removed."""
+        """Take the filter off ``ifname``. When no interface is left, the
+        state is removed unless ``keep`` (and the pin directory with it when
+        pyxdp made it; one made by someone else stays, empty). Returns True
+        if the state was removed."""
         from .store.attach import detach, recorded
 
         with signals_deferred():
@@ -558,7 +560,7 @@ class Filter:
         return interfaces(self._st)
 
     def remove_state(self) -> None:
-        """Unpin everything and remove the pin directory."""
+        """Unpin everything, and remove the pin directory when pyxdp made it."""
         self._st.require_lock()
         self._st.remove()
         if audit.active():

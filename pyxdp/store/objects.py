@@ -110,4 +110,9 @@ def pin_program(prog: object, pin_dir: str, name: str = PROG_PIN) -> None:
 
 
 PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
-STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS))  # what pyxdp makes in a pin dir
+# An empty directory pyxdp makes inside a pin directory it made itself: the
+# record, kept as long as the directory, that removing the state may remove
+# the directory too. A directory without it (made by someone else, or by a
+# pyxdp 0.2 or older) is left where it is when the state goes.
+MADE_MARK = "made_by_pyxdp"
+STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS), MADE_MARK)  # what pyxdp makes

@@ -24,6 +24,7 @@ from .clock import RECENT_SWITCH_NS, grace_period, monotonic_ns
 from .objects import (
     EGRESS_PIN,
     FLOW_MAPS,
+    MADE_MARK,
     PINNED_MAPS,
     STATE_NAMES,
     object_build_id,
@@ -66,9 +67,10 @@ class Config(NamedTuple):
 
 
 def _prepare_dir(pin_dir: str) -> bool:
-    """Make the pin directory (mode 0700) on a mounted bpffs; True if made
-    now. An existing directory must be one root (or the caller) owns, not
-    writable by others, holding only what pyxdp makes (pyxdp.pindir)."""
+    """Make the pin directory (mode 0700) on a mounted bpffs, with its
+    MADE_MARK in it; True if made now. An existing directory must be one root
+    (or the caller) owns, not writable by others, holding only what pyxdp
+    makes (pyxdp.pindir)."""
     from .pindir import make_pin_dir
 
     if pin_dir == BPFFS or pin_dir.startswith(BPFFS + "/"):
@@ -78,7 +80,17 @@ def _prepare_dir(pin_dir: str) -> bool:
         raise UsageError(f"pin dir parent {parent} does not exist")
     if not is_bpffs(parent):
         raise UsageError(f"pin dir {pin_dir} is not on a bpffs (mount -t bpf bpf {parent})")
-    return make_pin_dir(pin_dir, STATE_NAMES)
+    if not make_pin_dir(pin_dir, STATE_NAMES):
+        return False
+    try:
+        os.mkdir(os.path.join(pin_dir, MADE_MARK), 0o700)
+    except OSError as exc:
+        try:
+            os.rmdir(pin_dir)
+        except OSError:
+            pass
+        raise UsageError(f"cannot make pin dir {pin_dir}: {exc.strerror}") from None
+    return True
 
 
 OLD_LAYOUT_NAMES = ("src4", "lpm4", "lens_count")  # maps only pyxdp 0.1 (the entries model) pinned
@@ -118,14 +130,22 @@ def _no_state(pin_dir: str) -> None:
 
 def remove_pins(pin_dir: str, keep_dir: bool = False) -> None:
     """Unpin what pyxdp makes in ``pin_dir`` (the layout record first: a
-    directory without it is state being made or removed), then the directory."""
+    directory without it is state being made or removed), then, unless
+    ``keep_dir``, the directory when pyxdp made it (its MADE_MARK says so):
+    a directory someone else made stays, empty."""
     for name in STATE_NAMES:
+        if name == MADE_MARK:
+            continue
         try:
             os.unlink(os.path.join(pin_dir, name))
         except FileNotFoundError:
             pass
     if keep_dir:
         return
+    try:
+        os.rmdir(os.path.join(pin_dir, MADE_MARK))
+    except OSError:
+        return  # not ours (or not empty): the directory stays
     try:
         os.rmdir(pin_dir)
     except OSError:
@@ -285,7 +305,8 @@ class State:
         return (self.map("rvec").spec.value_size - 8) * 8
 
     def remove(self) -> None:
-        """Unpin everything and remove the pin directory."""
+        """Unpin everything, and remove the pin directory when pyxdp made it
+        (see :func:`remove_pins`)."""
         for m in self._maps.values():
             m.close()
         self._maps = {}

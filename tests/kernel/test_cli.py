@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -622,6 +623,26 @@ def test_missing_libbpf(pin_dir: str) -> None:
     # PYXDP_LIBBPF is honoured only outside sudo: drop SUDO_UID (the suite may run under sudo)
     fails(1, "cannot load libbpf-none.so.9", "--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir,
           env={"PYXDP_LIBBPF": "libbpf-none.so.9"}, drop_env=("SUDO_UID",))
+    assert not os.path.exists(pin_dir)
+
+
+def test_pin_dir_someone_else_made_is_kept(pin_dir: str, netpair: NetPair) -> None:
+    """Issue 19 (3): a failed first attach and the last detach remove what
+    pyxdp pinned, and the directory only when pyxdp made it (in this run or
+    an earlier one)."""
+    os.mkdir(pin_dir, 0o700)
+    fails(2, "no interface 'nosuch0'", "attach", "nosuch0", pin_dir=pin_dir)
+    assert os.path.isdir(pin_dir) and os.listdir(pin_dir) == []
+    where = (netpair.vb, "--netns", netpair.b)
+    ok("attach", *where, pin_dir=pin_dir)
+    assert "state removed" in ok("detach", *where, pin_dir=pin_dir)
+    assert os.path.isdir(pin_dir) and os.listdir(pin_dir) == []
+    assert stat.S_IMODE(os.stat(pin_dir).st_mode) == 0o700
+    os.rmdir(pin_dir)
+    fails(2, "no interface 'nosuch0'", "attach", "nosuch0", pin_dir=pin_dir)  # made here: gone again
+    assert not os.path.exists(pin_dir)
+    ok("attach", *where, pin_dir=pin_dir)  # made by this run...
+    assert "state removed" in ok("detach", *where, pin_dir=pin_dir)  # ...and removed by the next
     assert not os.path.exists(pin_dir)
 
 

@@ -488,8 +488,9 @@ def _detach_all(pin: str, pair: NetPair) -> list[str]:
         out.append("detach left a program or the clsact qdisc on vb")
         sh("ip", "-n", pair.b, "link", "set", "dev", pair.vb, "xdp", "off", check=False)
         sh("tc", "-n", pair.b, "qdisc", "del", "dev", pair.vb, "clsact", check=False)
-    if os.path.exists(pin):
-        out.append(f"detach left {os.listdir(pin)}")
+    if os.path.exists(pin):  # 0.2.0 made the directory without the mark of one pyxdp made: it stays, empty
+        if os.listdir(pin):
+            out.append(f"detach left {os.listdir(pin)}")
         sh("rm", "-rf", pin)
     return out
 
