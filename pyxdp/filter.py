@@ -340,16 +340,18 @@ class Filter:
             spec = spec._replace(interfaces=recorded_interfaces(self._st))
         return spec
 
-    def up(self, spec: RuleSetSpec) -> list[ConfigChange]:
+    def up(self, spec: RuleSetSpec, allow_empty: bool = False) -> list[ConfigChange]:
         """Make the running firewall and the interfaces it runs on what
         ``spec`` says (``pyxdp-load up``), all or nothing: rules and sets
         first, then new interfaces, then detaching the ones ``spec`` no
-        longer names (see :func:`pyxdp.up.up`). Returns the changes
+        longer names (see :func:`pyxdp.up.up`). A ``spec`` naming no
+        interface while the filter runs on some (an empty config file) is
+        refused with UsageError unless ``allow_empty``. Returns the changes
         (none: it was so already). SIGINT and SIGTERM wait until it is done."""
         from .up import up
 
         with signals_deferred():
-            return up(self, spec)
+            return up(self, spec, allow_empty)
 
     # ---- sets and bans ----------------------------------------------------------------
 

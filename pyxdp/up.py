@@ -152,13 +152,31 @@ def _detach_all(flt: Filter, ifname: str, netns: str | None) -> None:
         flt.detach(ifname, netns=netns, keep=True)
 
 
-def up(flt: Filter, spec: RuleSetSpec) -> list[ConfigChange]:
+def _refuse_empty(spec: RuleSetSpec, have: dict[tuple[str | None, str], list[Attachment]]) -> None:
+    """A spec naming no interface over a state that runs on some would take
+    the filter off all of them: an empty or truncated config file most
+    likely. Refused (UsageError) unless the caller says it is meant."""
+    from .errors import UsageError
+
+    if spec.interfaces:
+        return
+    live = sorted({str(InterfaceSpec(a.ifname, a.netns)) for recs in have.values() for a in recs if a.attached})
+    if live:
+        shown = ", ".join(live[:4]) + (f" and {len(live) - 4} more" if len(live) > 4 else "")
+        raise UsageError(f"the config names no interface: 'up' would detach the filter from {shown} and leave "
+                         f"{'it' if len(live) == 1 else 'them'} unfiltered; refused (give --allow-empty if "
+                         "that is meant)")
+
+
+def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[ConfigChange]:
     """Make the running firewall and its interfaces what ``spec`` says, all or
     nothing: apply the rules, sets and policy when they differ (an element
     that runs with a timeout keeps its time left), attach the interfaces not
     running the filter (in their mode; ``auto`` takes whatever runs), attach
     again in the file's mode an interface running in another, detach the
-    recorded interfaces the spec does not name. Returns what changed (empty:
+    recorded interfaces the spec does not name. A spec that names no
+    interface while the filter runs on some is refused (UsageError), before
+    anything changes, unless ``allow_empty``. Returns what changed (empty:
     nothing to do). ``flt`` must hold the lock."""
     from .kernel.xdp import XdpMode
 
@@ -166,6 +184,8 @@ def up(flt: Filter, spec: RuleSetSpec) -> list[ConfigChange]:
     have: dict[tuple[str | None, str], list[Attachment]] = {}
     for a in flt.interfaces():
         have.setdefault((a.netns, a.ifname), []).append(a)
+    if not allow_empty:
+        _refuse_empty(spec, have)
     want = {(i.netns, i.name): i for i in spec.interfaces}
     new: list[InterfaceSpec] = []
     remode: list[tuple[InterfaceSpec, Attachment]] = []

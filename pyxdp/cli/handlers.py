@@ -389,7 +389,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     loading = preload()  # pyroute2's import overlaps a program load
     with _open(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
         loading.join()
-        changes = flt.up(spec)
+        changes = flt.up(spec, allow_empty=args.allow_empty)
         created = flt.created
         migrated = bool(flt.migrated)
     if created:
@@ -813,6 +813,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                     "(default 1048576)")
     sp.add_argument("--rules", type=_positive, help="rule capacity when state is created: a multiple of 64, "
                     "at most 8192 (default 1024)")
+    sp.add_argument("--allow-empty", action="store_true", help="let a config that names no interface detach "
+                    "every attached one (refused otherwise: an empty file would leave the host unfiltered)")
 
     sp = cmd("policy", cmd_policy, "show or set the default policy for unmatched packets: pass or drop")
     sp.add_argument("policy", nargs="?")

@@ -241,9 +241,10 @@ def test_up_attaches_applies_drops_and_a_second_run_changes_nothing(pin_dir: str
         got = exchange(netpair, "10.77.0.2", {5001: 10, 5002: 10}, settled=dropped_all_but(flt, before, 20))
     assert got == {5001: 10, 5002: 0}
 
-    # a file naming no interface detaches the last one and keeps the state (the file still says the rules)
+    # a file naming no interface detaches the last one, when told, and keeps the state (the file still
+    # says the rules); see test_an_empty_config_is_refused_over_attached_interfaces
     cfg.write_text(config(netpair, ifaces=()))
-    assert ok("up", str(cfg), pin_dir=pin_dir).splitlines() == [
+    assert ok("up", "--allow-empty", str(cfg), pin_dir=pin_dir).splitlines() == [
         "applied 2 rules, 1 set (2 elements), policy pass", f"detached from vb (netns {netpair.b})"]
     assert xdp(netpair.b, netpair.vb) == ("", 0)
     assert status(pin_dir)["interfaces"] == []
@@ -294,6 +295,40 @@ def test_a_bad_file_or_a_failing_step_changes_nothing(pin_dir: str, netpair: Net
         assert not os.path.exists(fresh)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
+
+
+@needs_root
+def test_an_empty_config_is_refused_over_attached_interfaces(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
+    """Issue 19 (5): an empty file (or /dev/null, or one with rules but no
+    interface) over a state running on interfaces would leave them
+    unfiltered: refused with one line naming them and --allow-empty,
+    nothing changed; with --allow-empty it detaches them."""
+    cfg = tmp_path / "pyxdp.toml"
+    cfg.write_text(config(netpair))
+    ok("up", str(cfg), pin_dir=pin_dir)
+    before = snapshot(pin_dir, netpair)
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    rules_only = tmp_path / "rules.toml"
+    rules_only.write_text(config(netpair, ifaces=()))
+    names = f"va (netns {netpair.a}), vb (netns {netpair.b})"
+    for how in ({"args": (str(empty),)}, {"args": (), "env": {"PYXDP_CONFIG": "/dev/null"}},
+                {"args": ("-",), "input": ""}, {"args": (str(rules_only),)}):
+        line = fails(2, f"the config names no interface: 'up' would detach the filter from {names}", "up",
+                     *how["args"], pin_dir=pin_dir, env=how.get("env"), input=how.get("input"))
+        assert "--allow-empty" in line
+        assert snapshot(pin_dir, netpair) == before, how
+    with pytest.raises(UsageError, match="names no interface"), Filter.open(pin_dir) as flt:
+        flt.up(parse_ruleset(""))
+    assert snapshot(pin_dir, netpair) == before
+    # when told: everything detached, the state kept with the file's rules
+    out = ok("up", "--allow-empty", pin_dir=pin_dir, env={"PYXDP_CONFIG": "/dev/null"}).splitlines()
+    assert out == ["applied 0 rules, 0 sets (0 elements)", f"detached from va (netns {netpair.a})",
+                   f"detached from vb (netns {netpair.b})"]
+    assert xdp(netpair.a, netpair.va) == ("", 0) and xdp(netpair.b, netpair.vb) == ("", 0)
+    assert status(pin_dir)["interfaces"] == []
+    # nothing attached any more: an empty file needs no flag
+    assert ok("up", str(empty), pin_dir=pin_dir).startswith("no change: ")
 
 
 @needs_root
