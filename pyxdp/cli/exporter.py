@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -204,19 +204,116 @@ class StateCollector:
         return [up, *metrics, duration]
 
 
-def make_server(collector: StateCollector, host: str, port: int) -> WSGIServer:
-    """An HTTP server (thread per request) serving ``collector``'s metrics,
-    with the process's own, bound to ``host``:``port`` only. Raises OSError
-    when it cannot bind."""
+BACKLOG = 128  # connections the kernel queues before they are accepted
+WORKERS = 4  # threads that answer requests
+IDLE_TIMEOUT = 10.0  # seconds a connection may wait before its request arrives, or between its bytes
+MAX_WAITING = 256  # open connections waiting for their request; past it the longest waiting is closed
+
+
+class _Waiting:
+    """Accepted connections waiting for their request, in one thread with a
+    selector: an idle client costs a socket, not a thread. A connection
+    whose first bytes arrive goes to one of ``workers`` threads, which
+    ``serve(sock, addr)``; one idle for ``idle`` seconds, or the longest
+    waiting when ``most`` are, is closed with ``drop(sock)``. So however
+    many clients connect and say nothing, the threads stay few and a scrape
+    is answered."""
+
+    def __init__(self, serve: Callable[[Any, Any], None], drop: Callable[[Any], None], workers: int,
+                 idle: float, most: int) -> None:
+        import selectors
+        import socket
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._serve, self._drop, self.idle, self.most = serve, drop, idle, most
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        self._new: list[tuple[Any, Any]] = []
+        self._new_lock = threading.Lock()
+        self._waiting: dict[Any, tuple[Any, float]] = {}  # sock -> (address, deadline), oldest first
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="pyxdp-exporter-worker")
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="pyxdp-exporter-waiting", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: Any, addr: Any) -> None:
+        """Called by the accepting thread for each new connection."""
+        with self._new_lock:
+            self._new.append((sock, addr))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:  # full: the waiting thread has a wake-up to read already
+            pass
+
+    def _run(self) -> None:
+        import selectors
+
+        while not self._closed:
+            events = self._sel.select(timeout=min(1.0, self.idle))
+            now = time.monotonic()
+            for key, _mask in events:
+                if key.fileobj is self._wake_r:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                sock = key.fileobj
+                self._sel.unregister(sock)
+                addr, _deadline = self._waiting.pop(sock)
+                self._pool.submit(self._serve, sock, addr)
+            with self._new_lock:
+                new, self._new = self._new, []
+            for sock, addr in new:
+                self._waiting[sock] = (addr, now + self.idle)
+                self._sel.register(sock, selectors.EVENT_READ)
+            while len(self._waiting) > self.most:
+                self._forget(next(iter(self._waiting)))
+            for sock in [s for s, (_a, deadline) in self._waiting.items() if deadline <= now]:
+                self._forget(sock)
+
+    def _forget(self, sock: Any) -> None:
+        self._sel.unregister(sock)
+        del self._waiting[sock]
+        self._drop(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        self._thread.join(5)
+        for sock in list(self._waiting):
+            self._forget(sock)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def make_server(collector: StateCollector, host: str, port: int, idle: float = IDLE_TIMEOUT) -> WSGIServer:
+    """An HTTP server serving ``collector``'s metrics, with the process's
+    own, bound to ``host``:``port`` only (listen backlog BACKLOG). Accepted
+    connections wait for their request without a thread each (see
+    :class:`_Waiting`: WORKERS threads answer, a connection silent for
+    ``idle`` seconds is closed, at most MAX_WAITING wait); a request must
+    arrive within ``idle`` seconds of its last bytes. Raises OSError when
+    it cannot bind."""
     import socket
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+    class Server(WSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        request_queue_size = BACKLOG
+        waiting: _Waiting
 
         def server_bind(self) -> None:
             # HTTPServer.server_bind would look the address up in DNS (getfqdn): not needed to serve
@@ -224,6 +321,25 @@ def make_server(collector: StateCollector, host: str, port: int) -> WSGIServer:
             self.server_name = host
             self.server_port = self.server_address[1]
             self.setup_environ()
+            self.waiting = _Waiting(self._answer, self.shutdown_request, WORKERS, idle, MAX_WAITING)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.waiting.add(request, client_address)  # its request is read once it arrives
+
+        def _answer(self, request: Any, client_address: Any) -> None:
+            try:
+                self.finish_request(request, client_address)
+            except TimeoutError:
+                pass  # its bytes stalled for the idle timeout: closed without a word (a slow client is no news)
+            except Exception:  # noqa: BLE001 - said by handle_error, in one line
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+        def server_close(self) -> None:
+            super().server_close()
+            if hasattr(self, "waiting"):
+                self.waiting.close()
 
         def handle_error(self, request: object, client_address: object) -> None:
             # a client that hangs up midway: one line, not socketserver's traceback
@@ -232,6 +348,8 @@ def make_server(collector: StateCollector, host: str, port: int) -> WSGIServer:
                   flush=True)
 
     class Quiet(WSGIRequestHandler):
+        timeout = idle  # a request's bytes (and the answer's reader) may stall this long, no longer
+
         def log_message(self, format: str, *args: object) -> None:
             pass
 

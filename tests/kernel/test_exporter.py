@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from helpers.cli import fails, ok, run
-from helpers.env import NetPair, needs_root
+from helpers.env import NetPair, needs_root, sh
 from helpers.traffic import exchange, sock
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -280,6 +280,58 @@ def test_listens_only_where_told(pin_dir: str) -> None:
         assert exp.url.startswith("http://[::1]:")
         assert scrape(exp.url)[2][("pyxdp_up", ())] == 1
         assert exp.stop() == 0
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_idle_clients_cost_no_thread_and_a_scrape_still_answers(pin_dir: str) -> None:
+    """Issue 19 (7): 200 clients that connect and say nothing (it took one
+    thread each, with no timeout): the exporter's threads stay few, a scrape
+    is answered meanwhile, and the listen backlog is 128 (it was 5)."""
+    from pyxdp.cli.exporter import BACKLOG, WORKERS
+
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    with exporter(pin_dir) as exp:
+        port = int(exp.url.rsplit(":", 1)[1].split("/")[0])
+        listening = sh("ss", "-Hltn", f"sport = :{port}").stdout.split()
+        assert listening[:3] == ["LISTEN", "0", str(BACKLOG)], listening
+        before = _threads(exp.proc.pid)
+        idle = []
+        try:
+            for _ in range(200):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            assert scrape(exp.url)[2][("pyxdp_up", ())] == 1  # accepted after the 200
+            assert _threads(exp.proc.pid) <= before + WORKERS, (before, _threads(exp.proc.pid))
+            assert scrape(exp.url)[2][("pyxdp_up", ())] == 1
+        finally:
+            for c in idle:
+                c.close()
+        assert exp.stop() == 0
+
+
+def test_idle_and_stalled_connections_are_closed_after_the_timeout(pin_dir: str) -> None:
+    """A connection that sends nothing, or half a request, is closed after
+    the idle timeout (here 0.5 s); a scrape is answered meanwhile."""
+    from pyxdp.cli.exporter import StateCollector, make_server
+
+    server = make_server(StateCollector(pin_dir), "127.0.0.1", 0, idle=0.5)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_port
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        assert scrape(f"http://127.0.0.1:{port}/metrics")[2][("pyxdp_up", ())] == 0  # no state there
+        for c in (silent, stalled):
+            with c:
+                assert c.recv(65536) == b""  # closed (waits 10 s at most)
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
 
 
 def test_bad_listen_and_busy_port(pin_dir: str) -> None:
