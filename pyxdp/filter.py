@@ -375,13 +375,16 @@ class Filter:
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
         self._st.require_lock()
         with signals_deferred():
-            made = parse_set_name(name) not in S.live_ids(self._st)
-            sid = S.create(self._st, name)
-            try:
+            sid = S.live_ids(self._st).get(parse_set_name(name), 0)
+            made = not sid
+            if made:  # made with its elements in one change: killed, it leaves no set or the whole one
+                try:
+                    sid, res = S.create_filled(self._st, name, keys, ttl)
+                except Exception:  # a failed add changes nothing: what it wrote under the new id goes again
+                    S.recover(self._st, self._st.config().txn)
+                    raise
+            else:
                 res = S.change(self._st, sid, add=keys, ttl=ttl)
-            except Exception:  # a failed add changes nothing: a set made for it goes again
-                self._undo_made(name if made else None, 0)
-                raise
         if audit.active():
             audit.record(self.pin_dir, f"set @{parse_set_name(name)}{' made' if made else ''}: add "
                          f"{audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} ({res.added} new, "

@@ -349,6 +349,21 @@ def create(st: State, name: str) -> int:
     return sid
 
 
+def create_filled(st: State, name: str, add: KeySet, ttl: int | None = None) -> tuple[int, ChangeResult]:
+    """Make set ``name`` (missing now) holding ``add`` as one change: the
+    elements are written and committed under a new id that no name refers
+    to yet, then the name is written (the commit). A writer killed before
+    that leaves an id no name uses, which the next writer's :func:`recover`
+    drains: so there is either no set or the whole one, never an empty set
+    made for elements that did not come. Returns the id and the change."""
+    name = parse_set_name(name)
+    sid = alloc(st, IdState.STAGED)
+    res = change(st, sid, add=add, ttl=ttl)
+    st.map("set_names").update(_name_key(name), L.SET_NAME_VAL.pack(sid, 0, 0, 0))  # from here on it exists
+    _write_info(st, sid, info(st, sid)._replace(state=IdState.LIVE))  # (recover does this too, if killed)
+    return sid, res
+
+
 # ---- changing one set ------------------------------------------------------------
 
 
