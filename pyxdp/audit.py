@@ -194,15 +194,25 @@ def install(log_file: str | None, syslog: str | None, prog: str = "pyxdp-load") 
 
 
 def _open_log(path: str) -> IO[str]:
-    """``path`` opened for appending: created 0640 when missing, never through a symlink."""
+    """``path`` opened for appending: created 0640 when missing, never through
+    a symlink; a regular file or a character device (/dev/null), not a FIFO
+    (it would block every command until something reads it). The open does
+    not block (O_NONBLOCK), so a FIFO is refused at once."""
+    import errno
+    import stat
+
     from .errors import UsageError
 
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o640)
     except OSError as exc:
-        import errno
-
-        why = "a symlink (refused)" if exc.errno == errno.ELOOP else exc.strerror
+        why = {errno.ELOOP: "a symlink (refused)", errno.ENXIO: "not a regular file (a FIFO)"}.get(
+            exc.errno or 0, exc.strerror)
         raise UsageError(f"--log-file {path}: {why}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        os.close(fd)
+        raise UsageError(f"--log-file {path}: not a regular file ({'a FIFO' if stat.S_ISFIFO(mode) else 'refused'})")
+    os.set_blocking(fd, True)
     return open(fd, "a", encoding="utf-8", buffering=1)

@@ -100,6 +100,23 @@ def test_a_log_file_that_cannot_be_used_refuses_the_change(pin_dir: str, tmp_pat
     assert ok("--log-file", str(tmp_path / "no" / "such" / "dir.log"), "list", pin_dir=pin_dir)
     ok("--log-file", str(tmp_path / "new.log"), "policy", "drop", pin_dir=pin_dir)
     assert (tmp_path / "new.log").stat().st_mode & 0o777 == 0o640
+    # issue 19: a FIFO would hold every change until something reads it: refused at once, read or not
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    fails(2, f"--log-file {fifo}: not a regular file (a FIFO)", "--log-file", str(fifo), "policy", "pass",
+          pin_dir=pin_dir)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fails(2, f"--log-file {fifo}: not a regular file (a FIFO)", "--log-file", str(fifo), "policy", "pass",
+              pin_dir=pin_dir)
+        try:
+            got = os.read(reader, 4096)
+        except BlockingIOError:
+            got = b""
+        assert got == b""  # nothing written
+    finally:
+        os.close(reader)
+    assert ok("policy", pin_dir=pin_dir) == "drop\n"
 
 
 @pytest.fixture
