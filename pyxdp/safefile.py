@@ -14,7 +14,52 @@ import tempfile
 
 from .errors import UsageError
 
-__all__ = ["write_file_atomic", "write_private_temp"]
+__all__ = ["check_target", "open_new_file", "write_file_atomic", "write_private_temp"]
+
+KEPT_MODE = 0o755  # of an existing target's permission bits, what its replacement keeps: no write for others
+
+
+def check_target(path: str, special_ok: bool = False) -> os.stat_result | None:
+    """``lstat(path)``, None when missing; a symlink is refused, and so is
+    what is not a regular file unless ``special_ok``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"cannot write {path}: it is a symlink, which pyxdp does not write through; "
+                         "give the real path")
+    if not stat.S_ISREG(st.st_mode) and not special_ok:
+        raise UsageError(f"cannot write {path}: not a regular file")
+    return st
+
+
+def open_new_file(path: str, mode: int = 0o600) -> int:
+    """A new, empty file of the caller's own (``mode``, random name, O_EXCL)
+    put in place of ``path`` at once by ``rename``, open for writing; returns
+    its fd. Whatever file was at ``path`` is replaced, never truncated or
+    written into (it may be another user's, and stays theirs under the old
+    inode). A symlink or a non-regular file at ``path`` is refused
+    (:class:`UsageError`), as is any failure."""
+    check_target(path)
+    directory, base = os.path.split(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    return fd
 
 
 def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
@@ -22,9 +67,11 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
     into a new temporary file ``.NAME.XXXXXXXX`` in the target's directory
     (created with O_EXCL|O_NOFOLLOW, so a planted symlink is never followed),
     fsync'ed, then renamed over ``path``; readers see the old file or the new
-    one, never a part. A new file gets ``mode``; an existing target keeps its
-    rwx permission bits (not set-id bits, not its owner: the file is the
-    writer's afterwards).
+    one, never a part. The new file is the writer's (root's, for the CLI),
+    whoever owned the old one. A new file gets ``mode``; an existing target's
+    permission bits are kept, except that group and others never get write
+    (a file another user could edit, now owned by root, would be trusted as
+    root's), nor set-id bits.
 
     A target that is a symlink is refused with :class:`UsageError` rather than
     replaced or followed (root writing through a link someone planted could
@@ -34,19 +81,9 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
     "cannot write PATH: REASON"; the temporary file is removed."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     directory, base = os.path.split(os.path.abspath(path))
-    try:
-        st: os.stat_result | None = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    st = check_target(path)
     if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise UsageError(f"cannot write {path}: it is a symlink, which pyxdp does not write through; "
-                             "give the real path")
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError(f"cannot write {path}: not a regular file")
-        mode = stat.S_IMODE(st.st_mode) & 0o777
+        mode = stat.S_IMODE(st.st_mode) & KEPT_MODE
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.")
     except OSError as exc:

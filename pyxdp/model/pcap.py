@@ -145,15 +145,29 @@ def write_pcap(stream: IO[bytes], packets: Iterable[bytes]) -> None:
 
 
 def open_capture(path: str) -> IO[bytes]:
-    """``path`` opened for writing a capture as root may: created mode 0600
-    (packets are private) or truncated, never through a symlink (refused, as
-    :func:`pyxdp.safefile.write_file_atomic` does); a FIFO is fine. Failure
-    is a :class:`UsageError` "cannot write PATH: REASON"."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UsageError(f"cannot write {path}: it is a symlink, which pyxdp does not write through; "
-                             "give the real path") from None
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-    return os.fdopen(fd, "wb")
+    """``path`` opened for writing a capture as root may: a new file of the
+    caller's own, mode 0600 (packets are private), put in place of any file
+    there by rename (as :func:`pyxdp.safefile.write_file_atomic` does), so
+    another user's file is never truncated or written into; never through a
+    symlink (refused). A FIFO or a character device (a reader at the other
+    end of a pipe, /dev/null) is written into. Failure is a
+    :class:`UsageError` "cannot write PATH: REASON"."""
+    import stat
+
+    from .safefile import check_target, open_new_file
+
+    st = check_target(path, special_ok=True)
+    if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # no O_CREAT, no O_TRUNC
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UsageError(f"cannot write {path}: it is a symlink, which pyxdp does not write through; "
+                                 "give the real path") from None
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) or stat.S_ISCHR(os.fstat(fd).st_mode):
+            return os.fdopen(fd, "wb")
+        os.close(fd)  # swapped for a file meanwhile: replaced like one
+    elif st is not None and not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"cannot write {path}: not a regular file, a FIFO or a device")
+    return os.fdopen(open_new_file(path, 0o600), "wb")

@@ -217,6 +217,66 @@ def test_write_file_atomic_writes_and_replaces(base: str) -> None:
     assert sorted(os.listdir(base)) == ["rules.toml", "secret"]  # no temporaries left
 
 
+@needs_root
+def test_save_over_another_users_writable_file_leaves_no_file_they_can_edit(base: str, tmp_path: object) -> None:
+    """Issue 19 (7): ``save`` over a 0666 file another user owns left a
+    root-owned 0666 file that user could edit. The file is replaced by one
+    of root's, with the old mode's bits except write for group and others."""
+    from pyxdp.safefile import write_file_atomic
+
+    path = os.path.join(base, "rules.toml")
+    for old_mode, new_mode in ((0o666, 0o644), (0o664, 0o644), (0o640, 0o640), (0o600, 0o600)):
+        with open(path, "w") as fh:
+            fh.write("theirs\n")
+        os.chown(path, NOBODY, NOBODY)
+        os.chmod(path, old_mode)
+        write_file_atomic(path, "ours\n")
+        st = os.stat(path)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, new_mode), (oct(old_mode), st.st_uid, oct(st.st_mode))
+        assert _read(path) == "ours\n"
+        os.unlink(path)
+
+
+@needs_root
+def test_pcap_capture_never_writes_into_another_users_file(base: str) -> None:
+    """Issue 19 (7): ``trace --pcap FILE`` truncated and wrote into the file
+    there. Now a file of its own (root, 0600) replaces it, as ``save`` does;
+    the other user's file (here kept by a second link) is untouched. A FIFO
+    is still written into (a reader at the other end)."""
+    from pyxdp.pcap import open_capture
+
+    path = os.path.join(base, "cap.pcap")
+    with open(path, "w") as fh:
+        fh.write("theirs\n")
+    os.chown(path, NOBODY, NOBODY)
+    os.chmod(path, 0o666)
+    kept = os.path.join(base, "kept")
+    os.link(path, kept)
+    with open_capture(path) as out:
+        out.write(b"packets")
+    st = os.stat(path)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    assert not os.path.samefile(path, kept)
+    assert _read(kept) == "theirs\n" and _read(path) == "packets"
+    assert sorted(os.listdir(base)) == ["cap.pcap", "kept"]  # no temporaries left
+    fifo = os.path.join(base, "fifo")
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with open_capture(fifo) as out:
+            out.write(b"live")
+        assert os.read(reader, 16) == b"live"
+    finally:
+        os.close(reader)
+    with open_capture(os.devnull) as out:
+        out.write(b"gone")
+    link = os.path.join(base, "link.pcap")
+    os.symlink(kept, link)
+    with pytest.raises(UsageError, match="it is a symlink"):
+        open_capture(link)
+    assert _read(kept) == "theirs\n"
+
+
 def test_write_file_atomic_refuses_a_symlink_target(base: str) -> None:
     from pyxdp.safefile import write_file_atomic
 
