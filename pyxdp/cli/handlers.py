@@ -144,18 +144,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_text(path: str) -> str:
-    from ..errors import UsageError
+MAX_TEXT = 256 << 20  # characters of a rule-set or config file (about 6 million set elements)
+MAX_LINE = 4096  # characters of a line of a prefix file
 
+
+def _read_text(path: str) -> str:
+    """A rule-set or config file ('-': stdin), read in chunks: a NUL (no TOML
+    holds one: /dev/zero) or more than MAX_TEXT characters is one error line
+    instead of reading on until memory runs out."""
+    from .errors import UsageError
+
+    name = "stdin" if path == "-" else path
     try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
+        fh = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        try:
+            parts: list[str] = []
+            size = 0
+            while chunk := fh.read(1 << 20):
+                if "\0" in chunk:
+                    raise UsageError(f"{name}: not a text file (it holds a NUL character)")
+                size += len(chunk)
+                if size > MAX_TEXT:
+                    raise UsageError(f"{name}: longer than {MAX_TEXT >> 20} MiB, refused (give big sets with "
+                                     "'set add NAME --file', which reads a line at a time)")
+                parts.append(chunk)
+            return "".join(parts)
+        finally:
+            if fh is not sys.stdin:
+                fh.close()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise UsageError(f"{'stdin' if path == '-' else path}: not a text file") from None
+        raise UsageError(f"{name}: not a text file") from None
+
+
+def _lines(fh: IO[str], name: str) -> Iterator[str]:
+    """The lines of ``fh``, each at most MAX_LINE characters: a longer one (a
+    file without newlines, /dev/zero) is one error line, not a read without end."""
+    from .errors import UsageError
+
+    num = 0
+    while line := fh.readline(MAX_LINE + 1):
+        num += 1
+        if len(line) - line.endswith("\n") > MAX_LINE:
+            raise UsageError(f"{name} line {num}: longer than {MAX_LINE} characters (not a file of prefixes, "
+                             "one a line?)")
+        yield line
 
 
 def _read_file_prefixes(path: str) -> Iterator[Any]:
@@ -166,10 +200,10 @@ def _read_file_prefixes(path: str) -> Iterator[Any]:
     name = "stdin" if path == "-" else path
     try:
         if path == "-":
-            yield from read_prefix_lines(sys.stdin, name)
+            yield from read_prefix_lines(_lines(sys.stdin, name), name)
             return
         with open(path, encoding="utf-8") as fh:
-            yield from read_prefix_lines(fh, name)
+            yield from read_prefix_lines(_lines(fh, name), name)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -600,6 +600,36 @@ def test_bad_input_leaves_existing_state_alone(pin_dir: str) -> None:
     assert ok("save", pin_dir=pin_dir) == before
 
 
+def test_endless_input_is_one_line(pin_dir: str) -> None:
+    """Issue 19 (7): /dev/zero as a rule-set or prefix file was read until
+    memory ran out; now one line naming the file (and the line), exit 2,
+    nothing changed."""
+    ok("--create", "deny", "from", "192.0.2.0/24", pin_dir=pin_dir)
+    before = ok("save", pin_dir=pin_dir)
+    for args in (["apply", "/dev/zero"], ["up", "/dev/zero"]):
+        fails(2, "/dev/zero: not a text file (it holds a NUL character)", *args, pin_dir=pin_dir)
+    for args in (["ban", "--file", "/dev/zero"], ["unban", "--file", "/dev/zero"],
+                 ["set", "add", "x", "--file", "/dev/zero"]):
+        fails(2, "/dev/zero line 1: longer than 4096 characters", *args, pin_dir=pin_dir)
+    fails(2, "stdin line 2: longer than 4096 characters", "ban", "--file", "-", input="192.0.2.7\n" + "9" * 4097,
+          pin_dir=pin_dir)
+    fails(2, "stdin line 2: bad address", "ban", "--file", "-", input="192.0.2.7\n" + "9" * 4096 + "\n",
+          pin_dir=pin_dir)  # 4,096 characters and the newline: read, and refused for what it says
+    assert ok("save", pin_dir=pin_dir) == before
+
+
+def test_rule_set_files_longer_than_the_cap_are_refused(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyxdp import cli
+    from pyxdp.errors import UsageError
+
+    path = tmp_path / "rules.toml"
+    path.write_text('rules = ["deny 22"]\n' * 3)
+    assert cli._read_text(str(path)) == path.read_text()
+    monkeypatch.setattr(cli, "MAX_TEXT", 40)
+    with pytest.raises(UsageError, match=f"{path}: longer than 0 MiB, refused"):
+        cli._read_text(str(path))
+
+
 def test_empty_pin_dir_is_refused() -> None:
     for args in (["status"], ["deny", "22"], ["--create", "ban", "192.0.2.1"]):
         fails(2, "the pin directory is empty", *args, pin_dir="")
