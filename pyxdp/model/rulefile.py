@@ -102,6 +102,40 @@ def _line_of(lines: list[str], needle: str) -> int:
     return 0
 
 
+NESTING = 64  # arrays and inline tables deeper than this are named in the error when the TOML parser gives up
+
+
+def _nesting_line(text: str, most: int = NESTING) -> int:
+    """1-based number of the line where arrays and inline tables first nest
+    deeper than ``most`` (strings and comments skipped); 0: nowhere."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        if c in "\"'":
+            end = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(end)
+            while j < n and not text.startswith(end, j) and (len(end) == 3 or text[j] != "\n"):
+                j += 2 if c == '"' and text[j] == "\\" else 1
+            line += text.count("\n", i, j)
+            i = j + len(end)
+            continue
+        if c == "\n":
+            line += 1
+        elif c in "[{":
+            depth += 1
+            if depth > most:
+                return line
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return 0
+
+
 def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
     """The firewall a rule-set file describes. Errors name the line."""
     lines = text.splitlines()
@@ -109,6 +143,10 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
         doc = _toml_loads(text)
     except ValueError as exc:  # tomllib.TOMLDecodeError says "(at line N, column M)"
         raise UsageError(f"{source}: {str(exc)[:200]}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        line = _nesting_line(text)
+        raise UsageError(f"{source}" + (f" line {line}" if line else "") + ": arrays or inline tables nested "
+                         f"too deep (more than {NESTING} levels)") from None
 
     def fail(msg: str, needle: str | None = None, key: str | None = None) -> UsageError:
         line = _line_of(lines, needle) if needle is not None else 0

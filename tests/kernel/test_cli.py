@@ -618,6 +618,20 @@ def test_endless_input_is_one_line(pin_dir: str) -> None:
     assert ok("save", pin_dir=pin_dir) == before
 
 
+def test_too_deep_nesting_names_the_line(pin_dir: str, tmp_path: Any) -> None:
+    """Issue 19 (7): arrays nested 3,000 deep gave "error: RecursionError"."""
+    ok("--create", "deny", "from", "192.0.2.0/24", pin_dir=pin_dir)
+    before = ok("save", pin_dir=pin_dir)
+    deep = tmp_path / "deep.toml"
+    deep.write_text('policy = "drop"\n# [[[ not counted in a comment\nrules = ["[[[", ' + "[" * 3000 + "]" * 3000
+                    + "]\n")
+    fails(2, f"{deep} line 3: arrays or inline tables nested too deep (more than 64 levels)", "apply", str(deep),
+          pin_dir=pin_dir)
+    deep.write_text("rules = [\n" + "[\n" * 3000 + "]\n" * 3000 + "]\n")
+    fails(2, f"{deep} line 65: arrays or inline tables nested too deep", "apply", str(deep), pin_dir=pin_dir)
+    assert ok("save", pin_dir=pin_dir) == before
+
+
 def test_rule_set_files_longer_than_the_cap_are_refused(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from pyxdp import cli
     from pyxdp.errors import UsageError
