@@ -104,7 +104,11 @@ class Filter:
         rule, set and element, while the filter keeps running (see
         :mod:`pyxdp.store.migrate`; :attr:`migrated` says from which layout);
         without it such state is refused. A writer first finishes or undoes
-        any change a killed writer left."""
+        any change a killed writer left. The lock is not re-entrant: while
+        this process holds it through another open Filter, a second writer's
+        open is refused at once (:class:`~pyxdp.errors.LockTimeout` saying
+        this process holds it), or, when other threads run, waits for the
+        first to close, as for another process."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
                                  with_program=with_program, flows=flows, migrate=_migrate if migrate else None,
                                  refusal=_refusal)

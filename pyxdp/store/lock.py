@@ -8,6 +8,7 @@ import errno
 import fcntl
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,21 @@ from ..errors import LockTimeout, NotLoaded, UnsafeState, UsageError
 __all__ = ["DirLock", "DEFAULT_TIMEOUT", "lock_timeout", "lock_holder"]
 
 DEFAULT_TIMEOUT = 30.0
+
+# The directories this process holds locked through a DirLock: (st_dev, st_ino) -> the pid that took the
+# lock (a forked child inherits the table, not the locks it names)
+_HELD: dict[tuple[int, int], int] = {}
+
+
+def _key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _other_threads() -> bool:
+    """Whether another thread of this process runs (one that could release a lock)."""
+    threading = sys.modules.get("threading")
+    return threading is not None and threading.active_count() > 1
 
 
 def lock_timeout(environ: Mapping[str, str] | None = None) -> float:
@@ -66,7 +82,14 @@ class DirLock:
     (``None``: ``$PYXDP_LOCK_TIMEOUT`` or 30; 0: no wait; ``math.inf``: no
     limit), then :class:`LockTimeout` is raised. A lock dropped without
     :meth:`release` warns with ResourceWarning when collected, and is
-    released then."""
+    released then.
+
+    Not re-entrant: a second DirLock on a directory this process already
+    holds locked (a second ``Filter.open`` while the first is open) is
+    refused at once with :class:`LockTimeout` saying so, when no other thread
+    runs that could release the first; with other threads it waits as for
+    another process, and the wait line and the error name this process
+    ("another Filter of this process (pid N)")."""
 
     def __init__(self, path: str, timeout: float | None = None,
                  on_wait: Callable[[str], None] | None = None) -> None:
@@ -86,6 +109,7 @@ class DirLock:
             raise UsageError(f"cannot lock {path}: {exc.strerror}") from None
         try:
             self._acquire(fd, on_wait)
+            _HELD[_key(fd)] = os.getpid()
         except BaseException:
             os.close(fd)
             raise
@@ -101,8 +125,17 @@ class DirLock:
     def _acquire(self, fd: int, on_wait: Callable[[str], None] | None) -> None:
         if self._try(fd):
             return
-        pid = lock_holder(fd)
-        who = f"another pyxdp writer (pid {pid})" if pid else "another pyxdp writer"
+        if _HELD.get(_key(fd)) == os.getpid():
+            if not _other_threads():  # nothing in this process can release it while we wait
+                raise LockTimeout(
+                    self.path, 0,
+                    f"this process (pid {os.getpid()}) holds the writers' lock on {self.path} already, through "
+                    "another open Filter (or DirLock): close that one first (the lock is not re-entrant)",
+                )
+            who = f"another Filter of this process (pid {os.getpid()})"
+        else:
+            pid = lock_holder(fd)
+            who = f"another pyxdp writer (pid {pid})" if pid else "another pyxdp writer"
         if on_wait is not None and self.timeout > 0:
             on_wait(f"waiting for {who} to finish with {self.path}")
         deadline = time.monotonic() + self.timeout
@@ -136,7 +169,12 @@ class DirLock:
         """Release the lock (closing the fd releases it); a second call does nothing."""
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)
+            try:
+                key = _key(fd)
+                if _HELD.get(key) == os.getpid():
+                    del _HELD[key]
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> DirLock:
         return self

@@ -344,24 +344,84 @@ def test_write_private_temp(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- the writers' lock ---------------------------------------------------------
 
+HOLD = """
+import sys
+from pyxdp.lock import DirLock
+lk = DirLock(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_lock_waits_says_so_and_times_out(base: str) -> None:
     from pyxdp.store.lock import DirLock
 
-    with DirLock(base) as first:
-        assert first.locked
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, base], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         said: list[str] = []
         t0 = time.monotonic()
         with pytest.raises(LockTimeout) as ei:
             DirLock(base, timeout=0.4, on_wait=said.append)
         assert 0.35 <= time.monotonic() - t0 < 3
-        assert said == [f"waiting for another pyxdp writer (pid {os.getpid()}) to finish with {base}"]
+        assert said == [f"waiting for another pyxdp writer (pid {holder.pid}) to finish with {base}"]
         assert str(ei.value).startswith(
-            f"another pyxdp writer (pid {os.getpid()}) holds {base} for over 0.4 s; if it is stuck, stop it"
+            f"another pyxdp writer (pid {holder.pid}) holds {base} for over 0.4 s; if it is stuck, stop it"
         )
         assert isinstance(ei.value, TimeoutError) and isinstance(ei.value, PyxdpError)
+    finally:
+        holder.communicate("", timeout=30)
     with DirLock(base, timeout=0) as again:  # released: free at once
         assert again.locked
     again.release()  # a second release does nothing
+
+
+SECOND_OPEN = """
+import sys, time
+from pyxdp import Filter, LockTimeout
+first = Filter.open(sys.argv[1], create=True)
+t0 = time.monotonic()
+try:
+    Filter.open(sys.argv[1])
+except LockTimeout as exc:
+    print(f"{time.monotonic() - t0:.1f} {exc}")
+first.close()
+with Filter.open(sys.argv[1]):  # closed: free again
+    print("reopened")
+"""
+
+
+@needs_root
+def test_a_second_open_in_the_same_process_says_so(pin_dir: str) -> None:
+    """Issue 19 (7): a second Filter.open while this process holds the lock
+    waited 30 s and blamed "another pyxdp writer (pid <its own pid>)". With
+    no other thread that could release it, it is refused at once, saying
+    this process holds it."""
+    r = subprocess.run([sys.executable, "-c", SECOND_OPEN, pin_dir], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "PYXDP_LOCK_TIMEOUT"})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    took, msg = r.stdout.splitlines()[0].split(" ", 1)
+    assert float(took) < 10  # not the 30 s timeout
+    assert msg.startswith("this process (pid ") and f"holds the writers' lock on {pin_dir} already, through " \
+        "another open Filter (or DirLock): close that one first" in msg, msg
+    assert r.stdout.splitlines()[1:] == ["reopened"]
+
+
+def test_a_second_lock_waits_for_another_thread_of_this_process(base: str) -> None:
+    """With another thread that may release it, the wait names this process."""
+    import threading
+
+    from pyxdp.lock import DirLock
+
+    first = DirLock(base)
+    timer = threading.Timer(0.3, first.release)
+    timer.start()
+    said: list[str] = []
+    with DirLock(base, timeout=10, on_wait=said.append) as second:
+        assert second.locked and not first.locked
+    timer.join()
+    assert said == [f"waiting for another Filter of this process (pid {os.getpid()}) to finish with {base}"]
 
 
 def test_lock_waits_until_released(base: str) -> None:
@@ -388,8 +448,14 @@ def test_lock_timeout_from_environment(base: str, monkeypatch: pytest.MonkeyPatc
         with pytest.raises(UsageError, match="PYXDP_LOCK_TIMEOUT"):
             lock_timeout({"PYXDP_LOCK_TIMEOUT": bad})
     monkeypatch.setenv("PYXDP_LOCK_TIMEOUT", "0.1")
-    with DirLock(base), pytest.raises(LockTimeout, match=r"for over 0\.1 s"):
-        DirLock(base)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, base], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(LockTimeout, match=r"for over 0\.1 s"):
+            DirLock(base)
+    finally:
+        holder.communicate("", timeout=30)
 
 
 def test_lock_dropped_unreleased_warns_and_releases(base: str) -> None:
