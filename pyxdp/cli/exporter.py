@@ -47,7 +47,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     an IP address (``0.0.0.0`` or ``::`` for every address); port 0 asks the
     kernel for a free port."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise UsageError(f"bad --listen {text!r}: give ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or [::1]:{DEFAULT_PORT}")
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:

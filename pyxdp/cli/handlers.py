@@ -35,7 +35,7 @@ class _Formatter(argparse.HelpFormatter):
 
     def __init__(self, prog: str) -> None:
         cols = os.environ.get("COLUMNS", "")
-        super().__init__(prog, width=int(cols) - 2 if cols.isdigit() and int(cols) > 40 else 98)
+        super().__init__(prog, width=int(cols) - 2 if cols.isascii() and cols.isdigit() and int(cols) > 40 else 98)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -868,7 +868,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     sp = cmd("trace", cmd_trace, "one line per packet with its verdict (sampled)")
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--count", type=int, help="exit after N events")
+    sp.add_argument("--count", type=_integer, help="exit after N events")
     sp.add_argument("--sample", type=_positive, default=1, help="trace one packet in N (default 1)")
     sp.add_argument("--verdict", choices=("pass", "drop"), help="only packets given this verdict")
     sp.add_argument("--from", dest="src", metavar="PREFIX",
@@ -896,7 +896,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     netns(sp)
 
     sp = cmd("printk", cmd_printk, "stream bpf_printk output (trace_pipe; mounts tracefs when missing)")
-    sp.add_argument("--count", type=int, help="exit after N lines")
+    sp.add_argument("--count", type=_integer, help="exit after N lines")
 
     sp = cmd("exporter", cmd_exporter, "serve Prometheus metrics of the state over HTTP until SIGTERM or Ctrl-C")
     sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
@@ -904,18 +904,42 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     sp = cmd("top", cmd_top, "live view: packets and bits per second by interface, verdict and reason; busiest "
              "rules; top dropped sources (Ctrl-C quits)")
-    sp.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh every SECONDS (default 1)")
-    sp.add_argument("--sample", type=int, default=100, metavar="N",
+    sp.add_argument("--interval", type=_number, default=1.0, metavar="SECONDS",
+                    help="refresh every SECONDS (default 1)")
+    sp.add_argument("--sample", type=_integer, default=100, metavar="N",
                     help="trace one packet in N for the dropped sources (default 100; 0: no tracing)")
     sp.add_argument("--once", action="store_true", help="print one snapshot (two readings an interval apart) "
                     "as plain text and exit")
     return p
 
 
+def _ascii_digits(text: str) -> bool:
+    """Digits 0-9 only: int() and str.isdigit() also take '٣' or '²'."""
+    return text.isascii() and text.isdigit()
+
+
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not _ascii_digits(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return int(text)
+
+
+def _integer(text: str) -> int:
+    """A whole number in ASCII digits, with an optional '-' (checked by the command)."""
+    if not _ascii_digits(text[1:] if text.startswith("-") else text):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    """A decimal number in ASCII ('1', '0.5', '2e-1'; its range is the
+    command's to check): float() also takes '٣'."""
+    if not text.isascii():
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,7 +141,7 @@ def parse_action(word: str) -> Action:
 def _short_form(action: Action, word: str) -> Rule | None:
     """ufw's ``allow 22``, ``allow 22/tcp``, ``allow 1000:2000/udp``."""
     ports, slash, proto = word.partition("/")
-    if not ports[:1].isdigit():
+    if not ports[:1].isdigit():  # ASCII or not: parse_ports refuses what is not 0-9
         return None
     if slash and proto not in ("tcp", "udp"):
         raise UsageError(f"bad protocol in {quote(word)}: PORT/tcp or PORT/udp")

@@ -43,7 +43,7 @@ def lock_timeout(environ: Mapping[str, str] | None = None) -> float:
     if not raw:
         return DEFAULT_TIMEOUT
     try:
-        val = float(raw)
+        val = float(raw) if raw.isascii() else -1.0  # float() also takes '٣'
     except ValueError:
         val = -1.0
     if math.isnan(val) or val < 0:

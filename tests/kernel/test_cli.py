@@ -575,6 +575,19 @@ def test_not_an_object_file(tmp_path: Any) -> None:
         (["attach", "nosuchif0", "--mode", "turbo"], "bad mode 'turbo'"),
         (["trace", "--count", "0"], "--count must be 1 or more"),
         (["insert", "0", "deny", "22"], "not a positive number"),
+        # issue 19: int() takes other scripts' digits; the command line takes 0-9 only
+        (["insert", "١", "deny", "22"], "not a positive number: '١'"),
+        (["trace", "--count", "٣"], "not a whole number: '٣'"),
+        (["trace", "--sample", "٣"], "not a positive number"),
+        (["printk", "--count", "٣"], "not a whole number"),
+        (["attach", "lo", "--rules", "٦٤"], "not a positive number: '٦٤'"),
+        (["attach", "lo", "--capacity", "١٠٠"], "not a positive number"),
+        (["top", "--interval", "١"], "not a number: '١'"),
+        (["top", "--sample", "٣"], "not a whole number"),
+        (["deny", "from", "10.0.0.0/٨"], "bad address '10.0.0.0/٨'"),
+        (["allow", "٢٢/tcp"], "bad port"),
+        (["ban", "192.0.2.1", "--ttl", "٣٠"], "bad ttl"),
+        (["state", "--timeout", "udp=٣٠"], "bad timeout"),
     ],
 )
 def test_bad_input(pin_dir: str, args: list[str], says: str) -> None:

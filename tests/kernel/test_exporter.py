@@ -336,7 +336,7 @@ def test_idle_and_stalled_connections_are_closed_after_the_timeout(pin_dir: str)
 
 def test_bad_listen_and_busy_port(pin_dir: str) -> None:
     for bad in ("nonsense", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "localhost:9436", "::1:9436",
-                ":9436", "127.0.0.1:port"):
+                ":9436", "127.0.0.1:port", "127.0.0.1:٩٤٣٦"):
         fails(2, "bad --listen", "exporter", "--listen", bad, pin_dir=pin_dir)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -212,8 +212,8 @@ def test_bad_input_no_state_missing_library(pin_dir: str) -> None:
     fails(1, "no pyxdp state", "top", "--once", pin_dir=pin_dir)
     ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
     for args, says in ((["--interval", "0"], "--interval must be"), (["--interval", "nan"], "--interval must be"),
-                       (["--interval", "x"], "invalid float"), (["--sample", "-1"], "--sample must be"),
-                       (["--sample", "x"], "invalid int")):
+                       (["--interval", "x"], "not a number: 'x'"), (["--sample", "-1"], "--sample must be"),
+                       (["--sample", "x"], "not a whole number: 'x'")):
         fails(2, says, "top", "--once", *args, pin_dir=pin_dir)
     code = ("import sys; sys.modules['rich'] = None; from pyxdp.cli import main; "
             f"sys.exit(main(['--pin-dir', {pin_dir!r}, 'top', '--once']))")

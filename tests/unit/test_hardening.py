@@ -444,7 +444,7 @@ def test_lock_timeout_from_environment(base: str, monkeypatch: pytest.MonkeyPatc
 
     assert lock_timeout({}) == 30.0
     assert lock_timeout({"PYXDP_LOCK_TIMEOUT": "2.5"}) == 2.5
-    for bad in ("x", "-1", "nan"):
+    for bad in ("x", "-1", "nan", "٣"):
         with pytest.raises(UsageError, match="PYXDP_LOCK_TIMEOUT"):
             lock_timeout({"PYXDP_LOCK_TIMEOUT": bad})
     monkeypatch.setenv("PYXDP_LOCK_TIMEOUT", "0.1")
