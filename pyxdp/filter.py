@@ -10,6 +10,7 @@ callers never interleave; readers take no lock."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -159,12 +160,15 @@ class Filter:
                 audit.record(self.pin_dir, "state removed again: the change it was made for failed")
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         st = getattr(self, "_st", None)
         if st is not None and st.locked:
-            warnings.warn(f"unclosed pyxdp Filter on {st.pin_dir} (it held the writers' lock)", ResourceWarning,
-                          stacklevel=2)
-            st.close()
+            try:
+                if not _finalizing():  # at interpreter exit: no warning (it could not be formatted), only close
+                    warnings.warn(f"unclosed pyxdp Filter on {st.pin_dir} (it held the writers' lock)",
+                                  ResourceWarning, stacklevel=2)
+            finally:
+                st.close()
 
     @property
     def capacity(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
@@ -70,9 +71,9 @@ def _obj_info(fd: int, what: str) -> bytes:
     return bytes(ffi.buffer(buf, size[0]))
 
 
-def _close(fd: int) -> None:
+def _close(fd: int, _os_close: Callable[[int], None] = os.close) -> None:
     if fd >= 0:
-        os.close(fd)
+        _os_close(fd)  # (bound at import: at interpreter exit module globals may be gone)
 
 
 class _Fd:
@@ -97,11 +98,17 @@ class _Fd:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            import warnings
-
-            warnings.warn(f"unclosed {type(self).__name__}", ResourceWarning, stacklevel=2)
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
+        # Nothing is imported here: at interpreter exit that fails ("sys.meta_path is None"), so then it
+        # only closes. Not imported yet, warnings would ignore a ResourceWarning anyway (its default
+        # filters; -W and -X dev import it at start).
+        if getattr(self, "_fd", -1) < 0:
+            return
+        try:
+            warnings = sys.modules.get("warnings")
+            if warnings is not None and not _finalizing():
+                warnings.warn(f"unclosed {type(self).__name__}", ResourceWarning, stacklevel=2)
+        finally:
             self.close()
 
 

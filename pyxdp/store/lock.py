@@ -182,10 +182,11 @@ class DirLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         if getattr(self, "_fd", -1) >= 0:
             try:
-                warnings.warn(f"DirLock on {self.path} was never released", ResourceWarning, stacklevel=2)
+                if not _finalizing():  # at interpreter exit: no warning (it could not be formatted), only release
+                    warnings.warn(f"DirLock on {self.path} was never released", ResourceWarning, stacklevel=2)
             finally:
                 self.release()
 

@@ -471,6 +471,45 @@ def test_lock_dropped_unreleased_warns_and_releases(base: str) -> None:
     DirLock(base, timeout=0).release()  # free again
 
 
+LEFT_OPEN = """
+import builtins, gc, sys, warnings
+from pyxdp import Filter
+kept = Filter.open(sys.argv[1], lock=sys.argv[2] == "locked")
+kept.sets(); kept.rules(); kept.config()
+builtins.kept = kept  # open until the interpreter exits
+if sys.argv[3] == "dropped":  # one dropped while running still warns
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        other = Filter.open(sys.argv[1], lock=False)
+        m = other.state.map("cfg")
+        other.state._maps.clear()  # the map is the caller's now, and dropped unclosed
+        del m, other
+        gc.collect()
+    print(sorted({w.category.__name__ for w in got}))
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("lock", ["locked", "unlocked"])
+@pytest.mark.parametrize("warn", ["-Wdefault", "-Wignore"])
+def test_objects_left_open_at_exit_print_nothing(pin_dir: str, lock: str, warn: str) -> None:
+    """Issue 19 (7): maps and a Filter left open printed "Exception ignored in
+    _Fd.__del__ ... sys.meta_path is None" at interpreter exit (the warning
+    imported at shutdown). At exit they are closed without a word; dropped
+    while running, one still warns (ResourceWarning)."""
+    from pyxdp import Filter
+
+    with Filter.open(pin_dir, create=True) as f:
+        f.deny("22")
+    for dropped in ("kept", "dropped"):
+        r = subprocess.run([sys.executable, warn, "-c", LEFT_OPEN, pin_dir, lock, dropped], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        assert r.stdout == ("['ResourceWarning']\n" if dropped == "dropped" else ""), r.stdout
+    with Filter.open(pin_dir, lock=False) as f:
+        assert [str(r.rule) for r in f.rules()] == ["deny to any port 22"]
+
+
 def test_lock_refuses_symlink_and_missing(base: str) -> None:
     from pyxdp.store.lock import DirLock
 
