@@ -243,7 +243,7 @@ def test_pcap_capture_never_writes_into_another_users_file(base: str) -> None:
     there. Now a file of its own (root, 0600) replaces it, as ``save`` does;
     the other user's file (here kept by a second link) is untouched. A FIFO
     is still written into (a reader at the other end)."""
-    from pyxdp.pcap import open_capture
+    from pyxdp.model.pcap import open_capture
 
     path = os.path.join(base, "cap.pcap")
     with open(path, "w") as fh:
@@ -346,7 +346,7 @@ def test_write_private_temp(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 HOLD = """
 import sys
-from pyxdp.lock import DirLock
+from pyxdp.store.lock import DirLock
 lk = DirLock(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()
@@ -412,7 +412,7 @@ def test_a_second_lock_waits_for_another_thread_of_this_process(base: str) -> No
     """With another thread that may release it, the wait names this process."""
     import threading
 
-    from pyxdp.lock import DirLock
+    from pyxdp.store.lock import DirLock
 
     first = DirLock(base)
     timer = threading.Timer(0.3, first.release)
