@@ -152,7 +152,7 @@ def _read_text(path: str) -> str:
     """A rule-set or config file ('-': stdin), read in chunks: a NUL (no TOML
     holds one: /dev/zero) or more than MAX_TEXT characters is one error line
     instead of reading on until memory runs out."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     name = "stdin" if path == "-" else path
     try:
@@ -181,7 +181,7 @@ def _read_text(path: str) -> str:
 def _lines(fh: IO[str], name: str) -> Iterator[str]:
     """The lines of ``fh``, each at most MAX_LINE characters: a longer one (a
     file without newlines, /dev/zero) is one error line, not a read without end."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     num = 0
     while line := fh.readline(MAX_LINE + 1):

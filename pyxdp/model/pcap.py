@@ -154,7 +154,7 @@ def open_capture(path: str) -> IO[bytes]:
     :class:`UsageError` "cannot write PATH: REASON"."""
     import stat
 
-    from .safefile import check_target, open_new_file
+    from ..safefile import check_target, open_new_file
 
     st = check_target(path, special_ok=True)
     if st is not None and (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)):
