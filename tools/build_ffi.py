@@ -92,6 +92,8 @@ int bpf_program__fd(const struct bpf_program *prog);
 int bpf_program__type(const struct bpf_program *prog);
 int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 
+int bpf_map_create(int map_type, const char *map_name, __u32 key_size, __u32 value_size, __u32 max_entries,
+                   const void *opts);
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_obj_get(const char *pathname);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);

@@ -115,7 +115,8 @@ class _Fd:
 class Map(_Fd):
     """A BPF map. Keys and values are ``bytes`` of the map's sizes; per-CPU
     maps take and return one value per possible CPU, concatenated.
-    Test hook: $PYXDP_TEST_KILL_AFTER=N SIGKILLs the process after its Nth map write (if environment_trusted())."""
+    Test hook: $PYXDP_TEST_KILL_AFTER=N SIGKILLs the process after its Nth change (if environment_trusted()):
+    a map write, a pin, or a netlink change of an interface (see :func:`kill_point`)."""
 
     _kill_after: int | None = None  # PYXDP_TEST_KILL_AFTER, read on the first write (0: off)
     _writes = 0
@@ -158,6 +159,17 @@ class Map(_Fd):
             _obj_info(fd, "map info").ljust(_MAP_INFO.size, b"\0")
         )
         return cls(fd, name.rstrip(b"\0").decode(), MapSpec(mtype, ks, vs, me, flags), map_id)
+
+    @classmethod
+    def create(cls, mtype: MapType, name: str, key_size: int, value_size: int, max_entries: int) -> Map:
+        """A new map of the control plane's own (no program uses it), unpinned."""
+        fd = check(lib.bpf_map_create(int(mtype), name.encode(), key_size, value_size, max_entries, ffi.NULL),
+                   f"create map {name}")
+        try:
+            return cls.from_fd(fd)
+        except BaseException:
+            _close(fd)
+            raise
 
     @classmethod
     def from_pin(cls, path: str | os.PathLike[str]) -> Map:
@@ -287,7 +299,15 @@ class Map(_Fd):
         return int(count[0])
 
     def pin(self, path: str | os.PathLike[str]) -> None:
-        check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin map {self.name} at {path}")
+        ret = lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path)))
+        Map._wrote()
+        check(ret, f"pin map {self.name} at {path}")
+
+
+def kill_point() -> None:
+    """Count one change that is not a map write (a netlink change, a pin)
+    for the crash-injection hook of :class:`Map`."""
+    Map._wrote()
 
 
 class TestRun(NamedTuple):
@@ -356,7 +376,9 @@ class Program(_Fd):
             raise
 
     def pin(self, path: str | os.PathLike[str]) -> None:
-        check(lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path))), f"pin program {self.name} at {path}")
+        ret = lib.bpf_obj_pin(self.fd, os.fsencode(os.fspath(path)))
+        kill_point()
+        check(ret, f"pin program {self.name} at {path}")
 
     def test_run(self, data: bytes, repeat: int = 1) -> TestRun:
         """Run the program on one packet through BPF_PROG_TEST_RUN."""

@@ -25,11 +25,20 @@ _INGRESS_PARENT = 0xFFFFFFF2
 ETH_P_ALL = 3
 
 
-def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+def _call(what: str, fn: Any, *args: Any, change: bool = False, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, its netlink error as an AttachError saying
+    ``what``; ``change``: a call that changes the interface (a kill point of
+    the crash-injection hook, pyxdp.bpf.kill_point)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if change:
+                from .bpf import kill_point
+
+                kill_point()
     except NetlinkError as exc:
         msg = exc.args[1] if len(exc.args) > 1 and exc.args[1] else errno.errorcode.get(exc.code, str(exc.code))
         raise AttachError(exc.code, f"{what}: {msg}") from None
@@ -65,15 +74,20 @@ def attach_egress(nl: Netlink, ifindex: int, prog_fd: int) -> bool:
     if not has_clsact(nl, ifindex):
         from pyroute2.netlink.exceptions import NetlinkError
 
+        from .bpf import kill_point
+
         try:
-            nl.ipr.tc("add", "clsact", index=ifindex)
+            try:
+                nl.ipr.tc("add", "clsact", index=ifindex)
+            finally:
+                kill_point()
             added = True
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise AttachError(exc.code, f"add clsact qdisc: {exc}") from None
     try:
         _call("attach the egress program", nl.ipr.tc, "replace-filter", "bpf", index=ifindex, handle=HANDLE,
-              fd=prog_fd, name=FILTER_NAME, parent=EGRESS, classid=1, direct_action=True, prio=PRIO,
+              change=True, fd=prog_fd, name=FILTER_NAME, parent=EGRESS, classid=1, direct_action=True, prio=PRIO,
               protocol=ETH_P_ALL)
     except BaseException:
         if added:
@@ -89,7 +103,7 @@ def detach_egress(nl: Netlink, ifindex: int, own_clsact: bool) -> None:
         return
     if any(_ours(f) for f in _filters(nl, ifindex, _EGRESS_PARENT)):
         _call("detach the egress program", nl.ipr.tc, "del-filter", "bpf", index=ifindex, handle=HANDLE,
-              parent=EGRESS, prio=PRIO, protocol=ETH_P_ALL)
+              change=True, parent=EGRESS, prio=PRIO, protocol=ETH_P_ALL)
     if own_clsact:
         remove_clsact_if_empty(nl, ifindex)
 
@@ -97,4 +111,4 @@ def detach_egress(nl: Netlink, ifindex: int, own_clsact: bool) -> None:
 def remove_clsact_if_empty(nl: Netlink, ifindex: int) -> None:
     if _filters(nl, ifindex, _EGRESS_PARENT) or _filters(nl, ifindex, _INGRESS_PARENT):
         return
-    _call("remove the clsact qdisc", nl.ipr.tc, "del", "clsact", index=ifindex)
+    _call("remove the clsact qdisc", nl.ipr.tc, "del", "clsact", change=True, index=ifindex)

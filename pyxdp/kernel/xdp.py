@@ -155,8 +155,13 @@ class Netlink:
     def _set(self, ifindex: int, attrs: list[tuple[str, int]], what: str) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
+        from .bpf import kill_point
+
         try:
-            self._ipr.link("set", index=ifindex, xdp={"attrs": attrs})
+            try:
+                self._ipr.link("set", index=ifindex, xdp={"attrs": attrs})
+            finally:
+                kill_point()
         except NetlinkError as exc:
             msg = exc.args[1] if len(exc.args) > 1 and exc.args[1] else ""
             detail = str(msg) if msg else errno.errorcode.get(exc.code, str(exc.code))
