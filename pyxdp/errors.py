@@ -138,3 +138,18 @@ _BY_ERRNO: dict[int, type[BpfError]] = {
 def bpf_error(err: int, what: str) -> BpfError:
     """The exception for a failed call, typed by its errno."""
     return _BY_ERRNO.get(err, BpfError)(err, what)
+
+
+class UnreadableState(PyxdpError, ValueError):
+    """The pin directory holds state pyxdp cannot read (a layout record
+    missing or zeroed, a map missing) that is still in use: ``running``
+    names the interfaces that run its programs. pyxdp leaves it as it is
+    (only an explicit ``--force`` makes new state in its place)."""
+
+    def __init__(self, msg: str, running: list[str]) -> None:
+        ValueError.__init__(self, msg)
+        self.msg = msg
+        self.running = running
+
+    def __str__(self) -> str:
+        return self.msg

@@ -75,6 +75,15 @@ def _ttl_text(ttl: int | None) -> str:
     return f"ttl {ttl}s" if ttl else "permanent"
 
 
+def _up_pinned(pin_dir: str) -> bool:
+    """Whether an 'up' journal is pinned (pyxdp.store.upjournal.pinned without its imports: one stat)."""
+    import os
+
+    from .store.objects import UP_JOURNAL_PINS
+
+    return os.path.lexists(os.path.join(pin_dir, UP_JOURNAL_PINS[0]))
+
+
 def _audit_trace(pin_dir: str, old: int, new: int) -> None:
     if old != new and audit.active():
         audit.record(pin_dir, f"tracing {f'1 in {old}' if old else 'off'} -> {f'1 in {new}' if new else 'off'}")
@@ -88,11 +97,12 @@ class Filter:
     def __init__(self, st: State, created: bool = False) -> None:
         self._st = st
         self.created = created  # this handle made the state: a failure inside 'with' removes it
+        self.recovered: str | None = None  # what opening it put back (an 'up' a killed writer left)
 
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR, *, create: bool = False, lock: bool = True,
              capacity: int | None = None, rules: int | None = None, with_program: bool = False,
-             flows: int | None = None, migrate: bool = False) -> Filter:
+             flows: int | None = None, migrate: bool = False, force: bool = False) -> Filter:
         """Open the state in ``pin_dir``. ``create`` makes it when missing
         (mounting bpffs if needed); ``lock`` holds the directory's lock until
         :meth:`close` (take it for any change; a writer waiting for it says
@@ -109,10 +119,12 @@ class Filter:
         this process holds it through another open Filter, a second writer's
         open is refused at once (:class:`~pyxdp.errors.LockTimeout` saying
         this process holds it), or, when other threads run, waits for the
-        first to close, as for another process."""
+        first to close, as for another process. State pyxdp cannot read while
+        interfaces still run its programs is refused (UnreadableState, naming
+        them); ``create`` with ``force`` makes new state in its place."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
                                  with_program=with_program, flows=flows, migrate=_migrate if migrate else None,
-                                 refusal=_refusal)
+                                 refusal=_refusal, force=force)
         flt = cls(st, created)
         if created and audit.active():
             audit.record(st.pin_dir, f"state created ({st.capacity} set elements per family, {st.rule_capacity} rules)")
@@ -120,18 +132,54 @@ class Filter:
             from .layout import PYXDP_LAYOUT
 
             audit.record(st.pin_dir, f"state migrated from layout {st.migrated_from} to {PYXDP_LAYOUT}")
-        if st.locked:
-            try:
-                left = st.journal()[0] if audit.active() else None
-                with signals_deferred():
-                    S.recover(st, st.config().txn)
-                if left:  # JournalOp.NONE is 0
-                    audit.record(st.pin_dir, f"recovery: the {left.name.lower()} change a killed writer left was "
-                                 "finished or undone")
-            except BaseException:
-                st.close()
-                raise
+        try:
+            if st.locked:
+                flt._recover()
+            else:
+                flt._recover_unlocked()
+        except BaseException:
+            st.close()
+            raise
         return flt
+
+    def _recover(self) -> None:
+        """Finish or undo what a killed writer left: a change of maps (the
+        journal map), then an ``up`` (its pinned journal, pyxdp.store.upjournal)."""
+        st = self._st
+        left = st.journal()[0] if audit.active() else None
+        with signals_deferred():
+            S.recover(st, st.config().txn)
+        if left:  # JournalOp.NONE is 0
+            audit.record(st.pin_dir, f"recovery: the {left.name.lower()} change a killed writer left was "
+                         "finished or undone")
+        if _up_pinned(st.pin_dir):
+            from .up import recover_up
+
+            with signals_deferred():
+                if recover_up(self):
+                    self.recovered = ("an 'up' killed part-way was undone: rules, sets and interfaces are as "
+                                      "before it")
+            if audit.active():
+                audit.record(st.pin_dir, "recovery: the 'up' a killed writer left was undone")
+
+    def _recover_unlocked(self) -> None:
+        """A reader: an ``up`` a killed writer left is undone now too, when no
+        writer holds the lock (one that does is alive, and finishes it)."""
+        if not _up_pinned(self.pin_dir):
+            return
+        from .errors import LockTimeout
+        from .store.lock import DirLock
+
+        try:
+            lk = DirLock(self.pin_dir, timeout=0)
+        except LockTimeout:
+            return
+        self._st._lock = lk
+        try:
+            self._recover()
+        finally:
+            self._st._lock = None
+            lk.release()
 
     @property
     def pin_dir(self) -> str:

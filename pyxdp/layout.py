@@ -154,6 +154,7 @@ EVENT = struct.Struct(f"=QIIBBBBHH16s16sBBHHHIHH{HEAD_LEN}s")
 IFACE_KEY = struct.Struct("=I60s")
 IFACE_VAL = struct.Struct("=16sIIII")  # ifname, mode, prog_id, slot, flags
 IFF_OWN_CLSACT = 1  # enum iface_flags: pyxdp added the interface's clsact qdisc
+IFF_CHANGING = 1 << 31  # control plane only (no program reads ifaces): a change of this interface is under way
 IFSLOT = struct.Struct("=II")  # ifindex, slot
 FLOW_KEY = struct.Struct("=BBHHH16s16s")  # family, proto, rport, lport, pad, raddr, laddr (flows6)
 FLOW_KEY4 = struct.Struct("=BBHHH4s4s")  # the same for flows4: addresses of 4 bytes

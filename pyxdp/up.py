@@ -9,12 +9,12 @@ will attach first (it exists, and runs no other XDP program), then applies
 the rules and sets in one switch (only when they differ), then attaches the
 new interfaces (so none ever runs the old or empty rules), then detaches
 the interfaces the file no longer names (last: the filter stays on until
-everything else is done). A step that fails undoes the earlier ones."""
+everything else is done). A step that fails undoes the earlier ones; so
+does the next command after a kill (the journal of :mod:`pyxdp.store.upjournal`)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import AttachError, PyxdpError
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
         @property
         def state(self) -> State: ...
+        @property
+        def pin_dir(self) -> str: ...
         def interfaces(self) -> list[Attachment]: ...
         def ruleset(self, interfaces: bool = False) -> RuleSetSpec: ...
         def apply(self, spec: RuleSetSpec) -> None: ...
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
                    reload: bool = False) -> Attachment: ...
         def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool: ...
 
-__all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "up"]
+__all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "recover_up", "undo_up", "up"]
 
 DEFAULT_CONFIG = "/etc/pyxdp/pyxdp.toml"
 
@@ -168,6 +170,12 @@ def _refuse_empty(spec: RuleSetSpec, have: dict[tuple[str | None, str], list[Att
                          "that is meant)")
 
 
+def _before(have: list[Attachment]) -> str | None:
+    """The mode an interface runs the filter in (None: it does not)."""
+    live = [a for a in have if a.attached]
+    return live[0].mode if live else None
+
+
 def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[ConfigChange]:
     """Make the running firewall and its interfaces what ``spec`` says, all or
     nothing: apply the rules, sets and policy when they differ (an element
@@ -177,8 +185,17 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
     recorded interfaces the spec does not name. A spec that names no
     interface while the filter runs on some is refused (UsageError), before
     anything changes, unless ``allow_empty``. Returns what changed (empty:
-    nothing to do). ``flt`` must hold the lock."""
+    nothing to do). ``flt`` must hold the lock.
+
+    Before its first change it pins its journal (:mod:`pyxdp.store.upjournal`):
+    each interface it will change with the mode it runs now, and the running
+    firewall when the rules change. A failing step, or a kill at any point
+    (the next command that opens the state does it), puts all of that back
+    (:func:`undo_up`); unpinning the journal, last, is the commit."""
     from .kernel.xdp import XdpMode
+    from .model.rulefile import format_ruleset
+    from .store import upjournal
+    from .store.clock import monotonic_ns
 
     flt.state.require_lock()
     have: dict[tuple[str | None, str], list[Attachment]] = {}
@@ -198,53 +215,124 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
     gone = [key for key in have if key not in want]
     stale = _preflight(flt.state, new, have)
     running = flt.ruleset()
+    differs = _differs(spec, running)
+
+    # the journal: every interface this 'up' changes, in the order it does, with the mode it runs in now
+    touched = [(i.netns, i.name, _before(have.get((i.netns, i.name), []))) for i in new]
+    touched += [(i.netns, i.name, old.mode) for i, old in remode]
+    touched += [(netns, name, _before(have[(netns, name)])) for netns, name in gone]
+    if not differs and not touched:
+        return []
+    plan: dict[str, object] = {"v": 1, "at": monotonic_ns(), "old": format_ruleset(running) if differs else None,
+            "ifaces": [list(t) for t in touched]}
+    upjournal.write(flt.pin_dir, plan)
 
     changes: list[ConfigChange] = []
-    undo: list[Callable[[], object]] = []
-
-    def attach(i: InterfaceSpec, mode: str) -> Attachment:
-        a = flt.attach(i.name, mode=XdpMode(mode), netns=i.netns)
-        undo.append(lambda: flt.detach(i.name, netns=i.netns, keep=True))
-        return a
-
-    def detach(i: InterfaceSpec, mode: str | None) -> None:
-        _detach_all(flt, i.name, i.netns)
-        if mode is not None:
-            undo.append(lambda: flt.attach(i.name, mode=XdpMode(mode), netns=i.netns))
-
     try:
-        if _differs(spec, running):
+        if differs:
             flt.apply(_keep_running_timeouts(spec, running))
-            undo.append(lambda: flt.apply(running))
             n = sum(len(v) for v in spec.sets.values())
             changes.append(ConfigChange("apply", None, f"applied {_plural(len(spec.rules), 'rule')}, "
                                         f"{_plural(len(spec.sets), 'set')} ({_plural(n, 'element')})"
                                         + (f", policy {spec.policy.label}" if spec.policy is not None else "")))
         for i in new:
             if (i.netns, i.name) in stale:
-                detach(i, None)  # the record of the interface gone before: nothing runs on it
-            a = attach(i, i.mode)
+                _detach_all(flt, i.name, i.netns)  # the record of the interface gone before: nothing runs on it
+            a = flt.attach(i.name, mode=XdpMode(i.mode), netns=i.netns)
             changes.append(ConfigChange("attach", i, f"attached to {i}: {a.mode} mode, program id {a.prog_id}"))
         for i, old in remode:  # native and generic cannot run at once: the filter is off for a moment
-            detach(i, old.mode)
-            a = attach(i, i.mode)
+            _detach_all(flt, i.name, i.netns)
+            a = flt.attach(i.name, mode=XdpMode(i.mode), netns=i.netns)
             changes.append(ConfigChange("reattach", i, f"attached to {i} again: {a.mode} mode (was {old.mode}), "
                                         f"program id {a.prog_id}"))
         for key in gone:
             recs = have[key]
             i = InterfaceSpec(recs[0].ifname, recs[0].netns, recs[0].mode)
-            live = [a for a in recs if a.attached]
-            detach(i, live[0].mode if live else None)
+            _detach_all(flt, i.name, i.netns)
             changes.append(ConfigChange("detach", i, f"detached from {i}"))
     except BaseException as exc:
-        failed = []
-        for step in reversed(undo):
-            try:
-                step()
-            except Exception as undo_exc:  # noqa: BLE001 - said below, with the first failure
-                failed.append(str(undo_exc))
-        if failed:
-            raise PyxdpError(f"{exc}; undoing what 'up' had done failed too ({failed[0]}): see "
-                             "'pyxdp-load status'") from exc
+        try:
+            undo_up(flt, plan)
+        except Exception as undo_exc:  # noqa: BLE001 - said with the first failure; the journal stays
+            raise PyxdpError(f"{exc}; undoing what 'up' had done failed too ({undo_exc}); the next pyxdp-load "
+                             "command tries again (see 'pyxdp-load status')") from exc
+        upjournal.clear(flt.pin_dir)
         raise
+    upjournal.clear(flt.pin_dir)  # the commit
     return changes
+
+
+def _restore_iface(flt: Filter, netns: str | None, name: str, mode: str | None) -> None:
+    """Make interface ``name`` run the filter in ``mode`` again (None: not at
+    all), whatever part of a change to it was done."""
+    import errno
+
+    from .errors import UsageError
+    from .kernel.xdp import Netlink, XdpMode
+    from .store.attach import recorded, uses_state
+
+    try:
+        with Netlink(netns) as nl:
+            ifst = nl.state(name)
+    except UsageError:  # the interface (or its namespace) is gone, and its program with it: forget it
+        _detach_all(flt, name, netns)
+        return
+    ours = bool(ifst.prog_id) and uses_state(flt.state, ifst.prog_id)
+    if ifst.prog_id and not ours:
+        raise AttachError(errno.EBUSY, f"{name}{_where(netns)} runs XDP program {ifst.prog_id}, not this pyxdp "
+                                       "filter: cannot put back what ran there")
+    if ours and (mode is None or ifst.mode is None or ifst.mode.value != mode):
+        if any(a.ifname == name and a.netns == netns for a in recorded(flt.state).values()):
+            _detach_all(flt, name, netns)
+        else:
+            flt.detach(name, netns=netns, keep=True)  # attached by a writer killed before recording it
+    elif mode is None:
+        _detach_all(flt, name, netns)  # records of it, if any
+    if mode is None:
+        return
+    flt.attach(name, mode=XdpMode(mode), netns=netns)  # running already: records it (and the pinned program)
+
+
+def _aged(spec: RuleSetSpec, seconds: int) -> RuleSetSpec:
+    """``spec`` ``seconds`` later: timed elements have that much less time
+    left (those run out are left out)."""
+    if seconds <= 0:
+        return spec
+    return spec._replace(sets={name: [e if e.ttl is None else Element(e.prefix, e.ttl - seconds)
+                                      for e in elements if e.ttl is None or e.ttl > seconds]
+                               for name, elements in spec.sets.items()})
+
+
+def undo_up(flt: Filter, plan: dict[str, object]) -> None:
+    """Put back what the ``up`` of journal ``plan`` changed, in the reverse
+    order: each interface it touched runs the filter as it did before (in
+    the same mode, or not at all), then the firewall it replaced (when the
+    running one differs). Each step looks at what runs now, so it can be
+    done again after a kill part-way through."""
+    from .model.rulefile import parse_ruleset
+    from .store.clock import monotonic_ns
+
+    ifaces = plan.get("ifaces")
+    old = plan.get("old")
+    at = plan.get("at")
+    if not isinstance(ifaces, list) or not (old is None or isinstance(old, str)) or not isinstance(at, int):
+        raise PyxdpError(f"the journal of an 'up' in {flt.pin_dir} is not one this pyxdp wrote")
+    for netns, name, mode in reversed(ifaces):
+        _restore_iface(flt, netns, name, mode)
+    if old is not None:
+        before = _aged(parse_ruleset(old, "the journal of the 'up'"), (monotonic_ns() - at) // 1_000_000_000)
+        if _differs(before, flt.ruleset()):
+            flt.apply(before)
+
+
+def recover_up(flt: Filter) -> bool:
+    """Undo the ``up`` a killed writer left (its journal is pinned); True if
+    there was one. ``flt`` holds the lock."""
+    from .store import upjournal
+
+    plan = upjournal.read(flt.pin_dir)
+    if plan is None:
+        return False
+    undo_up(flt, plan)
+    upjournal.clear(flt.pin_dir)
+    return True

@@ -56,7 +56,7 @@ def _pin_dir(args: argparse.Namespace) -> str:
 
 
 def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, with_program: bool = False,
-          migrate: bool = False) -> Any:
+          migrate: bool = False, force: bool = False) -> Any:
     """The Filter; a command that changes things creates state only when
     it is 'attach' (create=True) or --create was given. ``migrate``: state
     of an older pyxdp is migrated ('attach --reload', 'up') and a line says so."""
@@ -64,7 +64,10 @@ def _open(args: argparse.Namespace, create: bool = False, lock: bool = True, wit
 
     flt = Filter.open(_pin_dir(args), create=create or bool(getattr(args, "create", False) and lock), lock=lock,
                       capacity=getattr(args, "capacity", None), with_program=with_program,
-                      flows=getattr(args, "flows", None), rules=getattr(args, "rules", None), migrate=migrate)
+                      flows=getattr(args, "flows", None), rules=getattr(args, "rules", None), migrate=migrate,
+                      force=force)
+    if flt.recovered:
+        print(f"{PROG}: {flt.recovered}", file=sys.stderr)
     if flt.migrated:
         from ..layout import PYXDP_LAYOUT
 
@@ -91,7 +94,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     mode = XdpMode.parse(args.mode)
     loading = preload()  # pyroute2's import overlaps the verifier
-    with _open(args, create=True, with_program=True, migrate=args.reload) as flt:
+    with _open(args, create=True, with_program=True, migrate=args.reload, force=args.force) as flt:
         loading.join()
         a = flt.attach(args.iface, mode=mode, netns=args.netns, force=args.force, reload=args.reload)
     where = f" (netns {a.netns})" if a.netns else ""
@@ -107,10 +110,17 @@ def cmd_detach(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..errors import NotLoaded
+    from ..errors import NotLoaded, UnreadableState
 
     try:
         flt = _open(args, lock=False)
+    except UnreadableState as exc:
+        if args.json:
+            _emit({"pin_dir": _pin_dir(args), "loaded": False, "unreadable": str(exc), "running": exc.running,
+                   "interfaces": []})
+        else:
+            print(f"unreadable: {exc}")
+        return 1
     except NotLoaded:
         if args.json:
             _emit({"pin_dir": _pin_dir(args), "loaded": False, "interfaces": []})
@@ -139,7 +149,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("no interface attached")
         for a in ifaces:
             ns = f" netns {a.netns}" if a.netns else ""
-            state = "" if a.attached else "  (NOT attached any more)"
+            cmd = f"{a.ifname}" + (f" --netns {a.netns}" if a.netns else "")
+            if a.attached and a.recorded_prog_id:
+                state = (f"  (the record says program {a.recorded_prog_id}: a writer was killed part-way; "
+                         f"'pyxdp-load attach {cmd}' records what runs)")
+            elif a.attached:
+                state = ""
+            elif a.interrupted:
+                state = (f"  (NOT attached: a change of it was killed part-way; 'pyxdp-load attach {cmd}' attaches "
+                         f"it, 'pyxdp-load detach {cmd}' forgets it)")
+            else:
+                state = "  (NOT attached any more)"
             print(f"  {a.ifname} (ifindex {a.ifindex}{ns}): {a.mode}, program id {a.prog_id}{state}")
     return 0
 

@@ -24,7 +24,9 @@ NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
 IFLA_IFNAME = 3
 IFLA_EXT_MASK = 29
 IFLA_XDP = 43
@@ -135,6 +137,32 @@ class Links:
     def state_by_index(self, ifindex: int) -> XdpState | None:
         """What interface ``ifindex`` runs, or None when there is no such interface."""
         return self._get(ifindex, None) if ifindex > 0 else None
+
+    def all(self) -> list[XdpState]:
+        """What every interface of the namespace runs (one RTM_GETLINK dump)."""
+        self._seq += 1
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0)
+                        + body)
+        out: list[XdpState] = []
+        while True:
+            head = bytearray(_NLMSG.size)
+            size = self._sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)
+            data = self._sock.recv(max(size, _NLMSG.size))
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size or off + length > len(data):
+                    break
+                if seq == self._seq:
+                    if kind == NLMSG_DONE:
+                        return out
+                    if kind == NLMSG_ERROR:
+                        err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        raise AttachError(err, f"listing interfaces: {os.strerror(err)}")
+                    if kind == RTM_NEWLINK:
+                        out.append(_xdp_state(data, off + _NLMSG.size, off + length))
+                off += (length + 3) & ~3
 
     def _get(self, ifindex: int, ifname: str | None) -> XdpState | None:
         self._seq += 1

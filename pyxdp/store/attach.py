@@ -35,11 +35,14 @@ class Attachment(NamedTuple):
     netns: str | None
     mode: str
     prog_id: int
-    attached: bool  # the interface still runs the recorded program
+    attached: bool  # the interface runs this state's program (prog_id, mode: what the kernel has)
+    recorded_prog_id: int = 0  # the program the record names when the kernel runs another of this state (0: same)
+    interrupted: bool = False  # the record says a change of the interface was under way (its writer was killed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ifname": self.ifname, "ifindex": self.ifindex, "netns": self.netns, "mode": self.mode,
-                "prog_id": self.prog_id, "attached": self.attached}
+                "prog_id": self.prog_id, "attached": self.attached, "recorded_prog_id": self.recorded_prog_id,
+                "interrupted": self.interrupted}
 
 
 def _iface_key(ifindex: int, netns: str | None) -> bytes:
@@ -209,9 +212,11 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
             if rec is None:
                 want = mode if mode is not XdpMode.AUTO else XdpMode.AUTO
                 slot = _assign_slot(st, recs, ifst.ifindex)
-                new = _Record(ifname, MODES.index(want.value), prog.id, slot, 0)
+                new = _Record(ifname, MODES.index(want.value), prog.id, slot, L.IFF_CHANGING)
                 st.map("ifaces").update(key, new.pack())
-            cur = rec or new
+            elif ifst.prog_id != prog.id:  # the intent: a change of what it runs is under way (confirmed below)
+                st.map("ifaces").update(key, rec._replace(flags=rec.flags | L.IFF_CHANGING).pack())
+            cur = rec._replace(flags=rec.flags | L.IFF_CHANGING) if rec is not None else new
             try:
                 # egress first: flows the host opens from now on are known before the filter relies on them
                 had_egress = rec is not None and has_egress(nl, ifst.ifindex)
@@ -232,11 +237,15 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
                 if rec is None:
                     st.map("ifaces").delete(key)
                     _release_slot(st, ifst.ifindex, cur.slot)
+                else:
+                    st.map("ifaces").update(key, cur._replace(flags=cur.flags & ~L.IFF_CHANGING).pack())
                 raise
             assert used is not None
             if fresh:
                 pin_programs(st, prog, eprog)  # only once they run: a failed attach changes nothing
-            st.map("ifaces").update(key, cur._replace(mode=MODES.index(used.value), prog_id=prog.id).pack())
+            # the confirmation: what runs now
+            st.map("ifaces").update(key, cur._replace(mode=MODES.index(used.value), prog_id=prog.id,
+                                                      flags=cur.flags & ~L.IFF_CHANGING).pack())
             if reload:  # every interface recorded runs the new programs too
                 for (ns, idx), r in recs.items():
                     if (ns, idx) != (netns, ifst.ifindex) and r.prog_id != prog.id:
@@ -282,10 +291,12 @@ def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Pr
             ifst = nl.state_by_index(ifindex)
             if ifst is None or ifst.prog_id != r.prog_id:
                 return
+            key = _iface_key(ifindex, netns)
+            st.map("ifaces").update(key, r._replace(flags=r.flags | L.IFF_CHANGING).pack())  # intent
             attach_egress(nl, ifindex, eprog.fd)
             with Program.from_id(r.prog_id) as old:
                 nl.attach(ifst.ifname, prog.fd, ifst.mode or XdpMode.AUTO, replace_fd=old.fd)
-        st.map("ifaces").update(_iface_key(ifindex, netns), r._replace(prog_id=prog.id).pack())
+        st.map("ifaces").update(key, r._replace(prog_id=prog.id, flags=r.flags & ~L.IFF_CHANGING).pack())
     except (UsageError, AttachError, BpfError):
         pass  # gone meanwhile: 'status' shows it
 
@@ -304,8 +315,16 @@ def detach(st: State, ifname: str, netns: str | None = None) -> list[tuple[str |
             rec = recs.get((netns, ifst.ifindex))
             if ifst.prog_id and ifst.mode is not None and (
                     (rec is not None and ifst.prog_id == rec.prog_id) or uses_state(st, ifst.prog_id)):
+                key = _iface_key(ifst.ifindex, netns)
+                if rec is not None:  # the intent: a detach is under way (confirmed by removing the record)
+                    st.map("ifaces").update(key, rec._replace(flags=rec.flags | L.IFF_CHANGING).pack())
                 with Program.from_id(ifst.prog_id) as old:
-                    nl.detach(ifname, ifst.mode, expected_fd=old.fd)
+                    try:
+                        nl.detach(ifname, ifst.mode, expected_fd=old.fd)
+                    except BaseException:
+                        if rec is not None:
+                            st.map("ifaces").update(key, rec.pack())
+                        raise
             gone = [(netns, ifst.ifindex)] if rec is not None else list(by_name)
             if not gone and ifst.prog_id and uses_state(st, ifst.prog_id):
                 gone = [(netns, ifst.ifindex)]  # attached by a writer that died before recording it
@@ -353,12 +372,21 @@ def interfaces(st: State) -> list[Attachment]:
     from ..kernel.rtnl import Links  # read-only netlink without pyroute2's import: 'status' stays quick
 
     out = []
-    for (netns, _idx), a in sorted(recorded(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+    for (netns, idx), r in sorted(_records(st).items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        a = Attachment(r.ifname, idx, netns, MODES[r.mode], r.prog_id, False,
+                       interrupted=bool(r.flags & L.IFF_CHANGING))
         try:
             with Links(netns) as nl:
-                ifst = nl.state(a.ifname)
-            live = ifst.prog_id == a.prog_id and ifst.ifindex == a.ifindex
+                ifst = nl.state(r.ifname)
         except (UsageError, AttachError):
-            live = False
-        out.append(Attachment(a.ifname, a.ifindex, netns, a.mode, a.prog_id, live))
+            out.append(a)
+            continue
+        if ifst.ifindex == idx and ifst.prog_id:
+            if ifst.prog_id == r.prog_id:
+                a = a._replace(attached=True)
+            elif uses_state(st, ifst.prog_id):  # a writer was killed between its netlink call and the record
+                a = a._replace(prog_id=ifst.prog_id, attached=True, recorded_prog_id=r.prog_id)
+            if a.attached and ifst.mode is not None:
+                a = a._replace(mode=ifst.mode.value)
+        out.append(a)
     return out

@@ -373,7 +373,8 @@ class Migration:
                 if not flags & L.IFF_OWN_CLSACT and not has_clsact(nl, i.ifindex):
                     # recorded before it is added: a process killed right after adding it leaves it known as ours
                     flags |= L.IFF_OWN_CLSACT
-                    ifaces.update(key, L.IFACE_VAL.pack(name, mode, pid, slot, flags))
+                # the intent (a change of what it runs is under way), then the change, then the record of it
+                ifaces.update(key, L.IFACE_VAL.pack(name, mode, pid, slot, flags | L.IFF_CHANGING))
                 attach_egress(nl, i.ifindex, self.eprog.fd)
                 with Program.from_id(ifst.prog_id) as old:
                     try:
@@ -381,7 +382,7 @@ class Migration:
                     except AttachError as exc:
                         raise AttachError(exc.errno or errno.EIO, f"migrating {ifst.ifname}: {exc.msg}; the old "
                                           "program still filters there: run 'attach --reload' again") from None
-            ifaces.update(key, L.IFACE_VAL.pack(name, mode, self.prog.id, slot, flags))
+            ifaces.update(key, L.IFACE_VAL.pack(name, mode, self.prog.id, slot, flags & ~L.IFF_CHANGING))
             self.switched.append(i)
 
     # ---- 3-5: final counters, pins, the commit ----------------------------------------------

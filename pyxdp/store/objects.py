@@ -115,4 +115,6 @@ PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
 # the directory too. A directory without it (made by someone else, or by a
 # pyxdp 0.2 or older) is left where it is when the state goes.
 MADE_MARK = "made_by_pyxdp"
-STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS), MADE_MARK)  # what pyxdp makes
+UP_JOURNAL_PINS = ("up_journal", "up_journal_new")  # an 'up' under way (pyxdp.store.upjournal)
+STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS), MADE_MARK,
+               *UP_JOURNAL_PINS)  # what pyxdp makes

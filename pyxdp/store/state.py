@@ -26,6 +26,7 @@ from .objects import (
     FLOW_MAPS,
     MADE_MARK,
     PINNED_MAPS,
+    PROGRAM_PINS,
     STATE_NAMES,
     object_build_id,
     open_object,
@@ -114,6 +115,93 @@ def _complete(pin_dir: str) -> bool:
     return bool(raw) and L.META.unpack(raw)[0] != 0
 
 
+def _state_ids(pin_dir: str) -> tuple[set[int], set[int]]:
+    """(program ids, map ids) of what is pinned in ``pin_dir`` and can be opened."""
+    from ..kernel.bpf import Program
+
+    progs: set[int] = set()
+    maps: set[int] = set()
+    for name in STATE_NAMES:
+        path = os.path.join(pin_dir, name)
+        if not os.path.lexists(path):
+            continue
+        try:
+            if name in PROGRAM_PINS:
+                with Program.from_pin(path) as p:
+                    progs.add(p.id)
+            else:
+                with Map.from_pin(path) as m:
+                    maps.add(m.id)
+        except (BpfError, OSError):
+            pass
+    return progs, maps
+
+
+def running_interfaces(pin_dir: str) -> list[str]:
+    """The interfaces (in the host's namespace and the named ones) running an
+    XDP program of the state in ``pin_dir``: one pinned there, or one using a
+    map pinned there. Asks the kernel, not the state's records."""
+    from ..errors import AttachError
+    from ..kernel.bpf import Program
+    from ..kernel.rtnl import Links
+
+    progs, maps = _state_ids(pin_dir)
+    if not progs and not maps:
+        return []
+    try:
+        named = sorted(os.listdir("/var/run/netns"))
+    except OSError:
+        named = []
+    out = []
+    for ns in [None, *named]:
+        try:
+            with Links(ns) as nl:
+                links = nl.all()
+        except (UsageError, AttachError, OSError):
+            continue
+        for link in links:
+            if not link.prog_id:
+                continue
+            ours = link.prog_id in progs
+            if not ours:
+                try:
+                    with Program.from_id(link.prog_id) as p:
+                        ours = bool(maps & set(p.map_ids()))
+                except BpfError:
+                    pass
+            if ours:
+                out.append(f"{link.ifname}{f' (netns {ns})' if ns else ''} runs its program {link.prog_id}")
+    return out
+
+
+def _records_left(pin_dir: str) -> int:
+    """How many interfaces the state's ``ifaces`` map records (0 when it cannot be read)."""
+    try:
+        with Map.from_pin(os.path.join(pin_dir, "ifaces")) as m:
+            return sum(1 for _k in m)
+    except (BpfError, OSError):
+        return 0
+
+
+def refuse_unreadable(pin_dir: str, why: str) -> None:
+    """Raise UnreadableState when the state in ``pin_dir``, which cannot be
+    read (``why``), is still in use: an interface runs its program, or its
+    records name interfaces. (State a process died making, or removing,
+    is in use by nothing: it may be made afresh.)"""
+    from ..errors import UnreadableState
+
+    running = running_interfaces(pin_dir)
+    records = _records_left(pin_dir)
+    if not running and not records:
+        return
+    used = (f"{'; '.join(running)}" if running else
+            f"no interface runs its programs, but it records {records} interface{'s' if records > 1 else ''}")
+    raise UnreadableState(
+        f"the state in {pin_dir} cannot be read ({why}) and is in use: {used}. pyxdp leaves it as it is; "
+        "'pyxdp-load attach IFACE --force' makes new state in its place and puts its program on IFACE "
+        "(the others keep the old program until you do the same for them)", running)
+
+
 def _no_state(pin_dir: str) -> None:
     """Raise the error for a pin directory without (complete) state."""
     if _old_layout(pin_dir):
@@ -122,6 +210,7 @@ def _no_state(pin_dir: str) -> None:
             "Write down its entries and rules, detach every interface with pyxdp 0.1 (or, once nothing is "
             f"attached, rm -r {pin_dir}), then attach again (see CHANGELOG.md)")
     if os.path.exists(os.path.join(pin_dir, "cfg")) or os.path.exists(os.path.join(pin_dir, "meta")):
+        refuse_unreadable(pin_dir, "its layout record, map meta, is missing or zeroed")
         raise NotLoaded(f"incomplete pyxdp state in {pin_dir} (a process died making or removing it): "
                         "'pyxdp-load attach IFACE' starts afresh")
     raise NotLoaded(f"no pyxdp state in {pin_dir}: run 'pyxdp-load attach IFACE' first "
@@ -173,12 +262,15 @@ class State:
     @classmethod
     def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
              rules: int | None = None, with_program: bool = False, flows: int | None = None,
-             migrate: Migration | None = None, refusal: Refusal | None = None) -> tuple[State, bool]:
+             migrate: Migration | None = None, refusal: Refusal | None = None,
+             force: bool = False) -> tuple[State, bool]:
         """Open (with ``create``: make) the state; returns it and whether it
         was made now. ``migrate``: state of an older layout is migrated to
         this one by it (the caller decides: :class:`pyxdp.Filter` passes
         :func:`pyxdp.store.migrate.migrate`) instead of refused; ``refusal``
-        words the refusal (see :meth:`check_meta`)."""
+        words the refusal (see :meth:`check_meta`). State that cannot be read
+        while interfaces still run its programs is refused (UnreadableState);
+        with ``create`` and ``force``, made anew instead."""
         require_privileges()
         if not pin_dir:
             raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
@@ -199,6 +291,8 @@ class State:
             if not _complete(pin_dir):
                 if not create:
                     _no_state(pin_dir)  # removed while we waited for the lock
+                if not force:
+                    refuse_unreadable(pin_dir, "its layout record, map meta, is missing or zeroed")
                 remove_pins(pin_dir, keep_dir=True)  # what a process that died making or removing state left
                 st._create(capacity or DEFAULT_CAPACITY, rules, with_program, flows)
                 created = True
@@ -207,6 +301,7 @@ class State:
             st.check_meta(refusal)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
+                refuse_unreadable(pin_dir, f"no map {', '.join(missing)}")
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
             if create:
                 for what, want, have in (("set capacity", capacity, st.capacity),
@@ -250,6 +345,7 @@ class State:
         raw = self.map("meta").lookup(L.U32.pack(0))
         layout = L.META.unpack(raw)[0] if raw else 0
         if layout == 0:
+            refuse_unreadable(self.pin_dir, "its layout record, map meta, is zeroed")
             raise NotLoaded(f"incomplete pyxdp state in {self.pin_dir} (made by a process that died): "
                             f"rm -r {self.pin_dir} and attach again")
         if layout != L.PYXDP_LAYOUT:

@@ -1158,3 +1158,231 @@ def test_a_writer_killed_while_holding_the_sweeper_does_not_stop_expiry(pin_dir:
         assert len(keys) == 1, "the expired element stayed in kernel memory"
         assert [str(e.prefix) for e in flt.set_members("banned")] == ["192.0.2.7/32"]
         assert [(s.n4, s.n6) for s in flt.sets()] == [(1, 0)]
+
+
+# ---- up, killed at every change (issue 19, case 1) -----------------------------------------------
+
+UP_GOOD = """policy = "pass"
+rules = ["deny proto udp to any port 5002", "deny from @blocked"]
+[sets]
+blocked = ["192.0.2.0/24", "198.51.100.7 ttl 600"]
+"""
+UP_NEXT = """policy = "drop"
+rules = ["allow proto udp to any port 5001", "deny from @blocked", "allow from @office"]
+[sets]
+blocked = ["192.0.2.0/24", "203.0.113.0/24"]
+office = ["10.77.0.0/24"]
+"""
+UP_BAD = """policy = "drop"
+rules = ["allow 22/tcp"]
+"""
+
+
+def _up_file(text: str, ifaces: Sequence[tuple[str, str, str]]) -> str:
+    return text + "".join(f'\n[[interface]]\nname = "{n}"\nnetns = "{ns}"\nmode = "{m}"\n' for n, ns, m in ifaces)
+
+
+def _xdp_of(ns: str, dev: str) -> tuple[str, int]:
+    from pyxdp.kernel.xdp import Netlink
+
+    with Netlink(ns) as nl:
+        s = nl.state(dev)
+    return (s.mode.value if s.mode else "", int(s.prog_id))
+
+
+def _up_state(pin: str, pair: NetPair) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """save --all (time left cut out) and what each interface runs (mode, program id)."""
+    import re
+
+    text = re.sub(r" ttl \d+", " ttl N", ok(pin, "save", "--all"))
+    return text, tuple(_xdp_of(ns, dev) for ns, dev in ((pair.b, pair.vb), (pair.a, pair.va), (pair.b, "lo")))
+
+
+def _up_killed(pin: str, path: str, n: int, how: str) -> subprocess.CompletedProcess[str]:
+    if how == "change":
+        return cli(pin, "up", path, kill=n)
+    # the issue's method: strace kills it on entering its Nth sendto (every netlink message it sends)
+    cmd = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendto", "-e",
+           f"inject=sendto:signal=SIGKILL:when={n}", BIN, "--pin-dir", pin, "up", path]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
+
+
+def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int) -> tuple[list[str], int]:
+    """Kill ``up path`` at its Nth change (``how``: "change", the kill hook:
+    map writes, pins, netlink changes; "sendto": every netlink message) for
+    N = 1, 2, ... until it ends by itself with exit ``done_rc``. After each
+    kill the next command (a reader, 'status', killed itself part-way through
+    putting things back, then once more whole) leaves exactly the firewall
+    and interfaces of before (or, when it completed with 0, of after): no
+    journal left, status agrees with the kernel, the datapath with save.
+    Returns the problems and the number of kill points."""
+    before = _up_state(pin, pair)
+    want_view = saved(pin)
+    problems: list[str] = []
+    for n in range(1, 400):
+        r = _up_killed(pin, path, n, how)
+        tag = f"up {os.path.basename(path)} killed at {how} {n}"
+        if r.returncode not in (KILLED, done_rc):
+            problems.append(f"{tag}: exit {r.returncode}: {r.stderr.strip()}")
+            break
+        if r.returncode == KILLED:
+            rk = cli(pin, "status", kill=n % 7 + 1)  # the next command, itself killed while it puts things back
+            if rk.returncode not in (0, KILLED):
+                problems.append(f"{tag}: the next command: exit {rk.returncode}: {rk.stderr.strip()}")
+            rs = cli(pin, "status")
+            if rs.returncode != 0:
+                problems.append(f"{tag}: status after it: exit {rs.returncode}: {rs.stderr.strip()}")
+        if os.path.exists(os.path.join(pin, "up_journal")):
+            problems.append(f"{tag}: its journal is still pinned after the next command")
+        if r.returncode == 0:
+            return problems, n
+        now = _up_state(pin, pair)
+        if now[1] != before[1]:
+            problems.append(f"{tag}: the interfaces run {now[1]}, before it they ran {before[1]}")
+        if now[0] != before[0]:
+            problems.append(f"{tag}: save --all is not what it was before:\n{now[0]}\n--- before:\n{before[0]}")
+        problems += _iface_problems(pin, pair, tag)
+        problems += _firewall_problems(pin, want_view, tag)
+        if r.returncode == done_rc or len(problems) > 20:
+            return problems, n
+    return problems + [f"up {path}: still killed after 400 {how}s"], 0
+
+
+@pytest.mark.parametrize("how", ["change", "sendto"])
+def test_failing_up_killed_at_every_step_is_undone(pin_dir: str, netpair: NetPair, tmp_path: Any, how: str) -> None:
+    """The issue's case: 'up good.toml' runs; 'up bad.toml' (a new interface,
+    then an offload mode the veth refuses, so it fails and undoes) killed at
+    every step, its undo included: after the next command the interface runs
+    good.toml's rules with its program attached, never no program, never
+    bad.toml's rules."""
+    good = tmp_path / "good.toml"
+    good.write_text(_up_file(UP_GOOD, [(netpair.vb, netpair.b, "native")]))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_up_file(UP_BAD, [(netpair.va, netpair.a, "generic"), (netpair.vb, netpair.b, "offload")]))
+    ok(pin_dir, "up", str(good))
+    r = cli(pin_dir, "up", str(bad))
+    assert r.returncode == 1 and "offload" in r.stderr, r.stderr
+    problems, points = up_crash_loop(pin_dir, netpair, str(bad), how, done_rc=1)
+    print(f"{how}: {points} kill points")
+    assert points > 10 and not problems, "\n".join(problems[:20])
+
+
+def test_up_killed_at_every_change_is_finished_or_undone(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
+    """A good 'up' that applies, attaches one interface, attaches another in
+    another mode and detaches a third, killed after each change (map write,
+    pin, netlink change): the next command leaves the whole of before, never
+    a mix (new rules on the old interfaces)."""
+    good = tmp_path / "good.toml"
+    good.write_text(_up_file(UP_GOOD, [(netpair.vb, netpair.b, "native"), ("lo", netpair.b, "generic")]))
+    nxt = tmp_path / "next.toml"
+    nxt.write_text(_up_file(UP_NEXT, [(netpair.vb, netpair.b, "generic"), (netpair.va, netpair.a, "native")]))
+    ok(pin_dir, "up", str(good))
+    before = _up_state(pin_dir, netpair)
+    ok(pin_dir, "up", str(nxt))
+    after = _up_state(pin_dir, netpair)
+    assert after[1][0][0] == "generic" and after[1][1][0] == "native" and after[1][2] == ("", 0)
+    ok(pin_dir, "up", str(good))
+    assert _up_state(pin_dir, netpair) == before
+    problems, points = up_crash_loop(pin_dir, netpair, str(nxt), "change", done_rc=0)
+    print(f"change: {points} kill points")
+    assert points > 10 and not problems, "\n".join(problems[:20])
+    assert _up_state(pin_dir, netpair) == after
+
+
+# ---- records that tell the truth; state that cannot be read (issue 19, cases 2 and 4) --------------
+
+
+def test_status_says_what_runs_after_a_reload_killed_before_its_record(pin_dir: str, netpair: NetPair,
+                                                                       tmp_path: Any) -> None:
+    """`attach --reload` killed (strace, on entering the syscall) at its last
+    BPF_MAP_UPDATE_ELEM, after the netlink replace: status says the interface
+    runs this state's new program, not "NOT attached any more", and names the
+    command that makes the record true."""
+    ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b)
+    reload = [BIN, "--pin-dir", pin_dir, "attach", netpair.vb, "--netns", netpair.b, "--reload"]
+    trace = tmp_path / "trace"
+    r = subprocess.run(["strace", "-qq", "-e", "trace=bpf", "-o", str(trace), *reload], capture_output=True,
+                       text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    calls = [ln for ln in trace.read_text().splitlines() if ln.startswith("bpf(")]
+    last = max(i for i, ln in enumerate(calls) if ln.startswith("bpf(BPF_MAP_UPDATE_ELEM")) + 1
+    before = _xdp_prog(netpair.b, netpair.vb)
+    r = subprocess.run(["strace", "-qq", "-o", "/dev/null", "-e", "trace=bpf", "-e",
+                        f"inject=bpf:signal=SIGKILL:when={last}", *reload], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == KILLED, r.stderr
+    kernel = _xdp_prog(netpair.b, netpair.vb)
+    assert kernel and kernel != before and _ours(pin_dir, kernel)
+    [a] = _status(pin_dir)["interfaces"]
+    assert a["attached"] and a["prog_id"] == kernel and a["recorded_prog_id"] == before, a
+    text = ok(pin_dir, "status")
+    assert "NOT attached" not in text and f"program id {kernel}" in text
+    assert f"'pyxdp-load attach {netpair.vb} --netns {netpair.b}' records what runs" in text
+    ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b)
+    [a] = _status(pin_dir)["interfaces"]
+    assert a["attached"] and a["prog_id"] == _xdp_prog(netpair.b, netpair.vb) and not a["recorded_prog_id"]
+    assert not a["interrupted"]
+
+
+def test_detach_killed_after_its_netlink_call_says_so(pin_dir: str, netpair: NetPair) -> None:
+    """`detach` killed right after taking the program off (the kill hook
+    counts netlink changes): status says the interface is not attached and
+    that a change of it was killed, with the commands that finish it."""
+    from pyxdp.store.objects import PINNED_MAPS
+
+    ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b)
+    ok(pin_dir, "attach", netpair.va, "--netns", netpair.a)
+    for n in range(1, 30):
+        r = cli(pin_dir, "detach", netpair.vb, "--netns", netpair.b, kill=n)
+        if r.returncode == 0:
+            pytest.fail("detach completed before its program was off and its record still there")
+        assert r.returncode == KILLED, r.stderr
+        if not _xdp_prog(netpair.b, netpair.vb):
+            break
+    a = {x["ifname"]: x for x in _status(pin_dir)["interfaces"]}[netpair.vb]
+    assert not a["attached"] and a["interrupted"], a
+    text = ok(pin_dir, "status")
+    assert f"'pyxdp-load detach {netpair.vb} --netns {netpair.b}' forgets it" in text
+    ok(pin_dir, "detach", netpair.vb, "--netns", netpair.b)
+    assert [x["ifname"] for x in _status(pin_dir)["interfaces"]] == [netpair.va]
+    assert all(os.path.exists(os.path.join(pin_dir, m)) for m in PINNED_MAPS)
+
+
+def test_unreadable_state_is_reported_with_its_interfaces_and_kept(pin_dir: str, netpair: NetPair) -> None:
+    """A zeroed layout word in meta: status and list say the state cannot be
+    read and name the interface still running its program (never "holds no
+    state", never "attach IFACE starts afresh"); attach and detach refuse and
+    remove nothing; 'attach --force' makes new state in its place."""
+    from pyxdp.kernel.bpf import Map
+    from pyxdp.layout import U32
+
+    ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b)
+    ok(pin_dir, "deny", "proto", "udp", "to", "any", "port", "5002")
+    prog = _xdp_prog(netpair.b, netpair.vb)
+    with Map.from_pin(os.path.join(pin_dir, "meta")) as meta:
+        raw = meta.lookup(U32.pack(0))
+        assert raw is not None
+        meta.update(U32.pack(0), bytes(4) + raw[4:])
+    names = sorted(os.listdir(pin_dir))
+    running = f"{netpair.vb} (netns {netpair.b}) runs its program {prog}"
+    for args in (("status",), ("list",), ("save",), ("ban", "192.0.2.9")):
+        r = cli(pin_dir, *args)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, (args, out)
+        assert "cannot be read" in out and running in out, (args, out)
+        assert "holds no state" not in out and "starts afresh" not in out and "rm -r" not in out, (args, out)
+    st = _status(pin_dir)
+    assert st["loaded"] is False and st["running"] == [running] and "cannot be read" in st["unreadable"]
+    for args in (("attach", netpair.vb, "--netns", netpair.b), ("attach", netpair.va, "--netns", netpair.a),
+                 ("detach", netpair.vb, "--netns", netpair.b), ("--create", "allow", "22/tcp")):
+        r = cli(pin_dir, *args)
+        assert r.returncode == 1 and "cannot be read" in r.stderr and running in r.stderr, (args, r.stderr)
+        assert sorted(os.listdir(pin_dir)) == names, args
+        assert _xdp_prog(netpair.b, netpair.vb) == prog and not _xdp_prog(netpair.a, netpair.va)
+    # the explicit way out: new state in its place, its program on the interface
+    r = cli(pin_dir, "attach", netpair.vb, "--netns", netpair.b, "--force")
+    assert r.returncode == 0, r.stderr
+    new = _xdp_prog(netpair.b, netpair.vb)
+    assert new != prog and _ours(pin_dir, new)
+    [a] = _status(pin_dir)["interfaces"]
+    assert a["attached"] and a["prog_id"] == new
