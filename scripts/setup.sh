@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want=(libbpf1 iproute2)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables)  # systemd: systemd-analyze; nftables: the conntrack differential
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables strace)  # systemd: systemd-analyze; nftables: the conntrack differential; strace: crash tests
 fi
 if [[ $mode == --bench ]]; then
   want+=(xdp-tools nftables iptables netsniff-ng python3-bpfcc linux-headers-amd64)
