@@ -580,8 +580,8 @@ def test_not_an_object_file(tmp_path: Any) -> None:
         (["trace", "--count", "٣"], "not a whole number: '٣'"),
         (["trace", "--sample", "٣"], "not a positive number"),
         (["printk", "--count", "٣"], "not a whole number"),
-        (["attach", "lo", "--rules", "٦٤"], "not a positive number: '٦٤'"),
-        (["attach", "lo", "--capacity", "١٠٠"], "not a positive number"),
+        (["attach", "nosuchif0", "--rules", "٦٤"], "not a positive number: '٦٤'"),  # never the host's lo
+        (["attach", "nosuchif0", "--capacity", "١٠٠"], "not a positive number"),
         (["top", "--interval", "١"], "not a number: '١'"),
         (["top", "--sample", "٣"], "not a whole number"),
         (["deny", "from", "10.0.0.0/٨"], "bad address '10.0.0.0/٨'"),
