@@ -646,7 +646,7 @@ def test_too_deep_nesting_names_the_line(pin_dir: str, tmp_path: Any) -> None:
 
 
 def test_rule_set_files_longer_than_the_cap_are_refused(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyxdp import cli
+    from pyxdp.cli import handlers as cli
     from pyxdp.errors import UsageError
 
     path = tmp_path / "rules.toml"
