@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers.cli import fails, ok
-from helpers.env import needs_root
+from helpers.env import SUDO_VARS, needs_root
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} pyxdp-load\[(\d+)\]: (.*) \| (.*) pin_dir=(\S+)$")
 
@@ -149,8 +149,9 @@ def _pending(s: socket.socket) -> list[bytes]:
 def test_cli_changes_go_to_syslog_as_auth(pin_dir: str, syslog: tuple[socket.socket, str]) -> None:
     s, path = syslog
     env = {"PYXDP_SYSLOG": path}
-    ok("--create", "ban", "192.0.2.7", pin_dir=pin_dir, env=env)
-    ok("policy", "drop", pin_dir=pin_dir, env=env)
+    own = {"env": env, "drop_env": SUDO_VARS}  # root's own environment (conftest.SUDO_VARS)
+    ok("--create", "ban", "192.0.2.7", pin_dir=pin_dir, **own)
+    ok("policy", "drop", pin_dir=pin_dir, **own)
     got = [m.decode() for m in _pending(s)]
     assert len(got) == 3, got  # state created, ban, policy
     pri = 4 * 8 + 6  # facility auth, severity info
@@ -159,11 +160,11 @@ def test_cli_changes_go_to_syslog_as_auth(pin_dir: str, syslog: tuple[socket.soc
                         rf"pin_dir={re.escape(pin_dir)}\x00$", m), m
     assert "]: ban @banned: 192.0.2.7/32 permanent (1 new, 0 refreshed); rule 1 added: deny from @banned |" in got[1]
     assert "]: policy pass -> drop |" in got[2]
-    ok("list", pin_dir=pin_dir, env=env)  # a reader sends nothing
-    ok("--log-file", os.devnull, "policy", "pass", pin_dir=pin_dir, env=env)  # --log-file as well as syslog
+    ok("list", pin_dir=pin_dir, **own)  # a reader sends nothing
+    ok("--log-file", os.devnull, "policy", "pass", pin_dir=pin_dir, **own)  # --log-file as well as syslog
     assert [m.decode().split(": ", 1)[1].split(" |")[0] for m in _pending(s)] == ["policy drop -> pass"]
     # under sudo the caller's environment does not choose the socket (and /dev/log is not there, or is not ours)
-    ok("policy", "drop", pin_dir=pin_dir, env={**env, "SUDO_UID": "1000"})
+    ok("policy", "drop", pin_dir=pin_dir, env={**env, "SUDO_UID": "1000"}, drop_env=SUDO_VARS)
     assert _pending(s) == []
     ok("policy", "pass", pin_dir=pin_dir, env={"PYXDP_SYSLOG": "off"})
     assert _pending(s) == []
@@ -175,8 +176,9 @@ def test_a_syslog_that_refuses_is_a_warning_not_a_failure(pin_dir: str, tmp_path
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind(path)
     s.close()  # the socket file stays, nobody reads it
+    own = {k: v for k, v in os.environ.items() if k not in SUDO_VARS}  # root's own environment (conftest.SUDO_VARS)
     r = subprocess.run([sys.executable, "-m", "pyxdp.cli", "--pin-dir", pin_dir, "--create", "policy", "drop"],
-                       capture_output=True, text=True, env={**os.environ, "PYXDP_SYSLOG": path}, timeout=60)
+                       capture_output=True, text=True, env={**own, "PYXDP_SYSLOG": path}, timeout=60)
     assert r.returncode == 0 and r.stdout == "policy: drop\n", r
     assert r.stderr.startswith(f"pyxdp-load: warning: audit records not written to syslog ({path}): "), r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr

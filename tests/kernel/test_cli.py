@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from helpers import packets as P
 from helpers.cli import BIN, fails, ok, run
-from helpers.env import NetPair, needs_root, sh
+from helpers.env import SUDO_VARS, NetPair, needs_root, sh
 
 pytestmark = needs_root
 
@@ -677,9 +677,9 @@ def test_pin_dir_not_on_bpffs() -> None:
 
 
 def test_missing_libbpf(pin_dir: str) -> None:
-    # PYXDP_LIBBPF is honoured only outside sudo: drop SUDO_UID (the suite may run under sudo)
+    # PYXDP_LIBBPF is honoured only outside sudo (conftest.SUDO_VARS)
     fails(1, "cannot load libbpf-none.so.9", "--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir,
-          env={"PYXDP_LIBBPF": "libbpf-none.so.9"}, drop_env=("SUDO_UID",))
+          env={"PYXDP_LIBBPF": "libbpf-none.so.9"}, drop_env=SUDO_VARS)
     assert not os.path.exists(pin_dir)
 
 
