@@ -65,6 +65,8 @@ def parse_prefix(text: str) -> Prefix:
     prefix). Host bits must be zero: ``10.0.0.1/8`` is refused, not guessed.
     IPv4-mapped IPv6 addresses (``::ffff:192.0.2.9``) are refused: packets
     carry IPv4 addresses as IPv4, so write ``192.0.2.9``."""
+    if text.startswith("-"):  # an option that reached the addresses (after '--', from a script or fail2ban)
+        raise UsageError(f"bad address {quote(text)}: an address never starts with '-'")
     addr, slash, plen_s = text.partition("/")
     if not text.isascii() or not addr:
         raise UsageError(f"bad address {quote(text)}: not an IPv4 or IPv6 address or prefix")

@@ -231,6 +231,23 @@ def test_ban_and_unban(pin_dir: str, tmp_path: Any) -> None:
     assert rules_of(pin_dir)[1] == "deny from @banned"
 
 
+def test_an_address_after_double_dash_is_never_an_option(pin_dir: str, tmp_path: Any) -> None:
+    """What a script or fail2ban passes after '--' is an address word: one
+    that starts with '-' is refused (exit 2), never taken as --file or --all."""
+    secret = tmp_path / "secret"
+    secret.write_text("pxt-secret-text\n")
+    ok("--create", "ban", "192.0.2.1", pin_dir=pin_dir)
+    for cmd in ("ban", "unban"):
+        for word in ("--all", f"--file {secret}", "-q", "-"):
+            line = fails(2, f"bad address {word!r}: an address never starts with '-'", cmd, "--", word,
+                         pin_dir=pin_dir)
+            assert "pxt-secret-text" not in line
+        fails(2, "bad address '198.51.100.9 --all'", cmd, "--set", "banned", "--", "198.51.100.9 --all",
+              pin_dir=pin_dir)
+    fails(2, "an address never starts with '-'", "set", "add", "banned", "--", "-192.0.2.2", pin_dir=pin_dir)
+    assert members(pin_dir, "banned") == {"192.0.2.1/32": None}
+
+
 def test_ban_file_with_a_100mb_line_is_not_echoed(pin_dir: str, tmp_path: Any) -> None:
     ok("--create", "policy", "pass", pin_dir=pin_dir)
     big = tmp_path / "huge.txt"

@@ -87,7 +87,8 @@ class Fail2ban:
     watches ``self.log`` and bans with the pyxdp action into ``pin_dir``. The
     action calls pyxdp-load through a wrapper that records each finished call."""
 
-    def __init__(self, pin_dir: str, bantime: int) -> None:
+    def __init__(self, pin_dir: str, bantime: int, failregex: str = r"^pxtest-auth failure from <HOST>$",
+                 usedns: str = "warn") -> None:
         self.pin_dir = pin_dir
         self.dir = tempfile.mkdtemp(prefix="pxt-f2b-")
         self.conf = os.path.join(self.dir, "conf")
@@ -96,14 +97,17 @@ class Fail2ban:
         self.log = os.path.join(self.dir, "auth.log")
         self.server_log = os.path.join(self.dir, "fail2ban.log")
         self.calls = os.path.join(self.dir, "calls")
+        self.argv = os.path.join(self.dir, "argv")
         self.proc: subprocess.Popen[bytes] | None = None
         self.err: IO[bytes] | None = None
         for sub in ("action.d", "filter.d"):
             os.makedirs(os.path.join(self.conf, sub))
         shutil.copy(ACTION, os.path.join(self.conf, "action.d", "pyxdp.conf"))
         wrapper = os.path.join(self.dir, "pyxdp-load")
-        # each call's exit status and words, written when it has finished
-        self._write(wrapper, f'#!/bin/sh\n{PYXDP} "$@"\nrc=$?\necho "$rc $*" >>{self.calls}\nexit $rc\n')
+        # each call's exit status and words, written when it has finished (calls); its
+        # arguments one by one, each ended by \x1f, a line per call (argv)
+        self._write(wrapper, f'#!/bin/sh\nprintf "%s\\037" "$@" >>{self.argv}\necho >>{self.argv}\n'
+                             f'{PYXDP} "$@"\nrc=$?\necho "$rc $*" >>{self.calls}\nexit $rc\n')
         os.chmod(wrapper, 0o755)
         self._write(os.path.join(self.conf, "fail2ban.local"), f"""\
 [Definition]
@@ -116,10 +120,10 @@ dbfile = {os.path.join(self.dir, "fail2ban.sqlite3")}
 dbpurgeage = 1d
 allowipv6 = auto
 """)
-        self._write(os.path.join(self.conf, "filter.d", "pxtest.conf"), """\
+        self._write(os.path.join(self.conf, "filter.d", "pxtest.conf"), f"""\
 [Definition]
-failregex = ^pxtest-auth failure from <HOST>$
-datepattern = {NONE}
+failregex = {failregex}
+datepattern = {{NONE}}
 """)
         self._write(os.path.join(self.conf, "jail.local"), f"""\
 [{JAIL}]
@@ -131,6 +135,7 @@ maxretry = 1
 findtime = 600
 bantime = {bantime}
 ignoreself = false
+usedns = {usedns}
 action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
 """)
         self._write(self.log, "")
@@ -167,8 +172,27 @@ action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
                 self.err.close()
 
     def fail(self, addr: str) -> None:
+        self.log_line(f"pxtest-auth failure from {addr}")
+
+    def log_line(self, line: str) -> None:
         with open(self.log, "a") as f:
-            f.write(f"pxtest-auth failure from {addr}\n")
+            f.write(line + "\n")
+
+    def argvs(self) -> list[list[str]]:
+        """The arguments of each pyxdp-load call (started ones too)."""
+        if not os.path.exists(self.argv):
+            return []
+        with open(self.argv) as f:
+            return [line.split("\x1f")[:-1] for line in f.read().splitlines()]
+
+    def server_text(self) -> str:
+        """Everything the server wrote (its log and stderr)."""
+        text = ""
+        for path in (self.server_log, os.path.join(self.dir, "server.err")):
+            if os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    text += f.read()
+        return text
 
     def banned_in_f2b(self) -> list[str]:
         out = self.client("status", JAIL).stdout
@@ -221,7 +245,7 @@ def set_members(pin_dir: str) -> list[str] | None:
     return [line.split()[0].removesuffix("/32") for line in r.stdout.splitlines() if line.strip()]
 
 
-Maker = Callable[[int], Fail2ban]
+Maker = Callable[..., Fail2ban]
 
 
 @pytest.fixture
@@ -232,8 +256,8 @@ def f2b(pin_dir: str, netpair: NetPair) -> Iterator[Maker]:
         pytest.fail("fail2ban is not installed: run scripts/setup.sh --test")
     made: list[Fail2ban] = []
 
-    def make(bantime: int) -> Fail2ban:
-        made.append(Fail2ban(pin_dir, bantime))
+    def make(bantime: int, **kw: str) -> Fail2ban:
+        made.append(Fail2ban(pin_dir, bantime, **kw))
         return made[-1]
 
     try:
@@ -253,7 +277,7 @@ def banned(f: Fail2ban, pin_dir: str, calls: int) -> Callable[[], bool]:
 
 def unbanned(f: Fail2ban, pin_dir: str) -> Callable[[], bool]:
     """An unban command for BANNED has finished and it is not in the set."""
-    return lambda: (any(re.search(rf" unban {re.escape(BANNED)}( |$)", c) for c in f.calls_made())
+    return lambda: (any(re.search(rf" unban (.* )?{re.escape(BANNED)}( |$)", c) for c in f.calls_made())
                     and BANNED not in (set_members(pin_dir) or []))
 
 
@@ -264,7 +288,7 @@ def _ttl_of(call: str) -> int | None:
 
 def _bans(f: Fail2ban) -> list[str]:
     """The finished ban commands for BANNED, exit status first."""
-    return [c for c in f.calls_made() if re.search(rf" ban {re.escape(BANNED)}( |$)", c)]
+    return [c for c in f.calls_made() if re.search(rf" ban (.* )?{re.escape(BANNED)}( |$)", c)]
 
 
 def test_log_line_bans_packets_stop_unbanip_lets_them_through(f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
@@ -277,7 +301,7 @@ def test_log_line_bans_packets_stop_unbanip_lets_them_through(f2b: Maker, pin_di
     assert f.banned_in_f2b() == [BANNED]
     assert reaches(netpair) == (0, 0)
     (ban,) = _bans(f)
-    assert ban.startswith(f"0 --pin-dir {pin_dir} ban {BANNED} --set {SET}"), ban
+    assert ban.startswith(f"0 --pin-dir {pin_dir} ban --set {SET} --ttl ") and ban.endswith(f" -- {BANNED}"), ban
     ttl = _ttl_of(ban)
     assert ttl is not None and 595 <= ttl <= 602, ban  # fail2ban's end of ban, not permanent
 
@@ -341,3 +365,45 @@ def test_permanent_ban_has_no_timeout_and_survives_restart(f2b: Maker, pin_dir: 
     assert reaches(netpair) == (10, 3)
     f.stop()
     f.assert_no_errors()
+
+
+def test_captured_text_never_becomes_an_option(f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
+    """A jail whose filter captures text, not only addresses (<F-ID>, usedns =
+    raw): what the log line says reaches pyxdp-load as one address word after
+    '--', which it refuses. '--file SECRET' never reads the file, '--all' never
+    empties the set, '198.51.100.9 --all' stays one word, also when fail2ban
+    passes it through a shell variable (a value with a shell character)."""
+    f = f2b(600, failregex=r"^pxtest-auth bad user <F-ID>.+</F-ID>$", usedns="raw")
+    secret_text = f"pxt-secret-{os.getpid()}-{time.monotonic_ns()}"
+    secret = os.path.join(f.dir, "root-only")
+    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(secret_text + "\n")
+    f.start()
+    f.log_line(f"pxtest-auth bad user {BANNED}")  # an address: banned as usual
+    f.wait(banned(f, pin_dir, 1), f"{BANNED} in pyxdp set {SET}")
+    assert reaches(netpair) == (0, 0)
+
+    words = [f"--file {secret}", "--all", "198.51.100.9 --all", "203.0.113.9 --all (x)"]
+    for w in words:
+        f.log_line(f"pxtest-auth bad user {w}")
+
+    def tried(cmd: str) -> Callable[[], bool]:  # a finished 'cmd' call for each word
+        return lambda: all(any(f" {cmd} " in c and w in c for c in f.calls_made()) for w in words)
+
+    f.wait(tried("ban"), "a ban command for each captured text")
+    for w in words:  # fail2ban takes them as banned (its filter matched); the unban tries them too
+        f.client("set", JAIL, "unbanip", w, check=False)
+    f.wait(tried("unban"), "an unban command for each captured text")
+
+    assert secret_text not in f.server_text(), f.diagnostics()  # the file was never read
+    assert set_members(pin_dir) == [BANNED], f.diagnostics()  # '--all' emptied nothing
+    assert reaches(netpair) == (0, 0)
+    calls = [a[a.index("ban" if "ban" in a else "unban"):] for a in f.argvs()]
+    for w in words:
+        for cmd in ("ban", "unban"):
+            # one word after '--', whatever it holds
+            assert any(c[0] == cmd and c[-2:] == ["--", w] for c in calls), (cmd, w, f.argvs())
+    for c in f.calls_made():
+        if "--all" in c or secret in c:
+            assert not c.startswith("0 "), f.calls_made()  # refused: pyxdp-load exits 2
+    f.stop()
