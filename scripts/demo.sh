@@ -3,6 +3,8 @@
 # veth, attaches the pyxdp filter on the receiving side, sends traffic that
 # is allowed and traffic that is blocked, shows the trace and the counters,
 # replays a capture, and removes everything it made.
+# Runs under pipefail: what it shows is never piped into a reader that may
+# stop early (head), which would end the demo with SIGPIPE (exit 141).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) != 0 ]]; then echo "scripts/demo.sh: run as root (sudo): XDP needs CAP_BPF and CAP_NET_ADMIN" >&2; exit 2; fi
@@ -44,7 +46,7 @@ traffic() {
   sleep 0.3
   for port in "$@"; do ip netns exec $A $PY $NETIO send "$dst" "$port" 5; done
   wait $rx
-  tail -n +2 "$TRACE_OUT.rx" | while read -r port n; do echo "   sent 5 to $dst port $port/udp -> $n arrived"; done
+  awk -v dst="$dst" 'NR > 1 { print "   sent 5 to " dst " port " $1 "/udp -> " $2 " arrived" }' "$TRACE_OUT.rx"
 }
 
 step "two namespaces joined by a veth: $A (10.88.0.1, fd88::1) -> $B (10.88.0.2, fd88::2)"
@@ -133,8 +135,9 @@ kill $HTTP_PID 2>/dev/null || true; wait $HTTP_PID 2>/dev/null || true; HTTP_PID
 
 step "what the filter did, packet by packet (pyxdp-load trace)"
 sleep 0.3; kill $TRACE_PID 2>/dev/null || true; wait $TRACE_PID 2>/dev/null || true; TRACE_PID=
-grep -E "udp" "$TRACE_OUT" | awk 'NR <= 6 || /rule/' | head -14
-echo "   ... $(grep -c . "$TRACE_OUT") events in all"
+# the first 6 UDP events and those a rule decided, 14 at most: one awk that reads the whole file
+# (no display pipe: under pipefail a 'head' that exits first would kill the writer with SIGPIPE)
+awk '/udp/ { n++; if ((n <= 6 || /rule/) && shown++ < 14) print } END { print "   ... " NR " events in all" }' "$TRACE_OUT"
 
 step "rules with their hit counts, and the counters per interface, verdict and reason"
 show $X list
