@@ -9,7 +9,8 @@ or when the output is not a terminal).
 
 Tracing is turned on for the view only when it is off (a running ``trace``
 has the ring buffer to itself) and turned off again on the way out, also on
-Ctrl-C or SIGTERM: SIGINT and SIGTERM are held while tracing is switched.
+Ctrl-C or SIGTERM: SIGINT and SIGTERM are held while tracing is switched,
+and the view leaves at its next wait (within 0.2 s of the signal).
 
 Needs ``rich`` (``pip install 'pyxdp[top]'``); nothing else in pyxdp imports
 this module."""
@@ -164,21 +165,32 @@ def render(flt: Filter, before: Reading, after: Reading, src: Sources, interval:
                  Text(f"top dropped sources ({sampled})", style="bold"), sources_table(src, dt), gap, foot)
 
 
+# The signal that asked the view to leave (Ctrl-C, SIGTERM), once one has.
+_leaving: list[int] = []
+
+
 def _pause(tracer: Tracer | None, src: Sources, seconds: float) -> None:
-    """Wait ``seconds``, taking the trace events that arrive meanwhile."""
+    """Wait ``seconds``, taking the trace events that arrive meanwhile;
+    Interrupted as soon as a signal asked to leave (within 0.2 s)."""
     end = time.monotonic() + seconds
     src.start_interval()
-    while (left := end - time.monotonic()) > 0:
+    while not _leaving and (left := end - time.monotonic()) > 0:
         if tracer is None:
-            time.sleep(left)
+            time.sleep(min(left, 0.2))
         else:
             src.add(tracer.poll(max(1, min(int(left * 1000), 200))))
+    if _leaving:
+        raise Interrupted(_leaving[0])
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    """Note the signal; the next wait leaves. It raises nothing itself: an
+    exception raised from a handler lands wherever Python runs it, also in a
+    finalizer (``__del__``) or a C library's callback, where it is printed and
+    dropped, and the view would never leave (the signals are ignored by then)."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # once leaving, cleanup is not interrupted again
         signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signum)
+    _leaving.append(signum)
 
 
 def run(flt: Filter, interval: float = 1.0, sample: int = DEFAULT_SAMPLE, once: bool = False,
@@ -190,6 +202,7 @@ def run(flt: Filter, interval: float = 1.0, sample: int = DEFAULT_SAMPLE, once: 
         if once or not console.is_terminal:
             console = Console(highlight=False, color_system=None, force_terminal=False, width=max(console.width, 132))
     plain = once or not console.is_terminal
+    _leaving.clear()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     src = Sources(sample)

@@ -566,11 +566,7 @@ class RingBuffer:
         self._stopped = False
 
         def _sample(_ctx: Any, data: Any, size: int) -> int:
-            try:
-                callback(bytes(ffi.buffer(data, size)))
-            except BaseException as exc:  # stored, re-raised after the C call returns
-                self._exc = exc
-                return -1
+            callback(bytes(ffi.buffer(data, size)))
             self._handled += 1
             if self._left > 0:
                 self._left -= 1
@@ -581,7 +577,15 @@ class RingBuffer:
                     return self._STOP
             return 0
 
-        self._cb = ffi.callback("ring_buffer_sample_fn", _sample)
+        def _error(_type: Any, exc: BaseException, _tb: Any) -> int:
+            # whatever _sample raised, also a signal handler's exception (Ctrl-C) raised on its
+            # first line, before any try in it could catch it: stored, re-raised after the C call
+            # returns, and the poll stops. (Without onerror cffi prints it and the callback returns 0.)
+            if self._exc is None:
+                self._exc = exc
+            return -1
+
+        self._cb = ffi.callback("ring_buffer_sample_fn", _sample, onerror=_error)
         self._rb = check_ptr(lib.ring_buffer__new(ring.fd, self._cb, ffi.NULL, ffi.NULL), "open ring buffer")
 
     def poll(self, timeout_ms: int = 100, limit: int | None = None) -> int:

@@ -134,7 +134,11 @@ def test_live_view_in_a_terminal(pin_dir: str, netpair: NetPair, how: str) -> No
             else:
                 os.kill(pid, signal.SIGTERM)
             rest = read_until(fd, lambda out: False, timeout=15)
-            assert wait_exit(pid) == 0
+            try:
+                code = wait_exit(pid)
+            except AssertionError:
+                raise AssertionError(f"top did not exit; after the signal it wrote {rest[-3000:]!r}") from None
+            assert code == 0
         finally:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -146,6 +150,37 @@ def test_live_view_in_a_terminal(pin_dir: str, netpair: NetPair, how: str) -> No
     # the terminal is given back: the alternate screen left, the cursor shown, no traceback
     assert b"\x1b[?1049l" in rest and b"\x1b[?25h" in rest
     assert b"Traceback" not in shown + rest
+
+
+# Ctrl-C arrives while a finalizer runs (one _Fd is dropped per refresh): its handler runs there
+FINALIZER_CTRL_C = """
+import io, os, signal, sys
+from rich.console import Console
+from pyxdp import Filter, top
+
+class Dropped:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler inside this __del__
+
+real = top.read
+def read(flt):
+    Dropped()
+    return real(flt)
+top.read = read
+with Filter.open(sys.argv[1], lock=False) as flt:
+    sys.exit(top.run(flt, interval=0.05, sample=0, console=Console(file=io.StringIO(), force_terminal=False)))
+"""
+
+
+def test_ctrl_c_during_a_finalizer_still_leaves(pin_dir: str) -> None:
+    """The signal handler raised Interrupted where the signal landed: in a
+    finalizer (or a cffi callback) Python prints such an exception and drops
+    it, the signals were ignored by then, and top never left."""
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    # -P: the installed package, as the CLI runs it (not the source tree in the working directory)
+    r = subprocess.run([sys.executable, "-P", "-c", FINALIZER_CTRL_C, pin_dir], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and "Exception ignored" not in r.stderr, r.stderr
 
 
 def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:

@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from helpers.env import ROOT, RUN, needs_root
@@ -752,6 +753,37 @@ def test_ring_buffer_callback_error_is_raised(ring: tuple[object, object]) -> No
         prog.test_run(b"\0" * 64, repeat=3)
         with pytest.raises(RuntimeError, match="from the callback"):
             rb.poll(0, limit=2)
+
+
+def test_ring_buffer_error_on_the_callbacks_first_line_is_raised(ring: tuple[object, object]) -> None:
+    """An exception raised as the callback is entered, before any code of it
+    runs (where Python runs a signal handler that raises, e.g. Ctrl-C's),
+    stops the poll and is raised from it; cffi alone would print it and go on."""
+    from pyxdp.bpf import Map, Program, RingBuffer
+
+    rmap, prog = ring
+    assert isinstance(rmap, Map) and isinstance(prog, Program)
+
+    class Entered(BaseException):
+        pass
+
+    def raise_on_entry(frame: Any, event: str, _arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "_sample":
+            raise Entered  # a trace function's exception is raised in the frame it is called for
+        return None
+
+    got: list[bytes] = []
+    with RingBuffer(rmap, got.append) as rb:
+        prog.test_run(b"\0" * 64, repeat=3)
+        old = sys.gettrace()
+        sys.settrace(raise_on_entry)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(Entered):
+                rb.poll(0)
+        finally:
+            sys.settrace(old)
+        assert got == []
+        assert rb.poll(0) == 2  # the record it stopped at was taken; the rest are there
 
 
 # ---- the test suite's own sweep ----------------------------------------------------
