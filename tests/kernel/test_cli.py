@@ -693,6 +693,43 @@ def test_pin_dir_not_on_bpffs() -> None:
         assert os.listdir(tmp) == []
 
 
+def test_ip_netns_exec_is_refused_with_the_netns_form(pin_dir: str, netpair: NetPair) -> None:
+    """'ip netns exec NS' gives the command a fresh /sys without the host's
+    bpffs: pyxdp would mount one of its own there and pin its state into it,
+    gone when the command exits (the program stays attached with no state,
+    its clsact after detach). Refused before anything is attached."""
+    r = subprocess.run(["ip", "netns", "exec", netpair.b, BIN, "--pin-dir", pin_dir, "attach", netpair.vb],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", r
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"pyxdp-load: error: 'ip netns exec {netpair.b}' gives this command a /sys of its own")
+    assert line.endswith(f"(pyxdp-load attach IFACE --netns {netpair.b})"), line
+    assert " xdp" not in sh("ip", "-n", netpair.b, "link", "show", netpair.vb).stdout
+    assert "clsact" not in sh("tc", "-n", netpair.b, "qdisc", "show", "dev", netpair.vb).stdout
+    assert not os.path.exists(pin_dir)
+    # the form it names works, and keeps its state
+    ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    assert f"  {netpair.vb} (ifindex " in ok("status", pin_dir=pin_dir)
+    ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    assert "clsact" not in sh("tc", "-n", netpair.b, "qdisc", "show", "dev", netpair.vb).stdout
+
+
+def test_a_private_mount_namespace_without_bpffs_is_refused(pin_dir: str, netpair: NetPair) -> None:
+    """Any mount namespace that is not PID 1's and has no bpffs (unshare -m,
+    a service with private mounts): a bpffs mounted there would vanish too."""
+    try:
+        os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        pytest.skip("PID 1's mount namespace cannot be read here (a sandbox): nothing to compare with")
+    script = f'umount -l /sys/fs/bpf && exec {BIN} --pin-dir {pin_dir} attach {netpair.vb} --netns {netpair.b}'
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r
+    (line,) = r.stderr.splitlines()
+    assert "is not a bpffs in this mount namespace, which is not the host's (PID 1's)" in line, line
+    assert " xdp" not in sh("ip", "-n", netpair.b, "link", "show", netpair.vb).stdout
+
+
 def test_missing_libbpf(pin_dir: str) -> None:
     # PYXDP_LIBBPF is honoured only outside sudo (conftest.SUDO_VARS)
     fails(1, "cannot load libbpf-none.so.9", "--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir,
