@@ -77,8 +77,9 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
     replaced or followed (root writing through a link someone planted could
     overwrite any file; replacing the link would surprise whoever made it):
     give the real path. So is one that is not a regular file. Any other failure
-    (missing directory, no permission, disk full) is a :class:`UsageError`
-    "cannot write PATH: REASON"; the temporary file is removed."""
+    (no permission, disk full) is a :class:`UsageError` "cannot write PATH:
+    REASON" (a missing directory names the ``mkdir -p`` to run); the temporary
+    file is removed."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     directory, base = os.path.split(os.path.abspath(path))
     st = check_target(path)
@@ -86,6 +87,8 @@ def write_file_atomic(path: str, data: bytes | str, mode: int = 0o644) -> None:
         mode = stat.S_IMODE(st.st_mode) & KEPT_MODE
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.")
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: there is no directory {directory} (mkdir -p {directory})") from None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:

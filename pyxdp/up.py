@@ -41,9 +41,11 @@ if TYPE_CHECKING:
                    reload: bool = False) -> Attachment: ...
         def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool: ...
 
-__all__ = ["DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "recover_up", "undo_up", "up"]
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "recover_up",
+           "undo_up", "up"]
 
 DEFAULT_CONFIG = "/etc/pyxdp/pyxdp.toml"
+CONFIG_DIR = os.path.dirname(DEFAULT_CONFIG)  # 'save' makes it when missing (a fresh machine has none)
 
 
 def config_path(path: str | None = None) -> str:

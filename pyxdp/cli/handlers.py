@@ -455,6 +455,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_config_dir(path: str) -> None:
+    """pyxdp's own config directory (/etc/pyxdp), when ``path`` is in it and
+    it is missing: made mode 0755 (the writer's: root). Any other missing
+    directory is the caller's to make (write_file_atomic says how)."""
+    from .. import up as config
+    from ..errors import UsageError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != config.CONFIG_DIR or os.path.lexists(parent):
+        return
+    try:
+        os.mkdir(parent, 0o755)
+        os.chmod(parent, 0o755)  # whatever the umask
+    except OSError as exc:
+        raise UsageError(f"cannot make {parent}: {exc.strerror}") from None
+
+
 def cmd_save(args: argparse.Namespace) -> int:
     from ..model.rulefile import format_ruleset
     from ..safefile import write_file_atomic
@@ -465,6 +482,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     if args.file in (None, "-"):
         sys.stdout.write(text)
         return 0
+    _make_config_dir(args.file)
     write_file_atomic(args.file, text, 0o600)
     return 0
 

@@ -350,6 +350,35 @@ def test_save_apply_save_is_byte_identical(pin_dir: str, tmp_path: Any) -> None:
     assert ok("apply", "-", input=saved, pin_dir=pin_dir).startswith("applied 4 rules")
 
 
+def test_save_into_a_missing_directory(pin_dir: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyxdp's config directory (/etc/pyxdp; here a temp path in its place) is
+    made when missing, mode 0755; any other missing directory is named with
+    the mkdir to run, and nothing is made."""
+    from pyxdp import up as config
+    from pyxdp.cli import main
+
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    missing = tmp_path / "missing"
+    fails(2, f"cannot write {missing}/x.toml: there is no directory {missing} (mkdir -p {missing})",
+          "save", str(missing / "x.toml"), pin_dir=pin_dir)
+    assert not missing.exists()
+
+    conf_dir = tmp_path / "etc-pyxdp"
+    monkeypatch.setattr(config, "CONFIG_DIR", str(conf_dir))
+    old_umask = os.umask(0o077)
+    try:
+        assert main(["--pin-dir", pin_dir, "save", str(conf_dir / "firewall.toml")]) == 0
+    finally:
+        os.umask(old_umask)
+    st = os.stat(conf_dir)
+    assert stat.S_IMODE(st.st_mode) == 0o755 and st.st_uid == os.geteuid()
+    assert '"deny from 192.0.2.1/32"' in (conf_dir / "firewall.toml").read_text()
+    assert main(["--pin-dir", pin_dir, "save", str(conf_dir / "again.toml")]) == 0  # there now: used as it is
+    # only that directory, not its missing parents
+    monkeypatch.setattr(config, "CONFIG_DIR", str(tmp_path / "no" / "pyxdp"))
+    fails(2, "there is no directory", "save", str(tmp_path / "no" / "pyxdp" / "x.toml"), pin_dir=pin_dir)
+
+
 def test_save_apply_keeps_timeouts_counting_down(pin_dir: str, tmp_path: Any) -> None:
     ok("--create", "ban", "-q", "203.0.113.7", "--ttl", "600", pin_dir=pin_dir)
     ok("set", "add", "tmp", "198.51.100.0/24", "--ttl", "3600", pin_dir=pin_dir)
