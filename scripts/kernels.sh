@@ -122,7 +122,13 @@ case $KEEP in *[!A-Za-z0-9._/-]*) echo "kernels.sh: $KEEP: a path the kernel com
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 for t in dpkg-deb:dpkg xz:xz-utils zstd:zstd gzip:gzip; do command -v "${t%%:*}" >/dev/null || need+=("${t#*:}"); done
-[ ${#need[@]} = 0 ] || apt-get install -y -q "${need[@]}"
+# as setup.sh installs: no recommends (qemu-system-x86's are a GUI, qemu-utils, ovmf and block drivers:
+# ~300 packages, none used by a -kernel boot without display), quiet
+if [ ${#need[@]} != 0 ]; then
+    echo "kernels.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 
 mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs,libbpf} "$ROWS"
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
