@@ -1,7 +1,10 @@
-"""``pyxdp-load``: the command line (see :mod:`pyxdp.cli.handlers`)."""
+"""``pyxdp-load``: the command line. The commands are listed once, in
+:mod:`pyxdp.cli.spec`; :mod:`pyxdp.cli.main` reads the command line and
+imports only the named command's handlers (attach, rules, sets, observe,
+files); what they print goes through :mod:`pyxdp.cli.output`."""
 
 from __future__ import annotations
 
-from .handlers import entry_point, main
+from .main import entry_point, main
 
 __all__ = ["entry_point", "main"]

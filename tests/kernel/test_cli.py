@@ -692,15 +692,15 @@ def test_too_deep_nesting_names_the_line(pin_dir: str, tmp_path: Any) -> None:
 
 
 def test_rule_set_files_longer_than_the_cap_are_refused(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pyxdp.cli import handlers as cli
+    from pyxdp.cli import common
     from pyxdp.errors import UsageError
 
     path = tmp_path / "rules.toml"
     path.write_text('rules = ["deny 22"]\n' * 3)
-    assert cli._read_text(str(path)) == path.read_text()
-    monkeypatch.setattr(cli, "MAX_TEXT", 40)
+    assert common.read_text(str(path)) == path.read_text()
+    monkeypatch.setattr(common, "MAX_TEXT", 40)
     with pytest.raises(UsageError, match=f"{path}: longer than 0 MiB, refused"):
-        cli._read_text(str(path))
+        common.read_text(str(path))
 
 
 def test_empty_pin_dir_is_refused() -> None:

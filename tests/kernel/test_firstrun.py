@@ -104,6 +104,8 @@ def test_status_list_and_ban_do_not_import_what_they_do_not_need(pin_dir: str, n
     rc, mods = _imports_of(["--pin-dir", pin_dir, "ban", "192.0.2.8"], {"PYXDP_SYSLOG": "off"})
     assert rc == 0
     assert not {"pyroute2", "logging", "logging.handlers"} & mods, mods
+    assert not {"argparse", "pyxdp.cli.parser"} & mods, mods  # its plain form is read without argparse
+    assert {"pyxdp.cli.sets", "pyxdp.cli.quick"} <= mods and not {"pyxdp.cli.rules", "pyxdp.cli.attach"} & mods, mods
     text = ok("status", pin_dir=pin_dir)
     assert f"{netpair.vb} (ifindex " in text and "NOT attached" not in text
     sh("ip", "-n", netpair.b, "link", "set", netpair.vb, "xdp", "off")

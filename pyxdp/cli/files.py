@@ -1,0 +1,84 @@
+"""The commands of rule-set and config files: apply, save and up."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .common import open_filter, read_text
+from .output import plural
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+
+    from .spec import Args
+
+
+def cmd_apply(args: Args) -> int:
+    from ..model.rulefile import parse_ruleset
+
+    spec = parse_ruleset(read_text(args.file), "stdin" if args.file == "-" else args.file)
+    with open_filter(args) as flt:
+        flt.apply(spec)
+    n = sum(len(v) for v in spec.sets.values())
+    print(f"applied {plural(len(spec.rules), 'rule')}, {plural(len(spec.sets), 'set')} "
+          f"({plural(n, 'element')})" + (f", policy {spec.policy.label}" if spec.policy is not None else ""))
+    if spec.interfaces:
+        print(f"note: 'apply' leaves interfaces as they are; 'pyxdp-load up {args.file}' also attaches the file's "
+              f"{plural(len(spec.interfaces), 'interface')} (and detaches others)")
+    return 0
+
+
+def cmd_up(args: Args) -> int:
+    from ..kernel.xdp import preload
+    from ..model.rulefile import parse_ruleset
+    from ..up import config_path
+
+    path = config_path(args.file)
+    name = "stdin" if path == "-" else path
+    spec = parse_ruleset(read_text(path), name)
+    loading = preload()  # pyroute2's import overlaps a program load
+    with open_filter(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
+        loading.join()
+        changes = flt.up(spec, allow_empty=args.allow_empty)
+        created = flt.created
+        migrated = bool(flt.migrated)
+    if created:
+        print(f"made the state in {flt.pin_dir}")
+    for c in changes:
+        print(c)
+    if not changes and not created and not migrated:
+        print(f"no change: the firewall and its {plural(len(spec.interfaces), 'interface')} are what {name} says")
+    return 0
+
+
+def _make_config_dir(path: str) -> None:
+    """pyxdp's own config directory (/etc/pyxdp), when ``path`` is in it and
+    it is missing: made mode 0755 (the writer's: root). Any other missing
+    directory is the caller's to make (write_file_atomic says how)."""
+    from .. import up as config
+    from ..errors import UsageError
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != config.CONFIG_DIR or os.path.lexists(parent):
+        return
+    try:
+        os.mkdir(parent, 0o755)
+        os.chmod(parent, 0o755)  # whatever the umask
+    except OSError as exc:
+        raise UsageError(f"cannot make {parent}: {exc.strerror}") from None
+
+
+def cmd_save(args: Args) -> int:
+    from ..model.rulefile import format_ruleset
+    from ..safefile import write_file_atomic
+
+    with open_filter(args, lock=False) as flt:
+        spec = flt.ruleset(interfaces=args.all)
+    text = format_ruleset(spec)
+    if args.file in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    _make_config_dir(args.file)
+    write_file_atomic(args.file, text, 0o600)
+    return 0
