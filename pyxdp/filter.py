@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import audit
@@ -84,9 +85,44 @@ def _up_pinned(pin_dir: str) -> bool:
     return os.path.lexists(os.path.join(pin_dir, UP_JOURNAL_PINS[0]))
 
 
-def _audit_trace(pin_dir: str, old: int, new: int) -> None:
-    if old != new and audit.active():
-        audit.record(pin_dir, f"tracing {f'1 in {old}' if old else 'off'} -> {f'1 in {new}' if new else 'off'}")
+def _trace_text(old: int, new: int) -> str | None:
+    if old == new:
+        return None
+    return f"tracing {f'1 in {old}' if old else 'off'} -> {f'1 in {new}' if new else 'off'}"
+
+
+class _Change:
+    """What a change says in the audit trail: ``audited`` (whether anything
+    is recorded: work done only for the record can be skipped), ``text``
+    (the record, written when the change is done; None: none)."""
+
+    __slots__ = ("audited", "text")
+
+    def __init__(self, audited: bool) -> None:
+        self.audited = audited
+        self.text: str | None = None
+
+
+def _ban_into(st: State, name: str, keys: KeySet, ttl: int | None) -> tuple[ChangeResult, int]:
+    """The change a ban makes: the set (made when missing), the rule 'deny
+    from @SET' as rule 1 when no rule uses the set yet (its number, else 0),
+    then the elements. A failure takes back the rule and the set it made,
+    so a failed ban changes nothing."""
+    from .store.ruleset import add_rule, delete_rules, referenced_sets
+
+    made = name not in S.live_ids(st)
+    sid = S.create(st, name)
+    num = 0
+    try:
+        if name not in referenced_sets(st):
+            num = add_rule(st, parse_rule(f"deny from @{name}"), 1)
+        return S.change(st, sid, add=keys, ttl=ttl), num
+    except Exception:
+        if num:
+            delete_rules(st, [num])
+        if made:
+            S.destroy(st, name)
+        raise
 
 
 class Filter:
@@ -142,25 +178,40 @@ class Filter:
             raise
         return flt
 
+    @contextmanager
+    def _change(self, lock: bool = True, defer: bool = True) -> Iterator[_Change]:
+        """One change, the same way each time: the writers' lock required
+        (``lock``), SIGINT and SIGTERM held until it is done (``defer``: a
+        change that spans several maps), then its audit record, when the
+        body set one and auditing is on. A change that fails records nothing."""
+        if lock:
+            self._st.require_lock()
+        ch = _Change(audit.active())
+        if defer:
+            with signals_deferred():
+                yield ch
+        else:
+            yield ch
+        if ch.text is not None and ch.audited:
+            audit.record(self.pin_dir, ch.text)
+
     def _recover(self) -> None:
         """Finish or undo what a killed writer left: a change of maps (the
         journal map), then an ``up`` (its pinned journal, pyxdp.store.upjournal)."""
         st = self._st
-        left = st.journal()[0] if audit.active() else None
-        with signals_deferred():
+        with self._change(lock=False) as ch:  # the lock is held: by open, or by _recover_unlocked
+            left = st.journal()[0] if ch.audited else None
             S.recover(st, st.config().txn)
-        if left:  # JournalOp.NONE is 0
-            audit.record(st.pin_dir, f"recovery: the {left.name.lower()} change a killed writer left was "
-                         "finished or undone")
+            if left:  # JournalOp.NONE is 0
+                ch.text = f"recovery: the {left.name.lower()} change a killed writer left was finished or undone"
         if _up_pinned(st.pin_dir):
             from .up import recover_up
 
-            with signals_deferred():
+            with self._change(lock=False) as ch:
                 if recover_up(self):
                     self.recovered = ("an 'up' killed part-way was undone: rules, sets and interfaces are as "
                                       "before it")
-            if audit.active():
-                audit.record(st.pin_dir, "recovery: the 'up' a killed writer left was undone")
+                ch.text = "recovery: the 'up' a killed writer left was undone"
 
     def _recover_unlocked(self) -> None:
         """A reader: an ``up`` a killed writer left is undone now too, when no
@@ -237,20 +288,19 @@ class Filter:
         return self._st.config().policy
 
     def set_policy(self, policy: Verdict) -> None:
-        self._st.require_lock()
-        old = self._st.config()
-        self._st.write_config(old._replace(policy=policy))
-        if audit.active():
-            audit.record(self.pin_dir, f"policy {old.policy.label} -> {policy.label}")
+        with self._change(defer=False) as ch:
+            old = self._st.config()
+            self._st.write_config(old._replace(policy=policy))
+            ch.text = f"policy {old.policy.label} -> {policy.label}"
 
     def set_trace(self, every: int) -> None:
         """Trace one packet in ``every`` (0 turns tracing off)."""
         if every < 0:
             raise UsageError("trace sampling must be 0 (off) or a positive number")
-        self._st.require_lock()
-        old = self._st.config()
-        self._st.write_config(old._replace(trace_every=every))
-        _audit_trace(self.pin_dir, old.trace_every, every)
+        with self._change(defer=False) as ch:
+            old = self._st.config()
+            self._st.write_config(old._replace(trace_every=every))
+            ch.text = _trace_text(old.trace_every, every)
 
     # ---- connection state -------------------------------------------------------
 
@@ -262,12 +312,10 @@ class Filter:
     def set_established(self, on: bool) -> None:
         """Turn connection state on or off (``pyxdp-load state on|off``). Off:
         replies go through the rules like any packet, and nothing is recorded."""
-        self._st.require_lock()
-        old = self._st.config()
-        self._st.write_config(old._replace(established=bool(on)))
-        if audit.active():
-            audit.record(self.pin_dir, f"connection state {'on' if old.established else 'off'} -> "
-                         f"{'on' if on else 'off'}")
+        with self._change(defer=False) as ch:
+            old = self._st.config()
+            self._st.write_config(old._replace(established=bool(on)))
+            ch.text = f"connection state {'on' if old.established else 'off'} -> {'on' if on else 'off'}"
 
     def timeouts(self) -> dict[str, int]:
         """Seconds a tracked connection lives after its last packet, per
@@ -280,11 +328,10 @@ class Filter:
         """Change the named timeouts (seconds); the others stay."""
         from .model.timeouts import with_timeouts
 
-        self._st.require_lock()
-        cfg = self._st.config()
-        self._st.write_config(cfg._replace(timeouts=with_timeouts(cfg.timeouts, timeouts)))
-        if audit.active():
-            audit.record(self.pin_dir, "connection timeouts: " + ", ".join(f"{k} {v}s" for k, v in timeouts.items()))
+        with self._change(defer=False) as ch:
+            cfg = self._st.config()
+            self._st.write_config(cfg._replace(timeouts=with_timeouts(cfg.timeouts, timeouts)))
+            ch.text = "connection timeouts: " + ", ".join(f"{k} {v}s" for k, v in timeouts.items())
 
     def flows(self) -> list[Flow]:
         """The connections the host opened that are tracked now."""
@@ -313,12 +360,11 @@ class Filter:
         from .store.ruleset import add_rule
 
         r = _rule(rule)
-        self._st.require_lock()
-        with signals_deferred():
+        with self._change() as ch:
             num = add_rule(self._st, r, position)
-        if audit.active():
-            n = self._st.config().nrules
-            audit.record(self.pin_dir, f"rule {num} added: {r} (rules {n - 1} -> {n})")
+            if ch.audited:
+                n = self._st.config().nrules
+                ch.text = f"rule {num} added: {r} (rules {n - 1} -> {n})"
         return num
 
     def allow(self, words: str, position: int | None = None) -> int:
@@ -333,14 +379,13 @@ class Filter:
         from .store.ruleset import delete_rules
 
         items = [w if isinstance(w, int) else _rule(w) for w in which]
-        self._st.require_lock()
-        before = self._rule_list() if audit.active() else None
-        with signals_deferred():
+        with self._change() as ch:
+            before = self._rule_list() if ch.audited else []
             n = delete_rules(self._st, items)
-        if before is not None:
-            after = set(self._rule_list())
-            gone = ", ".join(f"{i} '{r}'" for i, r in enumerate(before, 1) if r not in after)
-            audit.record(self.pin_dir, f"rules deleted: {gone} (rules {len(before)} -> {len(after)})")
+            if ch.audited:
+                after = set(self._rule_list())
+                gone = ", ".join(f"{i} '{r}'" for i, r in enumerate(before, 1) if r not in after)
+                ch.text = f"rules deleted: {gone} (rules {len(before)} -> {len(after)})"
         return n
 
     def _rule_list(self) -> list[Rule]:
@@ -353,12 +398,10 @@ class Filter:
         from .store.ruleset import install
 
         items = [_rule(r) for r in rules]
-        self._st.require_lock()
-        old = self._st.config().nrules
-        with signals_deferred():
+        with self._change() as ch:
+            old = self._st.config().nrules
             install(self._st, items)
-        if audit.active():
-            audit.record(self.pin_dir, f"rules replaced: {old} -> {len(items)} rules")
+            ch.text = f"rules replaced: {old} -> {len(items)} rules"
 
     # ---- the whole firewall -------------------------------------------------------
 
@@ -367,13 +410,12 @@ class Filter:
         spec names it) the policy in one switch."""
         from .store.ruleset import apply
 
-        self._st.require_lock()
-        before = self._summary() if audit.active() else None
-        with signals_deferred():
+        with self._change() as ch:
+            before = self._summary() if ch.audited else {}
             apply(self._st, spec)
-        if before is not None:
-            after = self._summary()
-            audit.record(self.pin_dir, "applied: " + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before))
+            if ch.audited:
+                after = self._summary()
+                ch.text = "applied: " + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before)
 
     def _summary(self) -> dict[str, object]:
         """What an audit record of a whole-firewall change compares."""
@@ -406,7 +448,7 @@ class Filter:
         (none: it was so already). SIGINT and SIGTERM wait until it is done."""
         from .up import up
 
-        with signals_deferred():
+        with self._change(lock=False):  # up takes what it changes under the lock, and writes its own records
             return up(self, spec, allow_empty)
 
     # ---- sets and bans ----------------------------------------------------------------
@@ -429,8 +471,7 @@ class Filter:
         element there already gets the new timeout. ``ttl``: seconds (None
         or 0: permanent)."""
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
-        self._st.require_lock()
-        with signals_deferred():
+        with self._change() as ch:
             sid = S.live_ids(self._st).get(parse_set_name(name), 0)
             made = not sid
             if made:  # made with its elements in one change: killed, it leaves no set or the whole one
@@ -441,94 +482,64 @@ class Filter:
                     raise
             else:
                 res = S.change(self._st, sid, add=keys, ttl=ttl)
-        if audit.active():
-            audit.record(self.pin_dir, f"set @{parse_set_name(name)}{' made' if made else ''}: add "
-                         f"{audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} ({res.added} new, "
-                         f"{res.refreshed} refreshed)")
+            if ch.audited:
+                ch.text = (f"set @{parse_set_name(name)}{' made' if made else ''}: add "
+                           f"{audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} ({res.added} new, "
+                           f"{res.refreshed} refreshed)")
         return res
 
     def set_remove(self, name: str, prefixes: Iterable[str | Prefix], missing_ok: bool = False) -> ChangeResult:
         """Remove prefixes from a set, all or nothing: each must be in it
         (unless ``missing_ok``: those not there are listed in the result)."""
         items = list(_prefixes(prefixes))
-        self._st.require_lock()
-        with signals_deferred():
+        with self._change() as ch:
             res = S.change(self._st, S.lookup_name(self._st, name), remove=items, missing_ok=missing_ok)
-        if audit.active():
-            audit.record(self.pin_dir, f"set @{parse_set_name(name)}: remove {audit.prefixes_text(items, len(items))}"
-                         f" ({res.removed} removed)")
+            if ch.audited:
+                ch.text = (f"set @{parse_set_name(name)}: remove {audit.prefixes_text(items, len(items))}"
+                           f" ({res.removed} removed)")
         return res
 
     def set_flush(self, name: str) -> int:
         """Remove every element of a set; returns how many."""
-        self._st.require_lock()
-        with signals_deferred():
+        with self._change() as ch:
             n = S.flush(self._st, S.lookup_name(self._st, name))
-        if audit.active():
-            audit.record(self.pin_dir, f"set @{parse_set_name(name)} flushed: {n} -> 0 elements")
+            ch.text = f"set @{parse_set_name(name)} flushed: {n} -> 0 elements"
         return n
 
     def set_destroy(self, name: str) -> None:
         """Remove a set no rule uses."""
-        from .model.rules import parse_set_name
         from .store.ruleset import referenced_sets
 
-        self._st.require_lock()
-        if parse_set_name(name) in referenced_sets(self._st):
-            raise UsageError(f"set @{parse_set_name(name)} is used by a rule; delete the rule first")
-        with signals_deferred():
+        with self._change() as ch:
+            if parse_set_name(name) in referenced_sets(self._st):
+                raise UsageError(f"set @{parse_set_name(name)} is used by a rule; delete the rule first")
             S.destroy(self._st, name)
-        if audit.active():
-            audit.record(self.pin_dir, f"set @{parse_set_name(name)} destroyed")
+            ch.text = f"set @{parse_set_name(name)} destroyed"
 
     def ban(self, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None, set: str = BANNED) -> BanResult:
         """Add to set ``set`` (default ``banned``); when no rule refers to that
         set yet, first insert ``deny from @SET`` as rule 1."""
-        from .model.rules import parse_set_name
-        from .store.ruleset import add_rule, referenced_sets
-
         name = parse_set_name(set)
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
-        self._st.require_lock()
-        with signals_deferred():
-            made = name not in S.live_ids(self._st)
-            sid = S.create(self._st, name)
-            num = 0
-            try:
-                if name not in referenced_sets(self._st):
-                    num = add_rule(self._st, parse_rule(f"deny from @{name}"), 1)
-                res = S.change(self._st, sid, add=keys, ttl=ttl)
-            except Exception:  # a failed ban changes nothing: take back the rule and set it made
-                self._undo_made(name if made else None, num)
-                raise
-        if audit.active():
-            audit.record(self.pin_dir, f"ban @{name}: {audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} "
-                         f"({res.added} new, {res.refreshed} refreshed)"
-                         + (f"; rule {num} added: deny from @{name}" if num else ""))
+        with self._change() as ch:
+            res, num = _ban_into(self._st, name, keys, ttl)
+            if ch.audited:
+                ch.text = (f"ban @{name}: {audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} "
+                           f"({res.added} new, {res.refreshed} refreshed)"
+                           + (f"; rule {num} added: deny from @{name}" if num else ""))
         return BanResult(res.added, res.refreshed, num)
-
-    def _undo_made(self, made_set: str | None, rule_number: int) -> None:
-        from .store.ruleset import delete_rules
-
-        if rule_number:
-            delete_rules(self._st, [rule_number])
-        if made_set is not None:
-            S.destroy(self._st, made_set)
 
     def unban(self, prefixes: Iterable[str | Prefix], set: str = BANNED) -> ChangeResult:
         """Remove from set ``set``; an address not banned is reported, not an error."""
         items = list(_prefixes(prefixes))
-        self._st.require_lock()
-        from .model.rules import parse_set_name
-
-        sid = S.live_ids(self._st).get(parse_set_name(set))
-        if not sid:
-            return S.ChangeResult(0, 0, 0, tuple(items))
-        with signals_deferred():
+        with self._change() as ch:
+            sid = S.live_ids(self._st).get(parse_set_name(set))
+            if not sid:
+                return S.ChangeResult(0, 0, 0, tuple(items))
             res = S.change(self._st, sid, remove=items, missing_ok=True)
-        if res.removed and audit.active():
-            audit.record(self.pin_dir, f"unban @{parse_set_name(set)}: {audit.prefixes_text(items, len(items))} "
-                         f"({res.removed} removed, {len(res.missing)} not banned)")
+            if res.removed and ch.audited:
+                ch.text = (f"unban @{parse_set_name(set)}: {audit.prefixes_text(items, len(items))} "
+                           f"({res.removed} removed, {len(res.missing)} not banned)")
         return res
 
     # ---- statistics and tracing -----------------------------------------------------
@@ -555,11 +566,12 @@ class Filter:
 
         lk = writer_lock(self.pin_dir)
         try:
-            old = self._st.config()
-            self._st.write_config(old._replace(trace_every=every))
+            with self._change(lock=False, defer=False) as ch:  # under the lock taken here
+                old = self._st.config()
+                self._st.write_config(old._replace(trace_every=every))
+                ch.text = _trace_text(old.trace_every, every)
         finally:
             lk.release()
-        _audit_trace(self.pin_dir, old.trace_every, every)
 
     # ---- program and interfaces ---------------------------------------------------------
 
@@ -578,12 +590,11 @@ class Filter:
 
         if self.migrated:
             reload = False  # the migration loaded and pinned the programs, and they run everywhere already
-        with signals_deferred():
+        with self._change(lock=False) as ch:  # attach.attach requires the lock
             att = attach(self._st, ifname, mode, netns, force, reload)
             self._refresh_iface_rules()
-        if audit.active():
-            audit.record(self.pin_dir, f"attach {ifname}{_netns_text(netns)}: program {att.prog_id}, {att.mode} mode"
-                         + (", reloaded" if reload else "") + (", forced" if force else ""))
+            ch.text = (f"attach {ifname}{_netns_text(netns)}: program {att.prog_id}, {att.mode} mode"
+                       + (", reloaded" if reload else "") + (", forced" if force else ""))
         return att
 
     def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool:
@@ -593,17 +604,15 @@ class Filter:
         if the state was removed."""
         from .store.attach import detach, recorded
 
-        with signals_deferred():
+        with self._change(lock=False) as ch:  # detach requires the lock
             detach(self._st, ifname, netns)
-            if not keep and not recorded(self._st):
+            removed = not keep and not recorded(self._st)
+            if removed:
                 self._st.remove()
-                if audit.active():
-                    audit.record(self.pin_dir, f"detach {ifname}{_netns_text(netns)}; no interface left: state removed")
-                return True
-            self._refresh_iface_rules()
-        if audit.active():
-            audit.record(self.pin_dir, f"detach {ifname}{_netns_text(netns)}")
-        return False
+            else:
+                self._refresh_iface_rules()
+            ch.text = f"detach {ifname}{_netns_text(netns)}" + ("; no interface left: state removed" if removed else "")
+        return removed
 
     def _refresh_iface_rules(self) -> None:
         """Rules that name an interface match by ifindex: recompute them when
@@ -622,10 +631,9 @@ class Filter:
 
     def remove_state(self) -> None:
         """Unpin everything, and remove the pin directory when pyxdp made it."""
-        self._st.require_lock()
-        self._st.remove()
-        if audit.active():
-            audit.record(self.pin_dir, "state removed")
+        with self._change(defer=False) as ch:
+            self._st.remove()
+            ch.text = "state removed"
 
     # ---- replay ---------------------------------------------------------------------------
 
