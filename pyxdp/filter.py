@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import audit
-from .errors import UsageError
-from .layout import Verdict
+from .errors import LockTimeout, UsageError
+from .layout import PYXDP_LAYOUT, Verdict
 from .model.prefix import Prefix, parse_prefix
 from .model.rules import Rule, parse_rule, parse_set_name
 from .store import sets as S
-from .store.lock import signals_deferred
-from .store.state import DEFAULT_PIN_DIR, Config, State
+from .store.lock import DirLock, signals_deferred
+from .store.state import DEFAULT_PIN_DIR, Config, State, writer_lock
 
 if TYPE_CHECKING:
     from .kernel.bpf import Program
@@ -165,8 +165,6 @@ class Filter:
         if created and audit.active():
             audit.record(st.pin_dir, f"state created ({st.capacity} set elements per family, {st.rule_capacity} rules)")
         if st.migrated_from and audit.active():
-            from .layout import PYXDP_LAYOUT
-
             audit.record(st.pin_dir, f"state migrated from layout {st.migrated_from} to {PYXDP_LAYOUT}")
         try:
             if st.locked:
@@ -218,9 +216,6 @@ class Filter:
         writer holds the lock (one that does is alive, and finishes it)."""
         if not _up_pinned(self.pin_dir):
             return
-        from .errors import LockTimeout
-        from .store.lock import DirLock
-
         try:
             lk = DirLock(self.pin_dir, timeout=0)
         except LockTimeout:
@@ -562,8 +557,6 @@ class Filter:
         if self._st.locked:
             self.set_trace(every)
             return
-        from .store.state import writer_lock
-
         lk = writer_lock(self.pin_dir)
         try:
             with self._change(lock=False, defer=False) as ch:  # under the lock taken here

@@ -14,7 +14,7 @@ from .kernel.bpf import RingBuffer
 from .layout import Reason, Verdict
 from .model.pcap import PcapWriter
 from .model.prefix import Prefix, parse_prefix
-from .store.attach import iface_label
+from .store.attach import iface_label, recorded, slot_names
 
 if TYPE_CHECKING:
     from .store.attach import Attachment
@@ -54,8 +54,6 @@ class Stats(NamedTuple):
 
 def read_stats(st: State) -> Stats:
     """The counters, one line per interface, verdict and reason counted."""
-    from .store.attach import slot_names
-
     names = slot_names(st)
     lines = []
     lost = 0
@@ -329,8 +327,6 @@ class Tracer:
         self._every = every
         self._match = match
         if names is None:
-            from .store.attach import recorded
-
             names = InterfaceNames(lambda: recorded(st).values())
         self._names = names
         self._queue: list[bytes] = []

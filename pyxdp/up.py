@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import AttachError, PyxdpError
-from .model.rulefile import Element, InterfaceSpec, RuleSetSpec
+from .errors import AttachError, PyxdpError, UsageError
+from .model.rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
+from .text import plural
 
 if TYPE_CHECKING:
     from typing import Any, Protocol
@@ -70,7 +71,6 @@ def recorded_interfaces(st: State) -> tuple[InterfaceSpec, ...]:
     whose interface or namespace is gone is left out (an 'up' of the file
     would fail on it); one whose interface was made anew is kept ('up'
     attaches it again)."""
-    from .errors import UsageError
     from .kernel.xdp import Netlink
     from .store.attach import recorded
 
@@ -83,10 +83,6 @@ def recorded_interfaces(st: State) -> tuple[InterfaceSpec, ...]:
             continue
         out.setdefault((a.netns or "", a.ifname), InterfaceSpec(a.ifname, a.netns, a.mode))
     return tuple(out[k] for k in sorted(out))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word if n == 1 else word + 's'}"
 
 
 def _differs(spec: RuleSetSpec, running: RuleSetSpec) -> bool:
@@ -160,8 +156,6 @@ def _refuse_empty(spec: RuleSetSpec, have: dict[tuple[str | None, str], list[Att
     """A spec naming no interface over a state that runs on some would take
     the filter off all of them: an empty or truncated config file most
     likely. Refused (UsageError) unless the caller says it is meant."""
-    from .errors import UsageError
-
     if spec.interfaces:
         return
     live = sorted({str(InterfaceSpec(a.ifname, a.netns)) for recs in have.values() for a in recs if a.attached})
@@ -195,7 +189,6 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
     (the next command that opens the state does it), puts all of that back
     (:func:`undo_up`); unpinning the journal, last, is the commit."""
     from .kernel.xdp import XdpMode
-    from .model.rulefile import format_ruleset
     from .store import upjournal
     from .store.clock import monotonic_ns
 
@@ -234,8 +227,8 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
         if differs:
             flt.apply(_keep_running_timeouts(spec, running))
             n = sum(len(v) for v in spec.sets.values())
-            changes.append(ConfigChange("apply", None, f"applied {_plural(len(spec.rules), 'rule')}, "
-                                        f"{_plural(len(spec.sets), 'set')} ({_plural(n, 'element')})"
+            changes.append(ConfigChange("apply", None, f"applied {plural(len(spec.rules), 'rule')}, "
+                                        f"{plural(len(spec.sets), 'set')} ({plural(n, 'element')})"
                                         + (f", policy {spec.policy.label}" if spec.policy is not None else "")))
         for i in new:
             if (i.netns, i.name) in stale:
@@ -269,7 +262,6 @@ def _restore_iface(flt: Filter, netns: str | None, name: str, mode: str | None) 
     all), whatever part of a change to it was done."""
     import errno
 
-    from .errors import UsageError
     from .kernel.xdp import Netlink, XdpMode
     from .store.attach import recorded, uses_state
 
@@ -311,7 +303,6 @@ def undo_up(flt: Filter, plan: dict[str, object]) -> None:
     the same mode, or not at all), then the firewall it replaced (when the
     running one differs). Each step looks at what runs now, so it can be
     done again after a kill part-way through."""
-    from .model.rulefile import parse_ruleset
     from .store.clock import monotonic_ns
 
     ifaces = plan.get("ifaces")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from ..text import plural as plural  # the handlers' counted words, here with the rest of what they print
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -16,10 +18,6 @@ def emit(obj: Any) -> None:
     import json
 
     sys.stdout.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 def duration(secs: float) -> str:

@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import IncompatibleMap, UsageError, VerifierError, bpf_error
-from .libbpf import check, check_ptr, ffi, lib, num_possible_cpus
+from .libbpf import check, check_ptr, environment_trusted, ffi, lib, num_possible_cpus
 
 if TYPE_CHECKING:
     from typing import Any
@@ -125,8 +125,6 @@ class Map(_Fd):
     def _wrote(cls) -> None:
         """Count one map write (the crash-injection hook above)."""
         if cls._kill_after is None:
-            from .libbpf import environment_trusted
-
             raw = os.environ.get("PYXDP_TEST_KILL_AFTER", "")
             cls._kill_after = int(raw) if raw.isdigit() and raw.isascii() and environment_trusted() else 0
         if cls._kill_after:

@@ -15,8 +15,8 @@ import os
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import layout as L
-from ..errors import BpfError, IncompatibleMap, NotLoaded, UsageError
-from ..kernel.bpf import Map
+from ..errors import AttachError, BpfError, IncompatibleMap, NotLoaded, UnreadableState, UsageError
+from ..kernel.bpf import Map, Program
 from ..kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs, require_privileges
 from ..layout import Verdict
 from ..model.timeouts import default_timeouts
@@ -117,8 +117,6 @@ def _complete(pin_dir: str) -> bool:
 
 def _state_ids(pin_dir: str) -> tuple[set[int], set[int]]:
     """(program ids, map ids) of what is pinned in ``pin_dir`` and can be opened."""
-    from ..kernel.bpf import Program
-
     progs: set[int] = set()
     maps: set[int] = set()
     for name in STATE_NAMES:
@@ -141,8 +139,6 @@ def running_interfaces(pin_dir: str) -> list[str]:
     """The interfaces (in the host's namespace and the named ones) running an
     XDP program of the state in ``pin_dir``: one pinned there, or one using a
     map pinned there. Asks the kernel, not the state's records."""
-    from ..errors import AttachError
-    from ..kernel.bpf import Program
     from ..kernel.rtnl import Links
 
     progs, maps = _state_ids(pin_dir)
@@ -188,8 +184,6 @@ def refuse_unreadable(pin_dir: str, why: str) -> None:
     read (``why``), is still in use: an interface runs its program, or its
     records name interfaces. (State a process died making, or removing,
     is in use by nothing: it may be made afresh.)"""
-    from ..errors import UnreadableState
-
     running = running_interfaces(pin_dir)
     records = _records_left(pin_dir)
     if not running and not records:
