@@ -10,10 +10,15 @@ import itertools
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers.env import ROOT, RUN, NetPair, sh
+
+if TYPE_CHECKING:
+    import logging
 
 _seq = itertools.count()
 ROOT_FIXTURES = {"pin_dir", "flt", "tester", "netpair"}  # a test using one needs root
@@ -125,3 +130,36 @@ def netpair(request: pytest.FixtureRequest) -> Iterator[NetPair]:
         yield pair
     finally:
         pair.close()
+
+
+@pytest.fixture
+def base() -> Iterator[str]:
+    """A private parent directory (mode 0700, ours) for pin dirs under test."""
+    path = tempfile.mkdtemp(prefix="pyxdp-hard-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """The 'pyxdp.audit' records this process makes, through a handler of the test's own."""
+    import logging
+
+    got: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    log = logging.getLogger("pyxdp.audit")
+    h = Keep()
+    log.addHandler(h)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield got
+    finally:
+        log.removeHandler(h)
+        log.setLevel(old)

@@ -1,10 +1,13 @@
 """What tests share besides fixtures: whether we are root, this run's id
 (in every name a test makes), the ``root`` marker, a shell helper and the
-namespace pair the network tests use."""
+namespace pair the network tests use, reading a file, and tcpdump's reading
+of a pcap file, the systemd unit."""
 
 from __future__ import annotations
 
+import configparser
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -50,3 +53,29 @@ class NetPair:
     def close(self) -> None:
         for ns in (self.a, self.b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def tcpdump(path: str, *extra: str) -> list[str]:
+    """What tcpdump reads from the pcap file ``path`` (it must be installed: setup.sh --test does)."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump is not installed: run scripts/setup.sh --test")
+    r = subprocess.run(["tcpdump", "-r", path, "-nn", *extra], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+SYSTEMD_UNIT = os.path.join(TREE, "contrib", "systemd", "pyxdp.service")
+
+
+def systemd_unit() -> configparser.ConfigParser:
+    """contrib/systemd/pyxdp.service, read as systemd reads its keys (case kept)."""
+    cp = configparser.ConfigParser(interpolation=None, strict=True)
+    cp.optionxform = str  # type: ignore[method-assign] - unit keys are case-sensitive
+    with open(SYSTEMD_UNIT, encoding="utf-8") as fh:
+        cp.read_file(fh)
+    return cp

@@ -1,6 +1,7 @@
 """The audit trail: every change is a record on the 'pyxdp.audit' logger
 (what, old -> new, who); the command line sends the records to syslog and to
---log-file; the library configures no logging."""
+--log-file (without root: tests/unit/test_audit.py, the library configures
+no logging and a record is one clean line)."""
 
 from __future__ import annotations
 
@@ -184,27 +185,6 @@ def test_a_syslog_that_refuses_is_a_warning_not_a_failure(pin_dir: str, tmp_path
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
 
 
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """The 'pyxdp.audit' records this process makes, through a handler of the test's own."""
-    got: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    log = logging.getLogger("pyxdp.audit")
-    h = Keep()
-    log.addHandler(h)
-    old = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield got
-    finally:
-        log.removeHandler(h)
-        log.setLevel(old)
-
-
 @needs_root
 def test_api_changes_are_records_on_the_pyxdp_audit_logger(pin_dir: str, records: list[logging.LogRecord]) -> None:
     import pyxdp
@@ -253,32 +233,3 @@ def test_api_changes_are_records_on_the_pyxdp_audit_logger(pin_dir: str, records
         assert r.pyxdp_who["uid"] == 0 and r.pyxdp_who["ppid"] == os.getppid()  # type: ignore[attr-defined]
 
 
-def test_the_library_configures_no_logging() -> None:
-    code = """
-import sys
-import pyxdp, pyxdp.filter, pyxdp.cli
-assert 'logging' not in sys.modules, 'importing pyxdp imported logging'
-from pyxdp import audit
-assert not audit.active()
-import logging
-assert not audit.active()  # the root logger's level (WARNING) takes no INFO record
-log = audit.logger()
-assert [type(h).__name__ for h in log.handlers] == ['NullHandler'], log.handlers
-assert logging.getLogger().handlers == [] and log.level == logging.NOTSET
-logging.basicConfig(level=logging.INFO)
-assert audit.active()
-print('ok')
-"""
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.stdout == "ok\n", r.stderr
-
-
-def test_a_record_is_one_clean_line(records: list[logging.LogRecord]) -> None:
-    from pyxdp import audit
-
-    audit.record("/sys/fs/bpf/x\ny", "set @a: add 192.0.2.0/24\r\n forged line")
-    (rec,) = records
-    msg = rec.getMessage()
-    assert "\n" not in msg and "\r" not in msg
-    assert msg.startswith("set @a: add 192.0.2.0/24\\x0d\\x0a forged line | uid=")
-    assert msg.endswith(" pin_dir=/sys/fs/bpf/x\\x0ay")

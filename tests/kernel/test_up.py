@@ -1,6 +1,6 @@
-"""The declarative config and boot: the config file (the rule-set file plus
-[[interface]] tables) parses and formats back unchanged and refuses what it
-does not know with its line; ``pyxdp-load up`` makes the running firewall
+"""The declarative config and boot (that the config file parses, formats
+back and refuses what it does not know with its line: tests/unit/test_up.py):
+``pyxdp-load up`` makes the running firewall
 and its interfaces what the file says (real interfaces in namespaces the
 tests make, real packets), all or nothing, a second time changing nothing;
 ``save --all`` writes it back; the systemd unit passes ``systemd-analyze
@@ -8,7 +8,6 @@ verify`` and its commands do what it says."""
 
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -19,118 +18,16 @@ from typing import Any
 
 import pytest
 from helpers.cli import BIN, fails, ok, run
-from helpers.env import ROOT, NetPair, needs_root, sh
+from helpers.env import ROOT, NetPair, needs_root, sh, systemd_unit
 from helpers.traffic import dropped_all_but, exchange
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pyxdp import (
     Filter,
     InterfaceSpec,
-    RuleSetSpec,
     UsageError,
     Verdict,
-    format_ruleset,
-    parse_prefix,
-    parse_rule,
     parse_ruleset,
 )
-from pyxdp.model.rulefile import Element
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-UNIT = os.path.join(HERE, "..", "..", "contrib", "systemd", "pyxdp.service")
-
-# ---- the file (pure: no root) ----------------------------------------------------------------
-
-CONFIG = '''# pyxdp firewall and its interfaces: 'pyxdp-load up FILE' installs it, 'pyxdp-load save --all' writes it
-
-policy = "drop"
-rules = [
-    "deny from @banned",
-    "allow proto udp to any port 53",
-]
-
-[sets]
-banned = [
-    "203.0.113.7/32 ttl 583",
-]
-
-[[interface]]
-name = "eth0"
-mode = "native"
-
-[[interface]]
-name = "vb"
-netns = "blue"
-mode = "auto"
-'''
-
-
-def test_a_config_file_parses_and_formats_back_unchanged() -> None:
-    spec = parse_ruleset(CONFIG, "pyxdp.toml")
-    assert spec.interfaces == (InterfaceSpec("eth0", None, "native"), InterfaceSpec("vb", "blue", "auto"))
-    assert spec.sets == {"banned": [Element(parse_prefix("203.0.113.7"), 583)]}
-    assert format_ruleset(spec) == CONFIG
-    assert parse_ruleset(format_ruleset(spec)) == spec
-    # hand-written: mode defaults to auto, inline tables work too, and what save writes is explicit
-    hand = parse_ruleset('rules = ["allow 22/tcp"]\ninterface = [{name = "eth1"}, {name = "eth1", netns = "x"}]\n')
-    assert hand == RuleSetSpec((parse_rule("allow 22/tcp"),), {}, None,
-                               (InterfaceSpec("eth1"), InterfaceSpec("eth1", "x", "auto")))
-    assert 'name = "eth1"\nmode = "auto"\n' in format_ruleset(hand)
-    assert parse_ruleset(format_ruleset(hand)) == hand
-    # without interfaces the file is what 'save' always wrote
-    assert "[[interface]]" not in format_ruleset(spec._replace(interfaces=()))
-    assert format_ruleset(spec._replace(interfaces=())).startswith("# pyxdp firewall: 'pyxdp-load apply FILE'")
-
-
-_IFNAME = st.text(alphabet="abcxyz019_.:@+-", min_size=1, max_size=15).filter(lambda n: n not in (".", ".."))
-
-
-@settings(max_examples=200, deadline=None, database=None)
-@given(st.lists(st.tuples(_IFNAME, st.none() | _IFNAME, st.sampled_from(["auto", "native", "generic", "offload"])),
-                max_size=6, unique_by=lambda t: (t[0], t[1])),
-       st.sampled_from([None, Verdict.PASS, Verdict.DROP]))
-def test_random_interface_lists_round_trip(ifaces: list[tuple[str, str | None, str]], policy: Verdict | None) -> None:
-    spec = RuleSetSpec((parse_rule("deny from @b"),), {"b": [Element(parse_prefix("10.0.0.0/8"), 60)]}, policy,
-                       tuple(InterfaceSpec(*t) for t in ifaces))
-    text = format_ruleset(spec)
-    assert parse_ruleset(text, "saved") == spec
-    assert format_ruleset(parse_ruleset(text)) == text
-
-
-def _file(*lines: str) -> str:
-    return "\n".join(lines) + "\n"
-
-
-@pytest.mark.parametrize("text,says", [
-    (_file("rules = []", "", "[[interface]]", 'name = "eth0"', 'mod = "native"'),
-     "cfg.toml line 5: unknown key 'mod' in [[interface]] (expected name, netns, mode"),
-    (_file("[[interface]]", 'name = "eth0"', "", "[[interface]]", 'name = "eth1"', 'policy = "drop"'),
-     "cfg.toml line 6: unknown key 'policy' in [[interface]]"),
-    (_file("rules = []", "[interfaces]", 'name = "eth0"'), "cfg.toml line 2: unknown key 'interfaces' (expected"),
-    (_file("[[interface]]", 'mode = "native"'), "cfg.toml line 1: [[interface]] without a name"),
-    (_file("[[interface]]", 'name = "eth0/1"'), "cfg.toml line 2: bad interface name 'eth0/1'"),
-    (_file("[[interface]]", 'name = "a-very-long-name0"'), "cfg.toml line 2: bad interface name"),
-    (_file("[[interface]]", "name = 5"), "cfg.toml line 2: bad interface name '5'"),
-    (_file("[[interface]]", 'name = ""'), "cfg.toml line 2: bad interface name ''"),
-    (_file("[[interface]]", 'name = "eth0"', 'mode = "fast"'),
-     "cfg.toml line 3: bad mode 'fast' for interface eth0: auto, native, generic"),
-    (_file("[[interface]]", 'name = "eth0"', 'netns = "../x"'), "cfg.toml line 3: bad netns '../x'"),
-    (_file("[[interface]]", 'name = "eth0"', 'netns = ""'), "cfg.toml line 3: bad netns ''"),
-    (_file("[[interface]]", 'name = "eth0"', "", "[[interface]]", 'name = "eth0"'),
-     "cfg.toml line 5: interface eth0 given twice"),
-    (_file("[[interface]]", 'name = "eth0"', 'netns = "b"', "[[interface]]", 'name = "eth0"', 'netns = "b"'),
-     "cfg.toml line 5: interface eth0 (netns b) given twice"),
-    (_file("[interface]", 'name = "eth0"'), "cfg.toml line 1: interface must be [[interface]] tables"),
-    (_file("interface = ['eth0']"), "cfg.toml line 1: interface must be [[interface]] tables"),
-    (_file("[[interface]]", f'name = "{"x" * 100_000}"'), "cfg.toml line 2: bad interface name"),
-])
-def test_config_errors_name_the_key_and_the_line(text: str, says: str) -> None:
-    with pytest.raises(UsageError) as exc:
-        parse_ruleset(text, "cfg.toml")
-    assert says in str(exc.value)
-    assert "\n" not in str(exc.value) and len(str(exc.value)) < 400
-
 
 # ---- up, save --all (root: namespaces, veths, bpffs) ---------------------------------------------
 
@@ -434,57 +331,13 @@ def test_up_reads_pyxdp_config_and_stdin(pin_dir: str, netpair: NetPair, tmp_pat
 # ---- the systemd unit ------------------------------------------------------------------------------
 
 
-def _unit() -> configparser.ConfigParser:
-    cp = configparser.ConfigParser(interpolation=None, strict=True)
-    cp.optionxform = str  # type: ignore[method-assign] - unit keys are case-sensitive
-    with open(UNIT, encoding="utf-8") as fh:
-        cp.read_file(fh)
-    return cp
-
-
-def test_unit_says_what_the_readme_says() -> None:
-    svc = _unit()["Service"]
-    assert svc["Type"] == "oneshot" and svc["RemainAfterExit"] == "yes"
-    assert svc["ExecStart"] == "/usr/local/sbin/pyxdp-load up"
-    assert svc["ExecReload"] == "/usr/local/sbin/pyxdp-load up"
-    assert svc["ExecStop"] == "/usr/local/sbin/pyxdp-load save --all ${PYXDP_CONFIG}"  # stopping never detaches
-    assert svc["Environment"] == "PYXDP_CONFIG=/etc/pyxdp/pyxdp.toml"
-    unit = _unit()["Unit"]
-    assert "network-pre.target" in unit["Before"].split() and unit["Wants"] == "network-pre.target"
-
-
-def test_systemd_analyze_verifies_the_unit(tmp_path: Any) -> None:
-    """The unit as shipped names /usr/local/sbin/pyxdp-load, which setup links and this host may lack
-    ('verify' checks that ExecStart's program exists): a copy with the venv's pyxdp-load in its place is
-    verified; nothing else differs. 'verify' needs no running systemd."""
-    analyze = shutil.which("systemd-analyze") or ("/usr/bin/systemd-analyze"
-                                                  if os.path.exists("/usr/bin/systemd-analyze") else None)
-    if analyze is None:
-        pytest.fail("systemd-analyze is not installed: run scripts/setup.sh --test")
-    with open(UNIT, encoding="utf-8") as fh:
-        text = fh.read()
-    assert len(re.findall(r"^Exec(Start|Reload|Stop)=/usr/local/sbin/pyxdp-load ", text, re.M)) == 3
-    copy = tmp_path / "pyxdp.service"
-    copy.write_text(text.replace("/usr/local/sbin/pyxdp-load", BIN))
-    env = dict(os.environ, SYSTEMD_LOG_LEVEL="notice", SYSTEMD_LOG_COLOR="0")
-    r = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, env=env,
-                       timeout=60)
-    assert r.returncode == 0 and r.stderr == "", r.stderr
-    # verify does fail: a unit it cannot take says so
-    broken = tmp_path / "broken.service"
-    broken.write_text(text.replace("/usr/local/sbin/pyxdp-load", "/nonexistent/pyxdp-load"))
-    r = subprocess.run([analyze, "verify", "--man=no", str(broken)], capture_output=True, text=True, env=env,
-                       timeout=60)
-    assert r.returncode != 0 and "/nonexistent/pyxdp-load" in r.stderr
-
-
 @pytest.mark.skipif(not ROOT, reason="needs root")
 def test_the_units_commands_start_reload_and_stop_as_documented(pin_dir: str, netpair: NetPair,
                                                               tmp_path: Any) -> None:
     """ExecStart, ExecReload and ExecStop run as systemd would run them (its Environment, ${VAR}
     expanded; the state in this test's pin directory): stop saves, bans with their time left, and
     leaves the filter on."""
-    svc = _unit()["Service"]
+    svc = systemd_unit()["Service"]
     cfg = tmp_path / "pyxdp.toml"
     cfg.write_text(config(netpair, ifaces=((netpair.vb, netpair.b, "native"),)))
     env = dict(os.environ, PYXDP_PIN_DIR=pin_dir)
