@@ -33,7 +33,7 @@ _EXPORTS = {
     "SetState": "store.sets", "ElementState": "store.sets", "ChangeResult": "store.sets",
     "Action": "layout", "Verdict": "layout", "Reason": "layout", "FlowState": "layout",
     "Flow": "store.flows",
-    "XdpMode": "kernel.xdp",
+    "XdpMode": "model.modes",
     "BpfObject": "kernel.bpf", "Map": "kernel.bpf", "Program": "kernel.bpf", "RingBuffer": "kernel.bpf",
     "PyxdpError": "errors", "UsageError": "errors", "BpfError": "errors", "BpfPermissionError": "errors",
     "VerifierError": "errors", "KeyNotFound": "errors", "MapFull": "errors", "IncompatibleMap": "errors",
@@ -122,8 +122,8 @@ if TYPE_CHECKING:
     from .filter import BanResult, Filter
     from .kernel.anyobject import load_object, unload
     from .kernel.bpf import BpfObject, Map, Program, RingBuffer
-    from .kernel.xdp import XdpMode
     from .layout import Action, FlowState, Reason, Verdict
+    from .model.modes import XdpMode
     from .model.prefix import Prefix, parse_prefix, parse_ttl
     from .model.rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
     from .model.rules import Addr, Rule, parse_rule, parse_rule_words

@@ -188,7 +188,7 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
     firewall when the rules change. A failing step, or a kill at any point
     (the next command that opens the state does it), puts all of that back
     (:func:`undo_up`); unpinning the journal, last, is the commit."""
-    from .kernel.xdp import XdpMode
+    from .model.modes import XdpMode
     from .store import upjournal
     from .store.clock import monotonic_ns
 
@@ -262,7 +262,8 @@ def _restore_iface(flt: Filter, netns: str | None, name: str, mode: str | None) 
     all), whatever part of a change to it was done."""
     import errno
 
-    from .kernel.xdp import Netlink, XdpMode
+    from .kernel.xdp import Netlink
+    from .model.modes import XdpMode
     from .store.attach import recorded, uses_state
 
     try:

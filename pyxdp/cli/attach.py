@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def cmd_attach(args: Args) -> int:
-    from ..kernel.xdp import XdpMode, preload
+    from ..kernel.xdp import preload
+    from ..model.modes import XdpMode
 
     mode = XdpMode.parse(args.mode)
     loading = preload()  # pyroute2's import overlaps the verifier
@@ -90,7 +91,7 @@ def cmd_status(args: Args) -> int:
 
 def cmd_load(args: Args) -> int:
     from ..kernel.anyobject import load_object
-    from ..kernel.xdp import XdpMode
+    from ..model.modes import XdpMode
 
     prog_id, mode = load_object(args.object, args.iface, program=args.program, mode=XdpMode.parse(args.mode),
                                 netns=args.netns, force=args.force)

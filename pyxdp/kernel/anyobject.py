@@ -10,9 +10,10 @@ import subprocess
 from collections.abc import Iterator
 
 from ..errors import AttachError, UsageError
+from ..model.modes import XdpMode
 from .bpf import BpfObject, Program
 from .bpffs import require_privileges, system_tool
-from .xdp import Netlink, XdpMode
+from .xdp import Netlink
 
 BPF_PROG_TYPE_XDP = 6
 TRACEFS = "/sys/kernel/tracing"

@@ -14,8 +14,9 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..errors import AttachError, UsageError
+from ..model.modes import XdpMode
 from ..names import check_ifname, netns_exists
-from .xdp import XdpMode, XdpState
+from .xdp import XdpState
 
 if TYPE_CHECKING:
     from typing import Any

@@ -5,52 +5,20 @@ namespaces: netlink enters the namespace, the program's fd stays ours."""
 from __future__ import annotations
 
 import errno
-from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import AttachError, UsageError
+from ..model.modes import XDP_FLAGS_REPLACE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode
 from ..names import check_ifname, netns_exists
 
 if TYPE_CHECKING:
     from typing import Any
-
-XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-XDP_FLAGS_HW_MODE = 1 << 3
-XDP_FLAGS_REPLACE = 1 << 4
 
 # IFLA_XDP_ATTACHED values, as numbers and as pyroute2's names for them
 _ATTACHED: dict[object, int] = {
     None: 0, 0: 0, 1: 1, 2: 2, 3: 3, 4: 4, "xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4,
 }
 _MODE_OF = {1: "native", 2: "generic", 3: "offload"}
-
-
-class XdpMode(Enum):
-    """Where the program runs: in the driver, in the generic (skb) path,
-    on the NIC, or AUTO (native, else generic)."""
-
-    AUTO = "auto"
-    NATIVE = "native"
-    GENERIC = "generic"
-    OFFLOAD = "offload"
-
-    @property
-    def flags(self) -> int:
-        return {
-            XdpMode.AUTO: 0,
-            XdpMode.NATIVE: XDP_FLAGS_DRV_MODE,
-            XdpMode.GENERIC: XDP_FLAGS_SKB_MODE,
-            XdpMode.OFFLOAD: XDP_FLAGS_HW_MODE,
-        }[self]
-
-    @classmethod
-    def parse(cls, text: str) -> XdpMode:
-        try:
-            return cls(text)
-        except ValueError:
-            raise UsageError(f"bad mode {text!r}: auto, native, generic or offload") from None
 
 
 class XdpState(NamedTuple):

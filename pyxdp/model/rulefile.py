@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from ..errors import UsageError
 from ..layout import Verdict
 from ..names import IFNAME_MAX, is_ifname
+from .modes import XdpMode
 from .prefix import Prefix, parse_prefix, parse_ttl, quote
 from .rules import IFNAME_RE, SET_NAME_RE, Rule, parse_rule
 
@@ -234,8 +235,6 @@ def _interface_line(lines: list[str], index: int, key: str | None) -> int:
 
 
 def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[InterfaceSpec, ...]:
-    from ..kernel.xdp import XdpMode
-
     def fail(msg: str, index: int, key: str | None = None) -> UsageError:
         line = _interface_line(lines, index, key)
         return UsageError(f"{source}" + (f" line {line}" if line else "") + f": {msg}")

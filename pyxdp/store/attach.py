@@ -180,7 +180,8 @@ def attach(st: State, ifname: str, mode: Any = None, netns: str | None = None, f
            reload: bool = False) -> Attachment:
     """Attach the filter to ``ifname`` (in ``netns``). Replaces our own
     program atomically; refuses another program unless ``force``."""
-    from ..kernel.xdp import Netlink, XdpMode
+    from ..kernel.xdp import Netlink
+    from ..model.modes import XdpMode
 
     st.require_lock()
     mode = mode or XdpMode.AUTO
@@ -284,7 +285,8 @@ def uses_state(st: State, prog_id: int) -> bool:
 
 
 def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Program, eprog: Program) -> None:
-    from ..kernel.xdp import Netlink, XdpMode
+    from ..kernel.xdp import Netlink
+    from ..model.modes import XdpMode
 
     try:
         with Netlink(netns) as nl:

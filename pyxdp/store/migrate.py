@@ -353,7 +353,8 @@ class Migration:
         ('status' shows it); a replacement that fails stops the migration
         (the old program still filters there)."""
         from ..kernel.tc import attach_egress, has_clsact
-        from ..kernel.xdp import Netlink, XdpMode
+        from ..kernel.xdp import Netlink
+        from ..model.modes import XdpMode
 
         assert self.run_maps is not None and self.prog is not None and self.eprog is not None
         ifaces = self.run_maps.map("ifaces")  # of this layout (converted, or renamed already)

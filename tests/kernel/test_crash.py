@@ -859,7 +859,8 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     write, and (simulated: no map write happens there) killed between the
     program replacement and the pin (issue case 3)."""
     from pyxdp import Filter
-    from pyxdp.kernel.xdp import Netlink, XdpMode
+    from pyxdp.kernel.xdp import Netlink
+    from pyxdp.model.modes import XdpMode
     from pyxdp.store.attach import load_programs
 
     _attach_both(pin_dir, netpair)
