@@ -156,7 +156,8 @@ def test_live_view_in_a_terminal(pin_dir: str, netpair: NetPair, how: str) -> No
 FINALIZER_CTRL_C = """
 import io, os, signal, sys
 from rich.console import Console
-from pyxdp import Filter, top
+from pyxdp import Filter
+from pyxdp.cli import top
 
 class Dropped:
     def __del__(self) -> None:
