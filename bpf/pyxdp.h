@@ -197,7 +197,25 @@ struct knobs {
 	__u32 trace_all;           /* replay: an event for every packet */
 	__u32 count_hits;          /* 0 in replay: live hit counters left alone */
 	__u32 rule_words;          /* rule capacity / 64: the bound of the bit-vector walk */
-	__u32 pad;
+	__u32 shape;               /* enum shape: what this program leaves out (0: nothing) */
+};
+
+/*
+ * knobs.shape: the parts of the datapath a loaded program leaves out, because
+ * the configuration it runs cannot use them (the verifier removes the code a
+ * known knob turns off). 0 is the general program. The control plane loads a
+ * program whose shape covers the live configuration before it switches to it.
+ */
+enum shape {
+	SH_NO_STATE = 1,           /* no connection-state lookups (config.established is 0) */
+	SH_NO_RULES = 2,           /* no rule walk (config.nrules is 0) */
+	SH_NO_SETS = 4,            /* no rule names a set */
+	SH_NO_PORTS = 8,           /* no rule names a port */
+	SH_NO_IFACE = 16,          /* no rule names an interface */
+	SH_NO_LIT6 = 32,           /* no rule names an IPv6 prefix */
+	SH_NO_LIT4 = 64,           /* no rule names an IPv4 prefix */
+	SH_NO_PROTO = 128,         /* no rule names a protocol */
+	SH_NO_TRACE = 256,         /* no sampled tracing (config.trace_every is 0) */
 };
 
 /* ruleset.fields: the fields some rule constrains; the others are not looked up */

@@ -43,7 +43,10 @@
  * count_hits = 0: an event for every test packet, and live hit counters left
  * alone. The attached filter keeps the defaults.
  */
-const volatile struct knobs knobs = { .trace_all = 0, .count_hits = 1, .rule_words = DEFAULT_RULE_WORDS };
+const volatile struct knobs knobs = { .trace_all = 0, .count_hits = 1, .rule_words = DEFAULT_RULE_WORDS, .shape = 0 };
+
+/* Whether the loaded program keeps part `sh` (enum shape) of the datapath. */
+#define HAS(sh) (!(knobs.shape & (sh)))
 
 /* Never called: keeps the shared structs and enums in BTF for the Python
  * layout check (tests/test_build.py). */
@@ -62,6 +65,7 @@ struct shared_types {
 	enum set_state s;
 	enum journal_op o;
 	enum pyxdp_limits l;
+	enum shape sh;
 	enum rule_field f;
 	enum flow_state fs;
 	enum iface_flags iff;
@@ -99,14 +103,14 @@ static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct p
 		*verdict = V_PASS;
 		return R_ND;
 	}
-	if (c->established && p->family && p->fragment != 2) {
+	if (HAS(SH_NO_STATE) && c->established && p->family && p->fragment != 2) {
 		int r = ct_inbound(ctx, c, p);
 		if (r >= 0) {
 			*verdict = V_PASS;
 			return r;
 		}
 	}
-	if (c->nrules && p->family) {
+	if (HAS(SH_NO_RULES) && c->nrules && p->family) {
 		int m = match_rules(ctx, p, c->rgen);
 		if (m == ACT_ALLOW || m == ACT_DENY) {
 			*verdict = m == ACT_ALLOW ? V_PASS : V_DROP;
@@ -148,7 +152,7 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 	}
 	if (knobs.trace_all)
 		trace(ctx, p, reason, verdict, len);
-	else if (c->trace_every && (c->trace_every == 1 || bpf_get_prandom_u32() % c->trace_every == 0))
+	else if (HAS(SH_NO_TRACE) && c->trace_every && (c->trace_every == 1 || bpf_get_prandom_u32() % c->trace_every == 0))
 		trace(ctx, p, reason, verdict, len);
 	return verdict == V_DROP ? XDP_DROP : XDP_PASS;
 }
@@ -208,7 +212,7 @@ int egress(struct __sk_buff *skb)
 		return TC_NEXT;
 	__u32 ci = sel->live & 1;
 	struct config *c = bpf_map_lookup_elem(&cfg, &ci);
-	if (!c || !c->established)
+	if (!HAS(SH_NO_STATE) || !c || !c->established)
 		return TC_NEXT;
 	if (parse_eth(data, end, &p, &off) >= 0 || off > MAX_L3_OFF)
 		return TC_NEXT;

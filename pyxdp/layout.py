@@ -6,7 +6,7 @@ against the BTF of the shipped object."""
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 # enum pyxdp_limits
 PYXDP_LAYOUT = 3
@@ -123,6 +123,20 @@ class JournalOp(IntEnum):
     DESTROY = 3
 
 
+class Shape(IntFlag):
+    """knobs.shape: the parts of the datapath a loaded program leaves out (0: none)."""
+
+    NO_STATE = 1
+    NO_RULES = 2
+    NO_SETS = 4
+    NO_PORTS = 8
+    NO_IFACE = 16
+    NO_LIT6 = 32
+    NO_LIT4 = 64
+    NO_PROTO = 128
+    NO_TRACE = 256
+
+
 class RuleField(IntEnum):
     PROTO = 1
     SRC = 2
@@ -159,7 +173,7 @@ IFSLOT = struct.Struct("=II")  # ifindex, slot
 FLOW_KEY = struct.Struct("=BBHHH16s16s")  # family, proto, rport, lport, pad, raddr, laddr (flows6)
 FLOW_KEY4 = struct.Struct("=BBHHH4s4s")  # the same for flows4: addresses of 4 bytes
 FLOW = struct.Struct("=QII")  # expires, state, syn_ack
-KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, pad
+KNOBS = struct.Struct("=IIII")  # trace_all, count_hits, rule_words, shape
 # n_words, iface_dflt, fields, all_cls, proto_cls[6], lit_dflt[4], setb[2], n_sets[2], sets[2][8], noport[2]
 RULESET = struct.Struct(f"=IIII{PROTO_CLASSES + 1}I4I2I2I{2 * RULE_SETS}I2I")
 RKEY4 = struct.Struct("=II4s")  # plen (with the tag's 32 bits), tag, addr
@@ -194,7 +208,7 @@ BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {
     "flow_key": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 16), ("laddr", 16)],
     "flow_key4": [("family", 1), ("proto", 1), ("rport", 2), ("lport", 2), ("pad", 2), ("raddr", 4), ("laddr", 4)],
     "flow": [("expires", 8), ("state", 4), ("syn_ack", 4)],
-    "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("pad", 4)],
+    "knobs": [("trace_all", 4), ("count_hits", 4), ("rule_words", 4), ("shape", 4)],
     "ruleset": [
         ("n_words", 4), ("iface_dflt", 4), ("fields", 4), ("all_cls", 4), ("proto_cls", 4 * (PROTO_CLASSES + 1)),
         ("lit_dflt", 16), ("setb", 8), ("n_sets", 8), ("sets", 8 * RULE_SETS), ("noport", 8),
@@ -223,4 +237,4 @@ STRUCT_SIZES = {
 }
 # C enum name -> (Python enum, prefix of the C names)
 ENUMS = {"action": Action, "reason": Reason, "verdict": Verdict, "set_state": IdState,
-         "journal_op": JournalOp, "rule_field": RuleField, "flow_state": FlowState}
+         "journal_op": JournalOp, "rule_field": RuleField, "flow_state": FlowState, "shape": Shape}

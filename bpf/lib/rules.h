@@ -109,13 +109,13 @@ static __always_inline __u32 lit_class(struct ruleset *rs, __u32 gen, __u32 dir,
 	__u32 *v = NULL;
 
 	if (p->family == 4) {
-		if (rs->fields & (dir ? RS_LIT4_DST : RS_LIT4_SRC)) {
+		if (HAS(SH_NO_LIT4) && rs->fields & (dir ? RS_LIT4_DST : RS_LIT4_SRC)) {
 			struct rkey4 k = { .plen = 64, .tag = gen * 2 + dir, .addr = dir ? p->daddr4 : p->saddr4 };
 			v = bpf_map_lookup_elem(&rlit4, &k);
 		}
 		return v ? *v : rs->lit_dflt[dir * 2];
 	}
-	if (rs->fields & (dir ? RS_LIT6_DST : RS_LIT6_SRC)) {
+	if (HAS(SH_NO_LIT6) && rs->fields & (dir ? RS_LIT6_DST : RS_LIT6_SRC)) {
 		struct rkey6 k = { .plen = 160, .tag = gen * 2 + dir };
 		__builtin_memcpy(k.addr, dir ? &p->daddr6 : &p->saddr6, 16);
 		v = bpf_map_lookup_elem(&rlit6, &k);
@@ -166,15 +166,15 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 	all = rs->all_cls;
 	pc = p->proto == IPPROTO_TCP ? 0 : p->proto == IPPROTO_UDP ? 1 : p->proto == IPPROTO_ICMP ? 2 :
 	     p->proto == IPPROTO_ICMPV6 ? 3 : 4;
-	c_proto = f & F_PROTO ? rs->proto_cls[pc & 7] : all;
+	c_proto = HAS(SH_NO_PROTO) && f & F_PROTO ? rs->proto_cls[pc & 7] : all;
 	c_src = lit_class(rs, gen, 0, p);
 	c_dst = lit_class(rs, gen, 1, p);
-	c_sset = f & F_SSET ? set_class(rs, 0, p) : all;
-	c_dset = f & F_DSET ? set_class(rs, 1, p) : all;
-	c_sport = f & F_SPORT ? port_class(rs, gen, 0, p) : all;
-	c_dport = f & F_DPORT ? port_class(rs, gen, 1, p) : all;
+	c_sset = HAS(SH_NO_SETS) && f & F_SSET ? set_class(rs, 0, p) : all;
+	c_dset = HAS(SH_NO_SETS) && f & F_DSET ? set_class(rs, 1, p) : all;
+	c_sport = HAS(SH_NO_PORTS) && f & F_SPORT ? port_class(rs, gen, 0, p) : all;
+	c_dport = HAS(SH_NO_PORTS) && f & F_DPORT ? port_class(rs, gen, 1, p) : all;
 	c_if = all;
-	if (f & F_IFACE) {
+	if (HAS(SH_NO_IFACE) && f & F_IFACE) {
 		struct ifkey ik = { .gen = gen, .ifindex = ctx->ingress_ifindex };
 		v = bpf_map_lookup_elem(&riface, &ik);
 		c_if = v ? *v : rs->iface_dflt;

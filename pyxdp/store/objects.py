@@ -53,12 +53,13 @@ def temp_pin(name: str) -> str:
 
 def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = None, trace_all: bool = False,
                 count_hits: bool = True, flows: int | None = None,
-                pin_as: Mapping[str, str] | None = None) -> BpfObject:
+                pin_as: Mapping[str, str] | None = None, shape: int = 0) -> BpfObject:
     """The shipped object with its maps pinned in ``pin_dir``; capacities are
     those of maps already pinned there (checked for shape), else ``capacity``
     (set elements per family), ``rules`` (rule capacity) and ``flows``
     (tracked connections). ``pin_as``: maps pinned (made, or reused) under
-    another name in ``pin_dir`` (a migration's temporary pins)."""
+    another name in ``pin_dir`` (a migration's temporary pins). ``shape``:
+    the parts of the datapath the program leaves out (:class:`layout.Shape`)."""
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
         for name, other in (pin_as or {}).items():
@@ -72,7 +73,7 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
             obj.set_max_entries(name, entries)
             if vsize is not None:
                 obj.set_value_size(name, vsize)
-        obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, 0))
+        obj.set_rodata(L.KNOBS.pack(int(trace_all), int(count_hits), rules // 64, int(shape)))
         for name in PINNED_MAPS:
             path = os.path.join(pin_dir, (pin_as or {}).get(name, name))
             if os.path.exists(path):
