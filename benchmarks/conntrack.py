@@ -46,6 +46,7 @@ from pyxdp import Filter  # noqa: E402
 from pyxdp import layout as L  # noqa: E402
 from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
 from pyxdp.store.clock import monotonic_ns  # noqa: E402
+from pyxdp.store.guard import GUARD_MAP, cover_flows  # noqa: E402
 from pyxdp.store.objects import EGRESS_PIN  # noqa: E402
 
 FLOOR = os.path.join(HERE, "xdp_pass.bpf.o")
@@ -65,12 +66,16 @@ def ingress_packets() -> dict[str, bytes]:
         "TCP/IPv6, not a reply": P.eth(P.ETH_IPV6, P.ipv6("2001:db8::7", "2001:db8::2", P.TCP,
                                                           P.tcp(40000, 8080, flags=0x10))),
         "TCP/IPv4 reply (tracked)": P.eth(P.ETH_IP, P.ipv4(PEER, HOST, P.TCP, P.tcp(443, 40001, flags=0x10))),
+        # to the tracked flow's local port from another peer: the reply guard lets it through to a lookup that misses
+        "TCP/IPv4 to a port in use, not a reply": P.eth(P.ETH_IP, P.ipv4("198.51.100.99", HOST, P.TCP,
+                                                                        P.tcp(443, 40001, flags=0x10))),
     }
 
 
-def outbound_packet() -> bytes:
-    """The host's side of the tracked flow (HOST:40001 -> PEER:443)."""
-    return P.eth(P.ETH_IP, P.ipv4(HOST, PEER, P.TCP, P.tcp(40001, 443, flags=0x10)))
+def outbound_packet(flags: int = 0x10) -> bytes:
+    """The host's side of the tracked flow (HOST:40001 -> PEER:443): its SYN
+    (0x02) opens it, an ACK (0x10) is the common case after."""
+    return P.eth(P.ETH_IP, P.ipv4(HOST, PEER, P.TCP, P.tcp(40001, 443, flags=flags)))
 
 
 def fill_flows(flt: Filter, n: int) -> float:
@@ -152,6 +157,9 @@ def main() -> None:
         made.append(full)
         lock_default, lock_million = memlock(empty.state.pin_dir), memlock(full.state.pin_dir)
         fill_secs = fill_flows(full, MILLION)
+        # as if an egress program had recorded them: their local ports' reply guards cover them
+        cover_flows([full.state.map(n) for n in ("flows4", "flows6")], full.state.map(GUARD_MAP), monotonic_ns(),
+                    3600)
         floor = BpfObject(FLOOR)
         floor.load()
         fprog = floor.program()
@@ -166,7 +174,8 @@ def main() -> None:
         progs += [*xdp.values(), *egress.values()]
         out = outbound_packet()
         for k in ("empty", "full"):
-            egress[k].test_run(out)  # the host opens the flow: its replies are tracked from here on
+            egress[k].test_run(outbound_packet(0x02))  # the host opens the flow (SYN) ...
+            egress[k].test_run(out)  # ... and acknowledges the answer: established, its replies tracked
         tracked = sum(1 for name in ("flows4", "flows6") for _ in full.state.map(name).keys_fast())
 
         pkts = ingress_packets()

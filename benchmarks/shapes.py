@@ -31,9 +31,9 @@ from core import (  # noqa: E402
     table_prefixes,
 )
 
-import pyxdp.state as S  # noqa: E402
+import pyxdp.store.objects as S  # noqa: E402
 from pyxdp import Filter  # noqa: E402
-from pyxdp.bpf import BpfObject, Program  # noqa: E402
+from pyxdp.kernel.bpf import BpfObject, Program  # noqa: E402
 from pyxdp.layout import Shape  # noqa: E402
 
 RULE_PARTS = Shape.NO_IFACE | Shape.NO_LIT4 | Shape.NO_LIT6 | Shape.NO_TRACE

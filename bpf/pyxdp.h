@@ -12,7 +12,7 @@
 #define PYXDP_H
 
 enum pyxdp_limits {
-	PYXDP_LAYOUT = 3,          /* layout version recorded in the state (struct meta) */
+	PYXDP_LAYOUT = 4,          /* layout version recorded in the state (struct meta) */
 	MAX_RULE_WORDS = 128,      /* 8,192 rules */
 	DEFAULT_RULE_WORDS = 16,   /* 1,024 rules; the loader sets knobs.rule_words */
 	RULE_SETS = 8,             /* sets referenced per direction (source, destination) */
@@ -37,6 +37,8 @@ enum pyxdp_limits {
 	HEAD_LEN = 128,            /* a traced packet's first bytes carried in its event */
 	DEFAULT_FLOWS = 65536,     /* tracked connections (LRU); the loader sets another at creation */
 	FLOW_STALE_MS = 1000,      /* egress rewrites a known flow's expiry at most this often */
+	CT_GUARD_SLOTS = 3 << 16,  /* the reply guard: (tcp 0, udp 1, icmp echo 2) << 16 | local port or echo id */
+	CT_CLOCK = 3 << 16,        /* ctguard's entry after the ports: the sweeper's clock (0: guard not armed) */
 };
 
 enum action { ACT_NONE = 0, ACT_ALLOW = 1, ACT_DENY = 2 };

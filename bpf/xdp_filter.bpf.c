@@ -167,6 +167,8 @@ int xdp_filter(struct xdp_md *ctx)
 	if (!sel)
 		return XDP_PASS;
 	int reason = parse(ctx, &p);
+	if (HAS(SH_NO_STATE) && reason < 0 && p.family && p.fragment != 2)
+		p.no_flow = ct_guard(&p);
 	return finish(ctx, &p, reason, sel->live & 1);
 }
 

@@ -9,7 +9,7 @@ import struct
 from enum import IntEnum, IntFlag
 
 # enum pyxdp_limits
-PYXDP_LAYOUT = 3
+PYXDP_LAYOUT = 4
 MAX_RULE_WORDS = 128
 DEFAULT_RULE_WORDS = 16
 RULE_SETS = 8
@@ -34,6 +34,8 @@ STATS_STRIDE = 20
 HEAD_LEN = 128
 DEFAULT_FLOWS = 65536
 FLOW_STALE_MS = 1000
+CT_GUARD_SLOTS = 3 << 16  # the reply guard: (tcp 0, udp 1, icmp echo 2) << 16 | local port or echo id
+CT_CLOCK = 3 << 16  # ctguard's entry after the ports: the sweeper's clock (0: guard not armed)
 LIMITS = {
     "PYXDP_LAYOUT": PYXDP_LAYOUT, "MAX_RULE_WORDS": MAX_RULE_WORDS, "DEFAULT_RULE_WORDS": DEFAULT_RULE_WORDS,
     "RULE_SETS": RULE_SETS, "PROTO_CLASSES": PROTO_CLASSES, "CLASS_PER_RULE": CLASS_PER_RULE,
@@ -42,6 +44,7 @@ LIMITS = {
     "SWEEP_TICK_MS": SWEEP_TICK_MS, "MAX_VLAN": MAX_VLAN, "MAX_EXTHDR": MAX_EXTHDR, "MAX_L4_OFF": MAX_L4_OFF,
     "GUARD_WORDS": GUARD_WORDS, "IF_SLOTS": IF_SLOTS, "IF_HASH": IF_HASH, "STATS_STRIDE": STATS_STRIDE,
     "HEAD_LEN": HEAD_LEN, "DEFAULT_FLOWS": DEFAULT_FLOWS, "FLOW_STALE_MS": FLOW_STALE_MS,
+    "CT_GUARD_SLOTS": CT_GUARD_SLOTS, "CT_CLOCK": CT_CLOCK,
 }
 
 
@@ -187,6 +190,7 @@ IFKEY = struct.Struct("=II")  # gen, ifindex
 SWEEP_STATE = struct.Struct("=QQQQ")  # next_due, seen_seq, walks, removed
 SWEEP_CTL = struct.Struct("=QII")  # hint, seq, hold
 U32 = struct.Struct("=I")
+U64 = struct.Struct("=Q")
 
 # struct name in the C header -> [(field, size)] for the BTF check
 BTF_STRUCTS: dict[str, list[tuple[str, int]]] = {

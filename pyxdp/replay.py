@@ -11,6 +11,7 @@ from .kernel.bpf import RingBuffer
 from .layout import Reason, Verdict
 from .observe import Event
 from .store.flows import Flow, live_flows
+from .store.guard import GUARD_MAP
 from .store.objects import FLOW_MAPS, open_object
 
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
@@ -55,7 +56,7 @@ class Tester:
         try:
             obj.private_map("stats")
             obj.private_map("events")
-            for name in FLOW_MAPS:
+            for name in (*FLOW_MAPS, GUARD_MAP):  # its own guard: never armed, every reply looked up
                 obj.private_map(name)
             obj.only_program("xdp_filter", "egress")
             obj.load()

@@ -31,7 +31,66 @@ struct {
 	PINNED;
 } flows_made SEC(".maps");
 
+/*
+ * The reply guard: per local port (TCP, UDP) or echo identifier (ICMP), the
+ * time (coarse clock, ns) until which some flow using it may live; egress
+ * raises it whenever it writes a flow's expiry. Entry CT_CLOCK is the
+ * sweeper's clock (the time of its last tick), 0 until the control plane
+ * arms the guard (when it covers every flow in the tables). A packet whose
+ * port's guard is below the clock cannot be a reply: it skips the flow
+ * lookup. Entries only grow: a port stays guarded until the longest timeout
+ * of a flow that used it has run out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CT_GUARD_SLOTS + 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	PINNED;
+} ctguard SEC(".maps");
+
 /* ---- connection state ------------------------------------------------------ */
+
+static __always_inline __u32 guard_slot(__u8 proto, __u16 lport)
+{
+	__u32 cls = proto == IPPROTO_TCP ? 0 : proto == IPPROTO_UDP ? 1 : 2;
+
+	return cls << 16 | lport;
+}
+
+/* Whether no flow of protocol proto using local port (or echo id) lport can
+ * be live: its guard is below the clock. */
+static __always_inline int unguarded(__u8 proto, __u16 lport)
+{
+	__u32 k = CT_CLOCK; /* one key slot for both lookups: finish's frame is at 6.1's limit */
+	__u64 *v = bpf_map_lookup_elem(&ctguard, &k);
+
+	if (!v)
+		return 0;
+	__u64 clk = *v;
+	k = guard_slot(proto, lport);
+	v = bpf_map_lookup_elem(&ctguard, &k);
+	return v && *v < clk;
+}
+
+/* Raise the guard of a flow's local port to cover its expiry; concurrent
+ * raises on other CPUs are merged (compare and swap: the larger stays). When
+ * the swap keeps losing, the port is guarded for good (safe: only the skip is
+ * lost). */
+static __always_inline void guard_raise(__u8 proto, __u16 lport, __u64 expires)
+{
+	__u32 gi = guard_slot(proto, lport);
+	__u64 *g = bpf_map_lookup_elem(&ctguard, &gi);
+
+	if (!g)
+		return;
+	for (int i = 0; i < 4; i++) {
+		__u64 old = *g;
+		if (old >= expires || __sync_val_compare_and_swap(g, old, expires) == old)
+			return;
+	}
+	*g = ~0ULL;
+}
 
 static __always_inline __u64 secs(__u32 s)
 {
@@ -209,6 +268,22 @@ __noinline int ct_syn_answer(struct xdp_md *ctx, struct pkt *p, __u32 syn_ack)
 }
 
 /*
+ * Whether the reply guard rules out that an arriving packet belongs to a
+ * flow: a TCP or UDP packet by its destination port, an echo reply by its
+ * identifier (the flow's local end). Run before finish, in xdp_filter's
+ * frame: finish's is at the 512 bytes 6.1's verifier allows for the chain.
+ */
+static __always_inline int ct_guard(struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
+		return p->has_ports && unguarded(p->proto, p->dport);
+	if (p->proto == (p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) && p->has_id &&
+	    !echo_request(p->proto, p->sport) && !icmp_error(p))
+		return unguarded(p->proto, p->icmp_id);
+	return 0;
+}
+
+/*
  * Whether an inbound packet belongs to a flow the host opened: R_ESTABLISHED,
  * R_RELATED (an ICMP error about one) or -1. A TCP SYN without ACK never
  * does (a new connection from outside is for the rules), nor, before the host
@@ -239,6 +314,8 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
 	} else {
 		return -1;
 	}
+	if (p->no_flow)
+		return -1; /* no flow on this port can be live (ct_guard): no lookup */
 	f = arriving_flow(p, rport, lport);
 	if (!f)
 		return -1; /* the common case for what is not a reply: no clock read */
@@ -249,7 +326,7 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
 		if (f->state == FS_SYN_SENT && !ct_syn_answer(ctx, p, f->syn_ack))
 			return -1;
 	} else if (f->state == FS_UDP) {
-		f->state = FS_UDP_STREAM;
+		f->state = FS_UDP_STREAM; /* within the guard: egress raised it by the stream timeout */
 		f->expires = now + secs(c->timeout[FS_UDP_STREAM]);
 	}
 	return R_ESTABLISHED;
@@ -321,7 +398,11 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p, __u32 i
 	if (st >= FS_MAX)
 		return;
 	__u64 expires = now + secs(c->timeout[st]);
+	/* a UDP flow's first answer moves it to the stream timeout from then on
+	 * (ct_inbound, without raising the guard): guard that too */
+	__u64 udp_more = p->proto == IPPROTO_UDP ? secs(c->timeout[FS_UDP_STREAM]) : 0;
 	if (!f) {
+		guard_raise(k.proto, k.lport, expires + udp_more);
 		struct flow n = { .expires = expires, .state = st, .syn_ack = syn_ack };
 		__u32 fam = k.family == 6;
 		__u64 *made = bpf_map_lookup_elem(&flows_made, &fam);
@@ -334,6 +415,7 @@ static __always_inline void ct_outbound(struct config *c, struct pkt *p, __u32 i
 		f->syn_ack = syn_ack; /* a SYN with another ISN: the ports used anew */
 	else if (f->state == st && f->expires + FLOW_STALE_MS * 1000000ULL >= expires)
 		return;
+	guard_raise(k.proto, k.lport, expires + udp_more);
 	f->state = st;
 	f->expires = expires;
 }

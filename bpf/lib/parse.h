@@ -14,7 +14,7 @@ struct pkt {
 	__u8 hop255;     /* IPv6 hop limit is 255: the packet cannot come from off-link */
 	__u8 tcp_flags;
 	__u8 has_id;     /* an ICMP echo request or reply: icmp_id is its identifier */
-	__u8 pad;
+	__u8 no_flow;    /* set before finish: the reply guard says no flow can hold it */
 	__u16 l4_off;    /* where the L4 header starts */
 	__u16 icmp_id;
 	__u16 rule_pos;  /* deciding rule's position + 1 */

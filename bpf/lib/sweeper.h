@@ -97,6 +97,10 @@ static int sweep_tick(void *map, __u32 *key, struct sweeper_val *sv)
 		sv->st.walks++;
 		sv->st.removed += w.removed;
 	}
+	__u32 ci = CT_CLOCK;
+	__u64 *clk = bpf_map_lookup_elem(&ctguard, &ci);
+	if (clk && *clk && now > *clk) /* armed: the reply guard's clock */
+		*clk = now;
 	bpf_timer_start(&sv->timer, SWEEP_TICK_MS * 1000000ULL, 0);
 	return 0;
 }

@@ -15,7 +15,9 @@ layout has are made under their own names. Then, in this order:
 2. every recorded interface: the egress program, then the XDP program
    replaced atomically (``XDP_FLAGS_REPLACE`` with the old program's fd);
 3. a grace period: the old program's last runs are over, so counters that
-   only it wrote (the old ``stats``) are final and copied;
+   only it wrote (the old ``stats``) are final and copied; what only the new
+   programs keep is filled (layout 4's reply guard: over the flows the old
+   egress program recorded, then armed);
 4. the new programs pinned (``prog``, ``egress``), then the temporary pins
    renamed over the old names (the old maps go with their last reference);
 5. the layout record (``meta``) written last: the commit point.
@@ -44,10 +46,11 @@ from .. import layout as L
 from ..errors import AttachError, BpfError, IncompatibleMap, UsageError
 from ..kernel.bpf import Map, MapSpec, Program
 from ..layout import Verdict
-from .clock import grace_period
+from .clock import grace_period, monotonic_ns
+from .guard import GUARD_MAP, arm_guard, cover_flows
 from .lock import signals_deferred
 from .mapio import write_all
-from .objects import EGRESS_PIN, PROG_PIN, object_build_id, open_object, pin_program, start_sweeper, temp_pin
+from .objects import EGRESS_PIN, FLOW_MAPS, PROG_PIN, object_build_id, open_object, pin_program, start_sweeper, temp_pin
 from .state import DEFAULT_PIN_DIR, Config
 
 if TYPE_CHECKING:
@@ -63,7 +66,7 @@ V2_IFACE_VAL = struct.Struct("=16sII")  # ifname, mode, prog_id
 V2_REASONS = 8  # enum reason: R_MAX
 V2_LOST = V2_REASONS * 2  # stats index of the lost trace events; reason * 2 + verdict before it
 V2_STATS_ENTRIES = V2_LOST + 1
-STATS_ENTRIES = L.IF_SLOTS * L.STATS_STRIDE + 1  # layout 3's
+STATS_ENTRIES = L.IF_SLOTS * L.STATS_STRIDE + 1  # layouts 3 and 4
 
 
 class OldIface(NamedTuple):
@@ -115,6 +118,8 @@ class Converter(NamedTuple):
     made_by: str  # the pyxdp release(s) that made it, for messages
     changes: tuple[MapChange, ...]
     read_ifaces: Callable[[Map], list[OldIface]]
+    # once no interface runs the old programs, before the commit: fill what only the new ones keep
+    after_switch: tuple[Callable[[State, _Run], None], ...] = ()
 
 
 def _u32(i: int) -> bytes:
@@ -192,12 +197,25 @@ def _entries(n: int) -> Callable[[MapSpec], bool]:
     return lambda spec: spec.max_entries == n
 
 
+def _cover_flows(st: State, run: _Run) -> None:
+    """Layout 4's reply guard (``ctguard``, made empty: not armed) over the
+    flows the old egress program recorded, then armed. Runs once every
+    interface's egress program raises the guard itself."""
+    guard = run.map(GUARD_MAP)
+    # the new cfg (renamed over the old one only at the commit): the longest timeout either slot has
+    longest = max(max(Config.decode(raw).timeouts) for _key, raw in run.map("cfg").items())
+    cover_flows((run.map(n) for n in FLOW_MAPS), guard, monotonic_ns(), longest)
+    arm_guard(guard)
+
+
 CONVERTERS: dict[int, Converter] = {
     2: Converter(2, "pyxdp 0.2", (
         MapChange("cfg", _value_size(V2_CONFIG.size), _value_size(L.CONFIG.size), _v2_cfg),
         MapChange("ifaces", _value_size(V2_IFACE_VAL.size), _value_size(L.IFACE_VAL.size), _v2_ifaces_convert),
         MapChange("stats", _entries(V2_STATS_ENTRIES), _entries(STATS_ENTRIES), _v2_stats, after_switch=True),
-    ), _v2_ifaces),
+    ), _v2_ifaces, (_cover_flows,)),
+    # layout 3 (connection state) -> 4: the reply guard is new; no map changed shape
+    3: Converter(3, "pyxdp 0.2 with connection state", (), _v2_ifaces, (_cover_flows,)),
 }
 
 # ---- refusing old state ----------------------------------------------------------------------
@@ -395,10 +413,14 @@ class Migration:
         self.commit()
 
     def final_counters(self) -> None:
-        """Copy what only the old program counted, once it runs nowhere."""
+        """Copy what only the old program counted, once it runs nowhere, and
+        fill what only the new programs keep."""
         if any(ch.after_switch and ch.name in self.pending for ch in self.conv.changes):
             grace_period(self.st)  # its last runs (on other CPUs) are over: the old counters are final
             self._convert(after_switch=True)
+        assert self.run_maps is not None
+        for step in self.conv.after_switch:
+            step(self.st, self.run_maps)
 
     def pin_programs(self) -> None:
         """Pin the new programs over the old one, where the state pins one or

@@ -17,7 +17,7 @@ OBJECT_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces", "rsets", "rlit4", "rlit6", "rvec",
                "rports", "riface", "rorder", "rhits", "rdefs", "elem4", "elem6", "trie4", "trie6", "sets",
                "set_names", "counts", "swept", "sweeper", "sweep_ctl", "rcu_token", "rcu_sync", "tguard", "ifslots",
-               "flows4", "flows6", "flows_made")
+               "flows4", "flows6", "flows_made", "ctguard")
 FLOW_MAPS = ("flows4", "flows6")  # the flow tables, by family
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 PROG_PIN = "prog"

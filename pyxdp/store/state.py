@@ -21,6 +21,7 @@ from ..kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs, require_privileges
 from ..layout import Verdict
 from ..model.timeouts import default_timeouts
 from .clock import RECENT_SWITCH_NS, grace_period, monotonic_ns
+from .guard import GUARD_MAP, arm_guard
 from .objects import (
     EGRESS_PIN,
     FLOW_MAPS,
@@ -331,6 +332,7 @@ class State:
             rule_words = (words.spec.value_size - 8) // 8
             words.close()
         self.map("cfg").update(L.U32.pack(0), Config().encode())
+        arm_guard(self.map(GUARD_MAP))  # no flow yet: the guard covers them all
         self.map("meta").update(L.U32.pack(0), L.META.pack(L.PYXDP_LAYOUT, rule_words, object_build_id()))
 
     def check_meta(self, refusal: Refusal | None = None) -> None:

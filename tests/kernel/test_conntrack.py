@@ -30,6 +30,7 @@ pytestmark = needs_root
 SYN, ACK, FIN, RST, PSH = 0x02, 0x10, 0x01, 0x04, 0x08
 HOST4, PEER4, OTHER4 = "10.0.0.2", "10.0.0.1", "10.0.0.3"
 HOST6, PEER6 = "2001:db8::2", "2001:db8::1"
+XDP_DROP, XDP_PASS = 1, 2
 
 
 def v4(src: str, dst: str, proto: int, l4: bytes, tags: tuple[tuple[int, int], ...] = ()) -> bytes:
@@ -508,3 +509,60 @@ def test_cli_state_and_flows(pin_dir: str) -> None:
     assert json.loads(ok("state", "--json", pin_dir=pin_dir))["timeouts"]["udp"] == 60  # nothing half-applied
     saved = ok("save", pin_dir=pin_dir)
     assert 'established = "on"' in saved and "udp = 60" in saved and "tcp_fin = 90" in saved
+
+
+# ---- the reply guard ---------------------------------------------------------------------------
+
+
+def _guard_of(flt: Any, slot: int) -> int:
+    from pyxdp import layout as L
+
+    return int(L.U64.unpack(flt.state.map("ctguard")[L.U32.pack(slot)])[0])
+
+
+def test_reply_guard(flt: Any) -> None:
+    """A packet whose destination port no live flow uses skips the flow
+    lookup (bpf/lib/conntrack.h ct_guard): the egress program raises the
+    port's guard to the flow's expiry (a UDP flow's by its stream timeout
+    too, which its first answer moves it to), the sweeper advances the clock
+    it is compared with. A flow written behind the egress program's back is
+    not looked up at all until cover_flows guards its port."""
+    import os
+
+    from pyxdp import layout as L
+    from pyxdp.kernel.bpf import Program
+    from pyxdp.store.clock import monotonic_ns
+    from pyxdp.store.guard import cover_flows, guard_slot
+    from pyxdp.store.objects import EGRESS_PIN
+
+    flt.set_policy(Verdict.DROP)
+    flt.set_timeouts({"udp": 1, "udp_stream": 4})
+    xdp = flt.program()
+    eg = Program.from_pin(os.path.join(flt.pin_dir, EGRESS_PIN))
+    try:
+        deadline = time.monotonic() + 5
+        while _guard_of(flt, L.CT_CLOCK) <= 1:  # armed at creation (1); the sweeper's tick sets the clock
+            assert time.monotonic() < deadline, "the sweeper never advanced the guard's clock"
+            time.sleep(0.05)
+        reply = v4(PEER4, HOST4, P.UDP, P.udp(53, 40000))
+        assert xdp.test_run(reply).retval == XDP_DROP  # nothing asked: no flow
+        t0 = monotonic_ns()
+        eg.test_run(v4(HOST4, PEER4, P.UDP, P.udp(40000, 53)))  # the host asks
+        coarse = 20_000_000  # the datapath reads the clock coarsely: up to a tick behind
+        assert _guard_of(flt, guard_slot(P.UDP, 40000)) >= t0 + 5 * 10**9 - coarse  # udp 1 s + stream 4 s
+        assert _guard_of(flt, guard_slot(P.UDP, 40001)) == 0
+        assert xdp.test_run(reply).retval == XDP_PASS  # answered: the flow moves to the stream timeout
+        time.sleep(2.2)  # past the UDP timeout, within the stream's; the clock has moved past t0 + 1 s
+        assert _guard_of(flt, L.CT_CLOCK) > t0 + 10**9
+        assert xdp.test_run(reply).retval == XDP_PASS
+        # a flow the guard does not cover is never looked up
+        other = v4(PEER4, HOST4, P.UDP, P.udp(53, 40001))
+        flows4 = flt.state.map("flows4")
+        flows4.update(L.FLOW_KEY4.pack(4, P.UDP, 53, 40001, 0, socket.inet_aton(PEER4), socket.inet_aton(HOST4)),
+                      L.FLOW.pack(monotonic_ns() + 60 * 10**9, FlowState.UDP_STREAM, 0))
+        assert xdp.test_run(other).retval == XDP_DROP
+        assert cover_flows([flows4], flt.state.map("ctguard"), monotonic_ns(), 120) == 2
+        assert xdp.test_run(other).retval == XDP_PASS
+    finally:
+        eg.close()
+        xdp.close()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from typing import Any
 import pytest
 from helpers import packets as P
 from helpers.env import NetPair, needs_root, sh
+from helpers.traffic import sock
 
 pytestmark = needs_root
 
@@ -34,10 +37,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 OLD_COMMIT = "fa254f4"  # pyxdp 0.2.0: state layout 2
+OLD3_COMMIT = "7e57cc5"  # the last of layout 3: connection state, no reply guard
 KILLED = -signal.SIGKILL
 BANNED = "10.77.0.11"  # a second address of the sender's veth, banned
 ALLOWED = "10.77.0.1"
 XDP_DROP, XDP_PASS = 1, 2
+CURRENT = 4  # the layout this pyxdp writes (bpf/pyxdp.h PYXDP_LAYOUT)
 
 OLD_FIREWALL = """\
 policy = "drop"
@@ -133,22 +138,33 @@ else:
 # ---- the two versions' command lines ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def old_pkg(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """pyxdp 0.2.0's package, from this repository's history."""
+def _archive(tmp_path_factory: pytest.TempPathFactory, commit: str, what: str) -> str:
+    """The package of an older pyxdp (``commit``), from this repository's history."""
     try:
-        r = subprocess.run(["git", "-C", TREE, "rev-parse", "--verify", "-q", f"{OLD_COMMIT}^{{commit}}"],
+        r = subprocess.run(["git", "-C", TREE, "rev-parse", "--verify", "-q", f"{commit}^{{commit}}"],
                            capture_output=True, text=True)
     except OSError:
-        pytest.skip("git is not installed: the layout-2 state is made by pyxdp 0.2.0 from this repository's history")
+        pytest.skip(f"git is not installed: the {what} state is made by an older pyxdp from this repository's history")
     if r.returncode != 0:
-        pytest.skip(f"{TREE} is not a git checkout holding commit {OLD_COMMIT} (pyxdp 0.2.0), which makes the "
-                    "layout-2 state these tests migrate")
-    dest = tmp_path_factory.mktemp("pyxdp-0.2.0")
-    archive = subprocess.run(["git", "-C", TREE, "archive", OLD_COMMIT, "pyxdp"], capture_output=True, check=True)
+        pytest.skip(f"{TREE} is not a git checkout holding commit {commit}, which makes the {what} state these "
+                    "tests migrate")
+    dest = tmp_path_factory.mktemp(f"pyxdp-{commit}")
+    archive = subprocess.run(["git", "-C", TREE, "archive", commit, "pyxdp"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     assert os.path.isfile(os.path.join(dest, "pyxdp", "xdp_filter.bpf.o"))
     return str(dest)
+
+
+@pytest.fixture(scope="module")
+def old_pkg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """pyxdp 0.2.0's package (layout 2)."""
+    return _archive(tmp_path_factory, OLD_COMMIT, "layout-2")
+
+
+@pytest.fixture(scope="module")
+def old3_pkg(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The last pyxdp of layout 3 (connection state without the reply guard)."""
+    return _archive(tmp_path_factory, OLD3_COMMIT, "layout-3")
 
 
 def _env(pythonpath: str, kill: int | None = None) -> dict[str, str]:
@@ -280,12 +296,12 @@ def expected_pins() -> set[str]:
 
 
 def migrated_problems(pin: str, pair: NetPair, tag: str, gone: Sequence[int] = ()) -> list[str]:
-    """State after a finished migration: layout 3, the firewall of OLD_FIREWALL,
+    """State after a finished migration: this layout, the firewall of OLD_FIREWALL,
     only this layout's pins, vb running the pinned programs (XDP and egress)
     and dropping the banned source; the programs in ``gone`` (replaced ones)
     freed."""
     out = []
-    if layout_of(pin) != 3:
+    if layout_of(pin) != CURRENT:
         out.append(f"{tag}: layout {layout_of(pin)}")
     if view(pin) != old_view():
         out.append(f"{tag}: firewall {view(pin)}")
@@ -332,7 +348,7 @@ def _ttls(save_text: str) -> dict[str, int | None]:
 
 def test_migration_keeps_everything(old_pkg: str, pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
     """0.2.0 state on two interfaces, with hits; `attach --reload` on one:
-    rules, sets, elements, TTLs, hit counters kept; layout 3 everywhere (new
+    rules, sets, elements, TTLs, hit counters kept; this layout everywhere (new
     programs, egress, connection state); old pins and programs gone; the
     firewall works on."""
     sh("ip", "-n", netpair.a, "addr", "add", f"{BANNED}/24", "dev", netpair.va)
@@ -360,7 +376,7 @@ def test_migration_keeps_everything(old_pkg: str, pin_dir: str, netpair: NetPair
     t0 = time.monotonic()
 
     out = ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b, "--reload")
-    assert "migrated the state" in out and "from layout 2 to 3" in out, out
+    assert "migrated the state" in out and f"from layout 2 to {CURRENT}" in out, out
     elapsed = time.monotonic() - t0
 
     new_save = ok(pin_dir, "save")
@@ -382,7 +398,7 @@ def test_migration_keeps_everything(old_pkg: str, pin_dir: str, netpair: NetPair
     for prefix, n in _element_hits(old_members).items():
         assert new_members[prefix] >= n, (prefix, n, new_members)
 
-    assert layout_of(pin_dir) == 3
+    assert layout_of(pin_dir) == CURRENT
     assert set(os.listdir(pin_dir)) == expected_pins()
     st = json.loads(ok(pin_dir, "status", "--json"))
     assert st["established"] is True and st["flow_capacity"] == 65536
@@ -465,7 +481,7 @@ def test_migration_under_traffic(old_pkg: str, pin_dir: str, netpair: NetPair) -
             p.kill()
             p.wait()
     assert r.returncode == 0 and "migrated the state" in r.stdout, r.stderr
-    assert layout_of(pin_dir) == 3
+    assert layout_of(pin_dir) == CURRENT
     banned_sent = sum(ph[0] for ph in sent)
     assert sent[1][0] >= 1000, f"only {sent[1][0]} banned datagrams sent during the migration"
     assert got[5001] == [0, 0, 0], f"banned datagrams arrived (before, during, after the migration): {got[5001]}"
@@ -639,3 +655,53 @@ def test_other_commands_refuse_old_state(old_pkg: str, pin_dir: str, netpair: Ne
         Filter.open(pin_dir)
     assert sorted(os.listdir(pin_dir)) == pins and xdp_prog(netpair.b, netpair.vb) == prog
     assert layout_of(pin_dir) == 2
+
+
+# ---- (6) layout 3: the reply guard over the flows the old egress program recorded ---------------------
+
+
+def _answered(pair: NetPair, rx: socket.socket, host_port: int, timeout: float = 1.0) -> bool:
+    """The peer (a) sends one datagram from port 5003 to the host's
+    ``host_port``; whether the host's socket ``rx`` gets it."""
+    tx = sock(pair.a, 4, 5003)
+    try:
+        tx.sendto(b"answer", ("10.77.0.2", host_port))
+        if not select.select([rx], [], [], timeout)[0]:
+            return False
+        rx.recv(64)
+        return True
+    finally:
+        tx.close()
+
+
+def test_layout3_flows_pass_after_the_migration(old3_pkg: str, pin_dir: str, netpair: NetPair) -> None:
+    """Layout-3 state (made by the last pyxdp without the reply guard) with a
+    flow the host opened under a drop policy: `attach --reload` migrates it;
+    the guard covers the flow the old egress program recorded (its answers
+    still pass), is armed, and a port no flow uses stays shut."""
+    from pyxdp import layout as L
+    from pyxdp.kernel.bpf import Map
+    from pyxdp.store.guard import guard_slot
+
+    old(old3_pkg, pin_dir, "attach", netpair.vb, "--netns", netpair.b)
+    old(old3_pkg, pin_dir, "policy", "drop")
+    assert layout_of(pin_dir) == 3
+    out, shut = sock(netpair.b, 4, 40111), sock(netpair.b, 4, 40112)
+    try:
+        out.sendto(b"ask", ("10.77.0.1", 5003))  # the host opens a flow: the old egress program records it
+        assert _answered(netpair, out, 40111)
+        assert not _answered(netpair, shut, 40112, 0.3)  # drop policy: no flow there
+        assert "migrated the state" in ok(pin_dir, "attach", netpair.vb, "--netns", netpair.b, "--reload")
+        assert layout_of(pin_dir) == CURRENT
+        with Map.from_pin(os.path.join(pin_dir, "ctguard")) as g:
+            clock = L.U64.unpack(g[L.U32.pack(L.CT_CLOCK)])[0]
+            covered = L.U64.unpack(g[L.U32.pack(guard_slot(P.UDP, 40111))])[0]
+            other = L.U64.unpack(g[L.U32.pack(guard_slot(P.UDP, 40112))])[0]
+        assert clock > 0 and covered > clock and other == 0, (clock, covered, other)
+        time.sleep(1.2)  # the sweeper has moved the clock on: the guard is in use
+        assert _answered(netpair, out, 40111)
+        assert not _answered(netpair, shut, 40112, 0.3)
+    finally:
+        out.close()
+        shut.close()
+    assert not (problems := _detach_all(pin_dir, netpair)), problems
