@@ -13,7 +13,7 @@ bash scripts/setup.sh
 A=pxdemo-a B=pxdemo-b PIN=/sys/fs/bpf/pyxdp-demo
 X=".venv/bin/pyxdp-load --pin-dir $PIN"
 PY=.venv/bin/python
-NETIO=tests/netio.py
+NETIO=tests/helpers/netio.py
 TRACE_OUT=$(mktemp)
 
 cleanup() {
