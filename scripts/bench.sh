@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack}.md. As root; ~16 minutes.
+# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack,guard,shapes}.md.
+# As root; ~18 minutes.
 # The scripts import pyxdp from this tree (PYTHONPATH), whatever .venv holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +28,5 @@ run attach
 run rules
 run exporter
 run conntrack
+run guard
+run shapes "$@"
