@@ -18,6 +18,7 @@ writes, the verifier log's name and mode, pin dirs made by another user."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -780,11 +781,12 @@ def _status(pin: str) -> dict[str, Any]:
     return dict(json.loads(r.stdout)) if r.stdout.strip() else {}
 
 
-def _iface_problems(pin: str, pair: NetPair, tag: str) -> list[str]:
+def _iface_problems(pin: str, pair: NetPair, tag: str,
+                    status: Callable[[str], dict[str, Any]] = _status) -> list[str]:
     """status against the kernel: each recorded interface runs its recorded
     program, and each of our interfaces that runs a program runs ours."""
     out = []
-    st = _status(pin)
+    st = status(pin)
     recorded = {(a["netns"], a["ifname"]): a for a in st.get("interfaces", [])}
     for ns, dev in ((pair.b, pair.vb), (pair.a, pair.va)):
         kernel = _xdp_prog(ns, dev)
@@ -844,10 +846,12 @@ def _attach_both(pin: str, pair: NetPair) -> None:
     ok(pin, "attach", pair.va, "--netns", pair.a)
 
 
-def _firewall_problems(pin: str, want: View, tag: str) -> list[str]:
+def _firewall_problems(pin: str, want: View, tag: str, now: View | None = None) -> list[str]:
+    """save (``now``: what it shows, read already) against ``want``, the
+    datapath against save, set list's counts against the members."""
     from pyxdp import Filter
 
-    now = saved(pin)
+    now = saved(pin) if now is None else now
     out = [] if now == want else [f"{tag}: {describe(now, want, 'expected')}"]
     with Filter.open(pin, lock=False) as f, f.tester() as t:
         out += [f"{tag}: {p}" for p in datapath_problems(t, now, probes([now], per_set=8))]
@@ -1196,12 +1200,59 @@ def _xdp_of(ns: str, dev: str) -> tuple[str, int]:
     return (s.mode.value if s.mode else "", int(s.prog_id))
 
 
-def _up_state(pin: str, pair: NetPair) -> tuple[str, tuple[tuple[str, int], ...]]:
-    """save --all (time left cut out) and what each interface runs (mode, program id)."""
+def _no_ttl(text: str) -> str:
     import re
 
-    text = re.sub(r" ttl \d+", " ttl N", ok(pin, "save", "--all"))
-    return text, tuple(_xdp_of(ns, dev) for ns, dev in ((pair.b, pair.vb), (pair.a, pair.va), (pair.b, "lo")))
+    return re.sub(r" ttl \d+", " ttl N", text)
+
+
+def _up_state(pin: str, pair: NetPair) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """save --all (time left cut out) and what each interface runs (mode, program id)."""
+    return _no_ttl(ok(pin, "save", "--all")), _xdp_progs(pair)
+
+
+def _xdp_progs(pair: NetPair) -> tuple[tuple[str, int], ...]:
+    return tuple(_xdp_of(ns, dev) for ns, dev in ((pair.b, pair.vb), (pair.a, pair.va), (pair.b, "lo")))
+
+
+def _saves(pin: str) -> tuple[str, str]:
+    """What 'save --all' and 'save' print, made in this process by the code
+    they run (cmd_save: a reader's Filter.ruleset(), format_ruleset): a
+    kill point costs two fewer processes. _cli_agrees checks them equal."""
+    from pyxdp import Filter
+    from pyxdp.model.rulefile import format_ruleset
+
+    with Filter.open(pin, lock=False) as f:
+        return format_ruleset(f.ruleset(interfaces=True)), format_ruleset(f.ruleset())
+
+
+def _status_here(pin: str) -> dict[str, Any]:
+    """The interfaces 'status --json' lists (all _iface_problems reads of it),
+    made in this process by the code cmd_status runs; without readable state
+    it lists none, as the command does. _cli_agrees checks it equal."""
+    from pyxdp import Filter
+    from pyxdp.errors import NotLoaded, UnreadableState
+
+    try:
+        flt = Filter.open(pin, lock=False)
+    except (NotLoaded, UnreadableState):
+        return {"interfaces": []}
+    with flt:
+        return dict(json.loads(json.dumps({"interfaces": [a.to_dict() for a in flt.interfaces()]})))
+
+
+def _cli_agrees(pin: str) -> list[str]:
+    """The in-process readers of the crash loop say what the commands they
+    stand for print: save --all, save, status --json's interfaces."""
+    out = []
+    all_here, save_here = _saves(pin)
+    if (cli_all := _no_ttl(ok(pin, "save", "--all"))) != _no_ttl(all_here):
+        out.append(f"save --all printed\n{cli_all}\n--- read in the test:\n{_no_ttl(all_here)}")
+    if (cli_view := saved(pin)) != view_of_text(save_here):
+        out.append(f"save printed {cli_view}, read in the test: {view_of_text(save_here)}")
+    if (cli_st := _status(pin).get("interfaces")) != _status_here(pin)["interfaces"]:
+        out.append(f"status --json listed {cli_st}, read in the test: {_status_here(pin)['interfaces']}")
+    return out
 
 
 def _up_killed(pin: str, path: str, n: int, how: str) -> subprocess.CompletedProcess[str]:
@@ -1213,25 +1264,35 @@ def _up_killed(pin: str, path: str, n: int, how: str) -> subprocess.CompletedPro
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=120)
 
 
-def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int) -> tuple[list[str], int]:
+class UpLoop(NamedTuple):
+    problems: list[str]
+    done: int  # the N at which 'up' ended by itself (0: it never did)
+    killed: list[int]  # the Ns it was killed at (each checked)
+
+
+def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int, first: int = 1, step: int = 1,
+                  who: str = "") -> UpLoop:
     """Kill ``up path`` at its Nth change (``how``: "change", the kill hook:
     map writes, pins, netlink changes; "sendto": every netlink message) for
-    N = 1, 2, ... until it ends by itself with exit ``done_rc``. After each
-    kill the next command (a reader, 'status', killed itself part-way through
-    putting things back, then once more whole) leaves exactly the firewall
-    and interfaces of before (or, when it completed with 0, of after): no
-    journal left, status agrees with the kernel, the datapath with save.
-    Returns the problems and the number of kill points."""
-    before = _up_state(pin, pair)
+    N = first, first + step, ... until it ends by itself with exit ``done_rc``.
+    After each kill the next command (a reader, 'status', killed itself
+    part-way through putting things back, then once more whole) leaves
+    exactly the firewall and interfaces of before (or, when it completed
+    with 0, of after): no journal left, status agrees with the kernel, the
+    datapath with save. ``who`` starts each problem (which worker)."""
+    all_text, _ = _saves(pin)
+    before = (_no_ttl(all_text), _xdp_progs(pair))
     want_view = saved(pin)
     problems: list[str] = []
-    for n in range(1, 400):
+    killed: list[int] = []
+    for n in range(first, 400, step):
         r = _up_killed(pin, path, n, how)
-        tag = f"up {os.path.basename(path)} killed at {how} {n}"
+        tag = f"{who}up {os.path.basename(path)} killed at {how} {n}"
         if r.returncode not in (KILLED, done_rc):
             problems.append(f"{tag}: exit {r.returncode}: {r.stderr.strip()}")
             break
         if r.returncode == KILLED:
+            killed.append(n)
             rk = cli(pin, "status", kill=n % 7 + 1)  # the next command, itself killed while it puts things back
             if rk.returncode not in (0, KILLED):
                 problems.append(f"{tag}: the next command: exit {rk.returncode}: {rk.stderr.strip()}")
@@ -1241,58 +1302,138 @@ def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int) ->
         if os.path.exists(os.path.join(pin, "up_journal")):
             problems.append(f"{tag}: its journal is still pinned after the next command")
         if r.returncode == 0:
-            return problems, n
-        now = _up_state(pin, pair)
+            return UpLoop(problems, n, killed)
+        all_text, save_text = _saves(pin)
+        now = (_no_ttl(all_text), _xdp_progs(pair))
         if now[1] != before[1]:
             problems.append(f"{tag}: the interfaces run {now[1]}, before it they ran {before[1]}")
         if now[0] != before[0]:
             problems.append(f"{tag}: save --all is not what it was before:\n{now[0]}\n--- before:\n{before[0]}")
-        problems += _iface_problems(pin, pair, tag)
-        problems += _firewall_problems(pin, want_view, tag)
-        if r.returncode == done_rc or len(problems) > 20:
-            return problems, n
-    return problems + [f"up {path}: still killed after 400 {how}s"], 0
+        problems += _iface_problems(pin, pair, tag, _status_here)
+        problems += _firewall_problems(pin, want_view, tag, view_of_text(save_text))
+        if r.returncode == done_rc:
+            return UpLoop(problems, n, killed)
+        if len(problems) > 20:
+            break
+    else:
+        problems.append(f"{who}up {path}: still killed after 400 {how}s")
+    return UpLoop(problems, 0, killed)
+
+
+# Workers of up_crash_parallel. Each kill point costs ~8 processes and some netlink waits, not
+# much CPU of this process; measured on the shared 2-core machine (median of 2 runs of the three
+# tests): see the commit that set it.
+UP_WORKERS = 3
+_up_runs = itertools.count()
+
+
+def up_crash_parallel(prepare: Callable[[str, NetPair, str], tuple[str, Any]], how: str, done_rc: int,
+                      tmp: str, k: int = UP_WORKERS) -> tuple[list[str], int]:
+    """up_crash_loop's kill points shared by ``k`` workers (threads: the
+    work is processes and netlink), each with its own namespaces, pin dir
+    and config files: worker w (0-based) kills at N = w+1, w+1+k, ... until
+    its 'up' ends by itself. ``prepare(pin, pair, dir)`` brings a worker's
+    state to the loop's starting point and returns the file to run and the
+    _up_state its completed 'up' must leave (None: not checked). Returns
+    the problems (each naming its worker and N) and the number of kill
+    points (the first N at which 'up' ended by itself), after checking that
+    some worker was killed at each N below it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = next(_up_runs)
+
+    def worker(w: int) -> UpLoop:
+        tag = f"upk{run}w{w}"
+        who = f"worker {w + 1}/{k}: "
+        pin = f"/sys/fs/bpf/pyxdp-t{RUN}-{tag}"
+        names = (f"pxt{RUN}-{tag}a", f"pxt{RUN}-{tag}b")  # NetPair's, removed by name even if it fails part-way
+        try:
+            pair = NetPair(tag)
+            d = os.path.join(tmp, tag)
+            os.mkdir(d)
+            path, end = prepare(pin, pair, d)
+            problems = [f"{who}at the start: {p}" for p in _cli_agrees(pin)]
+            res = up_crash_loop(pin, pair, path, how, done_rc, first=w + 1, step=k, who=who)
+            problems += res.problems
+            if res.done:
+                problems += [f"{who}at the end: {p}" for p in _cli_agrees(pin)]
+                if end is not None and (now := _up_state(pin, pair)) != end:
+                    problems.append(f"{who}up completed at {how} {res.done}: {now}, not {end}")
+            return UpLoop(problems, res.done, res.killed)
+        except Exception as exc:  # noqa: BLE001 - reported with the worker's name
+            return UpLoop([f"{who}{type(exc).__name__}: {exc}"], 0, [])
+        finally:
+            for ns in names:
+                sh("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(pin, ignore_errors=True)
+
+    with ThreadPoolExecutor(k) as pool:
+        results = list(pool.map(worker, range(k)))
+    problems = [p for r in results for p in r.problems]
+    dones = [r.done for r in results]
+    if 0 in dones:
+        return problems + [f"'up' never ended by itself (or its loop stopped) in worker(s) "
+                           f"{[w + 1 for w, d in enumerate(dones) if not d]}"], 0
+    points = min(dones)
+    covered = {n for r in results for n in r.killed}
+    missed = [n for n in range(1, points) if n not in covered]
+    if missed:
+        problems.append(f"{how}s {missed} were never killed at (up ended by itself at {dones} in the workers)")
+    if len(set(dones)) > 1:
+        print(f"{how}: the workers' 'up' ended by itself at {dones}")
+    return problems, points
 
 
 @pytest.mark.parametrize("how", ["change", "sendto"])
-def test_failing_up_killed_at_every_step_is_undone(pin_dir: str, netpair: NetPair, tmp_path: Any, how: str) -> None:
+def test_failing_up_killed_at_every_step_is_undone(tmp_path: Any, how: str) -> None:
     """The issue's case: 'up good.toml' runs; 'up bad.toml' (a new interface,
     then an offload mode the veth refuses, so it fails and undoes) killed at
     every step, its undo included: after the next command the interface runs
     good.toml's rules with its program attached, never no program, never
     bad.toml's rules."""
-    good = tmp_path / "good.toml"
-    good.write_text(_up_file(UP_GOOD, [(netpair.vb, netpair.b, "native")]))
-    bad = tmp_path / "bad.toml"
-    bad.write_text(_up_file(UP_BAD, [(netpair.va, netpair.a, "generic"), (netpair.vb, netpair.b, "offload")]))
-    ok(pin_dir, "up", str(good))
-    r = cli(pin_dir, "up", str(bad))
-    assert r.returncode == 1 and "offload" in r.stderr, r.stderr
-    problems, points = up_crash_loop(pin_dir, netpair, str(bad), how, done_rc=1)
+
+    def prepare(pin: str, pair: NetPair, d: str) -> tuple[str, Any]:
+        good = os.path.join(d, "good.toml")
+        with open(good, "w") as fh:
+            fh.write(_up_file(UP_GOOD, [(pair.vb, pair.b, "native")]))
+        bad = os.path.join(d, "bad.toml")
+        with open(bad, "w") as fh:
+            fh.write(_up_file(UP_BAD, [(pair.va, pair.a, "generic"), (pair.vb, pair.b, "offload")]))
+        ok(pin, "up", good)
+        r = cli(pin, "up", bad)
+        assert r.returncode == 1 and "offload" in r.stderr, r.stderr
+        return bad, None
+
+    problems, points = up_crash_parallel(prepare, how, done_rc=1, tmp=str(tmp_path))
     print(f"{how}: {points} kill points")
     assert points > 10 and not problems, "\n".join(problems[:20])
 
 
-def test_up_killed_at_every_change_is_finished_or_undone(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
+def test_up_killed_at_every_change_is_finished_or_undone(tmp_path: Any) -> None:
     """A good 'up' that applies, attaches one interface, attaches another in
     another mode and detaches a third, killed after each change (map write,
     pin, netlink change): the next command leaves the whole of before, never
     a mix (new rules on the old interfaces)."""
-    good = tmp_path / "good.toml"
-    good.write_text(_up_file(UP_GOOD, [(netpair.vb, netpair.b, "native"), ("lo", netpair.b, "generic")]))
-    nxt = tmp_path / "next.toml"
-    nxt.write_text(_up_file(UP_NEXT, [(netpair.vb, netpair.b, "generic"), (netpair.va, netpair.a, "native")]))
-    ok(pin_dir, "up", str(good))
-    before = _up_state(pin_dir, netpair)
-    ok(pin_dir, "up", str(nxt))
-    after = _up_state(pin_dir, netpair)
-    assert after[1][0][0] == "generic" and after[1][1][0] == "native" and after[1][2] == ("", 0)
-    ok(pin_dir, "up", str(good))
-    assert _up_state(pin_dir, netpair) == before
-    problems, points = up_crash_loop(pin_dir, netpair, str(nxt), "change", done_rc=0)
+
+    def prepare(pin: str, pair: NetPair, d: str) -> tuple[str, Any]:
+        good = os.path.join(d, "good.toml")
+        with open(good, "w") as fh:
+            fh.write(_up_file(UP_GOOD, [(pair.vb, pair.b, "native"), ("lo", pair.b, "generic")]))
+        nxt = os.path.join(d, "next.toml")
+        with open(nxt, "w") as fh:
+            fh.write(_up_file(UP_NEXT, [(pair.vb, pair.b, "generic"), (pair.va, pair.a, "native")]))
+        ok(pin, "up", good)
+        before = _up_state(pin, pair)
+        ok(pin, "up", nxt)
+        after = _up_state(pin, pair)
+        assert after[1][0][0] == "generic" and after[1][1][0] == "native" and after[1][2] == ("", 0), after
+        ok(pin, "up", good)
+        assert _up_state(pin, pair) == before
+        return nxt, after
+
+    problems, points = up_crash_parallel(prepare, "change", done_rc=0, tmp=str(tmp_path))
     print(f"change: {points} kill points")
     assert points > 10 and not problems, "\n".join(problems[:20])
-    assert _up_state(pin_dir, netpair) == after
 
 
 # ---- records that tell the truth; state that cannot be read (issue 19, cases 2 and 4) --------------
