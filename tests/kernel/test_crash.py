@@ -1321,9 +1321,10 @@ def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int, fi
 
 
 # Workers of up_crash_parallel. Each kill point costs ~8 processes and some netlink waits, not
-# much CPU of this process; measured on the shared 2-core machine (median of 2 runs of the three
-# tests): see the commit that set it.
-UP_WORKERS = 3
+# much CPU of this process. Measured on the shared 2-core machine (load 2-5 from other runs), the
+# three up tests' wall time, 2 runs each: K=2 166 s, 125 s; K=3 179 s, 238 s; K=4 158 s, 269 s
+# (one worker: 458 s). More workers than cores only add contention here: 2.
+UP_WORKERS = 2
 _up_runs = itertools.count()
 
 
