@@ -19,6 +19,7 @@ from ..names import check_ifname, netns_exists
 from .xdp import XdpState
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 NETLINK_ROUTE = 0
@@ -141,37 +142,38 @@ class Links:
 
     def all(self) -> list[XdpState]:
         """What every interface of the namespace runs (one RTM_GETLINK dump)."""
-        self._seq += 1
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
-        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0)
-                        + body)
         out: list[XdpState] = []
-        while True:
-            head = bytearray(_NLMSG.size)
-            size = self._sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)
-            data = self._sock.recv(max(size, _NLMSG.size))
-            off = 0
-            while off + _NLMSG.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
-                if length < _NLMSG.size or off + length > len(data):
-                    break
-                if seq == self._seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-                        raise AttachError(err, f"listing interfaces: {os.strerror(err)}")
-                    if kind == RTM_NEWLINK:
-                        out.append(_xdp_state(data, off + _NLMSG.size, off + length))
-                off += (length + 3) & ~3
+        for kind, data, start, end in self._replies(NLM_F_DUMP, body):
+            if kind == NLMSG_DONE:
+                return out
+            if kind == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", data, start)[0]
+                raise AttachError(err, f"listing interfaces: {os.strerror(err)}")
+            if kind == RTM_NEWLINK:
+                out.append(_xdp_state(data, start, end))
+        return out
 
     def _get(self, ifindex: int, ifname: str | None) -> XdpState | None:
-        self._seq += 1
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0)
         body += _attr(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS))
         if ifname is not None:
             body += _attr(IFLA_IFNAME, ifname.encode() + b"\0")
-        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self._seq, 0) + body)
+        for kind, data, start, end in self._replies(0, body):
+            if kind == NLMSG_ERROR:
+                err = -struct.unpack_from("=i", data, start)[0]
+                if err == errno.ENODEV:
+                    return None
+                raise AttachError(err, f"reading interface {ifname or ifindex}: {os.strerror(err)}")
+            if kind == RTM_NEWLINK:
+                return _xdp_state(data, start, end)
+        return None
+
+    def _replies(self, flags: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+        """Send one RTM_GETLINK request (NLM_F_REQUEST | ``flags``) and yield
+        each message answering it: (type, buffer, payload start, end)."""
+        self._seq += 1
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST | flags, self._seq, 0) + body)
         while True:
             head = bytearray(_NLMSG.size)
             size = self._sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)  # the whole length
@@ -182,13 +184,7 @@ class Links:
                 if length < _NLMSG.size or off + length > len(data):
                     break
                 if seq == self._seq:
-                    if kind == NLMSG_ERROR:
-                        err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-                        if err == errno.ENODEV:
-                            return None
-                        raise AttachError(err, f"reading interface {ifname or ifindex}: {os.strerror(err)}")
-                    if kind == RTM_NEWLINK:
-                        return _xdp_state(data, off + _NLMSG.size, off + length)
+                    yield kind, data, off + _NLMSG.size, off + length
                 off += (length + 3) & ~3
 
 
