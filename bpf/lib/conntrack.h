@@ -277,8 +277,9 @@ static __always_inline int ct_guard(struct pkt *p)
 {
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)
 		return p->has_ports && unguarded(p->proto, p->dport);
+	/* has_id: an echo request or reply (never an error), so not a request is a reply */
 	if (p->proto == (p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6) && p->has_id &&
-	    !echo_request(p->proto, p->sport) && !icmp_error(p))
+	    !echo_request(p->proto, p->sport))
 		return unguarded(p->proto, p->icmp_id);
 	return 0;
 }
