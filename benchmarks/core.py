@@ -116,6 +116,16 @@ def packets() -> dict[str, bytes]:
     }
 
 
+def private_maps(obj: BpfObject) -> BpfObject:
+    """``obj`` with every map of its own private: made for this process at
+    load, nothing pinned or reused (its .rodata/.bss/.data stay as libbpf
+    makes them)."""
+    for m in obj.map_names:
+        if not m.endswith((".rodata", ".bss", ".data")):
+            obj.private_map(m)
+    return obj
+
+
 class XdpFilterPeer:
     """One of xdp-tools' precompiled xdp-filter objects, its maps private (in
     this process only, nothing pinned), loaded with comparable entries: the .5
@@ -123,10 +133,7 @@ class XdpFilterPeer:
     and four ports."""
 
     def __init__(self, name: str, addrs: list[int], ports: tuple[int, ...] = XF_PORTS) -> None:
-        self.obj = BpfObject(os.path.join(XDPFILTER_DIR, name))
-        for m in self.obj.map_names:
-            if not m.endswith((".rodata", ".bss", ".data")):
-                self.obj.private_map(m)
+        self.obj = private_maps(BpfObject(os.path.join(XDPFILTER_DIR, name)))
         self.obj.set_max_entries("filter_ipv4", max(len(addrs), 1) + 16)
         self.obj.load()
         self.prog = self.obj.program()

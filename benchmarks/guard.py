@@ -23,8 +23,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
+from core import private_maps  # noqa: E402
 from helpers import packets as P  # noqa: E402
 
 from pyxdp import layout as L  # noqa: E402
@@ -45,10 +47,7 @@ INGRESS = {
 
 
 def load(path: str) -> BpfObject:
-    obj = BpfObject(path)
-    for m in obj.map_names:
-        if not m.endswith((".rodata", ".bss", ".data")):
-            obj.private_map(m)
+    obj = private_maps(BpfObject(path))
     obj.only_program("xdp_filter", "egress", "sweep_start")
     obj.load()
     obj.map("cfg").update(L.U32.pack(0), Config().encode())
