@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .replay import ReplayResult, Tester
     from .store.attach import Attachment
     from .store.flows import Flow
-    from .store.ruleset import RuleState
+    from .store.ruleset import RuleCount, RuleState
     from .store.sets import ChangeResult, ElementState, KeySet, SetState
     from .up import ConfigChange
 
@@ -348,6 +348,13 @@ class Filter:
         from .store.ruleset import rule_states
 
         return rule_states(self._st)
+
+    def rule_counts(self) -> list[RuleCount]:
+        """The live rules' counters with their stored canonical texts, not
+        parsed: :meth:`rules` for thousands of rules in a few milliseconds."""
+        from .store.ruleset import rule_counts
+
+        return rule_counts(self._st)
 
     def add_rule(self, rule: str | Rule, position: int | None = None) -> int:
         """Append ``rule`` (or insert it before 1-based ``position``); returns

@@ -154,7 +154,7 @@ def cmd_exporter(args: Args) -> int:
         from .exporter import serve
     except ImportError as exc:
         return needs("prometheus_client", "exporter", exc)
-    return serve(pin_dir(args), args.listen)
+    return serve(pin_dir(args), args.listen, args.rule_metrics)
 
 
 def cmd_top(args: Args) -> int:

@@ -229,6 +229,9 @@ def _printk(sp: Any) -> None:
 def _exporter(sp: Any) -> None:
     sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
                     help="address and port to serve on ([V6]:PORT for IPv6; default 127.0.0.1:9436)")
+    sp.add_argument("--rule-metrics", default="top:1024", metavar="all|top:N|off",
+                    help="per-rule series: for every rule, for the N with the most packets, or none "
+                    "(default top:1024)")
 
 
 def _top(sp: Any) -> None:

@@ -230,6 +230,16 @@ class Map(_Fd):
     def items(self, chunk: int = 8192) -> Iterator[tuple[bytes, bytes]]:
         """All (key, value) pairs, read in batches where the kernel allows."""
         ks, vs = self.key_size, self._vsize
+        for keys, vals in self.batches(chunk):
+            for i in range(len(keys) // ks):
+                yield keys[i * ks : (i + 1) * ks], vals[i * vs : (i + 1) * vs]
+
+    def batches(self, chunk: int = 8192) -> Iterator[tuple[bytes, bytes]]:
+        """All keys and values, as (keys, values) byte strings of up to
+        ``chunk`` elements each (``key_size`` and ``value_bytes`` apart),
+        read with batch lookups where the kernel allows (one element per
+        pair otherwise). An array's elements come in index order."""
+        ks, vs = self.key_size, self._vsize
         keys = ffi.new("char[]", ks * chunk)
         vals = ffi.new("char[]", vs * chunk)
         count = ffi.new("__u32 *")
@@ -247,10 +257,8 @@ class Map(_Fd):
                             yield k, v
                     return
                 check(ret, f"read map {self.name}")
-            kb = ffi.buffer(keys, ks * count[0])
-            vb = ffi.buffer(vals, vs * count[0])
-            for i in range(count[0]):
-                yield bytes(kb[i * ks : (i + 1) * ks]), bytes(vb[i * vs : (i + 1) * vs])
+            if count[0]:
+                yield bytes(ffi.buffer(keys, ks * count[0])), bytes(ffi.buffer(vals, vs * count[0]))
             if ret == -errno.ENOENT:
                 return
             in_batch = out_batch

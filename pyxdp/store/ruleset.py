@@ -11,12 +11,13 @@ the new rules see the new contents and the old rules the old ones."""
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
 from .. import layout as L
 from ..errors import BpfError, RuleExists, UsageError
-from ..layout import RULE_TEXT, JournalOp, Verdict
+from ..layout import RULE_TEXT, Action, JournalOp, Verdict
 from ..model.rules import Rule, parse_rule, parse_set_name
 from ..model.timeouts import default_timeouts, timeouts_by_name, with_timeouts
 from . import sets as S
@@ -24,6 +25,7 @@ from .clock import grace_period
 from .mapio import delete_all, write_all
 
 if TYPE_CHECKING:
+    from ..kernel.bpf import Map
     from ..model.rulefile import RuleSetSpec
     from .state import State
 
@@ -76,6 +78,51 @@ def rule_states(st: State) -> list[RuleState]:
         pk, by = _sum_counter(hits.lookup(L.U32.pack(rid)) or b"")
         out.append(RuleState(pos + 1, rule, pk, by, rid))
     return out
+
+
+class RuleCount(NamedTuple):
+    """A live rule's counters with its text as stored (not parsed): what a
+    scrape of thousands of rules needs."""
+
+    number: int  # 1-based position
+    id: int
+    action: Action
+    text: str  # canonical
+    packets: int
+    bytes: int
+
+
+BATCH_FROM = 64  # rules from which rule_counts reads whole maps instead of looking each rule up
+
+
+def _whole(m: Map) -> bytes:
+    """An array map's values, in index order, in batch reads."""
+    return b"".join(vals for _keys, vals in m.batches())
+
+
+def rule_counts(st: State) -> list[RuleCount]:
+    """The live rules in order with their hit counters, texts not parsed.
+    From BATCH_FROM rules on, each rule map is read whole in batches (a few
+    system calls for thousands of rules, where :func:`rule_states` makes
+    three per rule and parses each text); fewer are looked up one by one
+    (the maps hold 2 x capacity entries)."""
+    cfg = st.config()
+    cap = st.rule_capacity
+    order, defs, hits = st.map("rorder"), st.map("rdefs"), st.map("rhits")
+    per_id = hits.value_bytes // 8  # words per id: packets and bytes per CPU
+    if cfg.nrules < BATCH_FROM:
+        raw = [order.lookup(L.U32.pack(cfg.rgen * cap + pos)) for pos in range(cfg.nrules)]
+        refs = [L.RREF.unpack(r) for r in raw if r is not None]
+        rows = [((defs.lookup(L.U32.pack(rid)) or b"").rstrip(b"\0").decode(),
+                 array("Q", hits.lookup(L.U32.pack(rid)) or bytes(hits.value_bytes))) for rid, _a in refs]
+    else:
+        start = cfg.rgen * cap * L.RREF.size
+        refs = list(L.RREF.iter_unpack(_whole(order)[start:start + cfg.nrules * L.RREF.size]))
+        texts, counters = _whole(defs), array("Q", _whole(hits))
+        rows = [(texts[rid * RULE_TEXT:(rid + 1) * RULE_TEXT].rstrip(b"\0").decode(),
+                 counters[rid * per_id:(rid + 1) * per_id]) for rid, _a in refs]
+    return [RuleCount(pos + 1, rid, Action(action), text, sum(c[0::2]), sum(c[1::2]))
+            for pos, ((rid, action), (text, c)) in enumerate(zip(refs, rows))]
 
 
 def snapshot(st: State) -> RuleSetSpec:
@@ -150,7 +197,8 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
     for rid, r in live:
         by_text.setdefault(str(r), []).append(rid)
     in_use = {rid for rid, _r in live}
-    free = (i for i in range(2 * cap) if i not in in_use)
+    defs, hits = st.map("rdefs"), st.map("rhits")
+    free = _free_ids(defs, in_use, 2 * cap) if any(str(r) not in by_text for r in rules) else iter(())
     ids, fresh = [], []
     for r in rules:
         same = by_text.get(str(r))
@@ -161,7 +209,6 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
             fresh.append((rid, r))
         ids.append(rid)
 
-    defs, hits = st.map("rdefs"), st.map("rhits")
     zero = bytes(hits.value_bytes)
     for rid, r in fresh:
         text = str(r).encode()
@@ -181,6 +228,16 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
     if timeouts:
         new_cfg = new_cfg._replace(timeouts=with_timeouts(new_cfg.timeouts, timeouts))
     st.write_config(new_cfg)
+
+
+def _free_ids(defs: Map, in_use: set[int], n: int) -> Iterator[int]:
+    """Ids for new rules: first those no rule has had yet (no text stored
+    under them), then those of rules gone. So an id, the key of a rule's
+    metrics, names one rule until ids of the 2 x capacity run out."""
+    texts = _whole(defs)
+    used = [i for i in range(n) if texts[i * RULE_TEXT] and i not in in_use]
+    never = (i for i in range(n) if not texts[i * RULE_TEXT] and i not in in_use)
+    return chain(never, used)
 
 
 def _first_word(vec: int, words: int) -> bytes:

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,9 +37,9 @@ SERVING = re.compile(r"serving .* on (http://\S+/metrics)$")
 class Exporter:
     """``pyxdp-load exporter`` in a process of its own; ``url`` once it serves."""
 
-    def __init__(self, pin_dir: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, pin_dir: str, listen: str = "127.0.0.1:0", *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("PYXDP_PIN_DIR", "PYXDP_DEBUG")}
-        self.proc = subprocess.Popen([BIN, "--pin-dir", pin_dir, "exporter", "--listen", listen],
+        self.proc = subprocess.Popen([BIN, "--pin-dir", pin_dir, "exporter", "--listen", listen, *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -74,8 +75,8 @@ class Exporter:
 
 
 @contextmanager
-def exporter(pin_dir: str, listen: str = "127.0.0.1:0") -> Iterator[Exporter]:
-    exp = Exporter(pin_dir, listen)
+def exporter(pin_dir: str, listen: str = "127.0.0.1:0", *extra: str) -> Iterator[Exporter]:
+    exp = Exporter(pin_dir, listen, *extra)
     try:
         yield exp
     finally:
@@ -103,6 +104,24 @@ def labels(**kw: str) -> tuple[tuple[str, str], ...]:
 
 def pyxdp_series(samples: Samples) -> set[str]:
     return {name for name, _ in samples if name.startswith("pyxdp_")}
+
+
+def promtool_check(text: str) -> None:
+    """Prometheus' linter (Debian's prometheus package) says nothing of ``text``."""
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool is not installed: run scripts/setup.sh --test")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+def rule_info(samples: Samples) -> dict[str, dict[str, str]]:
+    """Rule id -> the labels of its pyxdp_rule_info series."""
+    return {dict(lb)["id"]: dict(lb) for (n, lb), v in samples.items() if n == "pyxdp_rule_info" and v == 1}
+
+
+def rule_counters(samples: Samples) -> dict[str, float]:
+    """Rule id -> its pyxdp_rule_packets_total."""
+    return {dict(lb)["id"]: v for (n, lb), v in samples.items() if n == "pyxdp_rule_packets_total"}
 
 
 def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
@@ -162,19 +181,22 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
                and ("reason", "rule-deny") in lb)
     assert first[("pyxdp_trace_events_lost_total", ())] == stats["lost_events"] == 0
 
-    # per rule: number, stable id, action and text as 'list' shows them, and its hits
+    # per rule: counters keyed by the stable id alone; number, action and text as 'list' shows them in
+    # pyxdp_rule_info (value 1)
     listed = [r for r in rules if "rule" in r]
     assert [r["rule"] for r in listed] == ["deny proto udp from @blocked to any port 7001",
                                            "allow proto udp to any port 7002"]
-    rule_series = {lb: v for (n, lb), v in first.items() if n == "pyxdp_rule_packets_total"}
-    assert len(rule_series) == 2
+    info = rule_info(first)
+    assert fams["pyxdp_rule_info"].type == "gauge" and all(s.value == 1 for s in fams["pyxdp_rule_info"].samples)
+    assert all(lb[0][0] == "id" and len(lb) == 1 for (n, lb) in first if n.startswith("pyxdp_rule_packets"))
+    assert sorted(rule_counters(first)) == sorted(info) == ["0", "1"]
     for r in listed:
-        [(lb, v)] = [(lb, v) for lb, v in rule_series.items() if dict(lb)["rule"] == str(r["number"])]
-        assert dict(lb)["text"] == r["rule"] and dict(lb)["action"] == r["rule"].split()[0]
-        assert v == r["packets"] == (30 if r["number"] == 1 else 20)
-        assert first[("pyxdp_rule_bytes_total", lb)] == r["bytes"] > 0
-    assert sorted(dict(lb)["id"] for lb in rule_series) == ["0", "1"]
+        [i] = [i for i in info.values() if i["rule"] == str(r["number"])]
+        assert i["text"] == r["rule"] and i["action"] == r["rule"].split()[0]
+        assert rule_counters(first)[i["id"]] == r["packets"] == (30 if r["number"] == 1 else 20)
+        assert first[("pyxdp_rule_bytes_total", labels(id=i["id"]))] == r["bytes"] > 0
     assert first[("pyxdp_rules", ())] == 2 and first[("pyxdp_rule_capacity", ())] == status["rule_capacity"]
+    assert first[("pyxdp_rules_exported", ())] == 2
 
     # sets: two series each (per family), never one per element
     sets = {(dict(lb)["set"], dict(lb)["family"]): v for (n, lb), v in first.items() if n == "pyxdp_set_elements"}
@@ -202,7 +224,59 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
     assert 0 < first[("pyxdp_scrape_duration_seconds", ())] < 10
     assert ("process_open_fds", ()) in first  # the exporter's own process metrics
 
+    promtool_check(text)
+
+    # 'insert 1' renumbers the rules: no counter series changes its labels or value, the info series carry
+    # the new numbers; --rule-metrics top:1 keeps the rule with the most packets (now number 2), off none
+    ok("insert", "1", "deny", "from", "198.51.100.7", pin_dir=pin_dir)
+    with exporter(pin_dir) as exp, exporter(pin_dir, "127.0.0.1:0", "--rule-metrics", "top:1") as top1, \
+            exporter(pin_dir, "127.0.0.1:0", "--rule-metrics", "off") as off:
+        text, _, after = scrape(exp.url)
+        _, _, capped = scrape(top1.url)
+        _, _, none = scrape(off.url)
+    promtool_check(text)
+    [new_id] = set(rule_counters(after)) - set(rule_counters(first))
+    assert rule_counters(after) == {**rule_counters(first), new_id: 0}
+    inserted = {"id": new_id, "rule": "1", "action": "deny", "text": "deny from 198.51.100.7/32"}
+    assert rule_info(after) == {new_id: inserted,
+                                **{rid: {**lb, "rule": str(int(lb["rule"]) + 1)} for rid, lb in info.items()}}
+    [deny_id] = [rid for rid, lb in info.items() if lb["action"] == "deny"]
+    assert rule_counters(capped) == {deny_id: 30} and list(rule_info(capped)) == [deny_id]
+    assert capped[("pyxdp_rules", ())] == 3 and capped[("pyxdp_rules_exported", ())] == 1
+    assert not rule_counters(none) and not rule_info(none) and none[("pyxdp_rules_exported", ())] == 0
+    assert none[("pyxdp_rules", ())] == 3
+
     ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+
+
+def test_a_new_rule_takes_an_id_no_rule_had(pin_dir: str) -> None:
+    """Ids key the rules' series: a rule added after one was deleted does not
+    take the deleted rule's id (its series would go on under another text)
+    while ids no rule had are left."""
+    ok("--create", "allow", "22/tcp", pin_dir=pin_dir)
+    ok("allow", "80/tcp", pin_dir=pin_dir)
+    ok("allow", "443/tcp", pin_dir=pin_dir)
+    from pyxdp import Filter
+
+    with Filter.open(pin_dir, lock=False) as flt:
+        ids = {r.text: r.id for r in flt.rule_counts()}
+        assert [(r.number, r.id, str(r.rule)) for r in flt.rules()] == [
+            (c.number, c.id, c.text) for c in flt.rule_counts()]
+    assert sorted(ids.values()) == [0, 1, 2]
+    ok("delete", "2", pin_dir=pin_dir)
+    ok("allow", "8080/tcp", pin_dir=pin_dir)
+    ok("insert", "1", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    with Filter.open(pin_dir, lock=False) as flt:
+        now = {r.text: r.id for r in flt.rule_counts()}
+    assert now == {"deny from 192.0.2.1/32": 4, "allow proto tcp to any port 22": ids["allow proto tcp to any port 22"],
+                   "allow proto tcp to any port 443": ids["allow proto tcp to any port 443"],
+                   "allow proto tcp to any port 8080": 3}
+    with exporter(pin_dir) as exp:
+        _, _, s = scrape(exp.url)
+    assert {i["text"]: (i["rule"], i["id"]) for i in rule_info(s).values()} == {
+        t: (str(n), str(now[t])) for n, t in enumerate(["deny from 192.0.2.1/32", "allow proto tcp to any port 22",
+                                                         "allow proto tcp to any port 443",
+                                                         "allow proto tcp to any port 8080"], 1)}
 
 
 def test_no_state_answers_with_up_0_and_follows_the_state(pin_dir: str) -> None:
@@ -229,8 +303,7 @@ def test_no_state_answers_with_up_0_and_follows_the_state(pin_dir: str) -> None:
         ok("--create", "allow", "22/tcp", pin_dir=pin_dir)  # and made again: the new maps are read
         _, _, s = scrape(exp.url)
         assert s[("pyxdp_up", ())] == 1
-        assert [dict(lb)["text"] for (n, lb) in s if n == "pyxdp_rule_packets_total"] == [
-            "allow proto tcp to any port 22"]
+        assert [i["text"] for i in rule_info(s).values()] == ["allow proto tcp to any port 22"]
         assert exp.stop(signal.SIGINT) == 0
     assert "Traceback" not in "\n".join(exp.log)
 
@@ -339,6 +412,8 @@ def test_bad_listen_and_busy_port(pin_dir: str) -> None:
     for bad in ("nonsense", "127.0.0.1", "127.0.0.1:", "127.0.0.1:99999", "localhost:9436", "::1:9436",
                 ":9436", "127.0.0.1:port", "127.0.0.1:٩٤٣٦"):
         fails(2, "bad --listen", "exporter", "--listen", bad, pin_dir=pin_dir)
+    for bad in ("some", "top", "top:", "top:0", "top:-1", "top:x", "all:3", "TOP:3"):
+        fails(2, "bad --rule-metrics", "exporter", "--rule-metrics", bad, pin_dir=pin_dir)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
