@@ -349,12 +349,14 @@ class Filter:
 
         return rule_states(self._st)
 
-    def rule_counts(self) -> list[RuleCount]:
+    def rule_counts(self, top: int | None = None) -> list[RuleCount]:
         """The live rules' counters with their stored canonical texts, not
-        parsed: :meth:`rules` for thousands of rules in a few milliseconds."""
+        parsed: :meth:`rules` for thousands of rules in a few milliseconds;
+        with ``top``, only the ``top`` rules with the most packets (in list
+        order; ties: the first in the list)."""
         from .store.ruleset import rule_counts
 
-        return rule_counts(self._st)
+        return rule_counts(self._st, top)
 
     def add_rule(self, rule: str | Rule, position: int | None = None) -> int:
         """Append ``rule`` (or insert it before 1-based ``position``); returns

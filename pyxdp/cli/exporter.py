@@ -142,9 +142,7 @@ def rules_family(limit: int | None) -> Family:
     how many have series."""
 
     def rules(flt: Filter) -> Iterator[Part]:
-        live = flt.rule_counts()
-        shown = live if limit is None else sorted(live, key=lambda r: (-r.packets, r.number))[:limit]
-        shown.sort(key=lambda r: r.id)
+        shown = flt.rule_counts(limit)
         yield TextFamily("pyxdp_rule_packets_total", "counter", "Packets the rule decided, by the rule's stable id "
                          "(pyxdp_rule_info gives its number and text).",
                          [f'pyxdp_rule_packets_total{{id="{r.id}"}} {r.packets}' for r in shown])
@@ -153,7 +151,7 @@ def rules_family(limit: int | None) -> Family:
         yield TextFamily("pyxdp_rule_info", "gauge", "A rule in the live list (value 1): its stable id, number "
                          "(position, as 'list' shows it), action and canonical text.",
                          [f"pyxdp_rule_info{{{rule_labels(r)}}} 1" for r in shown])
-        yield GaugeMetricFamily("pyxdp_rules", "Rules in the live rule list.", value=len(live))
+        yield GaugeMetricFamily("pyxdp_rules", "Rules in the live rule list.", value=flt.config().nrules)
         yield GaugeMetricFamily("pyxdp_rules_exported", "Rules with per-rule series in this scrape "
                                 "(--rule-metrics).", value=len(shown))
         yield GaugeMetricFamily("pyxdp_rule_capacity", "Rules the rule tables can hold.", value=flt.rule_capacity)

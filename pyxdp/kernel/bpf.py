@@ -264,6 +264,37 @@ class Map(_Fd):
             in_batch = out_batch
             out_batch = ffi.new("char[]", max(ks, 8))
 
+    def array_values(self, start: int, count: int, chunk: int = 8192) -> bytes:
+        """The values at indexes ``start`` to ``start + count - 1`` of an array
+        map (fewer when it ends sooner), ``value_bytes`` apart, in batch reads:
+        the kernel's generic batch starts after the key it is given, so the
+        first batch is given ``start - 1``. One lookup per index where the
+        kernel has no batch reads."""
+        ks, vs = self.key_size, self._vsize
+        count = max(min(count, self.spec.max_entries - start), 0)
+        vals = ffi.new("char[]", vs * max(min(chunk, count), 1))
+        keys = ffi.new("char[]", ks * max(min(chunk, count), 1))
+        n = ffi.new("__u32 *")
+        out_batch = ffi.new("char[]", max(ks, 8))
+        in_batch = ffi.NULL if start == 0 else ffi.new("char[]", (start - 1).to_bytes(ks, sys.byteorder))
+        opts = ffi.new("struct bpf_map_batch_opts *", {"sz": ffi.sizeof("struct bpf_map_batch_opts")})
+        parts: list[bytes] = []
+        got = 0
+        while got < count:
+            n[0] = min(chunk, count - got)
+            ret = lib.bpf_map_lookup_batch(self.fd, in_batch, out_batch, keys, vals, n, opts)
+            if ret < 0 and ret != -errno.ENOENT:
+                if -ret in (errno.EINVAL, errno.EOPNOTSUPP, 524) and not parts:  # no batch op: look each up
+                    return b"".join(self.lookup(i.to_bytes(ks, sys.byteorder)) or bytes(vs)
+                                    for i in range(start, start + count))
+                check(ret, f"read map {self.name}")
+            parts.append(bytes(ffi.buffer(vals, vs * n[0])))
+            got += n[0]
+            if ret == -errno.ENOENT or not n[0]:
+                break
+            in_batch = out_batch  # the kernel reads it before it writes the next one there
+        return b"".join(parts)
+
     def keys_fast(self, chunk: int = 65536) -> Iterator[bytes]:
         """All keys, read with batch lookups (values are read and dropped)."""
         for k, _v in self.items(chunk):
