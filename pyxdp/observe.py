@@ -54,21 +54,24 @@ class Stats(NamedTuple):
 
 def read_stats(st: State) -> Stats:
     """The counters, one line per interface, verdict and reason counted."""
+    from array import array
+
     names = slot_names(st)
     lines = []
     lost = 0
-    for k, v in st.map("stats").items():
-        idx = L.U32.unpack(k)[0]
-        pk = by = 0
-        for off in range(0, len(v), L.COUNTER.size):
-            p, b = L.COUNTER.unpack_from(v, off)
-            pk += p
-            by += b
-        if idx == L.LOST_SLOT:
-            lost = pk
-        elif idx < L.LOST_SLOT and pk:
-            slot, i = divmod(idx, L.STATS_STRIDE)
-            lines.append(StatLine(Verdict(i & 1), Reason(i >> 1), pk, by, names.get(slot, "")))
+    m = st.map("stats")
+    per = m.value_bytes // 8  # packets, bytes, for each CPU
+    for keys, vals in m.batches():  # the per-CPU sums of a batch at once: most slots are 0
+        words = array("Q", vals)
+        packets = list(map(sum, zip(*(words[j::per] for j in range(0, per, 2)))))
+        for n in (n for n, pk in enumerate(packets) if pk):
+            idx = L.U32.unpack_from(keys, n * L.U32.size)[0]
+            pk, by = packets[n], sum(words[n * per + 1:(n + 1) * per:2])
+            if idx == L.LOST_SLOT:
+                lost = pk
+            elif idx < L.LOST_SLOT:
+                slot, i = divmod(idx, L.STATS_STRIDE)
+                lines.append(StatLine(Verdict(i & 1), Reason(i >> 1), pk, by, names.get(slot, "")))
     return Stats(tuple(lines), lost)
 
 
@@ -356,6 +359,20 @@ class Tracer:
             finally:
                 self._rb.close()
                 self._rb = None
+
+    @property
+    def every(self) -> int:
+        """One packet in this many is traced."""
+        return self._every
+
+    def resample(self, every: int) -> None:
+        """Trace one packet in ``every`` (1 or more) from now on."""
+        if every < 1:
+            raise UsageError("sample must be 1 (every packet) or more")
+        if self._rb is None:
+            raise UsageError("tracer is not open")
+        self._set_trace(every)
+        self._every = every
 
     @property
     def lost(self) -> int:

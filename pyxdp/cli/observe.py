@@ -55,13 +55,18 @@ def cmd_trace(args: Args) -> int:
         raise UsageError("--count must be 1 or more")
     import signal
 
-    # SIGTERM (systemd, timeout, kill) ends the loop like Ctrl-C: the tracer
-    # then turns tracing off on its way out instead of leaving it on. Once on
-    # the way out, further signals are ignored so that the cleanup finishes.
+    # Ctrl-C and SIGTERM (systemd, timeout, kill) end the loop at its next poll
+    # (within 0.2 s), exit 0: the tracer then turns tracing off on its way out
+    # instead of leaving it on. The handler only notes the signal: an
+    # exception raised from it would land wherever Python runs it, also in a
+    # finalizer or the ring buffer's callback, where it is printed and dropped.
+    # Once on the way out, further signals are ignored so that the cleanup finishes.
+    stopping: list[int] = []
+
     def _stop(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sys.exit(128 + signum)
+        stopping.append(signum)
 
     from contextlib import ExitStack
 
@@ -91,17 +96,18 @@ def cmd_trace(args: Args) -> int:
             into = f", packets into {'stdout' if to_stdout else args.pcap}" if pcap else ""
             print(f"tracing 1 in {args.sample} packets{only}{into} (Ctrl-C stops)", file=sys.stderr, flush=True)
         try:
-            for ev in tr:
-                if pcap is not None:
-                    pcap.write(ev)
-                if args.json:
-                    emit(ev.to_dict())
-                    sys.stdout.flush()
-                elif not to_stdout:
-                    print(ev, flush=True)
-                seen += 1
-                if args.count is not None and seen >= args.count:
-                    break
+            while not stopping and (args.count is None or seen < args.count):
+                for ev in tr.poll(200):
+                    if pcap is not None:
+                        pcap.write(ev)
+                    if args.json:
+                        emit(ev.to_dict())
+                        sys.stdout.flush()
+                    elif not to_stdout:
+                        print(ev, flush=True)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        break
         finally:
             if pcap is not None and not args.json:
                 skipped = f"; {plural(pcap.skipped, 'packet')} came without bytes" if pcap.skipped else ""
@@ -166,9 +172,12 @@ def cmd_top(args: Args) -> int:
         raise UsageError(f"--interval must be 0.1 to 3600 seconds, not {args.interval:g}")
     if args.sample < 0:
         raise UsageError("--sample must be 0 (no tracing) or more")
+    if not (math.isfinite(args.window) and args.interval <= args.window <= 86400):
+        raise UsageError(f"--window must be from the interval ({args.interval:g} s) to 86400 seconds, "
+                         f"not {args.window:g}")
     try:
         from .top import run
     except ImportError as exc:
         return needs("rich", "top", exc)
     with open_filter(args, lock=False) as flt:
-        return run(flt, interval=args.interval, sample=args.sample, once=args.once)
+        return run(flt, interval=args.interval, sample=args.sample, once=args.once, window=args.window)

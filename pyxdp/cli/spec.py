@@ -239,6 +239,8 @@ def _top(sp: Any) -> None:
                     help="refresh every SECONDS (default 1)")
     sp.add_argument("--sample", type=integer, default=100, metavar="N",
                     help="trace one packet in N for the dropped sources (default 100; 0: no tracing)")
+    sp.add_argument("--window", type=number, default=30.0, metavar="SECONDS",
+                    help="the dropped sources' rates are taken over the last SECONDS (default 30)")
     sp.add_argument("--once", action="store_true", help="print one snapshot (two readings an interval apart) "
                     "as plain text and exit")
 

@@ -10,7 +10,6 @@ the new rules see the new contents and the old rules the old ones."""
 
 from __future__ import annotations
 
-import heapq
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
@@ -127,10 +126,10 @@ def rule_counts(st: State, top: int | None = None) -> list[RuleCount]:
     packets = list(map(sum, zip(*(counters[j::per_id] for j in range(0, per_id, 2)))))
     octets = list(map(sum, zip(*(counters[j::per_id] for j in range(1, per_id, 2)))))
     at = [base[rid] for rid in ids] if base is not None else ids  # where each rule's counters are
-    shown: Iterable[int] = range(len(refs))
+    shown = list(range(len(refs)))
     if top is not None and top < len(refs):
-        shown = sorted(heapq.nsmallest(top, shown, key=lambda i: (-packets[at[i]], i)))
-    shown = list(shown)
+        live = [packets[a] for a in at]  # the sort is stable: of equal counts, the first in the list comes first
+        shown = sorted(sorted(shown, key=live.__getitem__, reverse=True)[:top])
     lo, hi = min(ids[i] for i in shown), max(ids[i] for i in shown) + 1
     if len(shown) >= BATCH_FROM and 4 * len(shown) >= hi - lo:  # dense enough: one range read
         raw = _values(defs, lo, hi - lo)

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from helpers.cli import fails, ok, run
@@ -62,6 +63,11 @@ def firewall(pin_dir: str, pair: NetPair) -> None:
     ok("set", "add", "blocked", "10.77.0.0/24", pin_dir=pin_dir)
     ok(*RULE.split(), pin_dir=pin_dir)
     ok("allow", "proto", "udp", "to", "any", "port", "7002", pin_dir=pin_dir)
+
+
+def num(shown: str) -> float:
+    """A rate as top shows it: '980', '1.2k'."""
+    return float(shown[:-1]) * 1000 if shown.endswith("k") else float(shown)
 
 
 def trace_every(pin_dir: str) -> int:
@@ -124,7 +130,7 @@ def test_live_view_in_a_terminal(pin_dir: str, netpair: NetPair, how: str) -> No
             shown = read_until(fd, lambda out: b"10.77.0.1 " in out and out.count(b"pyxdp top") >= 3)
             assert b"\x1b[?1049h" in shown  # the view is on the alternate screen
             text = shown.decode(errors="replace")
-            assert "pyxdp top" in text and "traffic" in text and "busiest rules" in text
+            assert "pyxdp top" in text and "traffic" in text and "rules (2, by rate, drops first)" in text
             assert "rule-deny" in text and "top dropped sources (sampled: 1 in 1 packets" in text
             assert "10.77.0.1 " in text, text[-3000:]
             assert RULE in text
@@ -184,6 +190,62 @@ def test_ctrl_c_during_a_finalizer_still_leaves(pin_dir: str) -> None:
     assert r.returncode == 0 and "Exception ignored" not in r.stderr, r.stderr
 
 
+def test_keys_scroll_every_rule_sort_and_change_the_sampling(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
+    """62 rules in a 30-line terminal: every one is reachable with the keys,
+    also those with no packets; s changes the order, - and + the sampling
+    (tracing follows), q leaves (exit 0, tracing off)."""
+    ok("attach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+    idle = [f"deny from 198.51.100.{i}/32" for i in range(1, 61)]
+    rules = [RULE, "allow proto udp to any port 7002", *idle]
+    spec = tmp_path / "fw.toml"
+    spec.write_text("rules = [\n" + "".join(f'  "{r}",\n' for r in rules) + ']\n\n[sets]\nblocked = ["10.77.0.0/24"]\n')
+    ok("apply", str(spec), pin_dir=pin_dir)
+    seen = b""
+
+    def after(key: bytes, done: Callable[[bytes], bool]) -> str:
+        nonlocal seen
+        if key:
+            os.write(fd, key)
+        got = read_until(fd, done)
+        seen += got
+        assert done(got), got[-3000:]
+        return got.decode(errors="replace")
+
+    def title(pattern: str) -> Callable[[bytes], bool]:
+        return lambda out: re.search(pattern.encode(), out) is not None
+
+    with blasting(netpair):
+        pid, fd = spawn_in_pty(["--pin-dir", pin_dir, "top", "--interval", "0.3", "--sample", "1"], rows=30)
+        try:
+            # by rate, drops first: the busy deny rule on top, then rules with no packets (0 pps), part of the 62
+            text = after(b"", title(r"rules \(1-\d+ of 62, by rate, drops first\)[\s\S]*10\.77\.0\.1 "))
+            first = text[text.rindex("rules (1-"):]
+            assert first.index(RULE) < first.index("deny from 198.51.100.1/32") and " 0 " in first
+            after(b"ss", title(r"rules \(1-\d+ of 62, in list order\)"))
+            after(b"G", title(r"rules \(\d+-62 of 62, in list order\)[^(]*deny from 198\.51\.100\.60/32"))
+            after(b"g", title(r"rules \(1-\d+ of 62, in list order\)"))
+            text = after(b"\x1b[6~", title(r"rules \([2-9]\d*-\d+ of 62, in list order\)"))  # PgDn
+            after(b"\x1b[A", title(r"rules \([1-9]\d*-\d+ of 62, in list order\)"))  # up
+            # sampling: - takes ten times fewer events, + ten times more; tracing follows
+            after(b"-", title(r"sampled: 1 in 10 packets"))
+            assert trace_every(pin_dir) == 10
+            after(b"+", title(r"sampled: 1 in 1 packets"))
+            assert trace_every(pin_dir) == 1
+            os.write(fd, b"q")
+            rest = read_until(fd, lambda out: False, timeout=15)
+            assert wait_exit(pid) == 0
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(fd)
+    assert trace_every(pin_dir) == 0
+    assert b"\x1b[?1049l" in rest and b"Traceback" not in seen + rest
+    ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
+
+
 def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:
     firewall(pin_dir, netpair)
     with blasting(netpair):
@@ -209,6 +271,7 @@ def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:
         return body
 
     traffic = {(r[1], r[2]): r for r in rows("traffic")}
+    assert rows("traffic")[0][1:3] == ["drop", "rule-deny"]  # drops first
     deny, allow = traffic[("drop", "rule-deny")], traffic[("pass", "rule-allow")]
     for row in (deny, allow):  # about 300 packets a second each: at least some counted in the interval
         assert re.fullmatch(r"[0-9.]+k?", row[3]) and float(row[3].rstrip("k")) > 10, row
@@ -219,15 +282,19 @@ def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:
         assert int(deny[5]) <= flt.stats().get(Verdict.DROP, Reason.RULE_DENY).packets
         hits = {r.number: r.packets for r in flt.rules()}
 
-    busiest = rows("busiest rules (of 2)")
-    assert [r[0] for r in busiest] in (["1", "2"], ["2", "1"])
-    for r in busiest:
+    # every rule, sorted by rate with drops first: the deny rule, then the allow rule
+    listed = rows("rules (2, by rate, drops first)")
+    assert [r[0] for r in listed] == ["1", "2"]
+    for r in listed:
         assert " ".join(r[1:-2]) == (RULE if r[0] == "1" else "allow proto udp to any port 7002")
         assert 0 < int(r[-1]) <= hits[int(r[0])]
 
-    sources = rows("top dropped sources (sampled: 1 in 1 packets")
-    assert sources[0][0] == "10.77.0.1" and int(sources[0][1]) > 10
-    assert len(sources) == 1  # the allowed packets are not dropped sources
+    # the dropped source, its rate over the window with its sampling error (1 in 1: no error, the events are
+    # the packets), which agrees with the deny rule's rate over about the same time
+    sources = rows("top dropped sources (sampled: 1 in 1 packets; ~pps over the last")
+    [(addr, events, packets, pps, err)] = sources  # the allowed packets are not dropped sources
+    assert addr == "10.77.0.1" and int(events) > 10 and int(packets) == int(events)
+    assert err == "±0" and abs(num(pps) - num(deny[3])) <= 0.25 * num(deny[3]), (pps, deny)
     assert re.search(r"^trace events: \d+ sampled; lost: 0 in all", out, re.M)
     ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
 
@@ -240,7 +307,8 @@ def test_tracing_on_already_is_left_alone(pin_dir: str) -> None:
     assert "not sampled: tracing is on already, 1 in 7" in out
     assert trace_every(pin_dir) == 7
     out = ok("top", "--once", "--interval", "0.2", "--sample", "0", pin_dir=pin_dir)
-    assert "not sampled: --sample 0" in out and "(no packets yet)" in out and "(no rule hit yet)" in out
+    assert "not sampled: --sample 0" in out and "(no packets yet)" in out
+    assert re.search(r"^1 +deny from 192\.0\.2\.1/32 +0 +0$", out, re.M)  # a rule with no hits is shown too
     assert trace_every(pin_dir) == 7
 
 

@@ -185,3 +185,39 @@ def test_cli_trace_bad_input_is_one_line_exit_2(fw: str, tmp_path: Any) -> None:
     with Filter.open(fw, lock=False) as flt:
         assert flt.config().trace_every == 0  # no tracing left on by a refused call
 
+
+
+# Ctrl-C arrives while a finalizer runs (one object is dropped per poll): its handler runs there
+FINALIZER_CTRL_C = """
+import os, signal, sys
+from pyxdp.cli import main
+from pyxdp.observe import Tracer
+
+class Dropped:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler inside this __del__
+
+real = Tracer.poll
+def poll(self, timeout_ms=100):
+    Dropped()
+    return real(self, timeout_ms)
+Tracer.poll = poll
+sys.exit(main(["--pin-dir", sys.argv[1], "trace"]))
+"""
+
+
+@needs_root
+def test_cli_trace_ctrl_c_during_a_finalizer_still_leaves(pin_dir: str) -> None:
+    """The handler called sys.exit where the signal landed: in a finalizer (or
+    the ring buffer's callback) Python prints that exception and drops it,
+    the signals were ignored by then, and trace never left. Now it exits 0
+    and turns tracing off."""
+    from helpers.cli import ok
+
+    ok("--create", "deny", "from", "192.0.2.1", pin_dir=pin_dir)
+    # -P: the installed package, as the CLI runs it (not the source tree in the working directory)
+    r = subprocess.run([sys.executable, "-P", "-c", FINALIZER_CTRL_C, pin_dir], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and "Exception ignored" not in r.stderr, r.stderr
+    with Filter.open(pin_dir, lock=False) as flt:
+        assert flt.config().trace_every == 0
