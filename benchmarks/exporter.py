@@ -157,6 +157,7 @@ def main() -> None:
     head = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
                           text=True).stdout.strip()
     rows: list[Row] = []
+    load = [os.getloadavg()[0]]
     try:
         sh("ip", "netns", "add", NETNS)
         sh("ip", "-n", NETNS, "link", "add", "pxe0", "type", "veth", "peer", "name", "pxe1")
@@ -192,6 +193,7 @@ def main() -> None:
                                                  f'{i + 1}",\n' for i in range(N_RULES)) + "]\n")
             sh(BIN, "--pin-dir", pin, "apply", rules_file)
             rows += measure(f"{N_RULES:,} rules (capacity {N_RULES:,}), no set", exporters, args.scrapes)
+            load.append(os.getloadavg()[0])
             for e in exporters:
                 e.stop()
             exporters = []
@@ -207,7 +209,7 @@ def main() -> None:
           "the exporters scraped in turns against the same state; round trip = urllib request to the last byte "
           "of the answer (gzip: asking for it, as Prometheus does), collector = the exporter's own "
           "pyxdp_scrape_duration_seconds (reading the state); the default of this tree is --rule-metrics "
-          "top:1024.\n")
+          f"top:1024. Load average (1 min) {load[0]:.1f} at the start, {load[-1]:.1f} at the end.\n")
     print("| state | exporter | round trip | gzip round trip | collector | answer | gzipped | pyxdp_ samples |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for what, name, rtt, gz, own, size, zsize, series in rows:

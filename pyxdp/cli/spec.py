@@ -298,5 +298,5 @@ TABLE: dict[str, Command] = {c.name: c for c in (
     Command("exporter", "observe:cmd_exporter", "serve Prometheus metrics of the state over HTTP until SIGTERM or "
             "Ctrl-C", _exporter, False),
     Command("top", "observe:cmd_top", "live view: packets and bits per second by interface, verdict and reason; "
-            "busiest rules; top dropped sources (Ctrl-C quits)", _top, lambda args: bool(getattr(args, "sample", 0))),
+            "every rule; top dropped sources (q or Ctrl-C quits)", _top, lambda args: bool(getattr(args, "sample", 0))),
 )}
