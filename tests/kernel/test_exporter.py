@@ -279,6 +279,48 @@ def test_a_new_rule_takes_an_id_no_rule_had(pin_dir: str) -> None:
                                                          "allow proto tcp to any port 8080"], 1)}
 
 
+def test_many_rules_are_read_in_batches_alike(pin_dir: str, tmp_path: Any) -> None:
+    """From BATCH_FROM rules on, rule_counts reads ranges of the rule maps in
+    batch lookups (Map.array_values): it returns what rules() reads one
+    lookup at a time, in either rule generation (the range of the other one
+    starts at the capacity), and its top N are the N with the most packets
+    (ties: the first in the list). The exporter's answer for all of them
+    parses and passes promtool."""
+    import struct
+
+    from pyxdp import Filter
+    from pyxdp.store.ruleset import BATCH_FROM
+
+    spec = tmp_path / "fw.toml"
+    spec.write_text("rules = [\n" + "".join(f'  "deny proto tcp from 10.{i}.0.0/16 to any port {i + 1}",\n'
+                                           for i in range(150)) + "]\n")
+    ok("--create", "apply", str(spec), pin_dir=pin_dir)
+    gens = set()
+    for extra in ([], ["insert", "1", "allow", "22/tcp"]):
+        if extra:
+            ok(*extra, pin_dir=pin_dir)  # the other generation
+        with Filter.open(pin_dir) as flt:
+            hits = flt.state.map("rhits")
+            for r in flt.rules():  # counters as the datapath keeps them: per CPU, some equal
+                hits.update(struct.pack("=I", r.id), b"".join(struct.pack("=QQ", r.id * 37 % 50 + cpu, 100 * cpu + 60)
+                                                              for cpu in range(hits.value_bytes // 16)))
+            gens.add(flt.config().rgen)
+            full = flt.rules()
+            assert len(full) >= BATCH_FROM
+            assert [(c.number, c.id, c.text, c.action, c.packets, c.bytes) for c in flt.rule_counts()] == [
+                (r.number, r.id, str(r.rule), r.rule.action, r.packets, r.bytes) for r in full]
+            want = sorted(sorted(full, key=lambda r: (-r.packets, r.number))[:10], key=lambda r: r.number)
+            assert [(c.number, c.id) for c in flt.rule_counts(10)] == [(r.number, r.id) for r in want]
+    assert gens == {0, 1}
+    with exporter(pin_dir, "127.0.0.1:0", "--rule-metrics", "all") as exp:
+        text, _, s = scrape(exp.url)
+    promtool_check(text)
+    assert len(rule_info(s)) == len(rule_counters(s)) == s[("pyxdp_rules_exported", ())] == 151
+    assert rule_info(s)[str(full[0].id)] == {"id": str(full[0].id), "rule": "1", "action": "allow",
+                                             "text": "allow proto tcp to any port 22"}
+    assert rule_counters(s)[str(full[0].id)] == full[0].packets
+
+
 def test_no_state_answers_with_up_0_and_follows_the_state(pin_dir: str) -> None:
     with exporter(pin_dir) as exp:
         assert any("no state" in line for line in exp.log)
