@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 from ..errors import NotLoaded, PyxdpError, UsageError
+from ..layout import Action
 from ..store.attach import iface_label
 
 if TYPE_CHECKING:
@@ -128,10 +129,13 @@ def label_value(text: str) -> str:
 Part = Metric | TextFamily
 
 
+_ACTIONS = {a: a.name.lower() for a in Action}
+
+
 def rule_labels(r: RuleCount) -> str:
     """The labels of a rule's ``pyxdp_rule_info`` series (its id, number,
     action and text), formatted. A rule's other labels go here too."""
-    return f'id="{r.id}",rule="{r.number}",action="{r.action.name.lower()}",text="{label_value(r.text)}"'
+    return f'id="{r.id}",rule="{r.number}",action="{_ACTIONS[r.action]}",text="{label_value(r.text)}"'
 
 
 def rules_family(limit: int | None) -> Family:

@@ -132,13 +132,20 @@ def rule_counts(st: State, top: int | None = None) -> list[RuleCount]:
         shown = sorted(sorted(shown, key=live.__getitem__, reverse=True)[:top])
     lo, hi = min(ids[i] for i in shown), max(ids[i] for i in shown) + 1
     if len(shown) >= BATCH_FROM and 4 * len(shown) >= hi - lo:  # dense enough: one range read
-        raw = _values(defs, lo, hi - lo)
-        texts = {ids[i]: raw[(ids[i] - lo) * RULE_TEXT:(ids[i] - lo + 1) * RULE_TEXT] for i in shown}
+        raw, first = _values(defs, lo, hi - lo), lo
     else:
-        texts = {ids[i]: defs.lookup(L.U32.pack(ids[i])) or b"" for i in shown}
+        raw, first = b"", 0
+    texts = {}
+    for i in shown:
+        rid = ids[i]
+        if raw:
+            start = (rid - first) * RULE_TEXT  # NUL-padded: the text ends at the first NUL
+            end = raw.find(b"\0", start, start + RULE_TEXT)
+            texts[rid] = raw[start:end if end >= 0 else start + RULE_TEXT].decode()
+        else:
+            texts[rid] = (defs.lookup(L.U32.pack(rid)) or b"").rstrip(b"\0").decode()
     names = {int(a): a for a in Action}
-    return [RuleCount(i + 1, ids[i], names[refs[i][1]], texts[ids[i]].rstrip(b"\0").decode(), packets[at[i]],
-                      octets[at[i]]) for i in shown]
+    return [RuleCount(i + 1, ids[i], names[refs[i][1]], texts[ids[i]], packets[at[i]], octets[at[i]]) for i in shown]
 
 
 def snapshot(st: State) -> RuleSetSpec:
