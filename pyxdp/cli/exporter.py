@@ -22,7 +22,7 @@ import ipaddress
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -296,14 +296,19 @@ class _Waiting:
         self._wake_w.close()
 
 
-def make_server(collector: StateCollector, host: str, port: int, idle: float = IDLE_TIMEOUT) -> WSGIServer:
+Route = Callable[[], "tuple[int, str]"]  # a plain-text page: (HTTP status, text)
+
+
+def make_server(collector: StateCollector, host: str, port: int, idle: float = IDLE_TIMEOUT, *,
+                extra: Iterable[Any] = (), routes: Mapping[str, Route] | None = None) -> WSGIServer:
     """An HTTP server serving ``collector``'s metrics, with the process's
-    own, bound to ``host``:``port`` only (listen backlog BACKLOG). Accepted
-    connections wait for their request without a thread each (see
-    :class:`_Waiting`: WORKERS threads answer, a connection silent for
-    ``idle`` seconds is closed, at most MAX_WAITING wait); a request must
-    arrive within ``idle`` seconds of its last bytes. Raises OSError when
-    it cannot bind."""
+    own (and those of the ``extra`` collectors), bound to ``host``:``port``
+    only (listen backlog BACKLOG); ``routes`` maps other paths (e.g.
+    ``/healthz``) to plain-text pages. Accepted connections wait for their
+    request without a thread each (see :class:`_Waiting`: WORKERS threads
+    answer, a connection silent for ``idle`` seconds is closed, at most
+    MAX_WAITING wait); a request must arrive within ``idle`` seconds of its
+    last bytes. Raises OSError when it cannot bind."""
     import socket
     import socketserver
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -355,46 +360,87 @@ def make_server(collector: StateCollector, host: str, port: int, idle: float = I
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    for c in extra:
+        registry.register(c)
     ProcessCollector(registry=registry)
-    return make_server(host, port, make_wsgi_app(registry), server_class=Server, handler_class=Quiet)
+    metrics = make_wsgi_app(registry)
+    pages = dict(routes or {})
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        page = pages.get(environ.get("PATH_INFO", ""))
+        if page is None:
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        from http import HTTPStatus
+
+        code, text = page()
+        body = text.encode() + b"\n"
+        start_response(f"{code} {HTTPStatus(code).phrase}", [("Content-Type", "text/plain; charset=utf-8"),
+                                                              ("Content-Length", str(len(body)))])
+        return [body]
+
+    return make_server(host, port, app, server_class=Server, handler_class=Quiet)
 
 
-def serve(pin_dir: str, listen: str = DEFAULT_LISTEN) -> int:
-    """``pyxdp-load exporter``: serve until SIGTERM or SIGINT, then return 0."""
+def logger(name: str) -> Callable[[str], None]:
+    """One line on stderr per message, prefixed ``pyxdp-load NAME:`` (journald keeps it)."""
+
+    def log(msg: str) -> None:
+        print(f"pyxdp-load {name}: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def serve(pin_dir: str, listen: str | None = DEFAULT_LISTEN, *, name: str = "exporter", extra: Iterable[Any] = (),
+          routes: Mapping[str, Route] | None = None, work: tuple[Callable[[], None], Callable[[], None]] | None = None,
+          ) -> int:
+    """``pyxdp-load exporter`` (and the agent's server): serve until SIGTERM
+    or SIGINT, then return 0. ``listen`` None: no server. ``work``: (run,
+    stop) of a loop run in a thread of its own meanwhile, stopped (and
+    waited for) before the server."""
     import errno
     import signal
 
-    host, port = parse_listen(listen)
-
-    def log(msg: str) -> None:
-        print(f"pyxdp-load exporter: {msg}", file=sys.stderr, flush=True)
-
+    host, port = parse_listen(listen) if listen is not None else ("", 0)
+    log = logger(name)
     collector = StateCollector(pin_dir, log=log)
     # SIGINT and SIGTERM wait for sigwait() below; threads started from here on keep them blocked
     stop = {signal.SIGINT, signal.SIGTERM}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
+        server = None
+        if listen is not None:
+            try:
+                server = make_server(collector, host, port, extra=extra, routes=routes)
+            except OSError as exc:
+                why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+                raise _ListenError(f"cannot listen on {listen}: {why}") from None
+        threads = []
+        if server is not None:
+            threads.append(threading.Thread(target=server.serve_forever, name=f"pyxdp-{name}", daemon=True))
+        if work is not None:
+            threads.append(threading.Thread(target=work[0], name=f"pyxdp-{name}-work", daemon=True))
         try:
-            server = make_server(collector, host, port)
-        except OSError as exc:
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
-            raise _ListenError(f"cannot listen on {listen}: {why}") from None
-        thread = threading.Thread(target=server.serve_forever, name="pyxdp-exporter", daemon=True)
-        try:
-            try:  # state that cannot be read (no privilege, unsafe, another layout) ends it now: exit 1
-                collector.read()
-            except NotLoaded:
-                pass  # served as pyxdp_up 0 until there is state
-            collector.collect()  # says whether there is state; imports what scrapes use
-            shown = f"[{host}]" if ":" in host else host
-            log(f"serving {pin_dir} on http://{shown}:{server.server_port}/metrics")
-            thread.start()
+            if server is not None:
+                try:  # state that cannot be read (no privilege, unsafe, another layout) ends it now: exit 1
+                    collector.read()
+                except NotLoaded:
+                    pass  # served as pyxdp_up 0 until there is state
+                collector.collect()  # says whether there is state; imports what scrapes use
+                shown = f"[{host}]" if ":" in host else host
+                log(f"serving {pin_dir} on http://{shown}:{server.server_port}/metrics")
+            for t in threads:
+                t.start()
             signal.sigwait(stop)
         finally:
-            if thread.is_alive():
-                server.shutdown()
-                thread.join(5)
-            server.server_close()
+            if work is not None:
+                work[1]()
+            for t in reversed(threads):
+                if t.is_alive():
+                    if server is not None and t is threads[0]:
+                        server.shutdown()
+                    t.join(30)
+            if server is not None:
+                server.server_close()
             for sig in stop:  # a second Ctrl-C or SIGTERM while stopping changes nothing
                 signal.signal(sig, signal.SIG_IGN)
     finally:

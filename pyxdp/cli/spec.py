@@ -240,6 +240,23 @@ def _top(sp: Any) -> None:
                     "as plain text and exit")
 
 
+def _agent(sp: Any) -> None:
+    sp.add_argument("--config", metavar="FILE", help="the config file to follow (default $PYXDP_CONFIG, else "
+                    "/etc/pyxdp/pyxdp.toml)")
+    sp.add_argument("--watch", action="store_true", help="bring the file in at start and on every change (without "
+                    "it the file is only read: 'pyxdp-load up' applies it)")
+    sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
+                    help="serve /metrics, /healthz and /readyz on ADDR:PORT (default 127.0.0.1:9436; 'off': none)")
+    sp.add_argument("--interval", type=number, default=1.0, metavar="SECONDS",
+                    help="look at the file and the interfaces every SECONDS (default 1)")
+    sp.add_argument("--retry", type=number, default=5.0, metavar="SECONDS",
+                    help="try a change that failed (e.g. a missing interface) again every SECONDS (default 5)")
+    sp.add_argument("--node", metavar="NAME", help="this node's name in the metrics (default $NODE_NAME, else the "
+                    "host name)")
+    sp.add_argument("--detach-on-exit", action="store_true", help="detach the filter when stopped (by default it "
+                    "stays attached and enforcing)")
+
+
 def _rule_help(name: str) -> str:
     return (f"append a rule, in ufw's grammar: '{name} 22/tcp', '{name} from PREFIX', "
             f"'{name} [proto P] [from A [port P]] [to B [port P]] [on IFACE]'")
@@ -292,6 +309,9 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             _printk, False),
     Command("exporter", "observe:cmd_exporter", "serve Prometheus metrics of the state over HTTP until SIGTERM or "
             "Ctrl-C", _exporter, False),
+    Command("agent", "agent:cmd_agent", "follow the config file until SIGTERM: bring each change in (--watch), "
+            "attach interfaces that come back, serve metrics, /healthz and /readyz", _agent,
+            lambda args: bool(getattr(args, "watch", False) or getattr(args, "detach_on_exit", False))),
     Command("top", "observe:cmd_top", "live view: packets and bits per second by interface, verdict and reason; "
             "busiest rules; top dropped sources (Ctrl-C quits)", _top, lambda args: bool(getattr(args, "sample", 0))),
 )}
