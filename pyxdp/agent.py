@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, NamedTuple
 from .errors import PyxdpError
 
 if TYPE_CHECKING:
-    from .model.rulefile import RuleSetSpec
+    from .model.rulefile import InterfaceSpec, RuleSetSpec
     from .store.attach import Attachment
 
-__all__ = ["Agent", "AgentStatus", "generation"]
+__all__ = ["DEFAULT_ROUTE", "Agent", "AgentStatus", "default_route_interfaces", "generation", "node_interfaces"]
 
 GEN_DIGITS = 12
 
@@ -73,8 +73,9 @@ class Agent:
     ``log`` gets one line per event (the CLI prefixes and prints it)."""
 
     def __init__(self, pin_dir: str, config: str, *, watch: bool = True, interval: float = 1.0,
-                 retry: float = 5.0, log: Callable[[str], None] | None = None) -> None:
+                 retry: float = 5.0, select: tuple[str, ...] = (), log: Callable[[str], None] | None = None) -> None:
         self.pin_dir = pin_dir
+        self.select = select
         self.config = config
         self.watch = watch
         self.interval = interval
@@ -83,7 +84,7 @@ class Agent:
         self._stop = threading.Event()
         self._seen = _Seen(None, None, None, "not read yet")
         self._running: str | None = None  # the generation this agent brought in
-        self._tried: tuple[str | None, float] = (None, 0.0)  # (generation, monotonic time) of the last 'up'
+        self._tried: tuple[object, float] = (None, 0.0)  # ((generation, interfaces), monotonic time) of the last 'up'
         self._said = ""  # the last problem logged (each is said once until it changes)
         self._reloads = 0
         self._failures = 0
@@ -109,6 +110,8 @@ class Agent:
         seen = self._read()
         gen = generation(seen.text) if seen.text is not None else None
         reason = ""
+        if self.select and seen.spec is not None:
+            seen = seen._replace(spec=seen.spec._replace(interfaces=node_interfaces(self.select)))
         if self.watch:
             if seen.error:
                 reason = seen.error
@@ -163,10 +166,11 @@ class Agent:
         from .filter import Filter
 
         assert seen.spec is not None and gen is not None
-        last_gen, last_at = self._tried
-        if last_gen == gen and time.monotonic() - last_at < self.retry:
+        attempt = (gen, seen.spec.interfaces)
+        last, last_at = self._tried
+        if last == attempt and time.monotonic() - last_at < self.retry:
             return self._said or f"generation {gen} is not in yet"
-        self._tried = (gen, time.monotonic())
+        self._tried = (attempt, time.monotonic())
         try:
             with Filter.open(self.pin_dir, create=True, with_program=bool(seen.spec.interfaces), migrate=True) as flt:
                 if flt.recovered:
@@ -178,6 +182,9 @@ class Agent:
                    f"every {self.retry:g} s"
         for c in changes:
             self._log(str(c))
+        if not seen.spec.interfaces:
+            self._log(f"no interface of this node matches {', '.join(self.select)}" if self.select else
+                      f"{self.config} names no interface")
         if gen != self._running:
             self._reloads += 1
             self._log(f"running generation {gen} of {self.config}")
@@ -245,6 +252,52 @@ class Agent:
                 flt.detach(a.ifname, netns=a.netns, keep=True)
                 gone.append(a.ifname if a.netns is None else f"{a.ifname} (netns {a.netns})")
         return gone
+
+
+DEFAULT_ROUTE = "default-route"
+
+
+def node_interfaces(select: tuple[str, ...]) -> tuple[InterfaceSpec, ...]:
+    """The interfaces of this host's namespace that ``select`` names, in
+    auto mode: each item a name, a shell pattern (``eth*``, ``en[op]*``) or
+    ``default-route`` (the interfaces of the IPv4 and IPv6 default routes)."""
+    import fnmatch
+
+    from .kernel.rtnl import Links
+    from .model.rulefile import InterfaceSpec
+
+    try:  # netlink, not /sys/class/net: that shows the namespace sysfs was mounted in, not this process's
+        with Links() as nl:
+            links = sorted(x.ifname for x in nl.all())
+    except (PyxdpError, OSError):
+        links = []
+    names: list[str] = []
+    for item in select:
+        found = default_route_interfaces() if item == DEFAULT_ROUTE else fnmatch.filter(links, item)
+        names += [n for n in found if n not in names]
+    return tuple(InterfaceSpec(n) for n in names)
+
+
+def default_route_interfaces() -> list[str]:
+    """The interfaces the default routes (IPv4 0.0.0.0/0, IPv6 ::/0) of the main table leave by."""
+    out: list[str] = []
+    try:
+        with open("/proc/net/route", encoding="ascii") as fh:
+            for line in fh.readlines()[1:]:
+                f = line.split()
+                if len(f) > 7 and f[1] == "00000000" and f[7] == "00000000" and int(f[3], 16) & 1:  # RTF_UP
+                    out.append(f[0])
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/ipv6_route", encoding="ascii") as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) == 10 and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo" and int(f[8], 16) & 1:
+                    out.append(f[9])
+    except OSError:
+        pass
+    return list(dict.fromkeys(out))
 
 
 def _exists(ifname: str, netns: str | None) -> bool:

@@ -81,6 +81,11 @@ def cmd_agent(args: Args) -> int:
         raise UsageError(f"--interval must be 0.1 to 3600 seconds, not {args.interval:g}")
     if not (math.isfinite(args.retry) and args.retry >= args.interval):
         raise UsageError(f"--retry must be at least --interval ({args.interval:g} s), not {args.retry:g}")
+    select = tuple(x.strip() for x in (args.interfaces or "").split(",") if x.strip())
+    if args.interfaces is not None and not select:
+        raise UsageError("--interfaces needs a name, a pattern or default-route")
+    if select and not args.watch:
+        raise UsageError("--interfaces needs --watch (the agent then runs the file's rules on those interfaces)")
     listen = None if args.listen == "off" else args.listen
     try:
         from .exporter import logger, parse_listen, serve
@@ -90,9 +95,11 @@ def cmd_agent(args: Args) -> int:
         parse_listen(listen)  # a bad address is refused before anything runs
     log = logger("agent")
     config = config_path(args.config)
-    agent = Agent(pin_dir(args), config, watch=args.watch, interval=args.interval, retry=args.retry, log=log)
+    agent = Agent(pin_dir(args), config, watch=args.watch, interval=args.interval, retry=args.retry, select=select,
+                  log=log)
     node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
-    log(f"following {config} ({'bringing in each change' if args.watch else 'not applying it: --watch does'}) "
+    on = f", on the interfaces {args.interfaces} selects" if select else ""
+    log(f"following {config} ({'bringing in each change' if args.watch else 'not applying it: --watch does'}{on}) "
         f"on node {node}")
     agent.step()  # the first pass before serving: readiness answers from the start
     code = serve(agent.pin_dir, listen, name="agent", extra=(AgentCollector(agent, node),),

@@ -251,6 +251,9 @@ def _agent(sp: Any) -> None:
                     help="look at the file and the interfaces every SECONDS (default 1)")
     sp.add_argument("--retry", type=number, default=5.0, metavar="SECONDS",
                     help="try a change that failed (e.g. a missing interface) again every SECONDS (default 5)")
+    sp.add_argument("--interfaces", metavar="SELECT", help="with --watch: run on this node's interfaces that "
+                    "SELECT names instead of the file's [[interface]] tables: names or shell patterns (eth*), "
+                    "comma-separated, or default-route (the interfaces of the default routes)")
     sp.add_argument("--node", metavar="NAME", help="this node's name in the metrics (default $NODE_NAME, else the "
                     "host name)")
     sp.add_argument("--detach-on-exit", action="store_true", help="detach the filter when stopped (by default it "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from helpers.cli import fails, ok
 from helpers.env import NetPair, needs_root, sh
 from helpers.traffic import exchange
 
-from kernel.test_exporter import Exporter, scrape
+from kernel.test_exporter import BIN, Exporter, scrape
 from pyxdp import Filter
 from pyxdp.agent import generation
 
@@ -176,3 +177,35 @@ def test_agent_refuses_bad_options(pin_dir: str) -> None:
     fails(2, "--interval must be", "agent", "--interval", "0", pin_dir=pin_dir)
     fails(2, "--retry must be at least --interval", "agent", "--interval", "2", "--retry", "1", pin_dir=pin_dir)
     fails(2, "bad --listen", "agent", "--listen", "nowhere", pin_dir=pin_dir)
+
+
+def test_agent_runs_the_files_rules_on_the_interfaces_of_this_node(pin_dir: str, netpair: NetPair,
+                                                                   tmp_path: os.PathLike[str]) -> None:
+    """--interfaces: the node's own interfaces (a pattern, the default route's) instead of the file's
+    [[interface]] tables; the agent runs in namespace b (nsenter keeps the mounts, so the pins stay)."""
+    sh("ip", "-n", netpair.b, "route", "add", "default", "via", "10.77.0.1")
+    sh("ip", "-n", netpair.b, "link", "add", "vx1", "type", "veth", "peer", "name", "wx1")
+    cm = ConfigMap(os.path.join(str(tmp_path), "cm"))
+    gen = cm.write(config(netpair, '"deny 5001/udp"', iface="elsewhere"))  # the file's interface is ignored
+    nsenter = ("nsenter", f"--net=/run/netns/{netpair.b}")
+    proc = subprocess.Popen([*nsenter, BIN, "--pin-dir", pin_dir, "agent", "--config", cm.file, "--watch",
+                             "--interfaces", "default-route,vx*", "--listen", "off", "--interval", "0.2"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if f"running generation {gen}" in line:
+                break
+        assert any("attached to vb: auto" in ln or "attached to vb:" in ln for ln in lines), lines
+        assert any("attached to vx1:" in ln for ln in lines), lines
+        assert arrived(netpair) == {5001: 0, 5002: 20}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    for dev in ("vb", "vx1"):
+        assert "xdp" in sh("ip", "-n", netpair.b, "link", "show", dev).stdout  # still on after SIGTERM
+        sh(*nsenter, BIN, "--pin-dir", pin_dir, "detach", dev, "--keep")
