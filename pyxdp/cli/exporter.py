@@ -26,7 +26,7 @@ import ipaddress
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -242,7 +242,7 @@ class StateCollector:
     each time it changes."""
 
     def __init__(self, pin_dir: str, families: tuple[Family, ...] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, extra: Iterable[Any] = ()) -> None:
         from prometheus_client import CollectorRegistry, ProcessCollector
 
         self.pin_dir = pin_dir
@@ -254,6 +254,8 @@ class StateCollector:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self._read)
         ProcessCollector(registry=self._registry)
+        for c in extra:  # another part's own series (the agent's), after the process's
+            self._registry.register(c)
 
     def read(self) -> list[Part]:
         """Every family's metrics from the state now (raises NotLoaded, or
@@ -311,10 +313,18 @@ class StateCollector:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def make_app(collector: StateCollector) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
-    """The WSGI application: GET (any path but /favicon.ico) answers with the
-    metrics, gzipped when the client accepts it (as Prometheus does)."""
+Route = Callable[[], "tuple[int, str]"]  # a plain-text page: (HTTP status, text)
+
+
+def make_app(collector: StateCollector, routes: Mapping[str, Route] | None = None,
+             ) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+    """The WSGI application: GET of a path in ``routes`` (e.g. ``/healthz``)
+    answers with its plain-text page; any other path but /favicon.ico with
+    the metrics, gzipped when the client accepts it (as Prometheus does)."""
     import gzip
+    from http import HTTPStatus
+
+    pages = dict(routes or {})
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ["REQUEST_METHOD"] != "GET":
@@ -323,6 +333,11 @@ def make_app(collector: StateCollector) -> Callable[[dict[str, Any], Callable[..
         if environ.get("PATH_INFO") == "/favicon.ico":
             start_response("200 OK", [])
             return [b""]
+        page = pages.get(environ.get("PATH_INFO", ""))
+        if page is not None:
+            code, text = page()
+            start_response(f"{code} {HTTPStatus(code).phrase}", [("Content-Type", "text/plain; charset=utf-8")])
+            return [text.encode() + b"\n"]
         body = collector.exposition()
         headers = [("Content-Type", CONTENT_TYPE)]
         accepted = {e.split(";")[0].strip() for e in environ.get("HTTP_ACCEPT_ENCODING", "").split(",")}
@@ -427,9 +442,11 @@ class _Waiting:
         self._wake_w.close()
 
 
-def make_server(collector: StateCollector, host: str, port: int, idle: float = IDLE_TIMEOUT) -> WSGIServer:
+def make_server(collector: StateCollector, host: str, port: int, idle: float = IDLE_TIMEOUT, *,
+                routes: Mapping[str, Route] | None = None) -> WSGIServer:
     """An HTTP server serving ``collector``'s metrics, with the process's
-    own, bound to ``host``:``port`` only (listen backlog BACKLOG). Accepted
+    own, bound to ``host``:``port`` only (listen backlog BACKLOG); ``routes``:
+    other paths' plain-text pages (:func:`make_app`). Accepted
     connections wait for their request without a thread each (see
     :class:`_Waiting`: WORKERS threads answer, a connection silent for
     ``idle`` seconds is closed, at most MAX_WAITING wait); a request must
@@ -482,46 +499,71 @@ def make_server(collector: StateCollector, host: str, port: int, idle: float = I
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    return make_server(host, port, make_app(collector), server_class=Server, handler_class=Quiet)
+    return make_server(host, port, make_app(collector, routes), server_class=Server, handler_class=Quiet)
 
 
-def serve(pin_dir: str, listen: str = DEFAULT_LISTEN, rule_metrics: str = RULE_METRICS_DEFAULT) -> int:
-    """``pyxdp-load exporter``: serve until SIGTERM or SIGINT, then return 0."""
+def logger(name: str) -> Callable[[str], None]:
+    """One line on stderr per message, prefixed ``pyxdp-load NAME:`` (journald keeps it)."""
+
+    def log(msg: str) -> None:
+        print(f"pyxdp-load {name}: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def serve(pin_dir: str, listen: str | None = DEFAULT_LISTEN, rule_metrics: str = RULE_METRICS_DEFAULT, *,
+          name: str = "exporter", extra: Iterable[Any] = (), routes: Mapping[str, Route] | None = None,
+          work: tuple[Callable[[], None], Callable[[], None]] | None = None) -> int:
+    """``pyxdp-load exporter`` (and the agent's server): serve until SIGTERM
+    or SIGINT, then return 0. ``listen`` None: no server. ``extra``: more
+    collectors; ``routes``: plain-text pages beside /metrics; ``work``:
+    (run, stop) of a loop run in a thread of its own meanwhile, stopped (and
+    waited for) before the server."""
     import errno
     import signal
 
-    host, port = parse_listen(listen)
+    host, port = parse_listen(listen) if listen is not None else ("", 0)
     limit = parse_rule_metrics(rule_metrics)
-
-    def log(msg: str) -> None:
-        print(f"pyxdp-load exporter: {msg}", file=sys.stderr, flush=True)
-
-    collector = StateCollector(pin_dir, all_families(limit), log=log)
+    log = logger(name)
+    collector = StateCollector(pin_dir, all_families(limit), log=log, extra=extra)
     # SIGINT and SIGTERM wait for sigwait() below; threads started from here on keep them blocked
     stop = {signal.SIGINT, signal.SIGTERM}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
+        server = None
+        if listen is not None:
+            try:
+                server = make_server(collector, host, port, routes=routes)
+            except OSError as exc:
+                why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+                raise _ListenError(f"cannot listen on {listen}: {why}") from None
+        threads = []
+        if server is not None:
+            threads.append(threading.Thread(target=server.serve_forever, name=f"pyxdp-{name}", daemon=True))
+        if work is not None:
+            threads.append(threading.Thread(target=work[0], name=f"pyxdp-{name}-work", daemon=True))
         try:
-            server = make_server(collector, host, port)
-        except OSError as exc:
-            why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
-            raise _ListenError(f"cannot listen on {listen}: {why}") from None
-        thread = threading.Thread(target=server.serve_forever, name="pyxdp-exporter", daemon=True)
-        try:
-            try:  # state that cannot be read (no privilege, unsafe, another layout) ends it now: exit 1
-                collector.read()
-            except NotLoaded:
-                pass  # served as pyxdp_up 0 until there is state
-            collector.exposition()  # says whether there is state; imports what scrapes use
-            shown = f"[{host}]" if ":" in host else host
-            log(f"serving {pin_dir} on http://{shown}:{server.server_port}/metrics")
-            thread.start()
+            if server is not None:
+                try:  # state that cannot be read (no privilege, unsafe, another layout) ends it now: exit 1
+                    collector.read()
+                except NotLoaded:
+                    pass  # served as pyxdp_up 0 until there is state
+                collector.exposition()  # says whether there is state; imports what scrapes use
+                shown = f"[{host}]" if ":" in host else host
+                log(f"serving {pin_dir} on http://{shown}:{server.server_port}/metrics")
+            for t in threads:
+                t.start()
             signal.sigwait(stop)
         finally:
-            if thread.is_alive():
-                server.shutdown()
-                thread.join(5)
-            server.server_close()
+            if work is not None:
+                work[1]()
+            for t in reversed(threads):
+                if t.is_alive():
+                    if server is not None and t is threads[0]:
+                        server.shutdown()
+                    t.join(30)
+            if server is not None:
+                server.server_close()
             for sig in stop:  # a second Ctrl-C or SIGTERM while stopping changes nothing
                 signal.signal(sig, signal.SIG_IGN)
     finally:

@@ -229,6 +229,10 @@ def _printk(sp: Any) -> None:
 def _exporter(sp: Any) -> None:
     sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
                     help="address and port to serve on ([V6]:PORT for IPv6; default 127.0.0.1:9436)")
+    _rule_metrics(sp)
+
+
+def _rule_metrics(sp: Any) -> None:
     sp.add_argument("--rule-metrics", default="top:1024", metavar="all|top:N|off",
                     help="per-rule series: for every rule, for the N with the most packets, or none "
                     "(default top:1024)")
@@ -243,6 +247,27 @@ def _top(sp: Any) -> None:
                     help="the dropped sources' rates are taken over the last SECONDS (default 30)")
     sp.add_argument("--once", action="store_true", help="print one snapshot (two readings an interval apart) "
                     "as plain text and exit")
+
+
+def _agent(sp: Any) -> None:
+    sp.add_argument("--config", metavar="FILE", help="the config file to follow (default $PYXDP_CONFIG, else "
+                    "/etc/pyxdp/pyxdp.toml)")
+    sp.add_argument("--watch", action="store_true", help="bring the file in at start and on every change (without "
+                    "it the file is only read: 'pyxdp-load up' applies it)")
+    sp.add_argument("--listen", default="127.0.0.1:9436", metavar="ADDR:PORT",
+                    help="serve /metrics, /healthz and /readyz on ADDR:PORT (default 127.0.0.1:9436; 'off': none)")
+    sp.add_argument("--interval", type=number, default=1.0, metavar="SECONDS",
+                    help="look at the file and the interfaces every SECONDS (default 1)")
+    sp.add_argument("--retry", type=number, default=5.0, metavar="SECONDS",
+                    help="try a change that failed (e.g. a missing interface) again every SECONDS (default 5)")
+    _rule_metrics(sp)
+    sp.add_argument("--interfaces", metavar="SELECT", help="with --watch: run on this node's interfaces that "
+                    "SELECT names instead of the file's [[interface]] tables: names or shell patterns (eth*), "
+                    "comma-separated, or default-route (the interfaces of the default routes)")
+    sp.add_argument("--node", metavar="NAME", help="this node's name in the metrics (default $NODE_NAME, else the "
+                    "host name)")
+    sp.add_argument("--detach-on-exit", action="store_true", help="detach the filter when stopped (by default it "
+                    "stays attached and enforcing)")
 
 
 def _rule_help(name: str) -> str:
@@ -297,6 +322,9 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             _printk, False),
     Command("exporter", "observe:cmd_exporter", "serve Prometheus metrics of the state over HTTP until SIGTERM or "
             "Ctrl-C", _exporter, False),
+    Command("agent", "agent:cmd_agent", "follow the config file until SIGTERM: bring each change in (--watch), "
+            "attach interfaces that come back, serve metrics, /healthz and /readyz", _agent,
+            lambda args: bool(getattr(args, "watch", False) or getattr(args, "detach_on_exit", False))),
     Command("top", "observe:cmd_top", "live view: packets and bits per second by interface, verdict and reason; "
             "every rule; top dropped sources (q or Ctrl-C quits)", _top, lambda args: bool(getattr(args, "sample", 0))),
 )}

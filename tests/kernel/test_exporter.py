@@ -37,9 +37,10 @@ SERVING = re.compile(r"serving .* on (http://\S+/metrics)$")
 class Exporter:
     """``pyxdp-load exporter`` in a process of its own; ``url`` once it serves."""
 
-    def __init__(self, pin_dir: str, listen: str = "127.0.0.1:0", *extra: str) -> None:
+    def __init__(self, pin_dir: str, listen: str = "127.0.0.1:0", *extra: str,
+                 command: tuple[str, ...] = ("exporter",)) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("PYXDP_PIN_DIR", "PYXDP_DEBUG")}
-        self.proc = subprocess.Popen([BIN, "--pin-dir", pin_dir, "exporter", "--listen", listen, *extra],
+        self.proc = subprocess.Popen([BIN, "--pin-dir", pin_dir, *command, "--listen", listen, *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
