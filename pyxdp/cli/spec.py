@@ -275,8 +275,9 @@ def _top(sp: Any) -> None:
 
 
 def _rule_help(name: str) -> str:
-    return (f"append a rule, in ufw's grammar: '{name} 22/tcp', '{name} from PREFIX', "
-            f"'{name} [proto P] [from A [port P]] [to B [port P]] [on IFACE]'")
+    return (f"append a rule (or update the rule with the same match), in ufw's grammar: '{name} 22/tcp', "
+            f"'{name} OpenSSH', '{name} from PREFIX', '{name} [proto P] [from A [port P] [app APP]] "
+            f"[to B [port P] [app APP]] [on IFACE] [comment TEXT]'")
 
 
 # ---- the table (in the order 'pyxdp-load --help' lists the commands) -------------

@@ -4,6 +4,7 @@ whose ``str()`` is the canonical text that parses back to the same rule.
 Pure Python: no root, no libbpf.
 
     allow|deny PORT[/tcp|udp] [comment 'TEXT']    ufw's short form; 22 alone is tcp and udp
+    allow|deny SERVICE[/tcp|udp]                   a name of /etc/services: 'allow ssh' is 22/tcp
     allow|deny APP [comment 'TEXT']                an application profile (pyxdp.model.apps)
     allow|deny [in] [on IFACE] [proto P] [from A [port P] [app APP]] [to B [port P] [app APP]] [proto P]
                [comment 'TEXT']
@@ -195,6 +196,30 @@ def _short_form(action: Action, word: str) -> Rule | None:
     return Rule(action, proto=proto or "any", dport=ranges)
 
 
+_SERVICE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+
+
+def service_port(name: str, proto: str | None = None) -> tuple[int, str] | None:
+    """A service name of /etc/services (``ssh``, ``http``) as ufw reads it:
+    (its port, "tcp", "udp" or "any" when it is both); None when unknown."""
+    if not _SERVICE_RE.match(name) or len(name) > 64:
+        return None
+    import socket
+
+    found: dict[str, int] = {}
+    for p in ("tcp", "udp"):
+        if proto in (None, "any", p):
+            try:
+                found[p] = socket.getservbyname(name, p)
+            except OSError:
+                pass
+    if not found:
+        return None
+    if len(found) == 2 and found["tcp"] != found["udp"]:
+        del found["udp"]  # a name with two different ports: ufw takes tcp's
+    return next(iter(found.values())), "any" if len(found) == 2 else next(iter(found))
+
+
 def parse_proto(word: str) -> str:
     """A protocol by name or number (a known number is named: 50 is esp)."""
     if word in RULE_PROTOS:
@@ -269,9 +294,16 @@ def parse_rules(words: Sequence[str], find_app: Callable[[str], AppPorts] | None
         short = _short_form(action, rest[0])
         if short is not None:
             return [_checked(short._replace(comment=comment))]
+        name, slash, sproto = rest[0].partition("/")
+        svc = service_port(name, sproto or None) if not slash or sproto in ("tcp", "udp") else None
+        if svc is not None:  # ufw: 'allow ssh', 'allow http/tcp' (a service name of /etc/services)
+            return [_checked(Rule(action, proto=sproto or svc[1], dport=((svc[0], svc[0]),), comment=comment))]
+        if slash:
+            raise UsageError(f"bad port {quote(rest[0])}: no such service in /etc/services")
         if rest[0] not in _KEYWORDS:  # ufw: 'allow OpenSSH'
             rest = ["to", "any", "app", rest[0]]
     fields: dict[str, object] = {"action": action, "comment": comment}
+    services: list[str] = []  # the protocols of service names given as ports ('to any port ssh')
     seen: set[str] = set()
     pos = 0
 
@@ -300,7 +332,11 @@ def parse_rules(words: Sequence[str], find_app: Callable[[str], AppPorts] | None
             fields["src" if word == "from" else "dst"] = _parse_addr(take(f"an address, @SET or 'any' after {word!r}"))
             if pos < len(rest) and rest[pos] == "port":
                 pos += 1
-                fields[f"{side}port"] = parse_ports(take("a port after 'port'"))
+                text = take("a port after 'port'")
+                svc = service_port(text) if _SERVICE_RE.match(text) else None
+                fields[f"{side}port"] = ((svc[0], svc[0]),) if svc else parse_ports(text)
+                if svc:
+                    services.append(svc[1])
             if pos < len(rest) and rest[pos] == "app":
                 pos += 1
                 fields[f"{side}app"] = parse_app_name(take("an application name after 'app'"))
@@ -318,6 +354,8 @@ def parse_rules(words: Sequence[str], find_app: Callable[[str], AppPorts] | None
         else:
             raise UsageError(f"unexpected {quote(word)}: expected proto, from, to, on or comment")
         seen.add(word)
+    if services and "proto" not in fields:  # ufw: the service's protocol, when one side names it alone
+        fields["proto"] = services[0] if len(set(services)) == 1 else "any"
     template = Rule(**fields)  # type: ignore[arg-type]
     return [_checked(r) for r in _expand(template, find_app)]
 

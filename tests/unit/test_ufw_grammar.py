@@ -144,6 +144,18 @@ def test_tokenize() -> None:
             tokenize(bad)
 
 
+@pytest.mark.skipif(not os.path.exists("/etc/services"), reason="no /etc/services (Debian's netbase)")
+def test_service_names_as_ufw_reads_them() -> None:
+    assert str(parse_rule("allow ssh")) == "allow proto tcp to any port 22"  # ssh is 22/tcp only in netbase
+    assert str(parse_rule("allow http/tcp comment 'web'")) == "allow proto tcp to any port 80 comment 'web'"
+    assert str(parse_rule("allow domain")) == "allow to any port 53"  # 53/tcp and 53/udp: both
+    assert str(parse_rule("deny from 192.0.2.0/24 to any port ssh")) == \
+        "deny proto tcp from 192.0.2.0/24 to any port 22"
+    assert str(parse_rule("deny proto udp to any port https")) == "deny proto udp to any port 443"
+    with pytest.raises(UsageError, match="no such service"):
+        parse_rule("allow ssh/udp")
+
+
 # ---- the other protocols ----------------------------------------------------------------------
 
 
@@ -279,3 +291,18 @@ def test_status_numbered_and_verbose_are_shaped_like_ufws() -> None:
     assert ufw_status(True, Verdict.PASS, rules[:2], None).splitlines()[4:] == [
         "22/tcp                     ALLOW       Anywhere                   # ssh",
         "Anywhere                   DENY        198.51.100.0/24"]
+
+
+SYSTEM_APPS = "/etc/ufw/applications.d"
+
+
+@pytest.mark.skipif(not os.path.isdir(SYSTEM_APPS), reason="no ufw profiles on this host (Debian's ufw ships them)")
+def test_the_profiles_debian_ships_read_and_make_rules() -> None:
+    """The profile files Debian's packages install (ufw's own, openssh-server's), as they are."""
+    profiles, warnings = read_profiles(SYSTEM_APPS)
+    assert profiles and warnings == []
+    find = finder(SYSTEM_APPS)
+    for name in profiles:
+        for rule in parse_rules(["allow", name], find):
+            assert rule.dapp == name and rule.dport
+            assert parse_rule(str(rule)) == rule
