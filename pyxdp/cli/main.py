@@ -76,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "dry_run", False) and cmd.changes_with(args) and not cmd.dry_run:
             from ..errors import UsageError
 
-            raise UsageError(f"--dry-run is not supported by '{cmd.name}' (rule commands, policy, reset and apply "
-                             "have it)")
+            raise UsageError(f"--dry-run is not supported by '{cmd.name}' (the rule, set, ban, policy, state, reset "
+                             "and apply commands have it)")
         if cmd.changes_with(args) and not getattr(args, "dry_run", False):
             _audit_to(args)
         module, _, func = cmd.handler.partition(":")

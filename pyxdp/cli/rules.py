@@ -198,6 +198,16 @@ def cmd_state(args: Args) -> int:
             for name, secs in timeouts.items():
                 print(f"  {name:16}{secs:>8} s")
         return 0
+    if args.dry_run:
+        with open_filter(args, lock=False) as flt:
+            on, timeouts = flt.established, flt.timeouts()
+        if args.onoff is not None and (args.onoff == "on") != on:
+            print(f"dry run: connection state {args.onoff}")
+        for k, v in changes.items():
+            if timeouts.get(k) != v:
+                print(f"dry run: {k} = {v} s (now {timeouts.get(k)} s)")
+        print("dry run: nothing changed")
+        return 0
     with open_filter(args) as flt:
         if changes:
             flt.set_timeouts(changes)

@@ -304,11 +304,11 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             "default timeouts (asks first unless --force)", _reset, True, dry_run=True),
     Command("set", "sets:cmd_set", "named sets of prefixes for rules: 'add NAME PREFIX... [--ttl T] [--file F]', "
             "'remove NAME PREFIX...', 'list [NAME]', 'flush NAME', 'destroy NAME'", _set,
-            lambda args: getattr(args, "op", None) != "list"),
+            lambda args: getattr(args, "op", None) != "list", dry_run=True),
     Command("ban", "sets:cmd_ban", "add to a set that a 'deny from @SET' rule drops (inserted as rule 1 when no rule "
-            "uses the set yet)", _ban, True),
+            "uses the set yet)", _ban, True, dry_run=True),
     Command("unban", "sets:cmd_unban", "remove from that set (an address not banned is not an error)", _unban,
-            True),
+            True, dry_run=True),
     Command("apply", "files:cmd_apply", "make the firewall (policy, rules, sets with their elements) what a TOML "
             "file says, in one step", _apply, True, dry_run=True),
     Command("save", "files:cmd_save", "write the running firewall as a file that 'apply' reads", _save, False),
@@ -319,7 +319,8 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             _policy, lambda args: getattr(args, "policy", None) is not None, dry_run=True),
     Command("state", "rules:cmd_state", "connection state: show it, or turn it on/off ('state off'), or set "
             "timeouts ('state --timeout udp=60')", _state,
-            lambda args: getattr(args, "onoff", None) is not None or bool(getattr(args, "timeout", None))),
+            lambda args: getattr(args, "onoff", None) is not None or bool(getattr(args, "timeout", None)),
+            dry_run=True),
     Command("flows", "observe:cmd_flows", "the connections the host opened that are tracked now (their replies "
             "pass)", _json, False),
     Command("stats", "observe:cmd_stats", "packets and bytes per verdict and reason", _json, False),

@@ -612,7 +612,7 @@ def test_not_an_object_file(tmp_path: Any) -> None:
         (["deny", "log", "22/tcp"], "'log' is not supported yet"),
         (["allow", "22/tcp", "comment", "it's"], "bad comment"),
         (["allow", "NoSuchApp", "--app-dir", "/nonexistent"], "Could not find a profile matching 'NoSuchApp'"),
-        (["--dry-run", "ban", "192.0.2.1"], "--dry-run is not supported by 'ban'"),
+        (["--dry-run", "attach", "lo"], "--dry-run is not supported by 'attach'"),
         (["reset"], "reset asks first and stdin is not a terminal: use 'reset --force'"),
         (["status", "sideways"], "bad form 'sideways'"),
         (["app", "frob"], "bad app command 'frob'"),

@@ -183,6 +183,15 @@ def test_dry_run_changes_nothing(pin_dir: str, tmp_path: Path) -> None:
         (["policy", "drop"], "dry run: policy pass -> drop; nothing changed"),
         (["reset"], "dry run: set @banned removed (1 elements)"),
         (["apply", str(other)], "dry run: rule 1: allow proto tcp to any port 80 (new)"),
+        (["ban", "198.51.100.1", "203.0.113.9"], "dry run: set @banned: 1 elements added, 0 removed"),
+        (["ban", "198.51.100.1", "--set", "scanners"],
+         "dry run: rule 1: deny from @scanners (new)"),
+        (["unban", "203.0.113.9"], "dry run: set @banned: 0 elements added, 1 removed"),
+        (["unban", "--all"], "dry run: set @banned: 0 elements added, 1 removed"),
+        (["set", "add", "office", "192.0.2.0/24"], "dry run: set @office made (1 elements)"),
+        (["set", "remove", "banned", "203.0.113.9"], "dry run: set @banned: 0 elements added, 1 removed"),
+        (["set", "destroy", "banned"], "dry run: set @banned removed (1 elements)"),
+        (["state", "off", "--timeout", "udp=10"], "dry run: connection state off"),
     ):
         out = ok("--dry-run", *args, pin_dir=pin_dir)
         assert says in out, (args, out)
