@@ -224,6 +224,7 @@ enum shape {
 enum rule_field {
 	F_PROTO = 1, F_SRC = 2, F_SSET = 4, F_DST = 8, F_DSET = 16, F_SPORT = 32, F_DPORT = 64, F_IFACE = 128,
 	RS_LIT4_SRC = 256, RS_LIT6_SRC = 512, RS_LIT4_DST = 1024, RS_LIT6_DST = 2048,
+	RS_PROTO_NUM = 4096,       /* a rule names another IP protocol: its class is proto_cls[5] + the protocol */
 };
 
 struct ruleset {
@@ -231,7 +232,7 @@ struct ruleset {
 	__u32 iface_dflt;          /* class of an interface no rule names */
 	__u32 fields;              /* enum rule_field bits */
 	__u32 all_cls;             /* class of the all-ones vector (a field no rule constrains) */
-	__u32 proto_cls[PROTO_CLASSES + 1]; /* tcp, udp, icmp, icmpv6, other */
+	__u32 proto_cls[PROTO_CLASSES + 1]; /* tcp, udp, icmp, icmpv6, other; [5]: RS_PROTO_NUM's block */
 	__u32 lit_dflt[4];         /* class when no rule prefix holds the address: [dir * 2 + (v6)] */
 	__u32 setb[2];             /* per dir: class of set-hit mask 0; mask m is setb + m */
 	__u32 n_sets[2];           /* sets referenced per dir */

@@ -26,6 +26,7 @@ _EXPORTS = {
     "Attachment": "store.attach",
     "Prefix": "model.prefix", "parse_prefix": "model.prefix", "parse_ttl": "model.prefix",
     "Rule": "model.rules", "Addr": "model.rules", "parse_rule": "model.rules", "parse_rule_words": "model.rules",
+    "parse_rules": "model.rules",
     "RuleSetSpec": "model.rulefile", "Element": "model.rulefile", "parse_ruleset": "model.rulefile",
     "format_ruleset": "model.rulefile",
     "InterfaceSpec": "model.rulefile", "ConfigChange": "up",
@@ -96,6 +97,7 @@ __all__ = [
     "parse_prefix",
     "parse_rule",
     "parse_rule_words",
+    "parse_rules",
     "parse_ruleset",
     "parse_ttl",
     "unload",
@@ -126,7 +128,7 @@ if TYPE_CHECKING:
     from .model.modes import XdpMode
     from .model.prefix import Prefix, parse_prefix, parse_ttl
     from .model.rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset, parse_ruleset
-    from .model.rules import Addr, Rule, parse_rule, parse_rule_words
+    from .model.rules import Addr, Rule, parse_rule, parse_rule_words, parse_rules
     from .observe import Event, StatLine, Stats, TraceFilter, Tracer
     from .replay import ReplayResult, Tester
     from .store.attach import Attachment

@@ -18,9 +18,10 @@ class UsageError(PyxdpError, ValueError):
 class RuleExists(UsageError):
     """The rule is in the list already (``number``); the CLI skips it, as ufw does."""
 
-    def __init__(self, msg: str, number: int) -> None:
+    def __init__(self, msg: str, number: int, inserting: bool = False) -> None:
         super().__init__(msg)
         self.number = number
+        self.inserting = inserting  # an insert of a match that is there (ufw: "Skipping inserting existing rule")
 
 
 class BpfError(PyxdpError, OSError):

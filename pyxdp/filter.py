@@ -20,7 +20,7 @@ from . import audit
 from .errors import LockTimeout, UsageError
 from .layout import PYXDP_LAYOUT, Verdict
 from .model.prefix import Prefix, parse_prefix
-from .model.rules import Rule, parse_rule, parse_set_name
+from .model.rules import Plan, Rule, parse_rule, parse_set_name
 from .store import sets as S
 from .store.lock import DirLock, signals_deferred
 from .store.state import DEFAULT_PIN_DIR, Config, State, writer_lock
@@ -115,7 +115,7 @@ def _ban_into(st: State, name: str, keys: KeySet, ttl: int | None) -> tuple[Chan
     num = 0
     try:
         if name not in referenced_sets(st):
-            num = add_rule(st, parse_rule(f"deny from @{name}"), 1)
+            num = add_rule(st, parse_rule(f"deny from @{name}"), 1).number
         return S.change(st, sid, add=keys, ttl=ttl), num
     except Exception:
         if num:
@@ -360,16 +360,25 @@ class Filter:
 
     def add_rule(self, rule: str | Rule, position: int | None = None) -> int:
         """Append ``rule`` (or insert it before 1-based ``position``); returns
-        its number. The rule list switches atomically."""
+        its number. The rule list switches atomically. As in ufw, a rule
+        whose match is there with another action or comment replaces that
+        one in place (:meth:`put_rule` says which happened), and one that is
+        there already raises :class:`pyxdp.RuleExists`."""
+        return self.put_rule(rule, position).number
+
+    def put_rule(self, rule: str | Rule, position: int | None = None) -> Plan:
+        """:meth:`add_rule`, returning what it did: ``outcome`` ``added``,
+        ``inserted`` or ``updated``, and the rule's ``number``."""
         from .store.ruleset import add_rule
 
         r = _rule(rule)
         with self._change() as ch:
-            num = add_rule(self._st, r, position)
+            plan = add_rule(self._st, r, position)
             if ch.audited:
                 n = self._st.config().nrules
-                ch.text = f"rule {num} added: {r} (rules {n - 1} -> {n})"
-        return num
+                ch.text = (f"rule {plan.number} updated: {r}" if plan.outcome == "updated" else
+                           f"rule {plan.number} added: {r} (rules {n - 1} -> {n})")
+        return plan
 
     def allow(self, words: str, position: int | None = None) -> int:
         """``flt.allow("22/tcp")``, ``flt.allow("from 192.0.2.0/24 to any port 22")``."""

@@ -153,6 +153,7 @@ class RuleField(IntEnum):
     LIT6_SRC = 512
     LIT4_DST = 1024
     LIT6_DST = 2048
+    PROTO_NUM = 4096  # a rule names another IP protocol: proto_cls[5] + protocol is its class
 
 
 N_REASONS = 10

@@ -167,6 +167,9 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 	pc = p->proto == IPPROTO_TCP ? 0 : p->proto == IPPROTO_UDP ? 1 : p->proto == IPPROTO_ICMP ? 2 :
 	     p->proto == IPPROTO_ICMPV6 ? 3 : 4;
 	c_proto = HAS(SH_NO_PROTO) && f & F_PROTO ? rs->proto_cls[pc & 7] : all;
+	/* a rule names another protocol (esp, gre, 112): 256 classes, one per protocol number */
+	if (HAS(SH_NO_PROTO) && f & RS_PROTO_NUM && pc == 4)
+		c_proto = rs->proto_cls[5] + p->proto;
 	c_src = lit_class(rs, gen, 0, p);
 	c_dst = lit_class(rs, gen, 1, p);
 	c_sset = HAS(SH_NO_SETS) && f & F_SSET ? set_class(rs, 0, p) : all;

@@ -35,7 +35,10 @@ def cmd_detach(args: Args) -> int:
 
 
 def cmd_status(args: Args) -> int:
-    from ..errors import NotLoaded, UnreadableState
+    from ..errors import NotLoaded, UnreadableState, UsageError
+
+    if args.form not in (None, "numbered", "verbose"):
+        raise UsageError(f"bad form {args.form!r}: numbered or verbose")
 
     try:
         flt = open_filter(args, lock=False)
@@ -56,6 +59,11 @@ def cmd_status(args: Args) -> int:
         ifaces = flt.interfaces()
         cfg = flt.config()
         sets = flt.sets()
+        if args.form is not None and not args.json:
+            from .ufwstatus import ufw_status
+
+            print(ufw_status(any(a.attached for a in ifaces), cfg.policy, [r.rule for r in flt.rules()], args.form))
+            return 0
         if args.json:
             emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
                    "rules": cfg.nrules, "rule_capacity": flt.rule_capacity, "set_capacity": flt.capacity,
@@ -86,6 +94,11 @@ def cmd_status(args: Args) -> int:
             else:
                 state = "  (NOT attached any more)"
             print(f"  {a.ifname} (ifindex {a.ifindex}{ns}): {a.mode}, program id {a.prog_id}{state}")
+        rules = [r.rule for r in flt.rules()]
+        if rules:  # the rules as 'ufw status' shows them
+            from .ufwstatus import ufw_status
+
+            print("\n".join(ufw_status(True, cfg.policy, rules, None).splitlines()[1:]))
     return 0
 
 

@@ -18,6 +18,15 @@ def cmd_apply(args: Args) -> int:
     from ..model.rulefile import parse_ruleset
 
     spec = parse_ruleset(read_text(args.file), "stdin" if args.file == "-" else args.file)
+    if args.dry_run:
+        from ..model.rulefile import diff_rulesets
+
+        with open_filter(args, lock=False) as flt:
+            changes = diff_rulesets(flt.ruleset(), spec)
+        for line in changes or ["the running firewall is what the file says"]:
+            print(f"dry run: {line}")
+        print("dry run: nothing changed")
+        return 0
     with open_filter(args) as flt:
         flt.apply(spec)
     n = sum(len(v) for v in spec.sets.values())

@@ -48,6 +48,9 @@ def _parse(argv: list[str]) -> Args | None:
     helping = "-h" in argv or "--help" in argv
     if word is None and any(w in ("reject", "limit") for w in argv if not w.startswith("-")):
         raise UsageError("'reject' and 'limit' are not supported: XDP can allow or deny (drop)")
+    if first == "route":
+        raise UsageError("'route' rules are not supported yet: rules apply to every packet arriving on an attached "
+                         "interface, forwarded ones included")
     if first is None and not helping:
         return None
     if word in ("ban", "unban") and not helping:
@@ -70,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(build_parser().format_help())  # no command: what there is to do
             return 2
         cmd = TABLE[args.command]
-        if cmd.changes_with(args):
+        if getattr(args, "dry_run", False) and cmd.changes_with(args) and not cmd.dry_run:
+            from ..errors import UsageError
+
+            raise UsageError(f"--dry-run is not supported by '{cmd.name}' (the rule, set, ban, policy, state, reset "
+                             "and apply commands have it)")
+        if cmd.changes_with(args) and not getattr(args, "dry_run", False):
             _audit_to(args)
         module, _, func = cmd.handler.partition(":")
         from importlib import import_module

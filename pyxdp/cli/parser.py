@@ -42,6 +42,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="let a change make the state when there is none yet (before any attach)")
     p.add_argument("--log-file", metavar="PATH", help="also append each change's audit line to PATH (changes go "
                    "to syslog, facility auth, whenever /dev/log exists)")
+    p.add_argument("--dry-run", action="store_true", help="say what a change would do and change nothing (as "
+                   "ufw's --dry-run; rule, set, ban, policy, state, reset and apply commands)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for cmd in TABLE.values():

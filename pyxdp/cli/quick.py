@@ -21,7 +21,7 @@ def _plain(word: str) -> bool:
 
 def parse_quick(argv: list[str], command: str) -> Args | None:
     """The arguments of a plain ``ban`` or ``unban`` call, or None: argparse reads it."""
-    values: dict[str, object] = {"pin_dir": None, "create": False, "log_file": None}
+    values: dict[str, object] = {"pin_dir": None, "create": False, "log_file": None, "dry_run": False}
     i = 0
     while argv[i] != command:  # the global options before the command
         word = argv[i]

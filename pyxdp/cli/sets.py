@@ -24,6 +24,39 @@ def _print_members(members: list[Any], as_json: bool) -> None:
             print(f"{str(e.prefix):43} hits {e.hits}{left}")
 
 
+def _dry_run(args: Args, name: str, add: list[Any] | None = None, remove: list[Any] | None = None,
+             clear: bool = False, destroy: bool = False, ban_rule: bool = False) -> int:
+    """--dry-run of a set change: what it would do to the running firewall, nothing changed."""
+    from ..model.rulefile import Element, diff_rulesets
+    from ..model.rules import parse_rule
+
+    with open_filter(args, lock=False) as flt:
+        before = flt.ruleset()
+    sets = {k: list(v) for k, v in before.sets.items()}
+    rules = before.rules
+    members = {e.prefix: e for e in sets.get(name, [])}
+    for p in add or ():
+        members[p] = Element(p)
+    for p in remove or ():
+        members.pop(p, None)
+    if clear:
+        members = {}
+    sets[name] = list(members.values())
+    if destroy:
+        del sets[name]
+    if ban_rule and not any(name in r.sets() for r in rules):
+        rules = (parse_rule(f"deny from @{name}"), *rules)
+    changes = diff_rulesets(before, before._replace(rules=rules, sets=sets))
+    if add and name in before.sets:
+        there = {e.prefix for e in before.sets[name]}
+        if any(p in there for p in add):
+            changes.append(f"set @{name}: {sum(p in there for p in add)} elements there already (timeout set anew)")
+    for line in changes or ["nothing would change"]:
+        print(f"dry run: {line}")
+    print("dry run: nothing changed")
+    return 0
+
+
 def cmd_set(args: Args) -> int:
     from ..errors import UsageError
     from ..model.prefix import parse_prefix, parse_ttl
@@ -54,6 +87,8 @@ def cmd_set(args: Args) -> int:
     if op in ("destroy", "flush"):
         if items or args.file:
             raise UsageError(f"set {op} takes only the set's name")
+        if args.dry_run:
+            return _dry_run(args, name, clear=True, destroy=op == "destroy")
         with open_filter(args) as flt:
             if op == "destroy":
                 flt.set_destroy(name)
@@ -65,9 +100,12 @@ def cmd_set(args: Args) -> int:
 
     if op == "add":
         ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-        keys = KeySet.of(chain([parse_prefix(w) for w in items], args.file))
+        given = list(chain([parse_prefix(w) for w in items], args.file))
+        keys = KeySet.of(given)
         if not len(keys):
             raise UsageError("set add: give prefixes or --file")
+        if args.dry_run:
+            return _dry_run(args, name, add=given)
         with open_filter(args) as flt:
             res = flt.set_add(name, keys, ttl=ttl)
         print(f"set @{name}: {plural(res.added, 'new element')}"
@@ -78,6 +116,8 @@ def cmd_set(args: Args) -> int:
         prefixes = list(chain([parse_prefix(w) for w in items], args.file))
         if not prefixes:
             raise UsageError("set remove: give prefixes or --file")
+        if args.dry_run:
+            return _dry_run(args, name, remove=prefixes)
         with open_filter(args) as flt:
             res = flt.set_remove(name, prefixes)
         print(f"set @{name}: removed {plural(res.removed, 'element')}")
@@ -92,9 +132,12 @@ def cmd_ban(args: Args) -> int:
 
     parse_set_name(args.set)
     ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-    keys = KeySet.of(chain([parse_prefix(w) for w in args.targets], args.file))
+    given = list(chain([parse_prefix(w) for w in args.targets], args.file))
+    keys = KeySet.of(given)
     if not len(keys):
         raise UsageError("ban: give addresses or prefixes, or --file")
+    if args.dry_run:
+        return _dry_run(args, args.set, add=given, ban_rule=True)
     with open_filter(args) as flt:
         res = flt.ban(keys, ttl=ttl, set=args.set)
     if res.rule:
@@ -118,6 +161,8 @@ def cmd_unban(args: Args) -> int:
     if args.all:
         if prefixes:
             raise UsageError("unban --all takes no addresses")
+        if args.dry_run:
+            return _dry_run(args, name, clear=True)
         with open_filter(args) as flt:
             n = flt.set_flush(name) if name in {s.name for s in flt.sets()} else 0
         if not args.quiet:
@@ -125,6 +170,8 @@ def cmd_unban(args: Args) -> int:
         return 0
     if not prefixes:
         raise UsageError("unban: give addresses or prefixes, --file, or --all")
+    if args.dry_run:
+        return _dry_run(args, name, remove=prefixes)
     with open_filter(args) as flt:
         res = flt.unban(prefixes, set=name)
     for p in res.missing:

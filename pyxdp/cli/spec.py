@@ -30,15 +30,16 @@ class Command:
     ``changes`` says whether a call changes the firewall (True, False, or a
     test of its arguments); ``arguments`` adds them to an argparse parser."""
 
-    __slots__ = ("arguments", "changes", "handler", "help", "name")
+    __slots__ = ("arguments", "changes", "dry_run", "handler", "help", "name")
 
     def __init__(self, name: str, handler: str, help: str, arguments: Callable[[Any], None],
-                 changes: bool | Callable[[Args], bool]) -> None:
+                 changes: bool | Callable[[Args], bool], dry_run: bool = False) -> None:
         self.name = name
         self.handler = handler
         self.help = help
         self.arguments = arguments
         self.changes = changes
+        self.dry_run = dry_run  # the handler honours --dry-run
 
     def changes_with(self, args: Args) -> bool:
         """Whether this call changes the firewall (and so writes audit records)."""
@@ -118,18 +119,51 @@ def _detach(sp: Any) -> None:
     sp.add_argument("--keep", action="store_true", help="keep the state even when no interface is left")
 
 
+def _app_dir(sp: Any) -> None:
+    sp.add_argument("--app-dir", metavar="DIR", help="ufw's application profiles (default /etc/ufw/applications.d)")
+
+
 def _rule(sp: Any) -> None:
     sp.add_argument("words", nargs="+", metavar="WORD")
     sp.add_argument("-q", "--quiet", action="store_true")
+    _app_dir(sp)
 
 
 def _insert(sp: Any) -> None:
     sp.add_argument("position", type=positive)
     sp.add_argument("words", nargs="+", metavar="WORD")
+    _app_dir(sp)
+
+
+def _prepend(sp: Any) -> None:
+    sp.add_argument("words", nargs="+", metavar="WORD")
+    _app_dir(sp)
 
 
 def _delete(sp: Any) -> None:
     sp.add_argument("words", nargs="+", metavar="WORD")
+    _app_dir(sp)
+
+
+def _status(sp: Any) -> None:
+    sp.add_argument("form", nargs="?", metavar="numbered|verbose", help="ufw's forms: the rules numbered, or with "
+                    "the defaults")
+    _json(sp)
+
+
+def _list(sp: Any) -> None:
+    sp.add_argument("form", nargs="?", metavar="numbered|verbose", help="as 'status numbered|verbose'")
+    _json(sp)
+
+
+def _app(sp: Any) -> None:
+    sp.add_argument("op", metavar="list|info")
+    sp.add_argument("name", nargs="?", metavar="NAME")
+    _app_dir(sp)
+
+
+def _reset(sp: Any) -> None:
+    sp.add_argument("--force", action="store_true", help="no question (needed when stdin is not a terminal)")
 
 
 def _set(sp: Any) -> None:
@@ -271,8 +305,9 @@ def _agent(sp: Any) -> None:
 
 
 def _rule_help(name: str) -> str:
-    return (f"append a rule, in ufw's grammar: '{name} 22/tcp', '{name} from PREFIX', "
-            f"'{name} [proto P] [from A [port P]] [to B [port P]] [on IFACE]'")
+    return (f"append a rule (or update the rule with the same match), in ufw's grammar: '{name} 22/tcp', "
+            f"'{name} OpenSSH', '{name} from PREFIX', '{name} [proto P] [from A [port P] [app APP]] "
+            f"[to B [port P] [app APP]] [on IFACE] [comment TEXT]'")
 
 
 # ---- the table (in the order 'pyxdp-load --help' lists the commands) -------------
@@ -282,33 +317,40 @@ TABLE: dict[str, Command] = {c.name: c for c in (
     Command("attach", "attach:cmd_attach", "load the filter (once) and attach it to an interface", _attach, True),
     Command("detach", "attach:cmd_detach", "detach the filter from an interface (the last one removes the state)",
             _detach, True),
-    Command("status", "attach:cmd_status", "attached interfaces, policy, rules and sets (exit 1: no state)", _json,
-            False),
-    Command("allow", "rules:cmd_add", _rule_help("allow"), _rule, True),
-    Command("deny", "rules:cmd_add", _rule_help("deny"), _rule, True),
+    Command("status", "attach:cmd_status", "attached interfaces, policy, rules and sets (exit 1: no state); "
+            "'status numbered|verbose': ufw's forms", _status, False),
+    Command("allow", "rules:cmd_add", _rule_help("allow"), _rule, True, dry_run=True),
+    Command("deny", "rules:cmd_add", _rule_help("deny"), _rule, True, dry_run=True),
     Command("insert", "rules:cmd_insert", "insert a rule before rule number N: 'insert N allow|deny ...'", _insert,
-            True),
+            True, dry_run=True),
+    Command("prepend", "rules:cmd_prepend", "insert a rule as rule 1: 'prepend deny from PREFIX'", _prepend, True,
+            dry_run=True),
     Command("delete", "rules:cmd_delete",
-            "delete rules: by number ('delete 2 5') or by their words ('delete allow 22/tcp')", _delete, True),
-    Command("list", "rules:cmd_list", "the policy, the numbered rules with hit counts, and the sets", _json, False),
+            "delete rules: by number ('delete 2 5') or by their words ('delete allow 22/tcp')", _delete, True,
+            dry_run=True),
+    Command("list", "rules:cmd_list", "the policy, the numbered rules with hit counts, and the sets", _list, False),
+    Command("app", "apps:cmd_app", "ufw's application profiles: 'app list', 'app info NAME'", _app, False),
+    Command("reset", "rules:cmd_reset", "remove every rule and set, policy pass, connection state on with the "
+            "default timeouts (asks first unless --force)", _reset, True, dry_run=True),
     Command("set", "sets:cmd_set", "named sets of prefixes for rules: 'add NAME PREFIX... [--ttl T] [--file F]', "
             "'remove NAME PREFIX...', 'list [NAME]', 'flush NAME', 'destroy NAME'", _set,
-            lambda args: getattr(args, "op", None) != "list"),
+            lambda args: getattr(args, "op", None) != "list", dry_run=True),
     Command("ban", "sets:cmd_ban", "add to a set that a 'deny from @SET' rule drops (inserted as rule 1 when no rule "
-            "uses the set yet)", _ban, True),
+            "uses the set yet)", _ban, True, dry_run=True),
     Command("unban", "sets:cmd_unban", "remove from that set (an address not banned is not an error)", _unban,
-            True),
+            True, dry_run=True),
     Command("apply", "files:cmd_apply", "make the firewall (policy, rules, sets with their elements) what a TOML "
-            "file says, in one step", _apply, True),
+            "file says, in one step", _apply, True, dry_run=True),
     Command("save", "files:cmd_save", "write the running firewall as a file that 'apply' reads", _save, False),
     Command("up", "files:cmd_up", "make the firewall and the interfaces it runs on what the config file says: "
             "apply rules and sets, attach, detach what the file no longer names (a second run changes nothing)",
             _up, True),
     Command("policy", "rules:cmd_policy", "show or set the default policy for unmatched packets: pass or drop",
-            _policy, lambda args: getattr(args, "policy", None) is not None),
+            _policy, lambda args: getattr(args, "policy", None) is not None, dry_run=True),
     Command("state", "rules:cmd_state", "connection state: show it, or turn it on/off ('state off'), or set "
             "timeouts ('state --timeout udp=60')", _state,
-            lambda args: getattr(args, "onoff", None) is not None or bool(getattr(args, "timeout", None))),
+            lambda args: getattr(args, "onoff", None) is not None or bool(getattr(args, "timeout", None)),
+            dry_run=True),
     Command("flows", "observe:cmd_flows", "the connections the host opened that are tracked now (their replies "
             "pass)", _json, False),
     Command("stats", "observe:cmd_stats", "packets and bytes per verdict and reason", _json, False),

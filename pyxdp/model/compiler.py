@@ -13,14 +13,15 @@ from typing import NamedTuple
 from ..errors import UsageError
 from ..layout import CLASS_EXTRA, CLASS_PER_RULE, RULE_SETS, RuleField
 from .prefix import Prefix
-from .rules import RULE_PROTOS, Rule
+from .rules import Rule, proto_number
 
 PROTO_CLASS = (6, 17, 1, 58, None)  # the datapath's protocol classes, in order
 
 
 def classes_per_gen(capacity: int) -> int:
     """Vector classes one generation holds (CLASSES() in the C source):
-    5 protocols + all-ones; per side r rule prefixes + 2 defaults, 2^8 set
+    5 protocols + all-ones (and 256, one per protocol number, when a rule
+    names a protocol other than tcp, udp, icmp, icmpv6); per side r rule prefixes + 2 defaults, 2^8 set
     masks, 2 r + 1 port intervals (one range per rule) + no-port; 512
     interfaces + 1: 6 r + 1,600. Port lists can need more (each range adds
     up to two intervals); the compiler refuses a rule set that needs more."""
@@ -100,10 +101,17 @@ def compile_rules(rules: Sequence[Rule], capacity: int, gen: int, set_ids: dict[
 
     if any(r.proto != "any" for r in rules):
         fields |= RuleField.PROTO
+    nums = [proto_number(r.proto) for r in rules]
     proto_cls = tuple(
-        cls(_bits(bits, (r.proto == "any" or RULE_PROTOS[r.proto] == num for r in rules)))
+        cls(_bits(bits, (n == 0 or n == num for n in nums)))
         for num in PROTO_CLASS[:4]
-    ) + (cls(_bits(bits, (r.proto == "any" for r in rules))),)
+    ) + (cls(_bits(bits, (n == 0 for n in nums))),)
+    if any(n not in PROTO_CLASS[:4] and n != 0 for n in nums):
+        # another protocol (esp, gre, 112): one class per protocol number, the datapath adds the number
+        fields |= RuleField.PROTO_NUM
+        proto_cls += (cls.block([_bits(bits, (n in (0, num) for n in nums)) for num in range(256)]),)
+    else:
+        proto_cls += (0,)
 
     lit: dict[tuple[int, int], dict[Prefix, int]] = {}
     lit_dflt: list[int] = []
@@ -116,7 +124,9 @@ def compile_rules(rules: Sequence[Rule], capacity: int, gen: int, set_ids: dict[
         sides = [r.src if d == 0 else r.dst for r in rules]
         # literal stage: rules with a set (or any) pass here; the set stage decides
         for fi, fam in enumerate((4, 6)):
-            base = _bits(bits, (a.prefix is None for a in sides))
+            # proto ipv6 (IPv6 in IPv4) is an IPv4 protocol: such a rule never matches an IPv6 packet
+            base = _bits(bits, (a.prefix is None and not (fam == 6 and r.proto == "ipv6")
+                                for a, r in zip(sides, rules)))
             own: dict[Prefix, int] = {}
             for i, a in enumerate(sides):
                 if a.prefix is not None and a.prefix.family == fam:

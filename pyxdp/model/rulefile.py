@@ -6,7 +6,8 @@ elements and their remaining timeouts. Pure Python: no root, no libbpf.
     established = "on"         # replies to connections the host opened pass before the rules
     rules = [
         "deny from @banned",
-        "allow proto tcp to any port 22",
+        "allow proto tcp to any port 22 comment 'ssh'",
+        "allow proto tcp to any port 80,443 app 'Apache Full'",   # the profile's name and its ports
     ]
 
     [sets]
@@ -283,7 +284,7 @@ def format_ruleset(spec: RuleSetSpec) -> str:
     if spec.established is not None:
         out.append(f'established = "{"on" if spec.established else "off"}"')
     out.append("rules = [")
-    out += [f'    "{r}",' for r in spec.rules]
+    out += [f'    "{toml_escape(str(r))}",' for r in spec.rules]
     out += ["]", "", "[sets]"]
     for name, members in spec.sets.items():
         out.append(f"{name} = [")
@@ -295,6 +296,42 @@ def format_ruleset(spec: RuleSetSpec) -> str:
         out += ["", "[[interface]]", f'name = "{i.name}"'] + ([f'netns = "{i.netns}"'] if i.netns else [])
         out.append(f'mode = "{i.mode}"')
     return "\n".join(out) + "\n"
+
+
+def diff_rulesets(before: RuleSetSpec, after: RuleSetSpec) -> list[str]:
+    """What making ``before`` into ``after`` changes, one line each (what
+    ``apply`` and ``reset`` do; ``--dry-run`` prints it). What ``after``
+    leaves out (policy, connection state, timeouts as None or empty) stays."""
+    out: list[str] = []
+    if after.policy is not None and after.policy != before.policy:
+        out.append(f"policy {before.policy.label if before.policy is not None else '?'} -> {after.policy.label}")
+    if after.established is not None and after.established != before.established:
+        out.append(f"connection state {'on' if after.established else 'off'}")
+    from .timeouts import default_timeouts, timeouts_by_name
+
+    was = {**timeouts_by_name(default_timeouts()), **before.timeouts}
+    out += [f"timeout {name} = {secs} s" for name, secs in after.timeouts.items() if was.get(name) != secs]
+    if list(before.rules) != list(after.rules):
+        old, new = [str(r) for r in before.rules], [str(r) for r in after.rules]
+        out += [f"rule {i}: {r} (removed)" for i, r in enumerate(old, 1) if r not in new]
+        out += [f"rule {i}: {r} (new)" for i, r in enumerate(new, 1) if r not in old]
+        if sorted(old) == sorted(new):
+            out.append("rules reordered")
+    for name in sorted(set(before.sets) | set(after.sets)):
+        if name not in after.sets:
+            out.append(f"set @{name} removed ({len(before.sets[name])} elements)")
+        elif name not in before.sets:
+            out.append(f"set @{name} made ({len(after.sets[name])} elements)")
+        else:
+            old_els, new_els = {e.prefix for e in before.sets[name]}, {e.prefix for e in after.sets[name]}
+            if old_els != new_els:
+                out.append(f"set @{name}: {len(new_els - old_els)} elements added, {len(old_els - new_els)} removed")
+    return out
+
+
+def toml_escape(text: str) -> str:
+    """``text`` inside a TOML basic string (a comment may hold '"' or '\\')."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def sort_elements(elements: Sequence[Element]) -> list[Element]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .. import layout as L
 from ..errors import BpfError, RuleExists, UsageError
 from ..layout import RULE_TEXT, Action, JournalOp, Verdict
-from ..model.rules import Rule, parse_rule, parse_set_name
+from ..model.rules import Plan, Rule, find_rule, parse_rule, parse_set_name, plan_add
 from ..model.timeouts import default_timeouts, timeouts_by_name, with_timeouts
 from . import sets as S
 from .clock import grace_period
@@ -39,8 +39,24 @@ class RuleState(NamedTuple):
     bytes: int
     id: int
 
+    @property
+    def comment(self) -> str | None:
+        """The rule's ``comment 'TEXT'`` (ufw's), for the exporter's rule info."""
+        return self.rule.comment
+
+    @property
+    def app(self) -> str | None:
+        """The application profile the rule's ports came from (destination first)."""
+        return self.rule.dapp or self.rule.sapp
+
     def to_dict(self) -> dict[str, object]:
-        return {"number": self.number, "rule": str(self.rule), "packets": self.packets, "bytes": self.bytes}
+        out: dict[str, object] = {"number": self.number, "rule": str(self.rule), "packets": self.packets,
+                                  "bytes": self.bytes}
+        if self.comment:
+            out["comment"] = self.comment
+        if self.app:
+            out["app"] = self.app
+        return out
 
 
 # ---- reading ---------------------------------------------------------------------
@@ -313,7 +329,7 @@ def _write_tables(st: State, t: object, gen: int, cap: int, ids: list[int], rule
         write_all(st.map("rorder"), [L.U32.pack(gen * cap + i) for i in range(len(rules))],
                   [L.RREF.pack(ids[i], int(r.action)) for i, r in enumerate(rules)])
     sets = [list(t.set_ids[d]) + [0] * (L.RULE_SETS - len(t.set_ids[d])) for d in (0, 1)]
-    rs = L.RULESET.pack(t.n_words, t.iface_dflt, t.fields, t.all_cls, *t.proto_cls, 0, *t.lit_dflt, *t.setb,
+    rs = L.RULESET.pack(t.n_words, t.iface_dflt, t.fields, t.all_cls, *t.proto_cls, *t.lit_dflt, *t.setb,
                         len(t.set_ids[0]), len(t.set_ids[1]), *sets[0], *sets[1], *t.noport)
     st.map("rsets").update(L.U32.pack(gen), rs)
 
@@ -321,26 +337,22 @@ def _write_tables(st: State, t: object, gen: int, cap: int, ids: list[int], rule
 # ---- rule edits ----------------------------------------------------------------------
 
 
-def add_rule(st: State, rule: Rule, position: int | None = None) -> int:
-    """Insert ``rule`` before 1-based ``position`` (append when None).
-    Returns its number. An identical rule already present is refused."""
+def add_rule(st: State, rule: Rule, position: int | None = None) -> Plan:
+    """Append ``rule`` (insert it before 1-based ``position``) with ufw's
+    identity of a rule (:func:`pyxdp.model.rules.plan_add`): the same match
+    with another action or comment is updated in place. What is there
+    already raises RuleExists (``inserting`` when it was an insert)."""
     live = live_rules(st)
-    rules = [r for _id, r in live]
-    if rule in rules:
-        raise RuleExists(f"rule exists (number {rules.index(rule) + 1}): {rule}", rules.index(rule) + 1)
-    if position is None:
-        position = len(rules) + 1
-    if not 1 <= position <= len(rules) + 1:
-        raise UsageError(f"insert {position}: positions are 1 to {len(rules) + 1}")
-    rules.insert(position - 1, rule)
-    install(st, rules, live=live)
-    return position
+    plan = plan_add([r for _id, r in live], rule, position)
+    if not plan.changes:
+        raise RuleExists(plan.message(rule), plan.number, inserting=plan.outcome == "exists-insert")
+    install(st, plan.rules, live=live)
+    return plan
 
 
-def delete_rules(st: State, which: Iterable[int | Rule]) -> int:
-    """Delete rules by 1-based number or by equal rule, all or nothing."""
-    live = live_rules(st)
-    rules = [r for _id, r in live]
+def plan_delete(rules: Sequence[Rule], which: Iterable[int | Rule]) -> list[int]:
+    """The 0-based indexes ``delete`` removes: by 1-based number, or the rule
+    ufw's ``delete RULE`` finds (:func:`pyxdp.model.rules.find_rule`)."""
     drop: set[int] = set()
     for w in which:
         if isinstance(w, int):
@@ -348,9 +360,18 @@ def delete_rules(st: State, which: Iterable[int | Rule]) -> int:
                 raise UsageError(f"no rule number {w} (there are {len(rules)})")
             drop.add(w - 1)
         else:
-            if w not in rules:
-                raise UsageError(f"no such rule: {w}")
-            drop.add(rules.index(w))
+            at = find_rule(rules, w)
+            if at is None:
+                raise UsageError(f"Could not delete non-existent rule: {w}")
+            drop.add(at)
+    return sorted(drop)
+
+
+def delete_rules(st: State, which: Iterable[int | Rule]) -> int:
+    """Delete rules by 1-based number or by their words, all or nothing."""
+    live = live_rules(st)
+    rules = [r for _id, r in live]
+    drop = set(plan_delete(rules, which))
     install(st, [r for i, r in enumerate(rules) if i not in drop], live=live)
     return len(drop)
 

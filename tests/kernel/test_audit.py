@@ -81,7 +81,7 @@ def test_cli_changes_go_to_the_log_file_with_who_made_them(pin_dir: str, tmp_pat
         assert by == who or (by.startswith("uid=0 loginuid=") and by.endswith(f" ppid={os.getpid()} "
                                                                               f"comm={_comm(os.getpid())}")), by
     # a refused change and a bad command write nothing
-    fails(2, "no such rule", "--log-file", log, "delete", "allow", "99/tcp", pin_dir=pin_dir)
+    fails(2, "Could not delete non-existent rule", "--log-file", log, "delete", "allow", "99/tcp", pin_dir=pin_dir)
     assert len(_lines(log)) == len(got)
 
 

@@ -146,7 +146,7 @@ def test_ufw_forms_insert_and_delete(pin_dir: str) -> None:
     assert ok("delete", "1", "5", pin_dir=pin_dir) == "deleted 2 rules\n"  # deny proto icmp, deny
     assert rules_of(pin_dir) == ["deny proto tcp to any port 1000:2000", "allow proto tcp to any port 80,443",
                                  "allow proto udp from 10.0.0.0/8 to any port 53"]
-    fails(2, "no such rule: deny proto udp", "delete", "deny", "proto", "udp", pin_dir=pin_dir)
+    fails(2, "Could not delete non-existent rule: deny proto udp", "delete", "deny", "proto", "udp", pin_dir=pin_dir)
     fails(2, "no rule number 7", "delete", "7", pin_dir=pin_dir)
     fails(2, "no rule number 9", "delete", "1", "9", pin_dir=pin_dir)  # all or nothing
     fails(2, "insert 5: positions are 1 to 4", "insert", "5", "deny", "proto", "icmp", pin_dir=pin_dir)
@@ -609,7 +609,15 @@ def test_not_an_object_file(tmp_path: Any) -> None:
         (["deny", "from", "10.0.0.1/8"], "host bits set"),
         (["deny", "70000/udp"], "bad port '70000'"),
         (["deny", "22/sctp"], "bad protocol in '22/sctp'"),
-        (["allow", "proto", "gre"], "bad protocol 'gre'"),
+        (["allow", "proto", "xyz"], "Unsupported protocol 'xyz'"),
+        (["route", "allow", "in", "on", "eth0"], "'route' rules are not supported yet"),
+        (["deny", "log", "22/tcp"], "'log' is not supported yet"),
+        (["allow", "22/tcp", "comment", "it's"], "bad comment"),
+        (["allow", "NoSuchApp", "--app-dir", "/nonexistent"], "Could not find a profile matching 'NoSuchApp'"),
+        (["--dry-run", "attach", "lo"], "--dry-run is not supported by 'attach'"),
+        (["reset"], "reset asks first and stdin is not a terminal: use 'reset --force'"),
+        (["status", "sideways"], "bad form 'sideways'"),
+        (["app", "frob"], "bad app command 'frob'"),
         (["deny", "80,443"], "needs a protocol"),
         (["deny", "1000:2000"], "needs a protocol"),
         (["ban", "192.0.2.1", "--ttl", "soon"], "bad ttl"),

@@ -33,6 +33,7 @@ from pyxdp.model.rules import (
     parse_rule,
     parse_rule_words,
     parse_set_name,
+    proto_number,
 )
 from pyxdp.names import IFNAME_MAX
 
@@ -136,7 +137,22 @@ REFUSED = [
     ("deny from 2001::1 to 192.0.2.1", "different families"),
     ("allow proto icmp from 2001:db8::/32", "does not go with IPv6"),
     ("allow proto icmpv6 to 10.0.0.0/8", "does not go with IPv4"),
-    ("allow proto gre", "bad protocol 'gre'"),
+    ("allow proto xyz", "Unsupported protocol 'xyz'"),
+    ("deny log 22/tcp", "'log' is not supported yet"),
+    ("deny log-all from 192.0.2.1", "'log-all' is not supported yet"),
+    ("allow proto 0", "Unsupported protocol '0'"),
+    ("allow proto 255", "Unsupported protocol '255'"),
+    ("allow proto gre to any port 22", "ports need proto tcp, udp or any, not gre"),
+    ("allow proto ipv6 from 2001:db8::/32", "goes with IPv4 addresses only"),
+    ("allow proto ipv6 from @banned", "goes with IPv4 addresses only"),
+    ("allow 22/tcp comment", "'comment' goes last, with one word"),
+    ("allow 22/tcp comment a b", "'comment' goes last, with one word"),
+    ("allow 22/tcp comment 'it's'", "a quoted word must end at a space"),
+    ("allow 22/tcp comment 'open", "unbalanced quote"),
+    ("allow OpenSSH", "needs its ports"),
+    ("allow to any app", "expected an application name after 'app' at the end"),
+    ("allow app OpenSSH", "'app' goes after 'from ADDRESS' or 'to ADDRESS'"),
+    ("allow to any app 9", "bad application name '9'"),
     ("allow proto", "expected a protocol after 'proto' at the end"),
     ("allow to any port 2000:1000", "the low port comes first"),
     ("allow to any port 65536", "bad port '65536'"),
@@ -159,7 +175,7 @@ REFUSED = [
     ("allow 22 from any", "stands alone"),
     ("allow from any 22", "stands alone"),
     ("allow 2001::1", "bad port"),
-    ("allow bogus", "unexpected 'bogus'"),
+    ("allow bogus", "application 'bogus' needs its ports"),
     # the same word twice
     ("allow from any from 10.0.0.0/8", "'from' given twice"),
     ("allow to any to 10.0.0.0/8", "'to' given twice"),
@@ -182,7 +198,7 @@ def test_too_long_a_rule_is_refused() -> None:
     ports = ",".join(f"{10000 + 2 * i}" for i in range(MAX_PORT_RANGES))
     text = (f"allow proto tcp from 2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff port {ports} "
             f"to 2001:db8:aaaa:bbbb:cccc:dddd:eeee:fff0 port {ports} on abcdefghijklmno")
-    with pytest.raises(UsageError, match=rf"rule too long \(at most {RULE_TEXT - 1} bytes as text\)"):
+    with pytest.raises(UsageError, match=rf"rule too long \(at most {RULE_TEXT - 1} bytes as text, comment "):
         parse_rule(text)
 
 
@@ -229,7 +245,7 @@ def test_set_names() -> None:
     for bad in ("@", "", "a.b", "a b", "@" + "x" * 32, "é"):
         with pytest.raises(UsageError, match="bad set name"):
             parse_set_name(bad)
-    assert set(RULE_PROTOS) == {"any", "tcp", "udp", "icmp", "icmpv6"}
+    assert set(RULE_PROTOS) == {"any", "tcp", "udp", "icmp", "icmpv6", "esp", "ah", "gre", "ipv6", "igmp", "vrrp"}
 
 
 # ---- hypothesis: random Rule -> str -> parse_rule -> the same Rule ---------------------------
@@ -290,7 +306,8 @@ def rules(draw: st.DrawFn, prefixes: Mapping[int, Sequence[Prefix]] | None = Non
         return ANY
 
     src, dst = side(), side()
-    protos = ["any", "tcp", "udp"] + (["icmp"] if family != 6 else []) + (["icmpv6"] if family != 4 else [])
+    protos = ["any", "tcp", "udp", "esp", "gre", "132"] + (["icmp"] if family != 6 else []) + (
+        ["icmpv6"] if family != 4 else []) + (["ipv6"] if family == 4 and not src.set and not dst.set else [])
     proto = draw(st.sampled_from(protos)) if often() else "any"
     sport = dport = None
     if proto in ("any", "tcp", "udp"):
@@ -369,7 +386,8 @@ def first_match(rules_: Sequence[Rule], pkt: Pkt, ifindexes: Mapping[str, Sequen
 
     for i, r in enumerate(rules_):
         if (
-            (r.proto == "any" or RULE_PROTOS[r.proto] == pkt.proto)
+            (r.proto == "any" or proto_number(r.proto) == pkt.proto)
+            and not (r.proto == "ipv6" and pkt.family == 6)
             and addr_ok(r.src, pkt.saddr, 0)
             and addr_ok(r.dst, pkt.daddr, 1)
             and port_ok(r.sport, pkt.sport)
@@ -386,6 +404,8 @@ def datapath(t: Tables, pkt: Pkt, set_ids: Mapping[str, int]) -> Optional[int]:
     name_of = {sid: name for name, sid in set_ids.items()}
     pc = PROTO_CLASS.index(pkt.proto) if pkt.proto in PROTO_CLASS[:4] else 4
     c_proto = t.proto_cls[pc] if f & RuleField.PROTO else everyone
+    if f & RuleField.PROTO and f & RuleField.PROTO_NUM and pc == 4:
+        c_proto = t.proto_cls[5] + pkt.proto
 
     def lit_class(d: int) -> int:
         addr = pkt.daddr if d else pkt.saddr
@@ -446,7 +466,7 @@ SET_IDS = {"a": 3, "b": 7, "c": 200}
 IFACES = ["eth0", "eth1", "lo"]
 IFINDEXES = {"eth0": [2], "eth1": [3, 9]}  # lo: not attached, its rules match nothing
 PORT_POOL = [0, 1, 2, 3, 5, 8, 13, 21, 22, 23, 80, 443, 1000, 65534, 65535]
-PROTOS = [6, 6, 17, 17, 1, 58, 47, 0]
+PROTOS = [6, 6, 17, 17, 1, 58, 47, 0, 50, 41, 132, 112]
 
 
 @st.composite
