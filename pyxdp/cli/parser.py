@@ -42,6 +42,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="let a change make the state when there is none yet (before any attach)")
     p.add_argument("--log-file", metavar="PATH", help="also append each change's audit line to PATH (changes go "
                    "to syslog, facility auth, whenever /dev/log exists)")
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for cmd in TABLE.values():
