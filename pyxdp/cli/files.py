@@ -16,11 +16,12 @@ if TYPE_CHECKING:
 
 def cmd_apply(args: Args) -> int:
     from ..model.rulefile import parse_ruleset
+    from .progress import Display, on_terminal
 
     spec = parse_ruleset(read_text(args.file), "stdin" if args.file == "-" else args.file)
-    with open_filter(args) as flt:
-        flt.apply(spec)
     n = sum(len(v) for v in spec.sets.values())
+    with open_filter(args) as flt, Display(on_terminal()) as disp:
+        flt.apply(spec, progress=disp.task(f"apply: {plural(n, 'set element')}", n))
     print(f"applied {plural(len(spec.rules), 'rule')}, {plural(len(spec.sets), 'set')} "
           f"({plural(n, 'element')})" + (f", policy {spec.policy.label}" if spec.policy is not None else ""))
     if spec.interfaces:
@@ -72,9 +73,13 @@ def _make_config_dir(path: str) -> None:
 def cmd_save(args: Args) -> int:
     from ..model.rulefile import format_ruleset
     from ..safefile import write_file_atomic
+    from .progress import Display, on_terminal
 
-    with open_filter(args, lock=False) as flt:
-        spec = flt.ruleset(interfaces=args.all)
+    with open_filter(args, lock=False) as flt, Display(on_terminal()) as disp:
+        n = sum(s.n4 + s.n6 for s in flt.sets(exact=False))
+        # to stdout on the terminal itself, the bar would mix with the text
+        show = args.file not in (None, "-") or not sys.stdout.isatty()
+        spec = flt.ruleset(interfaces=args.all, progress=disp.task("save: read", n) if show else None)
     text = format_ruleset(spec)
     if args.file in (None, "-"):
         sys.stdout.write(text)
