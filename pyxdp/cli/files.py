@@ -34,6 +34,7 @@ def cmd_up(args: Args) -> int:
     from ..kernel.xdp import preload
     from ..model.rulefile import parse_ruleset
     from ..up import config_path
+    from .progress import Display, on_terminal
 
     path = config_path(args.file)
     name = "stdin" if path == "-" else path
@@ -41,7 +42,10 @@ def cmd_up(args: Args) -> int:
     loading = preload()  # pyroute2's import overlaps a program load
     with open_filter(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
         loading.join()
-        changes = flt.up(spec, allow_empty=args.allow_empty)
+        n = sum(len(v) for v in spec.sets.values())
+        with Display(on_terminal()) as disp:
+            changes = flt.up(spec, allow_empty=args.allow_empty,
+                             progress=disp.task(f"up: {plural(n, 'set element')}", n))
         created = flt.created
         migrated = bool(flt.migrated)
     if created:
