@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..model.rulefile import Element
     from .state import State
 
+
 class Tally:
     """Counts work done for a progress callback ``(done, total)`` (elements),
     called after each batch; None: nobody asked."""
