@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # the package's version (pyproject reads it from here); 0.3 uses state layout 4
 
 # Lazy attributes keep `import pyxdp` cheap (a CLI call that changes one map
 # element must not pay for pyroute2).

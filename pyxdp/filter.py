@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .store.sets import ChangeResult, ElementState, KeySet, SetState
     from .up import ConfigChange
 
+Progress = Callable[[int, int], None]  # (done, total): a bulk call's progress, after each batch
+
 __all__ = ["DEFAULT_PIN_DIR", "BanResult", "Config", "Filter"]
 
 BANNED = "banned"  # the set `ban` fills by default
@@ -103,7 +105,8 @@ class _Change:
         self.text: str | None = None
 
 
-def _ban_into(st: State, name: str, keys: KeySet, ttl: int | None) -> tuple[ChangeResult, int]:
+def _ban_into(st: State, name: str, keys: KeySet, ttl: int | None,
+              progress: Progress | None = None) -> tuple[ChangeResult, int]:
     """The change a ban makes: the set (made when missing), the rule 'deny
     from @SET' as rule 1 when no rule uses the set yet (its number, else 0),
     then the elements. A failure takes back the rule and the set it made,
@@ -116,7 +119,7 @@ def _ban_into(st: State, name: str, keys: KeySet, ttl: int | None) -> tuple[Chan
     try:
         if name not in referenced_sets(st):
             num = add_rule(st, parse_rule(f"deny from @{name}"), 1).number
-        return S.change(st, sid, add=keys, ttl=ttl), num
+        return S.change(st, sid, add=keys, ttl=ttl, progress=progress), num
     except Exception:
         if num:
             delete_rules(st, [num])
@@ -418,14 +421,15 @@ class Filter:
 
     # ---- the whole firewall -------------------------------------------------------
 
-    def apply(self, spec: RuleSetSpec) -> None:
+    def apply(self, spec: RuleSetSpec, progress: Progress | None = None) -> None:
         """Replace rules, sets (with their elements and timeouts) and (when the
-        spec names it) the policy in one switch."""
+        spec names it) the policy in one switch. ``progress(done, total)`` is
+        called as set elements are written (see :meth:`ban`)."""
         from .store.ruleset import apply
 
         with self._change() as ch:
             before = self._summary() if ch.audited else {}
-            apply(self._st, spec)
+            apply(self._st, spec, progress=progress)
             if ch.audited:
                 after = self._summary()
                 ch.text = "applied: " + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before)
@@ -437,32 +441,34 @@ class Filter:
         return {"policy": cfg.policy.label, "rules": cfg.nrules, "sets": len(sets),
                 "elements": sum(s.n4 + s.n6 for s in sets)}
 
-    def ruleset(self, interfaces: bool = False) -> RuleSetSpec:
+    def ruleset(self, interfaces: bool = False, progress: Progress | None = None) -> RuleSetSpec:
         """The running firewall: rules, sets with elements and remaining
         timeouts, policy (``save`` writes this); with ``interfaces``, also
         the recorded interfaces that still exist and the mode each runs in
-        (``save --all``)."""
+        (``save --all``). ``progress(done, total)`` as set elements are read."""
         from .store.ruleset import snapshot
 
-        spec = snapshot(self._st)
+        spec = snapshot(self._st, progress=progress)
         if interfaces:
             from .up import recorded_interfaces
 
             spec = spec._replace(interfaces=recorded_interfaces(self._st))
         return spec
 
-    def up(self, spec: RuleSetSpec, allow_empty: bool = False) -> list[ConfigChange]:
+    def up(self, spec: RuleSetSpec, allow_empty: bool = False, progress: Progress | None = None,
+           ) -> list[ConfigChange]:
         """Make the running firewall and the interfaces it runs on what
         ``spec`` says (``pyxdp-load up``), all or nothing: rules and sets
         first, then new interfaces, then detaching the ones ``spec`` no
         longer names (see :func:`pyxdp.up.up`). A ``spec`` naming no
         interface while the filter runs on some (an empty config file) is
         refused with UsageError unless ``allow_empty``. Returns the changes
-        (none: it was so already). SIGINT and SIGTERM wait until it is done."""
+        (none: it was so already). SIGINT and SIGTERM wait until it is done.
+        ``progress(done, total)`` as set elements are written (see :meth:`apply`)."""
         from .up import up
 
         with self._change(lock=False):  # up takes what it changes under the lock, and writes its own records
-            return up(self, spec, allow_empty)
+            return up(self, spec, allow_empty, progress)
 
     # ---- sets and bans ----------------------------------------------------------------
 
@@ -479,22 +485,23 @@ class Filter:
         sid = S.lookup_name(self._st, name)
         return S.members(self._st, [sid])[sid]
 
-    def set_add(self, name: str, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None) -> ChangeResult:
+    def set_add(self, name: str, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None,
+                progress: Progress | None = None) -> ChangeResult:
         """Add prefixes to a set (made when missing), all or nothing; an
         element there already gets the new timeout. ``ttl``: seconds (None
-        or 0: permanent)."""
+        or 0: permanent). ``progress(done, total)``: see :meth:`ban`."""
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
         with self._change() as ch:
             sid = S.live_ids(self._st).get(parse_set_name(name), 0)
             made = not sid
             if made:  # made with its elements in one change: killed, it leaves no set or the whole one
                 try:
-                    sid, res = S.create_filled(self._st, name, keys, ttl)
+                    sid, res = S.create_filled(self._st, name, keys, ttl, progress=progress)
                 except Exception:  # a failed add changes nothing: what it wrote under the new id goes again
                     S.recover(self._st, self._st.config().txn)
                     raise
             else:
-                res = S.change(self._st, sid, add=keys, ttl=ttl)
+                res = S.change(self._st, sid, add=keys, ttl=ttl, progress=progress)
             if ch.audited:
                 ch.text = (f"set @{parse_set_name(name)}{' made' if made else ''}: add "
                            f"{audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} ({res.added} new, "
@@ -529,13 +536,16 @@ class Filter:
             S.destroy(self._st, name)
             ch.text = f"set @{parse_set_name(name)} destroyed"
 
-    def ban(self, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None, set: str = BANNED) -> BanResult:
+    def ban(self, prefixes: Iterable[str | Prefix] | KeySet, ttl: int | None = None, set: str = BANNED,
+            progress: Progress | None = None) -> BanResult:
         """Add to set ``set`` (default ``banned``); when no rule refers to that
-        set yet, first insert ``deny from @SET`` as rule 1."""
+        set yet, first insert ``deny from @SET`` as rule 1. ``progress``: a
+        callable given ``(done, total)`` elements after each batch written
+        (65,536 elements; the prefixes are parsed before, the commit after)."""
         name = parse_set_name(set)
         keys = prefixes if isinstance(prefixes, S.KeySet) else S.KeySet.of(_prefixes(prefixes))  # parsed first
         with self._change() as ch:
-            res, num = _ban_into(self._st, name, keys, ttl)
+            res, num = _ban_into(self._st, name, keys, ttl, progress)
             if ch.audited:
                 ch.text = (f"ban @{name}: {audit.prefixes_text(keys, len(keys))} {_ttl_text(ttl)} "
                            f"({res.added} new, {res.refreshed} refreshed)"

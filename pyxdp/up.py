@@ -22,6 +22,7 @@ from .model.rulefile import Element, InterfaceSpec, RuleSetSpec, format_ruleset,
 from .text import plural
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Protocol
 
     from .store.attach import Attachment
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
         @property
         def pin_dir(self) -> str: ...
         def interfaces(self) -> list[Attachment]: ...
-        def ruleset(self, interfaces: bool = False) -> RuleSetSpec: ...
-        def apply(self, spec: RuleSetSpec) -> None: ...
+        def ruleset(self, interfaces: bool = False, progress: Callable[[int, int], None] | None = None,
+                    ) -> RuleSetSpec: ...
+        def apply(self, spec: RuleSetSpec, progress: Callable[[int, int], None] | None = None) -> None: ...
         def attach(self, ifname: str, mode: Any = None, netns: str | None = None, force: bool = False,
                    reload: bool = False) -> Attachment: ...
         def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool: ...
@@ -172,7 +174,8 @@ def _before(have: list[Attachment]) -> str | None:
     return live[0].mode if live else None
 
 
-def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[ConfigChange]:
+def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
+       progress: Callable[[int, int], None] | None = None) -> list[ConfigChange]:
     """Make the running firewall and its interfaces what ``spec`` says, all or
     nothing: apply the rules, sets and policy when they differ (an element
     that runs with a timeout keeps its time left), attach the interfaces not
@@ -225,7 +228,7 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False) -> list[Config
     changes: list[ConfigChange] = []
     try:
         if differs:
-            flt.apply(_keep_running_timeouts(spec, running))
+            flt.apply(_keep_running_timeouts(spec, running), progress=progress)
             n = sum(len(v) for v in spec.sets.values())
             changes.append(ConfigChange("apply", None, f"applied {plural(len(spec.rules), 'rule')}, "
                                         f"{plural(len(spec.sets), 'set')} ({plural(n, 'element')})"

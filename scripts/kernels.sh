@@ -9,6 +9,8 @@
 #   trace      pyxdp-load trace --json --pcap sees them (ring buffer, packet heads)
 #   conntrack  the egress program: connections the guarded namespace opens, under policy drop
 #   pytest     tests/kernel/test_verdicts.py tests/kernel/test_model.py tests/kernel/test_conntrack.py
+# While a guest runs, each step is printed on stderr as it starts and ends ("-- ROW: STEP started",
+# "-- ROW: STEP ended, rc=0 secs=N"; the boot too), so a person and CI's log see where a run is;
 # then print a table kernel -> libbpf -> result -> first error line and write it to
 # $CACHE/results.md (KERNELS.md is that file, committed by hand).
 #
@@ -305,6 +307,23 @@ EOF
 # ---- each row ----------------------------------------------------------------------------------
 WANT=" ${LABELS[*]} "
 FAILED=0
+follow() {  # ROWID LOG QEMU_PID: each step of the guest as it starts and ends (kernel, step, seconds), on
+    # stderr as the serial log gets its @@ lines; ends with qemu (tail --pid)
+    local id=$1 log=$2 t0 now line rest
+    t0=$(date +%s)
+    echo "-- $id: boot started" >&2
+    tail -n +1 --pid="$3" -F "$log" 2>/dev/null | while IFS= read -r line; do
+        line=${line%$'\r'} now=$(date +%s)
+        case $line in
+            "@@KERNEL "*) echo "-- $id: booted in $((now - t0)) s ($(cut -d' ' -f2 <<<"$line"))" >&2 ;;
+            "@@BEGIN "*) echo "-- $id: ${line#@@BEGIN } started (at $((now - t0)) s)" >&2 ;;
+            "@@END "*) rest=${line#@@END }
+                       echo "-- $id: ${rest%% *} ended, ${rest#* } (at $((now - t0)) s)" >&2 ;;
+            "@@DONE"*) echo "-- $id: all steps done in $((now - t0)) s" >&2 ;;
+        esac
+    done
+}
+
 row() {  # ROWID FIELDS...: one table row, into $ROWS/ROWID
     local id=$1 out="| $1" f; shift
     for f in "$@"; do out="$out | $f"; done
@@ -348,6 +367,7 @@ while read -r label suite expect libsrc; do
     [ "$QUICK" = 0 ] || log=${log%.log}.quick.log
     echo "== $id: $img $debver ($suite), libbpf $libcol, steps: $STEPS; log $log" >&2
     start=$(date +%s)
+    rm -f "$log"  # the follower reads it from its first line
     qemu-system-x86_64 $ACCEL -machine q35 -m "$MEM" -smp 2 -nodefaults -no-reboot -display none \
         -serial "file:$log" -monitor none \
         -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
@@ -355,7 +375,9 @@ while read -r label suite expect libsrc; do
         -virtfs local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap &
     QEMU_PID=$!
     ( sleep "$TIMEOUT"; kill "$QEMU_PID" 2>/dev/null ) & watchdog=$!
+    follow "$id" "$log" "$QEMU_PID" & follower=$!
     wait "$QEMU_PID" || true
+    wait "$follower" 2>/dev/null || true
     QEMU_PID=
     kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null || true
     secs=$(( $(date +%s) - start ))

@@ -74,15 +74,34 @@ def _package_files(project: dict[str, Any]) -> set[str]:
     return out
 
 
+def tree_version(project: dict[str, Any]) -> str:
+    """The tree's version: pyproject's, or (``dynamic``) the ``attr`` it names, read without importing it."""
+    meta = project["project"]
+    if "version" in meta:
+        return str(meta["version"])
+    import ast
+
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    module, _, var = attr.rpartition(".")
+    path = os.path.join(ROOT, *module.split("."))
+    with open(os.path.join(path, "__init__.py") if os.path.isdir(path) else path + ".py") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var for t in node.targets):
+            return str(ast.literal_eval(node.value))
+    raise NotCurrent(f"no {attr} in the tree")
+
+
 def check_installed(project: dict[str, Any]) -> None:
     meta = project["project"]
     name = meta["name"]
+    want = tree_version(project)
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
         raise NotCurrent(f"{name} is not installed") from None
-    if dist.version != meta["version"]:
-        raise NotCurrent(f"{name} {dist.version} is installed, the tree has {meta['version']}")
+    if dist.version != want:
+        raise NotCurrent(f"{name} {dist.version} is installed, the tree has {want}")
     scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
     if scripts != meta.get("scripts", {}):
         raise NotCurrent(f"{name}'s commands changed")

@@ -10,7 +10,7 @@ from .output import PROG, fail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import IO, Any
 
     from .spec import Args
@@ -79,42 +79,51 @@ def read_text(path: str) -> str:
         raise UsageError(f"{name}: not a text file") from None
 
 
-def _lines(fh: IO[str], name: str) -> Iterator[str]:
+def _lines(fh: IO[str], name: str, on_read: Callable[[int, int], None] | None = None,
+           size: int = 0) -> Iterator[str]:
     """The lines of ``fh``, each at most MAX_LINE characters: a longer one (a
-    file without newlines, /dev/zero) is one error line, not a read without end."""
+    file without newlines, /dev/zero) is one error line, not a read without end.
+    ``on_read(characters read, size)`` every 16,384 lines and at the end."""
     from ..errors import UsageError
 
-    num = 0
+    num = got = 0
     while line := fh.readline(MAX_LINE + 1):
         num += 1
+        got += len(line)
         if len(line) - line.endswith("\n") > MAX_LINE:
             raise UsageError(f"{name} line {num}: longer than {MAX_LINE} characters (not a file of prefixes, "
                              "one a line?)")
+        if on_read is not None and not num % 16384:
+            on_read(got, max(size, got))
         yield line
+    if on_read is not None:
+        on_read(got, got)
 
 
-def read_file_prefixes(path: str) -> Iterator[Any]:
-    """The prefixes of a file, one by one (a million of them never sit in a list)."""
+def read_file_prefixes(path: str, on_read: Callable[[int, int], None] | None = None, size: int = 0) -> Iterator[Any]:
+    """The prefixes of a file, one by one (a million of them never sit in a list);
+    ``on_read``: see :func:`_lines` (``size``: the file's, as far as known)."""
     from ..errors import UsageError
     from ..model.prefix import read_prefix_lines
 
     name = "stdin" if path == "-" else path
     try:
         if path == "-":
-            yield from read_prefix_lines(_lines(sys.stdin, name), name)
+            yield from read_prefix_lines(_lines(sys.stdin, name, on_read, size), name)
             return
         with open(path, encoding="utf-8") as fh:
-            yield from read_prefix_lines(_lines(fh, name), name)
+            yield from read_prefix_lines(_lines(fh, name, on_read, size), name)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{name}: not a text file") from None
 
 
-def chain(first: list[Any], path: str | None) -> Iterator[Any]:
+def chain(first: list[Any], path: str | None, on_read: Callable[[int, int], None] | None = None,
+          size: int = 0) -> Iterator[Any]:
     yield from first
     if path:
-        yield from read_file_prefixes(path)
+        yield from read_file_prefixes(path, on_read, size)
 
 
 def needs(module: str, extra: str, exc: ImportError) -> int:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 def cmd_apply(args: Args) -> int:
     from ..model.rulefile import parse_ruleset
+    from .progress import Display, on_terminal
 
     spec = parse_ruleset(read_text(args.file), "stdin" if args.file == "-" else args.file)
     if args.dry_run:
@@ -27,9 +28,9 @@ def cmd_apply(args: Args) -> int:
             print(f"dry run: {line}")
         print("dry run: nothing changed")
         return 0
-    with open_filter(args) as flt:
-        flt.apply(spec)
     n = sum(len(v) for v in spec.sets.values())
+    with open_filter(args) as flt, Display(on_terminal()) as disp:
+        flt.apply(spec, progress=disp.task(f"apply: {plural(n, 'set element')}", n))
     print(f"applied {plural(len(spec.rules), 'rule')}, {plural(len(spec.sets), 'set')} "
           f"({plural(n, 'element')})" + (f", policy {spec.policy.label}" if spec.policy is not None else ""))
     if spec.interfaces:
@@ -42,6 +43,7 @@ def cmd_up(args: Args) -> int:
     from ..kernel.xdp import preload
     from ..model.rulefile import parse_ruleset
     from ..up import config_path
+    from .progress import Display, on_terminal
 
     path = config_path(args.file)
     name = "stdin" if path == "-" else path
@@ -49,7 +51,10 @@ def cmd_up(args: Args) -> int:
     loading = preload()  # pyroute2's import overlaps a program load
     with open_filter(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
         loading.join()
-        changes = flt.up(spec, allow_empty=args.allow_empty)
+        n = sum(len(v) for v in spec.sets.values())
+        with Display(on_terminal()) as disp:
+            changes = flt.up(spec, allow_empty=args.allow_empty,
+                             progress=disp.task(f"up: {plural(n, 'set element')}", n))
         created = flt.created
         migrated = bool(flt.migrated)
     if created:
@@ -81,9 +86,13 @@ def _make_config_dir(path: str) -> None:
 def cmd_save(args: Args) -> int:
     from ..model.rulefile import format_ruleset
     from ..safefile import write_file_atomic
+    from .progress import Display, on_terminal
 
-    with open_filter(args, lock=False) as flt:
-        spec = flt.ruleset(interfaces=args.all)
+    with open_filter(args, lock=False) as flt, Display(on_terminal()) as disp:
+        n = sum(s.n4 + s.n6 for s in flt.sets(exact=False))
+        # to stdout on the terminal itself, the bar would mix with the text
+        show = args.file not in (None, "-") or not sys.stdout.isatty()
+        spec = flt.ruleset(interfaces=args.all, progress=disp.task("save: read", n) if show else None)
     text = format_ruleset(spec)
     if args.file in (None, "-"):
         sys.stdout.write(text)

@@ -66,7 +66,13 @@ def _parse(argv: list[str]) -> Args | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parse(list(sys.argv[1:] if argv is None else argv))
+        words = list(sys.argv[1:] if argv is None else argv)
+        if "--version" in words and first_word(words) is None and not {"-h", "--help"} & set(words):
+            from .. import __version__  # the package's __init__, loaded already: no other import
+
+            print(f"{PROG} {__version__}")
+            return 0
+        args = _parse(words)
         if args is None:
             from .parser import build_parser
 

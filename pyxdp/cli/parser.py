@@ -44,6 +44,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    "to syslog, facility auth, whenever /dev/log exists)")
     p.add_argument("--dry-run", action="store_true", help="say what a change would do and change nothing (as "
                    "ufw's --dry-run; rule, set, ban, policy, state, reset and apply commands)")
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for cmd in TABLE.values():

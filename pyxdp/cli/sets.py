@@ -100,14 +100,18 @@ def cmd_set(args: Args) -> int:
 
     if op == "add":
         ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-        given = list(chain([parse_prefix(w) for w in items], args.file))
-        keys = KeySet.of(given)
-        if not len(keys):
-            raise UsageError("set add: give prefixes or --file")
-        if args.dry_run:
-            return _dry_run(args, name, add=given)
-        with open_filter(args) as flt:
-            res = flt.set_add(name, keys, ttl=ttl)
+        with _display(args) as disp:
+            given = chain([parse_prefix(w) for w in items], args.file, _read_task(disp, args.file), _size(args.file))
+            if args.dry_run:
+                listed = list(given)
+                if not listed:
+                    raise UsageError("set add: give prefixes or --file")
+                return _dry_run(args, name, add=listed)
+            keys = KeySet.of(given)
+            if not len(keys):
+                raise UsageError("set add: give prefixes or --file")
+            with open_filter(args) as flt:
+                res = flt.set_add(name, keys, ttl=ttl, progress=disp.task(f"set add @{name}", len(keys)))
         print(f"set @{name}: {plural(res.added, 'new element')}"
               + (f", {res.refreshed} refreshed" if res.refreshed else "") + (f", ttl {ttl}s" if ttl else ""))
     else:
@@ -124,6 +128,47 @@ def cmd_set(args: Args) -> int:
     return 0
 
 
+def _size(path: str | None) -> int:
+    if not path:
+        return 0
+    from .progress import file_size
+
+    return file_size(path)
+
+
+def _display(args: Args) -> Any:
+    """The progress display of a command that may read prefixes from a file:
+    without --file nothing is imported (a plain 'ban X' stays as cheap as it
+    was); with one, a bar on a terminal for a big file or many elements."""
+    if not args.file:
+        return _NOBAR
+    from .progress import Display, on_terminal
+
+    return Display(on_terminal())
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def task(self, what: str, total: int, unit: str = "", big: int = 0) -> None:
+        return None
+
+
+_NOBAR = _NoBar()
+
+
+def _read_task(disp: Any, path: str | None) -> Any:
+    if not path:
+        return None
+    from .progress import BIG_FILE
+
+    return disp.task(f"read {path}", _size(path), "B", big=BIG_FILE)
+
+
 def cmd_ban(args: Args) -> int:
     from ..errors import UsageError
     from ..model.prefix import parse_prefix, parse_ttl
@@ -132,14 +177,19 @@ def cmd_ban(args: Args) -> int:
 
     parse_set_name(args.set)
     ttl = parse_ttl(args.ttl) if args.ttl is not None else None
-    given = list(chain([parse_prefix(w) for w in args.targets], args.file))
-    keys = KeySet.of(given)
-    if not len(keys):
-        raise UsageError("ban: give addresses or prefixes, or --file")
-    if args.dry_run:
-        return _dry_run(args, args.set, add=given, ban_rule=True)
-    with open_filter(args) as flt:
-        res = flt.ban(keys, ttl=ttl, set=args.set)
+    with _display(args) as disp:
+        given = chain([parse_prefix(w) for w in args.targets], args.file, _read_task(disp, args.file),
+                      _size(args.file))
+        if args.dry_run:
+            listed = list(given)
+            if not listed:
+                raise UsageError("ban: give addresses or prefixes, or --file")
+            return _dry_run(args, args.set, add=listed, ban_rule=True)
+        keys = KeySet.of(given)
+        if not len(keys):
+            raise UsageError("ban: give addresses or prefixes, or --file")
+        with open_filter(args) as flt:
+            res = flt.ban(keys, ttl=ttl, set=args.set, progress=disp.task(f"ban @{args.set}", len(keys)))
     if res.rule:
         print(f"rule {res.rule}: deny from @{args.set} (inserted: no rule used that set yet)")
     if not args.quiet:

@@ -25,6 +25,8 @@ from .clock import grace_period
 from .mapio import delete_all, write_all
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..kernel.bpf import Map
     from ..model.rulefile import RuleSetSpec
     from .state import State
@@ -164,13 +166,14 @@ def rule_counts(st: State, top: int | None = None) -> list[RuleCount]:
     return [RuleCount(i + 1, ids[i], names[refs[i][1]], texts[ids[i]], packets[at[i]], octets[at[i]]) for i in shown]
 
 
-def snapshot(st: State) -> RuleSetSpec:
+def snapshot(st: State, progress: Callable[[int, int], None] | None = None) -> RuleSetSpec:
     """The running firewall: rules, sets with their elements and remaining
-    timeouts, and the policy (what ``save`` writes)."""
+    timeouts, and the policy (what ``save`` writes); ``progress(done, total)``
+    as the elements are read."""
     from ..model.rulefile import Element, RuleSetSpec  # not for 'list' or a ban
 
     ids = S.live_ids(st)
-    members = S.members(st, ids.values())
+    members = S.members(st, ids.values(), progress=progress)
     sets = {name: [Element(e.prefix, S.ttl_left(e.expires_in)) for e in members[sid]] for name, sid in ids.items()}
     cfg = st.config()
     changed = {k: v for k, v in timeouts_by_name(cfg.timeouts).items() if v != timeouts_by_name(default_timeouts())[k]}
@@ -390,7 +393,7 @@ def referenced_sets(st: State) -> set[str]:
 # ---- the whole firewall ------------------------------------------------------------------
 
 
-def apply(st: State, spec: RuleSetSpec) -> None:
+def apply(st: State, spec: RuleSetSpec, progress: Callable[[int, int], None] | None = None) -> None:
     """Replace rules, sets and (when given) the policy in one switch. Each
     set of ``spec`` is staged under a new id first, except a set whose
     elements are the ones the running set of that name has (it keeps its id,
@@ -398,7 +401,8 @@ def apply(st: State, spec: RuleSetSpec) -> None:
     switch); the config switch that installs the rules commits it all (it
     carries the journal's txn). A writer killed before the switch leaves
     nothing a packet sees; the next writer drops what was staged (or, after
-    the switch, finishes)."""
+    the switch, finishes). ``progress(done, total)`` as the staged sets'
+    elements are written."""
     st.require_lock()
     live = S.live_ids(st)
     keep: dict[str, int] = {}
@@ -408,10 +412,11 @@ def apply(st: State, spec: RuleSetSpec) -> None:
             keep[parse_set_name(name)] = sid
     txn = st.journal_begin(JournalOp.APPLY)
     new_ids: dict[str, int] = dict(keep)
+    tally = S.Tally(progress, sum(len(els) for name, els in spec.sets.items() if parse_set_name(name) not in keep))
     try:
         for name, elements in spec.sets.items():
             if parse_set_name(name) not in keep:
-                new_ids[parse_set_name(name)] = S.stage(st, elements)
+                new_ids[parse_set_name(name)] = S.stage(st, elements, tally=tally)
         S.mark_apply(st, new_ids)
         install(st, spec.rules, policy=spec.policy, set_ids=new_ids, txn=txn,
                 conn=(spec.established, spec.timeouts))

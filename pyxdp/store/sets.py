@@ -28,9 +28,27 @@ from .clock import grace_period, monotonic_ns
 from .mapio import BATCH, delete_all, write_all
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..kernel.bpf import Map
     from ..model.rulefile import Element
     from .state import State
+
+
+class Tally:
+    """Counts work done for a progress callback ``(done, total)`` (elements),
+    called after each batch; None: nobody asked."""
+
+    __slots__ = ("done", "progress", "total")
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def step(self, n: int) -> None:
+        if self.progress is not None and n:
+            self.done += n
+            self.progress(min(self.done, self.total), self.total)
+
 
 SMALL_SET = 1024  # below this many elements in a family, any length may be hashed
 SHARE_TO_HASH = 16  # above it, a hashed length must hold 1/16 of the family's elements
@@ -290,19 +308,31 @@ def _walk(st: State, fam: int, sids: set[int]) -> Iterator[tuple[bytes, bytes]]:
             yield k, v
 
 
-def members(st: State, sids: Iterable[int], now: int | None = None) -> dict[int, list[ElementState]]:
-    """Set id -> its visible elements (sorted), one walk of each hash."""
+def members(st: State, sids: Iterable[int], now: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> dict[int, list[ElementState]]:
+    """Set id -> its visible elements (sorted), one walk of each hash;
+    ``progress(done, total)`` as they are read (total: the sets' stored tallies)."""
     ids = set(sids)
+    tally = None
+    if progress is not None:
+        tally = Tally(progress, sum(sum(counts(st, sid)) for sid in ids))
     now = monotonic_ns() if now is None else now
     epochs = {sid: info(st, sid).epoch for sid in ids}
     out: dict[int, list[ElementState]] = {sid: [] for sid in ids}
+    walked = 0
     for fam in (4, 6):
         for k, v in _walk(st, fam, ids):
+            walked += 1
+            if tally is not None and walked == 65536:
+                tally.step(walked)
+                walked = 0
             sid, p = _key_prefix(fam, k)
             if not _visible(v, epochs[sid], now):
                 continue
             expires, hits, _born, _until = L.ELEM.unpack(v)
             out[sid].append(ElementState(p, (expires - now) / 1e9 if expires else None, hits))
+    if tally is not None:
+        tally.step(walked)
     for els in out.values():
         els.sort(key=lambda e: (e.prefix.family, e.prefix.addr, e.prefix.plen))
     return out
@@ -349,7 +379,8 @@ def create(st: State, name: str) -> int:
     return sid
 
 
-def create_filled(st: State, name: str, add: KeySet, ttl: int | None = None) -> tuple[int, ChangeResult]:
+def create_filled(st: State, name: str, add: KeySet, ttl: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[int, ChangeResult]:
     """Make set ``name`` (missing now) holding ``add`` as one change: the
     elements are written and committed under a new id that no name refers
     to yet, then the name is written (the commit). A writer killed before
@@ -358,7 +389,7 @@ def create_filled(st: State, name: str, add: KeySet, ttl: int | None = None) -> 
     made for elements that did not come. Returns the id and the change."""
     name = parse_set_name(name)
     sid = alloc(st, IdState.STAGED)
-    res = change(st, sid, add=add, ttl=ttl)
+    res = change(st, sid, add=add, ttl=ttl, progress=progress)
     st.map("set_names").update(_name_key(name), L.SET_NAME_VAL.pack(sid, 0, 0, 0))  # from here on it exists
     _write_info(st, sid, info(st, sid)._replace(state=IdState.LIVE))  # (recover does this too, if killed)
     return sid, res
@@ -395,12 +426,15 @@ def _full(sid: int, keys: Iterable[bytes]) -> list[bytes]:
     return [k[:4] + sidb + k[4:] for k in keys]
 
 
-def _write_keys(m: Map, sid: int, keys: Sequence[bytes], values: Sequence[bytes] | bytes) -> None:
+def _write_keys(m: Map, sid: int, keys: Sequence[bytes], values: Sequence[bytes] | bytes,
+                tally: Tally | None = None) -> None:
     """Write short ``keys`` of set ``sid`` in batches (one value for all, or one each)."""
     for pos in range(0, len(keys), BATCH):
         chunk = keys[pos : pos + BATCH]
         vals = [values] * len(chunk) if isinstance(values, bytes) else list(values[pos : pos + BATCH])
         write_all(m, _full(sid, chunk), vals)
+        if tally is not None:
+            tally.step(len(chunk))
 
 
 def _map_total(st: State, fam: int) -> int:
@@ -500,7 +534,8 @@ def _plan(st: State, sid: int, si: SetInfo, adds: dict[int, set[bytes]], drops: 
 
 
 def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | None = None,
-           remove: Iterable[Prefix] = (), missing_ok: bool = False) -> ChangeResult:
+           remove: Iterable[Prefix] = (), missing_ok: bool = False,
+           progress: Callable[[int, int], None] | None = None) -> ChangeResult:
     """Add (or refresh) and remove elements of set ``sid`` in one commit.
     ``ttl``: seconds the added elements live (None or 0: permanent). A
     prefix to remove that is not there is refused, or with ``missing_ok``
@@ -511,7 +546,8 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
     The sweeper may remove expired elements meanwhile: a change that touches
     an element expiring within HOLD_MARGIN_NS holds it first (and reads
     again), so that what it read stays true; removals are counted only for
-    the elements this change itself deleted."""
+    the elements this change itself deleted. ``progress(done, total)`` is
+    called as the elements are written (total: those added or refreshed)."""
     ttl = check_ttl(ttl)
     now = monotonic_ns()
     expires = now + ttl * 1_000_000_000 if ttl else 0
@@ -529,7 +565,8 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
     with sweeper_held(st, plan.expiring):
         if plan.expiring:  # read again: the sweeper may have removed some of it before the hold
             plan = _plan(st, sid, si, adds, drops, expires, now, missing_ok)
-        removed = _apply_plan(st, sid, si, plan, expires)
+        total = sum(len(plan.new_keys[f]) + len(plan.rewrite[f]) for f in plan.rewrite)
+        removed = _apply_plan(st, sid, si, plan, expires, Tally(progress, total))
     if expires:
         _hint_sweeper(st, expires)
     st.journal_end()
@@ -537,7 +574,7 @@ def change(st: State, sid: int, add: Iterable[Prefix] | KeySet = (), ttl: int | 
     return ChangeResult(plan.added, plan.refreshed, removed, tuple(plan.missing))
 
 
-def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> int:
+def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int, tally: Tally | None = None) -> int:
     """Write a planned change: new elements (invisible), rewrites, removal
     marks, trie copies and layout, then the commit, then the deletions.
     Returns how many elements were removed."""
@@ -548,12 +585,12 @@ def _apply_plan(st: State, sid: int, si: SetInfo, plan: _Plan, expires: int) -> 
         new_keys, rewrite = plan.new_keys[fam], plan.rewrite[fam]
         hname, _t, _kst, _base, _maxlen = _FAM[fam]
         m = st.map(hname)
-        _write_keys(m, sid, new_keys, fresh_value)
+        _write_keys(m, sid, new_keys, fresh_value, tally)
         lens = _by_len(new_keys)
         _bump(st, sid, fam, lens)
         if rewrite:
             ks = list(rewrite)
-            _write_keys(m, sid, ks, [rewrite[k] for k in ks])
+            _write_keys(m, sid, ks, [rewrite[k] for k in ks], tally)
         # a new length takes a free hash slot (most populous first); otherwise it goes to the trie
         hashed = si.hashed(fam)
         slots = list(si.lens4 if fam == 4 else si.lens6)
@@ -765,8 +802,9 @@ def _trie_flag(st: State, sid: int, fam: int, fc: Sequence[int]) -> None:
 # ---- whole sets: stage, drain, recover -------------------------------------------
 
 
-def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGED) -> int:
-    """A new set id holding ``elements`` (committed at once: nothing refers to it yet)."""
+def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGED, tally: Tally | None = None) -> int:
+    """A new set id holding ``elements`` (committed at once: nothing refers to it yet);
+    ``tally`` counts the elements as they are written."""
     sid = alloc(st, state)
     now = monotonic_ns()
     cnt = [0] * L.LEN_SLOTS
@@ -792,7 +830,11 @@ def stage(st: State, elements: Sequence[Element], state: IdState = IdState.STAGE
         hashed = plan_hashed(cnt[base : base + maxlen + 1], set())
         si = si.with_slots(fam, tuple(sorted(n + 1 for n in hashed)) + (0,) * (HASHED_MAX - len(hashed)))
         ks = list(items)
-        write_all(m, ks, [items[k] for k in ks])
+        for pos in range(0, len(ks), BATCH):
+            chunk = ks[pos : pos + BATCH]
+            write_all(m, chunk, [items[k] for k in chunk])
+            if tally is not None:
+                tally.step(len(chunk))
         to_trie = [k for k in ks if L.U32.unpack_from(k)[0] - 32 not in hashed]
         _guard(st, sid, fam, to_trie, 8, fresh=True)
         if to_trie:

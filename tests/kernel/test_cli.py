@@ -803,3 +803,68 @@ def test_no_compiler_needed(pin_dir: str, tmp_path: Any) -> None:
     ok("--create", "deny", "from", "192.0.2.0/24", pin_dir=pin_dir, env=env)
     cap = write_cap(tmp_path / "c.pcap", P.udp4("192.0.2.1"))
     assert "1 packets: 0 pass, 1 drop" in ok("replay", cap, pin_dir=pin_dir, env=env)
+
+
+def _on_a_pty(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` with stdin, stdout and stderr on a pseudo-terminal; (exit code, all it wrote)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.environ.update(TERM="xterm", COLUMNS="140")
+        os.execv(argv[0], argv)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_for_a_big_ban_file_and_none_when_piped(pin_dir: str, tmp_path: Any) -> None:
+    """ban --file of 200,000 addresses (a 2.6 MB file): on a terminal a bar for
+    reading the file and one for writing the elements, with counts and rate;
+    piped (what fail2ban and scripts see), the output of before, nothing else."""
+    path = str(tmp_path / "big.txt")
+    n = 200_000
+    with open(path, "w") as f:
+        f.writelines(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n" for i in range(n))
+    ok("--create", "set", "add", "x", "192.0.2.1", pin_dir=pin_dir)
+    code, out = _on_a_pty([BIN, "--pin-dir", pin_dir, "ban", "--file", path, "--set", "onpty", "-q"])
+    assert code == 0, out
+    assert f"read {path}" in out and "MiB/s" in out, out[-2000:]
+    assert "ban @onpty" in out and f"{n:,}/{n:,}" in out and "elements/s" in out, out[-2000:]
+    assert "rule 1: deny from @onpty" in out
+
+    r = run("ban", "--file", path, "--set", "piped", "-q", pin_dir=pin_dir)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "rule 1: deny from @piped (inserted: no rule used that set yet)\n",
+                                                  ""), r
+    code, out = _on_a_pty([BIN, "--pin-dir", pin_dir, "ban", "192.0.2.77", "--set", "small"])
+    assert code == 0 and "/s" not in out and "━" not in out, out  # one address: no bar
+    assert len(members(pin_dir, "onpty")) == len(members(pin_dir, "piped")) == n
+
+
+def test_progress_callbacks_of_the_bulk_calls(pin_dir: str) -> None:
+    """Filter.ban, set_add, apply and ruleset (what save writes) call
+    progress(done, total) after each batch: rising, ending at the total."""
+    from pyxdp import Filter, parse_prefix
+
+    n = 150_000
+    prefixes = [parse_prefix(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}") for i in range(n)]
+    calls: dict[str, list[tuple[int, int]]] = {k: [] for k in ("ban", "set_add", "ruleset", "apply")}
+    with Filter.open(pin_dir, create=True) as flt:
+        flt.ban(prefixes, ttl=600, progress=lambda d, t: calls["ban"].append((d, t)))
+        flt.set_add("more", prefixes[:100_000], progress=lambda d, t: calls["set_add"].append((d, t)))
+        spec = flt.ruleset(progress=lambda d, t: calls["ruleset"].append((d, t)))
+        flt.set_destroy("more")
+        flt.apply(spec, progress=lambda d, t: calls["apply"].append((d, t)))
+    totals = {"ban": n, "set_add": 100_000, "ruleset": n + 100_000, "apply": 100_000}  # apply keeps @banned (same)
+    for what, seen in calls.items():
+        assert len(seen) >= 2 and seen[-1] == (totals[what], totals[what]), (what, seen)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen), (what, seen)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from helpers.env import NetPair, needs_root, sh
@@ -26,7 +26,9 @@ pytestmark = needs_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NETIO = os.path.join(HERE, "..", "helpers", "netio.py")
-ACTION = os.path.join(HERE, "..", "..", "contrib", "fail2ban", "action.d", "pyxdp.conf")
+CONTRIB = os.path.join(HERE, "..", "..", "contrib", "fail2ban")
+ACTION = os.path.join(CONTRIB, "action.d", "pyxdp.conf")
+PY_ACTION = os.path.join(CONTRIB, "action.d", "pyxdp-direct.py")
 PYXDP = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
 JAIL = "pxt"
 SET = f"f2b-{JAIL}"
@@ -88,7 +90,12 @@ class Fail2ban:
     action calls pyxdp-load through a wrapper that records each finished call."""
 
     def __init__(self, pin_dir: str, bantime: int, failregex: str = r"^pxtest-auth failure from <HOST>$",
-                 usedns: str = "warn") -> None:
+                 usedns: str = "warn", python: bool = False, action_line: str | None = None) -> None:
+        """``python``: the jail bans with the Python action (pyxdp-direct.py) as the
+        README's example config sets it up (Debian's jail.conf, its
+        ``[DEFAULT]`` block as written), found through PATH (this venv's
+        pyxdp-load first) with the pin directory from $PYXDP_PIN_DIR.
+        ``action_line``: the jail's ``action =`` instead (the shell action's)."""
         self.pin_dir = pin_dir
         self.dir = tempfile.mkdtemp(prefix="pxt-f2b-")
         self.conf = os.path.join(self.dir, "conf")
@@ -103,6 +110,9 @@ class Fail2ban:
         for sub in ("action.d", "filter.d"):
             os.makedirs(os.path.join(self.conf, sub))
         shutil.copy(ACTION, os.path.join(self.conf, "action.d", "pyxdp.conf"))
+        shutil.copy(PY_ACTION, os.path.join(self.conf, "action.d", "pyxdp-direct.py"))
+        self.env = dict(os.environ, PYXDP_PIN_DIR=pin_dir,
+                        PATH=os.path.dirname(sys.executable) + ":" + os.environ.get("PATH", "/usr/bin:/bin"))
         wrapper = os.path.join(self.dir, "pyxdp-load")
         # each call's exit status and words, written when it has finished (calls); its
         # arguments one by one, each ended by \x1f, a line per call (argv)
@@ -125,8 +135,16 @@ allowipv6 = auto
 failregex = {failregex}
 datepattern = {{NONE}}
 """)
+        head = ""
+        if python:  # Debian's jail.conf (its action_ = %(banaction)s[...]) and the README's [DEFAULT] as written
+            for name in ("jail.conf", "paths-common.conf", "paths-debian.conf"):
+                shutil.copy(os.path.join("/etc/fail2ban", name), os.path.join(self.conf, name))
+            head = readme_example() + "\n"
+            action_line = ""
+        elif action_line is None:
+            action_line = f"action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]"
         self._write(os.path.join(self.conf, "jail.local"), f"""\
-[{JAIL}]
+{head}[{JAIL}]
 enabled = true
 filter = pxtest
 logpath = {self.log}
@@ -136,7 +154,7 @@ findtime = 600
 bantime = {bantime}
 ignoreself = false
 usedns = {usedns}
-action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
+{action_line}
 """)
         self._write(self.log, "")
 
@@ -153,7 +171,7 @@ action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
         self.err = open(os.path.join(self.dir, "server.err"), "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             ["fail2ban-server", "-f", "-x", "-c", self.conf, "-s", self.sock, "-p", self.pidfile],
-            stdout=subprocess.DEVNULL, stderr=self.err)
+            stdout=subprocess.DEVNULL, stderr=self.err, env=self.env)
         self.wait(lambda: self.client("status", JAIL, check=False).returncode == 0, "the jail to start", 15)
 
     def stop(self) -> None:
@@ -236,6 +254,14 @@ action = pyxdp[pyxdp={wrapper}, pin_dir={pin_dir}]
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def readme_example() -> str:
+    """The Python action's example config in contrib/fail2ban/README.md, as written there."""
+    with open(os.path.join(CONTRIB, "README.md")) as f:
+        blocks = re.findall(r"```ini\n(.*?)```", f.read(), re.S)
+    (block,) = [b for b in blocks if "pyxdp-direct.py" in b]
+    return block
+
+
 def set_members(pin_dir: str) -> list[str] | None:
     """The addresses in the jail's pyxdp set (``/32`` dropped), None when the
     set cannot be listed (e.g. before the first ban created it)."""
@@ -256,7 +282,7 @@ def f2b(pin_dir: str, netpair: NetPair) -> Iterator[Maker]:
         pytest.fail("fail2ban is not installed: run scripts/setup.sh --test")
     made: list[Fail2ban] = []
 
-    def make(bantime: int, **kw: str) -> Fail2ban:
+    def make(bantime: int, **kw: Any) -> Fail2ban:
         made.append(Fail2ban(pin_dir, bantime, **kw))
         return made[-1]
 
@@ -407,3 +433,108 @@ def test_captured_text_never_becomes_an_option(f2b: Maker, pin_dir: str, netpair
         if "--all" in c or secret in c:
             assert not c.startswith("0 "), f.calls_made()  # refused: pyxdp-load exits 2
     f.stop()
+
+
+class Stream:
+    """UDP datagrams a -> b every 10 ms (a thread) until :meth:`close`,
+    which returns (sent, received)."""
+
+    def __init__(self, pair: NetPair, port: int = 5001) -> None:
+        import socket
+        import threading
+
+        from helpers.netio import netns
+
+        with netns(pair.b):
+            self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind((DST, port))
+        self.rx.settimeout(0.05)
+        with netns(pair.a):
+            self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.port, self.sent, self.received, self.done = port, 0, 0, threading.Event()
+        self.threads = [threading.Thread(target=self._send), threading.Thread(target=self._recv)]
+        for t in self.threads:
+            t.start()
+
+    def _send(self) -> None:
+        while not self.done.is_set():
+            self.tx.sendto(b"pyxdp-f2b-restart", (DST, self.port))
+            self.sent += 1
+            time.sleep(0.01)
+
+    def _recv(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.rx.recv(64)
+                self.received += 1
+            except TimeoutError:
+                pass
+
+    def close(self) -> tuple[int, int]:
+        time.sleep(0.3)  # the last datagrams' way
+        self.done.set()
+        for t in self.threads:
+            t.join()
+        self.tx.close()
+        self.rx.close()
+        return self.sent, self.received
+
+
+def _ttl_left(pin_dir: str, addr: str) -> float | None:
+    """The seconds left of ``addr``'s element in the jail's set (None: permanent or not there)."""
+    import json
+
+    r = sh(PYXDP, "--pin-dir", pin_dir, "set", "list", SET, "--json", check=False)
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        e = json.loads(line)
+        if e["prefix"].removesuffix("/32") == addr:
+            return None if e["expires_in"] is None else float(e["expires_in"])
+    return None
+
+
+def test_python_action_as_the_readme_configures_it_and_a_restart_never_lets_banned_traffic_in(
+        f2b: Maker, pin_dir: str, netpair: NetPair) -> None:
+    """The Python action (pyxdp-direct.py) from the README's example config as written
+    ([DEFAULT] banaction = pyxdp-direct.py over Debian's jail.conf, pyxdp found
+    through pyxdp-load on PATH, the pin dir from $PYXDP_PIN_DIR): a log line
+    bans, a restart keeps the element (its timeout is the time left) and
+    re-bans it, and datagrams from the banned address sent all through the
+    stop and the start never arrive; unbanip lets them through; 'unban --all'
+    empties the set."""
+    f = f2b(600, python=True)
+    f.start()
+    assert reaches(netpair) == (10, 3)
+    f.fail(BANNED)
+    f.wait(lambda: set_members(pin_dir) == [BANNED], f"{BANNED} in pyxdp set {SET}")
+    assert f.banned_in_f2b() == [BANNED]
+    assert reaches(netpair) == (0, 0)
+    ttl = _ttl_left(pin_dir, BANNED)
+    assert ttl is not None and 590 <= ttl <= 601, ttl  # fail2ban's end of the ban
+
+    stream = Stream(netpair)
+    try:
+        time.sleep(0.3)
+        f.stop()  # the jail stops: the set keeps its element
+        assert set_members(pin_dir) == [BANNED], f.diagnostics()
+        time.sleep(0.5)
+        f.start()  # the ban is restored from fail2ban's database: banned again, same end
+        f.wait(lambda: "Restore Ban " + BANNED in f.server_text(), "the ban restored")
+        time.sleep(0.5)
+    finally:
+        sent, received = stream.close()
+    assert sent >= 50 and received == 0, (sent, received)
+    assert set_members(pin_dir) == [BANNED]
+    again = _ttl_left(pin_dir, BANNED)
+    assert again is not None and again <= ttl, (ttl, again)
+
+    f.client("set", JAIL, "unbanip", BANNED)
+    f.wait(lambda: set_members(pin_dir) == [], f"{BANNED} to leave {SET}")
+    assert reaches(netpair) == (10, 3)
+    f.fail(BANNED)  # again, then every ban at once
+    f.wait(lambda: set_members(pin_dir) == [BANNED], f"{BANNED} in pyxdp set {SET} again")
+    f.client("unban", "--all")
+    f.wait(lambda: set_members(pin_dir) == [], f"{SET} emptied by unban --all")
+    assert reaches(netpair) == (10, 3)
+    f.stop()
+    f.assert_no_errors()
+    assert "pyxdp action: bans into @f2b-pxt" in f.server_text()

@@ -148,3 +148,24 @@ def test_setup_links_only_where_nothing_else_is(tmp_path: Any) -> None:
         return
     sbin.chmod(0o555)  # not root: no link, and setup still succeeds
     assert last_line().endswith(f"cannot link {link} (not root?): run {cli}")
+
+
+def test_version_is_the_package_version_and_loads_nothing_else() -> None:
+    """``--version`` prints pyxdp.__version__, which the installed package's
+    metadata (pyproject reads it from there) agrees with; it loads no module
+    of a command (no argparse, no handler)."""
+    from importlib.metadata import version
+
+    import pyxdp
+
+    r = subprocess.run([BIN, "--version"], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"pyxdp-load {pyxdp.__version__}\n", "")
+    assert version("pyxdp") == pyxdp.__version__ == "0.3.0"
+    py = os.path.join(os.path.dirname(BIN), "python")
+    r = subprocess.run([py, "-X", "importtime", "-c", "import sys; from pyxdp.cli import main; "
+                        "sys.exit(main(['--version']))"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r
+    loaded = {line.split("|")[-1].strip() for line in r.stderr.splitlines()[1:]}
+    assert not loaded & {"argparse", "pyxdp.cli.parser", "pyxdp.filter"}, sorted(loaded)
+    r = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60)
+    assert "--version" in r.stdout, r

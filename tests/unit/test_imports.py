@@ -53,7 +53,8 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
         for target, name in _imports(mod, path, mods):
             if target != mod and target in mods:
                 graph[mod].add(target)
-            if name.startswith("_") and target != mod:
+            dunder = name.startswith("__") and name.endswith("__")  # __version__: public by convention
+            if name.startswith("_") and not dunder and target != mod:
                 private.append(f"{mod} imports {name} from {target}")
     return graph, private
 
