@@ -134,8 +134,14 @@ _ACTIONS = {a: a.name.lower() for a in Action}
 
 def rule_labels(r: RuleCount) -> str:
     """The labels of a rule's ``pyxdp_rule_info`` series (its id, number,
-    action and text), formatted. A rule's other labels go here too."""
-    return f'id="{r.id}",rule="{r.number}",action="{_ACTIONS[r.action]}",text="{label_value(r.text)}"'
+    action, text and comment), formatted. A rule's other labels go here too.
+    The comment is the stored text's ``comment 'TEXT'`` (its last words: a
+    comment holds no quote), taken off the text."""
+    text, sep, comment = r.text.rpartition(" comment '")
+    if not (sep and comment.endswith("'")):
+        text, comment = r.text, "'"
+    return (f'id="{r.id}",rule="{r.number}",action="{_ACTIONS[r.action]}",text="{label_value(text)}",'
+            f'comment="{label_value(comment[:-1])}"')
 
 
 def rules_family(limit: int | None) -> Family:
@@ -153,7 +159,7 @@ def rules_family(limit: int | None) -> Family:
         yield TextFamily("pyxdp_rule_bytes_total", "counter", "Bytes of the packets the rule decided, by the rule's "
                          "stable id.", [f'pyxdp_rule_bytes_total{{id="{r.id}"}} {r.bytes}' for r in shown])
         yield TextFamily("pyxdp_rule_info", "gauge", "A rule in the live list (value 1): its stable id, number "
-                         "(position, as 'list' shows it), action and canonical text.",
+                         "(position, as 'list' shows it), action, canonical text and comment.",
                          [f"pyxdp_rule_info{{{rule_labels(r)}}} 1" for r in shown])
         yield GaugeMetricFamily("pyxdp_rules", "Rules in the live rule list.", value=flt.config().nrules)
         yield GaugeMetricFamily("pyxdp_rules_exported", "Rules with per-rule series in this scrape "

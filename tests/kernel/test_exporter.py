@@ -193,7 +193,7 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
     assert sorted(rule_counters(first)) == sorted(info) == ["0", "1"]
     for r in listed:
         [i] = [i for i in info.values() if i["rule"] == str(r["number"])]
-        assert i["text"] == r["rule"] and i["action"] == r["rule"].split()[0]
+        assert i["text"] == r["rule"] and i["action"] == r["rule"].split()[0] and i["comment"] == ""
         assert rule_counters(first)[i["id"]] == r["packets"] == (30 if r["number"] == 1 else 20)
         assert first[("pyxdp_rule_bytes_total", labels(id=i["id"]))] == r["bytes"] > 0
     assert first[("pyxdp_rules", ())] == 2 and first[("pyxdp_rule_capacity", ())] == status["rule_capacity"]
@@ -229,7 +229,7 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
 
     # 'insert 1' renumbers the rules: no counter series changes its labels or value, the info series carry
     # the new numbers; --rule-metrics top:1 keeps the rule with the most packets (now number 2), off none
-    ok("insert", "1", "deny", "from", "198.51.100.7", pin_dir=pin_dir)
+    ok("insert", "1", "deny", "from", "198.51.100.7", "comment", "a scanner", pin_dir=pin_dir)
     with exporter(pin_dir) as exp, exporter(pin_dir, "127.0.0.1:0", "--rule-metrics", "top:1") as top1, \
             exporter(pin_dir, "127.0.0.1:0", "--rule-metrics", "off") as off:
         text, _, after = scrape(exp.url)
@@ -238,7 +238,8 @@ def test_metrics_agree_with_the_cli_under_real_traffic(pin_dir: str, netpair: Ne
     promtool_check(text)
     [new_id] = set(rule_counters(after)) - set(rule_counters(first))
     assert rule_counters(after) == {**rule_counters(first), new_id: 0}
-    inserted = {"id": new_id, "rule": "1", "action": "deny", "text": "deny from 198.51.100.7/32"}
+    inserted = {"id": new_id, "rule": "1", "action": "deny", "text": "deny from 198.51.100.7/32",
+                "comment": "a scanner"}
     assert rule_info(after) == {new_id: inserted,
                                 **{rid: {**lb, "rule": str(int(lb["rule"]) + 1)} for rid, lb in info.items()}}
     [deny_id] = [rid for rid, lb in info.items() if lb["action"] == "deny"]
@@ -318,7 +319,7 @@ def test_many_rules_are_read_in_batches_alike(pin_dir: str, tmp_path: Any) -> No
     promtool_check(text)
     assert len(rule_info(s)) == len(rule_counters(s)) == s[("pyxdp_rules_exported", ())] == 151
     assert rule_info(s)[str(full[0].id)] == {"id": str(full[0].id), "rule": "1", "action": "allow",
-                                             "text": "allow proto tcp to any port 22"}
+                                             "text": "allow proto tcp to any port 22", "comment": ""}
     assert rule_counters(s)[str(full[0].id)] == full[0].packets
 
 
