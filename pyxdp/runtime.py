@@ -68,23 +68,50 @@ def _write(path: str, text: str) -> None:
     write_file_atomic(path, text, 0o600)
 
 
-def record_applied(st: State, config: RuleSetSpec) -> None:
+def record_applied(st: State, config: RuleSetSpec, previous: RuleSetSpec | None = None,
+                   pending: bool = False) -> None:
     """Record that ``config`` (its firewall; interfaces aside) is what the
-    last ``up`` applied to ``st``."""
+    last ``up`` applied to ``st``. ``pending``: the ``up`` is about to apply
+    it over ``previous`` (what the record said before); a kill before the
+    final record leaves this one, and :func:`applied_base` then takes
+    whichever of the two the running firewall holds."""
     path = os.path.join(_make_dir(), APPLIED_FILE)
-    spec = config._replace(interfaces=())
-    _write(path, json.dumps({"v": 1, "state": _identity(st), "config": format_ruleset(spec)}) + "\n")
+    doc: dict[str, object] = {"v": 1, "state": _identity(st), "config": format_ruleset(config._replace(interfaces=()))}
+    if pending:
+        doc["pending"] = True
+        doc["previous"] = None if previous is None else format_ruleset(previous._replace(interfaces=()))
+    _write(path, json.dumps(doc) + "\n")
 
 
-def applied_base(st: State) -> RuleSetSpec | None:
+def _missing(base: RuleSetSpec, running: RuleSetSpec) -> int:
+    """How many of ``base``'s rules and set elements ``running`` lacks (and 1
+    for another policy)."""
+    n = sum(r not in running.rules for r in base.rules) + (base.policy not in (None, running.policy))
+    for name, elements in base.sets.items():
+        have = {e.prefix for e in running.sets.get(name, ())}
+        n += sum(e.prefix not in have for e in elements)
+    return n
+
+
+def applied_base(st: State, running: Callable[[], RuleSetSpec]) -> RuleSetSpec | None:
     """The config the last ``up`` applied to this very state (None: none
-    did, or the record is of another state or unreadable)."""
+    did, or the record is of another state or unreadable). Of a record an
+    ``up`` killed part-way left (pending), the new config when the running
+    firewall holds all of it, else the one before (the next command undid
+    the killed ``up``): ``running()`` reads it."""
     try:
         with open(os.path.join(runtime_dir(), APPLIED_FILE), encoding="utf-8") as fh:
             doc = json.load(fh)
         if not isinstance(doc, dict) or doc.get("v") != 1 or doc.get("state") != _identity(st):
             return None
-        return parse_ruleset(str(doc["config"]), "applied config")
+        new = parse_ruleset(str(doc["config"]), "applied config")
+        if not doc.get("pending"):
+            return new
+        now = running()
+        if _missing(new, now) == 0:
+            return new
+        prev = doc.get("previous")
+        return None if prev is None else parse_ruleset(str(prev), "applied config")
     except (OSError, ValueError, KeyError, UsageError):
         return None
 
@@ -115,7 +142,7 @@ def merged_config(st: State | None, running: Callable[[], RuleSetSpec], config: 
     where it came from (None, None: nowhere), and notes (runtime rules left
     out)."""
     if st is not None:
-        base = applied_base(st)
+        base = applied_base(st, running)
         if base is None:
             return config, None, None, []
         rt = extract(running(), base, config.keep_rules)
@@ -135,7 +162,7 @@ def save_runtime(st: State, running: RuleSetSpec, config: RuleSetSpec | None, co
     ``up`` applied; without a record of one, less ``config``, the file as it
     is now; with neither, all of it) to the runtime file. Returns it and the
     file's path."""
-    base = applied_base(st) or config or RuleSetSpec()
+    base = applied_base(st, lambda: running) or config or RuleSetSpec()
     rt = extract(running, base, bool(config and config.keep_rules))
     path = os.path.join(_make_dir(), RUNTIME_FILE)
     _write(path, format_runtime(rt, config_name))

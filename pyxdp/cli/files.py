@@ -32,7 +32,7 @@ def cmd_apply(args: Args) -> int:
 def cmd_up(args: Args) -> int:
     from ..kernel.xdp import preload
     from ..model.rulefile import parse_ruleset
-    from ..runtime import merged_config, record_applied
+    from ..runtime import applied_base, merged_config, record_applied
     from ..up import config_path, wait_for_interfaces
 
     path = config_path(args.file)
@@ -51,8 +51,17 @@ def cmd_up(args: Args) -> int:
         created = flt.created
         merged, rt, where, notes = (spec, None, None, []) if args.no_runtime else \
             merged_config(None if created else flt.state, flt.ruleset, spec)
-        changes = flt.up(merged, allow_empty=args.allow_empty, only=args.only)
-        if args.only is None or created:
+        record = args.only is None or created
+        if record:  # pending until 'up' is done: a kill in between leaves a record that says both
+            previous = None if created else applied_base(flt.state, flt.ruleset)
+            record_applied(flt.state, spec, previous, pending=True)
+        try:
+            changes = flt.up(merged, allow_empty=args.allow_empty, only=args.only)
+        except BaseException:
+            if record and previous is not None:
+                record_applied(flt.state, previous)
+            raise
+        if record:
             record_applied(flt.state, spec)
         migrated = bool(flt.migrated)
     if created:

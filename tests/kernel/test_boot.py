@@ -235,3 +235,30 @@ def test_remove_removes_a_state_with_or_without_interfaces(pin_dir: str, netpair
         f"removed the state in {pin_dir}"]
     assert xdp(netpair.b, netpair.vb) == ("", 0) and xdp(netpair.a, netpair.va) == ("", 0)
     assert not os.path.exists(pin_dir)
+
+
+def test_a_record_an_up_killed_part_way_left_names_what_the_firewall_holds(pin_dir: str, tmp_path: Any) -> None:
+    """The record of the applied config is written pending before 'up' changes anything and final after:
+    of a pending one (a kill in between), the base is the new config when the running firewall holds all of
+    it (the 'up' was done), else the one before (it was undone)."""
+    from pyxdp import parse_ruleset
+    from pyxdp.runtime import applied_base, record_applied
+
+    old = parse_ruleset('rules = ["deny from @blocked"]\n[sets]\nblocked = ["192.0.2.0/24"]\n')
+    new = parse_ruleset('rules = ["deny from @blocked", "allow 22/tcp"]\n[sets]\nblocked = ["192.0.2.0/24"]\n')
+    with Filter.open(pin_dir, create=True) as flt:
+        flt.apply(old)
+        record_applied(flt.state, new, old, pending=True)  # killed before its first change: undone
+        assert applied_base(flt.state, flt.ruleset) == old
+        flt.apply(new)  # killed after its last change, before the final record
+        flt.ban(["203.0.113.9"])  # what runs beyond it does not matter
+        assert applied_base(flt.state, flt.ruleset) == new
+        record_applied(flt.state, new, None, pending=True)  # no record before it, and undone
+        flt.apply(old)
+        assert applied_base(flt.state, flt.ruleset) is None
+        record_applied(flt.state, old)
+        assert applied_base(flt.state, flt.ruleset) == old
+    # a record is of one state: the same pin directory made anew is another
+    ok("remove", pin_dir=pin_dir)
+    with Filter.open(pin_dir, create=True) as flt:
+        assert applied_base(flt.state, flt.ruleset) is None
