@@ -93,12 +93,22 @@ def _missing(base: RuleSetSpec, running: RuleSetSpec) -> int:
     return n
 
 
+def _fit(base: RuleSetSpec, running: RuleSetSpec) -> tuple[int, int]:
+    """How well ``running`` is ``base`` plus changes made at run time: what
+    ``base`` has that does not run (none, when it is), then what runs that
+    ``base`` lacks (fewest: the base that explains most of what runs)."""
+    rt = extract(running, base, keep_rules=True)
+    return _missing(base, running), sum(len(v) for v in rt.sets.values()) + len(rt.sets) + len(rt.rules)
+
+
 def applied_base(st: State, running: Callable[[], RuleSetSpec]) -> RuleSetSpec | None:
     """The config the last ``up`` applied to this very state (None: none
     did, or the record is of another state or unreadable). Of a record an
-    ``up`` killed part-way left (pending), the new config when the running
-    firewall holds all of it, else the one before (the next command undid
-    the killed ``up``): ``running()`` reads it."""
+    ``up`` killed part-way left (pending), whichever of the new config and
+    the one before the running firewall is (plus changes made at run time):
+    the killed ``up`` was done, or the next command undid it. When both
+    are, the one that leaves less to runtime (a file that only took things
+    out: the one before, undone). ``running()`` reads the firewall."""
     try:
         with open(os.path.join(runtime_dir(), APPLIED_FILE), encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -108,10 +118,11 @@ def applied_base(st: State, running: Callable[[], RuleSetSpec]) -> RuleSetSpec |
         if not doc.get("pending"):
             return new
         now = running()
-        if _missing(new, now) == 0:
-            return new
         prev = doc.get("previous")
-        return None if prev is None else parse_ruleset(str(prev), "applied config")
+        if prev is None:
+            return new if _missing(new, now) == 0 else None
+        old = parse_ruleset(str(prev), "applied config")
+        return new if _fit(new, now) <= _fit(old, now) else old
     except (OSError, ValueError, KeyError, UsageError):
         return None
 

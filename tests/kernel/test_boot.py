@@ -258,6 +258,13 @@ def test_a_record_an_up_killed_part_way_left_names_what_the_firewall_holds(pin_d
         assert applied_base(flt.state, flt.ruleset) is None
         record_applied(flt.state, old)
         assert applied_base(flt.state, flt.ruleset) == old
+        # a file that only takes things out: the running firewall holds both; the base is the one it is
+        record_applied(flt.state, old, new, pending=True)
+        flt.apply(new)  # undone
+        assert applied_base(flt.state, flt.ruleset) == new
+        flt.apply(old)  # done
+        flt.ban(["203.0.113.10"])
+        assert applied_base(flt.state, flt.ruleset) == old
     # a record is of one state: the same pin directory made anew is another
     ok("remove", pin_dir=pin_dir)
     with Filter.open(pin_dir, create=True) as flt:
