@@ -144,16 +144,16 @@ def read_runtime() -> RuntimeSpec | None:
 
 
 def merged_config(st: State | None, running: Callable[[], RuleSetSpec], config: RuleSetSpec,
-                  ) -> tuple[RuleSetSpec, RuntimeSpec | None, str | None, list[str]]:
+                  base: RuleSetSpec | None = None) -> tuple[RuleSetSpec, RuntimeSpec | None, str | None, list[str]]:
     """What ``up`` applies: ``config`` with the runtime on top. Over running
     state (``st``; ``running()`` reads its firewall) the runtime is what
     changed since the last ``up`` of this state (none, when no ``up`` is
     recorded for it: the file then replaces what runs); on fresh state
     (``st`` None) it is the runtime file. Returns the spec, the runtime and
     where it came from (None, None: nowhere), and notes (runtime rules left
-    out)."""
+    out). ``base``: :func:`applied_base` already read (else it is read here)."""
     if st is not None:
-        base = applied_base(st, running)
+        base = base or applied_base(st, running)
         if base is None:
             return config, None, None, []
         rt = extract(running(), base, config.keep_rules)

@@ -49,11 +49,11 @@ def cmd_up(args: Args) -> int:
     with open_filter(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
         loading.join()
         created = flt.created
+        previous = None if created else applied_base(flt.state, flt.ruleset)
         merged, rt, where, notes = (spec, None, None, []) if args.no_runtime else \
-            merged_config(None if created else flt.state, flt.ruleset, spec)
+            merged_config(None if created else flt.state, flt.ruleset, spec, previous)
         record = args.only is None or created
         if record:  # pending until 'up' is done: a kill in between leaves a record that says both
-            previous = None if created else applied_base(flt.state, flt.ruleset)
             record_applied(flt.state, spec, previous, pending=True)
         try:
             changes = flt.up(merged, allow_empty=args.allow_empty, only=args.only)
