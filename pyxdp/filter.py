@@ -455,20 +455,26 @@ class Filter:
             spec = spec._replace(interfaces=recorded_interfaces(self._st))
         return spec
 
-    def up(self, spec: RuleSetSpec, allow_empty: bool = False, progress: Progress | None = None,
-           ) -> list[ConfigChange]:
+    def up(self, spec: RuleSetSpec, allow_empty: bool = False, only: str | None = None,
+           dry_run: bool = False, progress: Progress | None = None) -> list[ConfigChange]:
         """Make the running firewall and the interfaces it runs on what
         ``spec`` says (``pyxdp-load up``), all or nothing: rules and sets
         first, then new interfaces, then detaching the ones ``spec`` no
         longer names (see :func:`pyxdp.up.up`). A ``spec`` naming no
         interface while the filter runs on some (an empty config file) is
-        refused with UsageError unless ``allow_empty``. Returns the changes
-        (none: it was so already). SIGINT and SIGTERM wait until it is done.
-        ``progress(done, total)`` as set elements are written (see :meth:`apply`)."""
+        refused with UsageError unless ``allow_empty``. A missing interface
+        fails it (PyxdpError) unless ``optional`` in ``spec``: it is skipped,
+        with a "missing" change. ``only``: attach just the interfaces of that
+        name. ``dry_run``: change nothing, return what would change. Returns
+        the changes (none: it was so already). SIGINT and SIGTERM wait until
+        it is done. ``progress(done, total)`` as set elements are written (see
+        :meth:`apply`)."""
         from .up import up
 
+        if dry_run:
+            return up(self, spec, allow_empty, only=only, dry_run=True)
         with self._change(lock=False):  # up takes what it changes under the lock, and writes its own records
-            return up(self, spec, allow_empty, progress)
+            return up(self, spec, allow_empty, only=only, progress=progress)
 
     # ---- sets and bans ----------------------------------------------------------------
 

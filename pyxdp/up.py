@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         def state(self) -> State: ...
         @property
         def pin_dir(self) -> str: ...
+        created: bool
         def interfaces(self) -> list[Attachment]: ...
         def ruleset(self, interfaces: bool = False, progress: Callable[[int, int], None] | None = None,
                     ) -> RuleSetSpec: ...
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
                    reload: bool = False) -> Attachment: ...
         def detach(self, ifname: str, netns: str | None = None, keep: bool = False) -> bool: ...
 
-__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "ConfigChange", "config_path", "recorded_interfaces", "recover_up",
-           "undo_up", "up"]
+__all__ = ["CONFIG_DIR", "DEFAULT_CONFIG", "ConfigChange", "config_path", "missing_interfaces", "plan_lines",
+           "recorded_interfaces", "recover_up", "undo_up", "up", "wait_for_interfaces"]
 
 DEFAULT_CONFIG = "/etc/pyxdp/pyxdp.toml"
 CONFIG_DIR = os.path.dirname(DEFAULT_CONFIG)  # 'save' makes it when missing (a fresh machine has none)
@@ -59,7 +60,7 @@ def config_path(path: str | None = None) -> str:
 class ConfigChange(NamedTuple):
     """One thing ``up`` changed; ``str()`` is the line the CLI prints."""
 
-    action: str  # "apply", "attach", "reattach" (another mode) or "detach"
+    action: str  # "apply", "attach", "reattach" (another mode), "detach" or "missing" (an optional one: skipped)
     interface: InterfaceSpec | None  # None for "apply"
     text: str
 
@@ -85,6 +86,40 @@ def recorded_interfaces(st: State) -> tuple[InterfaceSpec, ...]:
             continue
         out.setdefault((a.netns or "", a.ifname), InterfaceSpec(a.ifname, a.netns, a.mode))
     return tuple(out[k] for k in sorted(out))
+
+
+def _exists(i: InterfaceSpec) -> bool:
+    from .kernel.xdp import Netlink
+
+    try:
+        with Netlink(i.netns) as nl:
+            nl.ifindex(i.name)
+    except UsageError:  # no such interface, or namespace
+        return False
+    return True
+
+
+def missing_interfaces(interfaces: tuple[InterfaceSpec, ...] | list[InterfaceSpec]) -> list[InterfaceSpec]:
+    """Those of ``interfaces`` that do not exist (or whose namespace does not)."""
+    return [i for i in interfaces if not _exists(i)]
+
+
+def wait_for_interfaces(interfaces: tuple[InterfaceSpec, ...] | list[InterfaceSpec], step: float = 0.1,
+                        ) -> list[InterfaceSpec]:
+    """Wait until each of ``interfaces`` exists or its ``wait`` (seconds from
+    now) has passed; returns the ones still missing. Holds no lock: call it
+    before opening the state."""
+    import time
+
+    start = time.monotonic()
+    todo = missing_interfaces(interfaces)
+    while todo:
+        left = [i for i in todo if time.monotonic() - start < i.wait]
+        if not left:
+            break
+        time.sleep(step)
+        todo = [i for i in todo if not _exists(i)]
+    return todo
 
 
 def _differs(spec: RuleSetSpec, running: RuleSetSpec) -> bool:
@@ -174,8 +209,8 @@ def _before(have: list[Attachment]) -> str | None:
     return live[0].mode if live else None
 
 
-def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
-       progress: Callable[[int, int], None] | None = None) -> list[ConfigChange]:
+def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False, only: str | None = None,
+       dry_run: bool = False, progress: Callable[[int, int], None] | None = None) -> list[ConfigChange]:
     """Make the running firewall and its interfaces what ``spec`` says, all or
     nothing: apply the rules, sets and policy when they differ (an element
     that runs with a timeout keeps its time left), attach the interfaces not
@@ -183,8 +218,14 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
     again in the file's mode an interface running in another, detach the
     recorded interfaces the spec does not name. A spec that names no
     interface while the filter runs on some is refused (UsageError), before
-    anything changes, unless ``allow_empty``. Returns what changed (empty:
-    nothing to do). ``flt`` must hold the lock.
+    anything changes, unless ``allow_empty``. An interface that does not
+    exist fails it (PyxdpError, nothing changed) unless the spec calls it
+    ``optional``: then it is skipped (a "missing" change says so). ``only``:
+    attach just the interfaces of that name (the firewall is applied only to
+    state made now; nothing is detached): what hotplug runs. ``dry_run``:
+    change nothing, return what would change (``str()`` says "would ...").
+    Returns what changed (empty: nothing to do). ``flt`` must hold the lock
+    (not for a dry run).
 
     Before its first change it pins its journal (:mod:`pyxdp.store.upjournal`):
     each interface it will change with the mode it runs now, and the running
@@ -195,11 +236,16 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
     from .store import upjournal
     from .store.clock import monotonic_ns
 
-    flt.state.require_lock()
+    if not dry_run:
+        flt.state.require_lock()
     have: dict[tuple[str | None, str], list[Attachment]] = {}
     for a in flt.interfaces():
         have.setdefault((a.netns, a.ifname), []).append(a)
-    if not allow_empty:
+    if only is not None:
+        if not any(i.name == only for i in spec.interfaces):
+            raise UsageError(f"the config names no interface {only!r}: 'up --only' attaches one it names")
+        spec = spec._replace(interfaces=tuple(i for i in spec.interfaces if i.name == only))
+    elif not allow_empty:
         _refuse_empty(spec, have)
     want = {(i.netns, i.name): i for i in spec.interfaces}
     new: list[InterfaceSpec] = []
@@ -210,17 +256,25 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
             new.append(i)
         elif i.mode != "auto" and live[0].mode != i.mode:
             remode.append((i, live[0]))
-    gone = [key for key in have if key not in want]
+    absent = missing_interfaces(new)
+    required = [i for i in absent if not i.optional]
+    if required:
+        raise PyxdpError(_missing_text(required) + ": nothing changed")
+    skipped = [ConfigChange("missing", i, _skip_text(i, dry_run)) for i in absent]
+    new = [i for i in new if i not in absent]
+    gone = [] if only is not None else [key for key in have if key not in want]
     stale = _preflight(flt.state, new, have)
     running = flt.ruleset()
-    differs = _differs(spec, running)
+    differs = _differs(spec, running) and (only is None or flt.created)
+    if dry_run:
+        return _dry(spec, running, differs, new, remode, [have[k] for k in gone]) + skipped
 
     # the journal: every interface this 'up' changes, in the order it does, with the mode it runs in now
     touched = [(i.netns, i.name, _before(have.get((i.netns, i.name), []))) for i in new]
     touched += [(i.netns, i.name, old.mode) for i, old in remode]
     touched += [(netns, name, _before(have[(netns, name)])) for netns, name in gone]
     if not differs and not touched:
-        return []
+        return skipped
     plan: dict[str, object] = {"v": 1, "at": monotonic_ns(), "old": format_ruleset(running) if differs else None,
             "ifaces": [list(t) for t in touched]}
     upjournal.write(flt.pin_dir, plan)
@@ -257,7 +311,69 @@ def up(flt: Filter, spec: RuleSetSpec, allow_empty: bool = False,
         upjournal.clear(flt.pin_dir)
         raise
     upjournal.clear(flt.pin_dir)  # the commit
-    return changes
+    return changes + skipped
+
+
+def _missing_text(missing: list[InterfaceSpec]) -> str:
+    names = ", ".join(str(i) for i in missing)
+    waited = max(i.wait for i in missing)
+    return (f"no interface {names}" + (f" (waited {waited:g} s)" if waited else "")
+            + " and the config does not call " + ("it" if len(missing) == 1 else "them") + " optional")
+
+
+def _skip_text(i: InterfaceSpec, dry_run: bool) -> str:
+    return (f"warning: {i} is missing (optional" + (f", waited {i.wait:g} s" if i.wait else "") + "): "
+            + ("would not be attached" if dry_run else "not attached; 'pyxdp-load up --only "
+               f"{i.name}' attaches it when it appears"))
+
+
+def plan_lines(spec: RuleSetSpec, running: RuleSetSpec) -> list[str]:
+    """What applying ``spec`` over ``running`` changes, one line each: rules
+    added (+) and taken out (-) with their numbers, elements added and taken
+    out per set, the policy and connection state."""
+    out = []
+    old, new = list(running.rules), list(spec.rules)
+    out += [f"- rule {n}: {r}" for n, r in enumerate(old, 1) if r not in new]
+    out += [f"+ rule {n}: {r}" for n, r in enumerate(new, 1) if r not in old]
+    if [r for r in old if r in new] != [r for r in new if r in old]:
+        out.append("rules kept change their order")
+    for name in sorted(set(spec.sets) | set(running.sets)):
+        if name not in spec.sets:
+            out.append(f"- set {name} ({len(running.sets[name])} elements)")
+            continue
+        have = {e.prefix: e.ttl is None for e in running.sets.get(name, ())}
+        want = {e.prefix: e.ttl is None for e in spec.sets[name]}
+        add = [p for p in want if p not in have]
+        drop = [p for p in have if p not in want]
+        retimed = [p for p in want if p in have and want[p] != have[p]]
+        if name not in running.sets or add or drop or retimed:
+            shown = ", ".join(str(p) for p in add[:3]) + (", ..." if len(add) > 3 else "")
+            out.append(("+ set" if name not in running.sets else "  set") + f" {name}: +{len(add)} elements"
+                       + (f" ({shown})" if add else "") + f", -{len(drop)}"
+                       + (f" ({', '.join(str(p) for p in drop[:3])}{', ...' if len(drop) > 3 else ''})" if drop else "")
+                       + (f", {len(retimed)} change permanent/timed" if retimed else ""))
+    if spec.policy is not None and spec.policy != running.policy:
+        out.append(f"policy {running.policy.label if running.policy else '-'} -> {spec.policy.label}")
+    if spec.established is not None and spec.established != running.established:
+        out.append(f"connection state {'on' if spec.established else 'off'}")
+    if any(running.timeouts.get(k) != v for k, v in spec.timeouts.items()):
+        out.append("connection timeouts " + ", ".join(f"{k}={v}" for k, v in spec.timeouts.items()
+                                                      if running.timeouts.get(k) != v))
+    return out
+
+
+def _dry(spec: RuleSetSpec, running: RuleSetSpec, differs: bool, new: list[InterfaceSpec],
+         remode: list[tuple[InterfaceSpec, Attachment]], gone: list[list[Attachment]]) -> list[ConfigChange]:
+    out = []
+    if differs:
+        out += [ConfigChange("apply", None, f"would apply: {line}") for line in plan_lines(spec, running)]
+    out += [ConfigChange("attach", i, f"would attach to {i}: {i.mode} mode") for i in new]
+    out += [ConfigChange("reattach", i, f"would attach to {i} again: {i.mode} mode (was {old.mode})")
+            for i, old in remode]
+    for recs in gone:
+        i = InterfaceSpec(recs[0].ifname, recs[0].netns, recs[0].mode)
+        out.append(ConfigChange("detach", i, f"would detach from {i}"))
+    return out
 
 
 def _restore_iface(flt: Filter, netns: str | None, name: str, mode: str | None) -> None:

@@ -95,6 +95,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _sweep(own=True)
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """pyxdp's own files (/var/lib/pyxdp on a host: the runtime file, the record of the last 'up') go to a
+    directory of each test's own: no test writes the host's, or sees another test's."""
+    path = str(tmp_path_factory.mktemp("var-lib-pyxdp"))
+    monkeypatch.setenv("PYXDP_RUNTIME_DIR", path)
+    return path
+
+
 @pytest.fixture
 def pin_dir() -> Iterator[str]:
     """A fresh, unused pin directory path; removed after the test."""

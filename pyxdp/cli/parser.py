@@ -51,5 +51,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     for cmd in TABLE.values():
         if only is None or cmd.name == only:
-            cmd.arguments(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+            sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+            cmd.arguments(sp)
+            if cmd.dry_run:  # also after the command's name ('up --dry-run'); unset, it leaves the global one be
+                sp.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                                help="say what it would change, and change nothing")
     return p

@@ -204,12 +204,25 @@ def _save(sp: Any) -> None:
 def _up(sp: Any) -> None:
     sp.add_argument("file", nargs="?", help="the config file ('-': stdin; default $PYXDP_CONFIG, else "
                     "/etc/pyxdp/pyxdp.toml)")
+    sp.add_argument("--only", metavar="IFACE", help="attach just this interface of the config (rules and sets "
+                    "are applied only to state made now; nothing is detached): for an interface that appears late")
+    sp.add_argument("--no-runtime", action="store_true", help="the config file alone: leave out what changed at "
+                    "run time (bans, set elements; saved in $PYXDP_RUNTIME_DIR, else /var/lib/pyxdp)")
     sp.add_argument("--capacity", type=positive, help="set elements per family when state is created "
                     "(default 1048576)")
     sp.add_argument("--rules", type=positive, help="rule capacity when state is created: a multiple of 64, "
                     "at most 8192 (default 1024)")
     sp.add_argument("--allow-empty", action="store_true", help="let a config that names no interface detach "
                     "every attached one (refused otherwise: an empty file would leave the host unfiltered)")
+
+
+def _save_runtime(sp: Any) -> None:
+    sp.add_argument("--config", metavar="FILE", help="the config file the runtime adds to (default $PYXDP_CONFIG, "
+                    "else /etc/pyxdp/pyxdp.toml; it is read, never written)")
+
+
+def _no_arguments(sp: Any) -> None:
+    """A command with no arguments of its own (the global --pin-dir only)."""
 
 
 def _policy(sp: Any) -> None:
@@ -319,6 +332,8 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             _detach, True),
     Command("status", "attach:cmd_status", "attached interfaces, policy, rules and sets (exit 1: no state); "
             "'status numbered|verbose': ufw's forms", _status, False),
+    Command("remove", "remove:cmd_remove", "detach the filter from every interface it runs on and remove its state",
+            _no_arguments, True),
     Command("allow", "rules:cmd_add", _rule_help("allow"), _rule, True, dry_run=True),
     Command("deny", "rules:cmd_add", _rule_help("deny"), _rule, True, dry_run=True),
     Command("insert", "rules:cmd_insert", "insert a rule before rule number N: 'insert N allow|deny ...'", _insert,
@@ -344,7 +359,10 @@ TABLE: dict[str, Command] = {c.name: c for c in (
     Command("save", "files:cmd_save", "write the running firewall as a file that 'apply' reads", _save, False),
     Command("up", "files:cmd_up", "make the firewall and the interfaces it runs on what the config file says: "
             "apply rules and sets, attach, detach what the file no longer names (a second run changes nothing)",
-            _up, True),
+            _up, True, dry_run=True),
+    Command("save-runtime", "runtime:cmd_save_runtime", "save what changed at run time (bans, set elements with "
+            "their time left; rules with [runtime] keep_rules) to /var/lib/pyxdp for the next boot's 'up'; the "
+            "config file is never written", _save_runtime, False),
     Command("policy", "rules:cmd_policy", "show or set the default policy for unmatched packets: pass or drop",
             _policy, lambda args: getattr(args, "policy", None) is not None, dry_run=True),
     Command("state", "rules:cmd_state", "connection state: show it, or turn it on/off ('state off'), or set "

@@ -27,6 +27,14 @@ plus the interfaces the filter runs on, one ``[[interface]]`` table each
     name = "eth0"
     mode = "native"            # auto (default), native, generic or offload
     netns = "blue"             # optional: an 'ip netns' namespace
+    wait = 10                  # optional: seconds 'up' waits for it to appear (default 0)
+    optional = true            # optional: missing (after its wait), 'up' skips it with a warning
+
+and, optionally, what pyxdp keeps of the changes made at run time (see
+:mod:`pyxdp.model.runtime`):
+
+    [runtime]
+    keep_rules = true          # rules added by hand are kept across reboots too (bans always are)
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ class InterfaceSpec(NamedTuple):
     name: str
     netns: str | None = None  # an 'ip netns' name; None: the host's namespace
     mode: str = "auto"  # auto, native, generic or offload (XdpMode's values)
+    optional: bool = False  # missing: 'up' skips it (with a warning) instead of failing
+    wait: float = 0.0  # seconds 'up' waits for it to appear
 
     def __str__(self) -> str:
         return self.name + (f" (netns {self.netns})" if self.netns else "")
@@ -75,6 +85,7 @@ class RuleSetSpec(NamedTuple):
     interfaces: tuple[InterfaceSpec, ...] = ()
     established: bool | None = None  # connection state on/off; None: the file does not say
     timeouts: dict[str, int] = {}  # noqa: RUF012 - connection timeouts the file names (pyxdp.model.timeouts.TIMEOUTS)
+    keep_rules: bool = False  # [runtime] keep_rules: rules added at run time are kept across reboots
 
 
 def parse_element(text: str) -> Element:
@@ -156,10 +167,18 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
             line = next((i + 1 for i, ln in enumerate(lines) if ln.lstrip(" \t[").startswith(key)), 0)  # or [key]
         return UsageError(f"{source}" + (f" line {line}" if line else "") + f": {msg}")
 
-    unknown = sorted(set(doc) - {"policy", "established", "timeouts", "rules", "sets", "interface"})
+    unknown = sorted(set(doc) - {"policy", "established", "timeouts", "rules", "sets", "runtime", "interface"})
     if unknown:
         raise fail(f"unknown key {quote(unknown[0])} (expected policy, established, timeouts, rules, sets, "
-                   "interface)", key=unknown[0])
+                   "runtime, interface)", key=unknown[0])
+    runtime = doc.get("runtime", {})
+    if not isinstance(runtime, dict) or any(k != "keep_rules" for k in runtime):
+        bad = next((k for k in runtime if k != "keep_rules"), None) if isinstance(runtime, dict) else None
+        raise fail("runtime must be a table with keep_rules = true or false"
+                   + (f" (unknown key {quote(bad)})" if bad else ""), key=bad or "runtime")
+    keep_rules = runtime.get("keep_rules", False)
+    if not isinstance(keep_rules, bool):
+        raise fail("keep_rules must be true or false", key="keep_rules")
     established = doc.get("established")
     if established is not None and established not in ("on", "off"):
         raise fail(f"established must be \"on\" or \"off\", not {quote(str(established))}", key="established")
@@ -212,11 +231,13 @@ def parse_ruleset(text: str, source: str = "input") -> RuleSetSpec:
         raise fail(f"a rule uses @{missing[0]}, which the file does not define under [sets]", key="rules")
     interfaces = _parse_interfaces(doc.get("interface", []), lines, source)
     return RuleSetSpec(tuple(rules), sets, Verdict[policy.upper()] if policy else None, interfaces=interfaces,
-                       established=None if established is None else established == "on", timeouts=raw_timeouts)
+                       established=None if established is None else established == "on", timeouts=raw_timeouts,
+                       keep_rules=keep_rules)
 
 
 _NETNS_MAX = 59  # the ifaces record holds 60 bytes
-_IFACE_KEYS = ("name", "netns", "mode")
+_IFACE_KEYS = ("name", "netns", "mode", "optional", "wait")
+MAX_WAIT = 600  # seconds an [[interface]]'s wait may be (a boot waits at most this long for one)
 
 
 def _interface_line(lines: list[str], index: int, key: str | None) -> int:
@@ -249,7 +270,8 @@ def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[Inter
             raise fail("interface must be [[interface]] tables (name = ..., netns = ..., mode = ...)", i)
         unknown = [k for k in entry if k not in _IFACE_KEYS]
         if unknown:
-            raise fail(f"unknown key {quote(unknown[0])} in [[interface]] (expected name, netns, mode; the file's "
+            raise fail(f"unknown key {quote(unknown[0])} in [[interface]] (expected name, netns, mode, optional, "
+                       "wait; the file's "
                        "other keys go before the first [[interface]])", i, unknown[0])
         name = entry.get("name")
         if name is None:
@@ -266,7 +288,13 @@ def _parse_interfaces(raw: object, lines: list[str], source: str) -> tuple[Inter
         mode = entry.get("mode", "auto")
         if mode not in modes:
             raise fail(f"bad mode {quote(str(mode))} for interface {name}: {', '.join(modes)}", i, "mode")
-        spec = InterfaceSpec(name, netns, mode)
+        optional = entry.get("optional", False)
+        if not isinstance(optional, bool):
+            raise fail(f"optional must be true or false, not {quote(str(optional))}", i, "optional")
+        wait = entry.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+            raise fail(f"wait must be a number of seconds from 0 to {MAX_WAIT}, not {quote(str(wait))}", i, "wait")
+        spec = InterfaceSpec(name, netns, mode, optional, float(wait))
         if any((o.name, o.netns) == (name, netns) for o in out):
             raise fail(f"interface {spec} given twice", i, "name")
         out.append(spec)
@@ -292,9 +320,15 @@ def format_ruleset(spec: RuleSetSpec) -> str:
         out.append("]")
     if spec.timeouts:
         out += ["", "[timeouts]"] + [f"{k} = {v}" for k, v in spec.timeouts.items()]
+    if spec.keep_rules:
+        out += ["", "[runtime]", "keep_rules = true"]
     for i in spec.interfaces:  # names and modes need no quoting: parse_ruleset allows none that would
         out += ["", "[[interface]]", f'name = "{i.name}"'] + ([f'netns = "{i.netns}"'] if i.netns else [])
         out.append(f'mode = "{i.mode}"')
+        if i.optional:
+            out.append("optional = true")
+        if i.wait:
+            out.append(f"wait = {i.wait:g}")
     return "\n".join(out) + "\n"
 
 

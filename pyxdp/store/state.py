@@ -304,7 +304,8 @@ class State:
                                          ("flow capacity", flows, st.flow_capacity)):
                     if want is not None and have != want:
                         raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}; "
-                                              "detach everywhere (without --keep) to change it")
+                                              "it is fixed when the state is made: 'pyxdp-load remove' (the filter "
+                                              "goes off), then make it again with the capacity")
             if not lock and lk is not None:
                 lk.release()
                 st._lock = None

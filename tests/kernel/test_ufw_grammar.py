@@ -197,6 +197,10 @@ def test_dry_run_changes_nothing(pin_dir: str, tmp_path: Path) -> None:
         assert says in out, (args, out)
         assert "nothing changed" in out
         assert ok("save", pin_dir=pin_dir) == before, args
+    for args in (["allow", "80/tcp"], ["policy", "drop"], ["ban", "198.51.100.1"]):  # after the command's name too
+        out = ok(args[0], "--dry-run", *args[1:], pin_dir=pin_dir)
+        assert out.startswith("dry run: ") and "nothing changed" in out, (args, out)
+        assert ok("save", pin_dir=pin_dir) == before, args
     fails(2, "--dry-run is not supported by 'detach'", "--dry-run", "detach", "lo", pin_dir=pin_dir)
 
 

@@ -3,22 +3,20 @@ back and refuses what it does not know with its line: tests/unit/test_up.py):
 ``pyxdp-load up`` makes the running firewall
 and its interfaces what the file says (real interfaces in namespaces the
 tests make, real packets), all or nothing, a second time changing nothing;
-``save --all`` writes it back; the systemd unit passes ``systemd-analyze
-verify`` and its commands do what it says."""
+``save --all`` writes it back (the systemd unit's commands, runtime saving,
+waiting and optional interfaces: tests/kernel/test_boot.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
-from helpers.cli import BIN, fails, ok, run
-from helpers.env import ROOT, NetPair, needs_root, sh, systemd_unit
+from helpers.cli import fails, ok, run
+from helpers.env import NetPair, needs_root, sh
 from helpers.traffic import dropped_all_but, exchange
 
 from pyxdp import (
@@ -161,11 +159,11 @@ def test_a_bad_file_or_a_failing_step_changes_nothing(pin_dir: str, netpair: Net
         (speed, 2, f"bad.toml line {speed.splitlines().index('speed = 5') + 1}: unknown key 'speed' in [[interface]]"),
         (changed.replace("allow 22/tcp", "allow 99999/tcp"), 2, "bad.toml line 3: bad port '99999'"),
         (changed.replace('mode = "generic"', 'mode = "turbo"'), 2, "bad mode 'turbo' for interface vb"),
-        # checked before anything changes: a missing interface or namespace
-        (changed + '\n[[interface]]\nname = "nosuch0"\nnetns = "' + netpair.b + '"\n', 2,
-         f"no interface 'nosuch0' in netns {netpair.b}"),
-        (changed + '\n[[interface]]\nname = "vb"\nnetns = "pxt-no-such-ns"\n', 2,
-         "no network namespace 'pxt-no-such-ns'"),
+        # checked before anything changes: a missing interface or namespace (a runtime failure: exit 1)
+        (changed + '\n[[interface]]\nname = "nosuch0"\nnetns = "' + netpair.b + '"\n', 1,
+         f"no interface nosuch0 (netns {netpair.b}) and the config does not call it optional: nothing changed"),
+        (changed + '\n[[interface]]\nname = "vb"\nnetns = "pxt-no-such-ns"\n', 1,
+         "no interface vb (netns pxt-no-such-ns) and the config does not call it optional"),
         # fails halfway (lo has no native XDP): the rules applied and the interfaces changed are put back
         (changed + '\n[[interface]]\nname = "lo"\nnetns = "' + netpair.b + '"\nmode = "native"\n', 1,
          "attach to lo (native)"),
@@ -188,7 +186,7 @@ def test_a_bad_file_or_a_failing_step_changes_nothing(pin_dir: str, netpair: Net
     fresh = pin_dir + "-fresh"
     try:
         bad.write_text(config(netpair, ifaces=(("nosuch0", netpair.b, "auto"),)))
-        fails(2, "no interface 'nosuch0'", "up", str(bad), pin_dir=fresh)
+        fails(1, "no interface nosuch0", "up", str(bad), pin_dir=fresh)
         assert not os.path.exists(fresh)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
@@ -326,41 +324,3 @@ def test_up_reads_pyxdp_config_and_stdin(pin_dir: str, netpair: NetPair, tmp_pat
         "no change: the firewall and its 1 interface are what stdin says\n"
     r = run("up", pin_dir=pin_dir, env={"PYXDP_CONFIG": str(tmp_path / "missing.toml")})
     assert r.returncode == 2 and r.stderr.strip().endswith("missing.toml: No such file or directory")
-
-
-# ---- the systemd unit ------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not ROOT, reason="needs root")
-def test_the_units_commands_start_reload_and_stop_as_documented(pin_dir: str, netpair: NetPair,
-                                                              tmp_path: Any) -> None:
-    """ExecStart, ExecReload and ExecStop run as systemd would run them (its Environment, ${VAR}
-    expanded; the state in this test's pin directory): stop saves, bans with their time left, and
-    leaves the filter on."""
-    svc = systemd_unit()["Service"]
-    cfg = tmp_path / "pyxdp.toml"
-    cfg.write_text(config(netpair, ifaces=((netpair.vb, netpair.b, "native"),)))
-    env = dict(os.environ, PYXDP_PIN_DIR=pin_dir)
-    key, _, value = svc["Environment"].partition("=")
-    assert key == "PYXDP_CONFIG" and value == "/etc/pyxdp/pyxdp.toml"
-    env[key] = str(cfg)  # what 'systemctl edit' with Environment=PYXDP_CONFIG=... does
-
-    def execute(line: str) -> str:
-        argv = [w.replace("${PYXDP_CONFIG}", env["PYXDP_CONFIG"]) for w in shlex.split(line)]
-        assert argv[0] == "/usr/local/sbin/pyxdp-load"
-        r = subprocess.run([BIN, *argv[1:]], capture_output=True, text=True, env=env, timeout=60)
-        assert r.returncode == 0 and r.stderr == "", r.stderr
-        return r.stdout
-
-    assert "attached to vb" in execute(svc["ExecStart"])
-    ok("ban", "-q", "203.0.113.9", "--ttl", "2h", pin_dir=pin_dir)  # a ban made while running
-    assert execute(svc["ExecReload"]).splitlines() == ["applied 2 rules, 1 set (2 elements), policy pass"]
-    assert "203.0.113.9" not in ok("save", pin_dir=pin_dir)  # the file did not have it: reload makes it so
-    ok("ban", "-q", "203.0.113.9", "--ttl", "2h", pin_dir=pin_dir)
-    assert execute(svc["ExecStop"]) == ""
-    saved = parse_ruleset(cfg.read_text(), "saved")
-    ban = [e for e in saved.sets["banned"] if str(e.prefix) == "203.0.113.9/32"]
-    assert ban and ban[0].ttl is not None and 7190 <= ban[0].ttl <= 7200
-    assert saved.interfaces == (InterfaceSpec("vb", netpair.b, "native"),)
-    assert xdp(netpair.b, netpair.vb)[0] == "native"  # stopping does not open the firewall
-    assert execute(svc["ExecStart"]).startswith("no change: ")
