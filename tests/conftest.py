@@ -69,6 +69,8 @@ def _sweep(own: bool = False) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "root: needs root (BPF and netlink); skipped without it, "
                             "-m 'not root' leaves it out")
+    config.addinivalue_line("markers", "long(seconds): takes that long or so here alone (a crash-injection "
+                            "loop); under pytest-xdist the long tests start first, longest first")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -79,16 +81,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _sweep()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering (by fixtures)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that needs root is marked ``root`` (explicitly, or by using a
     fixture that makes BPF state or namespaces): ``pytest -m "not root"``
-    leaves it out; run without root, it is skipped."""
+    leaves it out; run without root, it is skipped. In a pytest-xdist
+    worker the ``long`` tests come first, longest first (the same order in
+    every worker, as xdist requires): --dist loadgroup hands out tests in
+    this order to whichever worker is free (each holds one running and one
+    waiting), so the long ones run side by side from the start instead of
+    one of them ending the run alone."""
     skip = pytest.mark.skip(reason="needs root (BPF and netlink)")
     for item in items:
         if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.root)
         if not ROOT and item.get_closest_marker("root") is not None:
             item.add_marker(skip)
+    if hasattr(config, "workerinput"):  # set in pytest-xdist's workers only
+        items.sort(key=_longest_first)  # stable: file order otherwise
+
+
+def _longest_first(item: pytest.Item) -> float:
+    mark = item.get_closest_marker("long")
+    return -float(mark.args[0]) if mark is not None else 0.0
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -563,39 +563,51 @@ BIG_CASE = Case("set-add-70k-two-batches-to-trie", BASE, ("set", "add", "blk", "
 ALL_CASES = [*CASES, BIG_CASE]
 
 
+def _one_crash_loop(case: Case, pin: str) -> list[str]:
+    try:
+        return crash_loop(case, pin, budget=40 if case is BIG_CASE else 200)
+    except Exception as exc:  # noqa: BLE001 - reported by the case's test
+        return [f"{case.name}: {type(exc).__name__}: {exc}"]
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def crash_results(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[list[str]]]]:
-    """Start the crash loops of the cases this session selected, all at once,
-    each in its own pin dir: much of their time is waiting, not CPU (all
-    twelve took 48-52 s here at once, 59-85 s three at a time, on a 2-core
-    machine shared with other runs). Each case's test waits for its own loop
-    only, so its result shows when that loop ends (all used to wait for the
-    last: about a minute without output; now at most ~20 s)."""
+def crash_results(request: pytest.FixtureRequest) -> Iterator[Callable[[str], list[str]]]:
+    """The problems of a case's crash loop, by case name, each loop in its
+    own pin dir. In one pytest process the loops of all the cases this
+    session selected start at once: much of their time is waiting, not CPU
+    (all twelve took 48-52 s here at once, 59-85 s three at a time, on a
+    2-core machine shared with other runs), and each case's test waits for
+    its own loop only. Under pytest-xdist (a worker runs the tests it is
+    handed, and cannot know which those are ahead) each case's test runs
+    its own loop: the workers run them side by side with the other tests."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def pin(case: Case) -> str:
+        return f"/sys/fs/bpf/pyxdp-t{RUN}-crash-{case.name}"
+
+    by_name = {c.name: c for c in ALL_CASES}
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
+        yield lambda name: _one_crash_loop(by_name[name], pin(by_name[name]))
+        return
     wanted = {it.callspec.params["case"].name for it in request.session.items
               if getattr(it, "originalname", "") == "test_killed_after_every_map_write"}
-    pins = {c.name: f"/sys/fs/bpf/pyxdp-t{RUN}-crash-{c.name}" for c in ALL_CASES if c.name in wanted}
-
-    def one(case: Case) -> list[str]:
-        try:
-            return crash_loop(case, pins[case.name], budget=40 if case is BIG_CASE else 200)
-        except Exception as exc:  # noqa: BLE001 - reported by the case's test
-            return [f"{case.name}: {type(exc).__name__}: {exc}"]
-
     cases = [c for c in ALL_CASES if c.name in wanted]
     pool = ThreadPoolExecutor(max(1, len(cases)))
     try:
-        yield {c.name: pool.submit(one, c) for c in cases}
+        started: dict[str, Future[list[str]]] = {c.name: pool.submit(_one_crash_loop, c, pin(c)) for c in cases}
+        yield lambda name: started[name].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for pin in pins.values():
-            shutil.rmtree(pin, ignore_errors=True)
+        for c in cases:
+            shutil.rmtree(pin(c), ignore_errors=True)
 
 
+@pytest.mark.long(20)
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.name for c in ALL_CASES])
-def test_killed_after_every_map_write(case: Case, crash_results: dict[str, Future[list[str]]]) -> None:
-    problems = crash_results[case.name].result()
+def test_killed_after_every_map_write(case: Case, crash_results: Callable[[str], list[str]]) -> None:
+    problems = crash_results(case.name)
     assert not problems, "\n".join(problems[:40])
 
 
@@ -651,6 +663,7 @@ def _set_counts(pin: str) -> dict[str, int]:
     return {d["name"]: d["ipv4"] + d["ipv6"] for d in map(json.loads, ok(pin, "set", "list", "--json").splitlines())}
 
 
+@pytest.mark.long(20)
 def test_ban_file_killed_by_the_clock(pin_dir: str, big_file: tuple[str, int]) -> None:
     """Issue case 2: `ban --file` (300,000 prefixes) SIGKILLed part-way:
     none or all banned, counts right, the datapath agrees, and rerunning the
@@ -700,6 +713,7 @@ def test_ban_file_killed_by_the_clock(pin_dir: str, big_file: tuple[str, int]) -
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.long(8)
 @pytest.mark.parametrize("how", ["apply", "set-add"])
 def test_killed_big_change_does_not_poison_the_next_set(pin_dir: str, big_file: tuple[str, int], how: str,
                                                         tmp_path: Any) -> None:
@@ -801,6 +815,7 @@ def _iface_problems(pin: str, pair: NetPair, tag: str,
     return out
 
 
+@pytest.mark.long(30)
 def test_first_attach_killed(pin_dir: str, netpair: NetPair) -> None:
     """`attach` making the state, killed after each map write: the next
     attach works, status matches the kernel, and detach removes it all."""
@@ -858,6 +873,7 @@ def _firewall_problems(pin: str, want: View, tag: str, now: View | None = None) 
     return out + [f"{tag}: {p}" for p in count_problems(pin)]
 
 
+@pytest.mark.long(20)
 def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     """`attach --reload` on one of two interfaces, killed after each map
     write, and (simulated: no map write happens there) killed between the
@@ -918,6 +934,7 @@ def test_attach_reload_killed(pin_dir: str, netpair: NetPair) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.long(45)
 def test_detach_killed(pin_dir: str, netpair: NetPair) -> None:
     """`detach` of one of two interfaces, then of the last, killed after each
     map write; and the last detach killed part-way through removing the pins
@@ -1385,6 +1402,7 @@ def up_crash_parallel(prepare: Callable[[str, NetPair, str], tuple[str, Any]], h
     return problems, points
 
 
+@pytest.mark.long(60)
 @pytest.mark.parametrize("how", ["change", "sendto"])
 def test_failing_up_killed_at_every_step_is_undone(tmp_path: Any, how: str) -> None:
     """The issue's case: 'up good.toml' runs; 'up bad.toml' (a new interface,
@@ -1410,6 +1428,7 @@ def test_failing_up_killed_at_every_step_is_undone(tmp_path: Any, how: str) -> N
     assert points > 10 and not problems, "\n".join(problems[:20])
 
 
+@pytest.mark.long(60)
 def test_up_killed_at_every_change_is_finished_or_undone(tmp_path: Any) -> None:
     """A good 'up' that applies, attaches one interface, attaches another in
     another mode and detaches a third, killed after each change (map write,

@@ -542,6 +542,7 @@ def _dies_writing(prog_id: int, update: Any) -> Any:
     return dying_update
 
 
+@pytest.mark.long(35)
 def test_migration_killed_at_every_step(old_pkg: str, pin_dir: str, netpair: NetPair, tmp_path: Any,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`attach --reload` of 0.2.0 state SIGKILLed after its Nth map write, for

@@ -448,6 +448,7 @@ def run_scenario(flt: Any, tester: Any, sc: Scenario) -> None:
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
 
+@pytest.mark.long(45)
 @settings(max_examples=RULE_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=rule_scenarios())
 def test_rules_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
@@ -457,6 +458,7 @@ def test_rules_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
     run_scenario(*bench, sc)
 
 
+@pytest.mark.long(20)
 @settings(max_examples=PACKET_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=packet_scenarios())
 def test_packets_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
@@ -583,6 +585,7 @@ def model_flows(fw: Firewall) -> list[Any]:
     return sorted(out)
 
 
+@pytest.mark.long(12)
 @settings(max_examples=PACKET_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=conn_scenarios())
 def test_connection_state_matches_model(bench: tuple[Any, Any], sc: Any) -> None:

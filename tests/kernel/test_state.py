@@ -248,6 +248,7 @@ def test_state_of_another_layout_version_is_refused(pin_dir: str) -> None:
         assert [str(r.rule) for r in flt.rules()] == ["deny proto tcp to any port 22"]
 
 
+@pytest.mark.long(10)
 def test_testers_dropped_without_close_warn_and_release_what_they_hold(flt: Filter) -> None:
     """Issue 9 case 8: testers left unclosed (a loaded program and a 1 MiB ring
     each) warn when collected and free what they hold: memory stays flat."""

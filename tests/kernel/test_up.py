@@ -146,6 +146,7 @@ def test_up_attaches_applies_drops_and_a_second_run_changes_nothing(pin_dir: str
     assert "deny from @blocked" in ok("save", pin_dir=pin_dir)
 
 
+@pytest.mark.long(15)
 @needs_root
 def test_a_bad_file_or_a_failing_step_changes_nothing(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
     cfg = tmp_path / "pyxdp.toml"
@@ -192,6 +193,7 @@ def test_a_bad_file_or_a_failing_step_changes_nothing(pin_dir: str, netpair: Net
         shutil.rmtree(fresh, ignore_errors=True)
 
 
+@pytest.mark.long(12)
 @needs_root
 def test_an_empty_config_is_refused_over_attached_interfaces(pin_dir: str, netpair: NetPair, tmp_path: Any) -> None:
     """Issue 19 (5): an empty file (or /dev/null, or one with rules but no

@@ -54,6 +54,7 @@ def _setup(tree: str, sbin: str, env: dict[str, str] | None = None) -> subproces
                           env=e, timeout=900, check=False)
 
 
+@pytest.mark.long(25)
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="setup.sh is for Debian")
 def test_setup_installs_once_quietly_links_and_reruns_without_the_index(tmp_path: Any) -> None:
     if not all(_installed(p) for p in ("libbpf1", "iproute2")):

@@ -491,6 +491,7 @@ POOL_RULES = rules(POOL_PREFIXES, SETS, IFACES, PORT_POOL)
 @given(st.sampled_from([0, 1, 2, 3, 5, 8, 13, 30, 63, 64, 65, 70]).flatmap(
     lambda n: st.lists(POOL_RULES, min_size=n, max_size=n)),
        st.lists(packets(), min_size=1, max_size=40), st.integers(0, 1))
+@pytest.mark.long(15)
 def test_compiled_tables_find_the_first_matching_rule(rule_list: list[Rule], pkts: list[Pkt], gen: int) -> None:
     cap = 64 if len(rule_list) <= 64 else 128
     t = compile_rules(rule_list, cap, gen, SET_IDS, IFINDEXES)
