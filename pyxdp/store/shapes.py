@@ -197,14 +197,3 @@ def switch(st: _State, new_cfg: Any, write: Callable[[], None]) -> None:
     if run.shape != new:
         replace(st, new)
 
-
-def settle(st: _State) -> None:
-    """Make every interface run the program of the shape the live
-    configuration needs (after an attach, a migration, a cut-short
-    replacement)."""
-    run = running(st)
-    if run is None:
-        return
-    need = needed(st, st.config())
-    if not run.settled or run.shape != need:
-        replace(st, need)

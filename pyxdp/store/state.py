@@ -294,11 +294,6 @@ class State:
                 created = True
             elif migrate is not None and lk is not None:
                 st.migrated_from = migrate(st, flows)
-                if st.migrated_from:  # the migration loaded the general program: the shape the config needs
-                    from .shapes import settle
-
-                    st.close_maps()  # the handles of maps the migration replaced
-                    settle(st)
             st.check_meta(refusal)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
@@ -403,12 +398,6 @@ class State:
     @property
     def rule_capacity(self) -> int:
         return (self.map("rvec").spec.value_size - 8) * 8
-
-    def close_maps(self) -> None:
-        """Drop the open map handles (they are opened again by name)."""
-        for m in self._maps.values():
-            m.close()
-        self._maps = {}
 
     def remove(self) -> None:
         """Unpin everything, and remove the pin directory when pyxdp made it
