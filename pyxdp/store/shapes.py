@@ -26,8 +26,9 @@ from .. import layout as L
 from ..errors import AttachError, BpfError, UsageError
 from ..kernel.bpf import Map, Program
 from ..layout import Shape
-from ..model.shapes import covers, joint, shape_for
+from ..model.shapes import covers, describe, joint, shape_for
 from .clock import grace_period
+from .lock import signals_deferred
 from .objects import PROG_PIN, open_object, pin_program
 
 if TYPE_CHECKING:
@@ -157,7 +158,9 @@ def replace(st: _State, shape: int) -> int:
     from ..model.modes import XdpMode
 
     prog = load(st, shape)
-    with prog:
+    # SIGINT/SIGTERM held (as in every multi-map change): also what a helper process forked for a netns
+    # socket (pyroute2) inherits, so that stopping it never runs this process's handlers in the copy
+    with prog, signals_deferred():
         ifaces = st.map("ifaces")
         for key, ns, _idx, rec, ifst in _kernel_view(st, _records(st)):
             name, mode, pid, slot, flags = rec
@@ -197,3 +200,21 @@ def switch(st: _State, new_cfg: Any, write: Callable[[], None]) -> None:
     if run.shape != new:
         replace(st, new)
 
+
+class ShapeState(NamedTuple):
+    """What ``status`` shows: the shape the state's programs run (None: no
+    program loaded), the shape the live configuration needs, and whether
+    every interface runs the pinned program."""
+
+    running: Shape | None
+    needed: Shape
+    settled: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"running": None if self.running is None else describe(self.running), "needed": describe(self.needed),
+                "settled": self.settled}
+
+
+def shape_state(st: _State) -> ShapeState:
+    run = running(st)
+    return ShapeState(None if run is None else run.shape, needed(st, st.config()), run is None or run.settled)

@@ -73,7 +73,7 @@ def filt() -> Iterator[Any]:
 
     path = f"/sys/fs/bpf/pyxdp-t{RUN}-shapes"
     try:
-        with Filter.open(path, create=True) as flt:
+        with Filter.open(path, create=True, capacity=1024, rules=64, flows=1024) as flt:  # small: quick testers
             yield flt
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -232,6 +232,8 @@ def test_shape_follows_the_config(attached: tuple[str, NetPair]) -> None:
         flt.allow("22/tcp")
         widened = _kernel_progs(pair)
         assert widened[0] != first[0] and not _settled(pin, pair)
+        seen = flt.shape()
+        assert (seen.running, seen.needed, seen.settled) == (_shape_of(widened[0]), _need(pin), True)
         flt.allow("80/tcp")  # the same parts: no load
         flt.set_add("a", [parse_prefix("10.1.0.0/16")])  # set edits never change the shape
         flt.set_policy(Verdict.DROP)
