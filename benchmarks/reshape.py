@@ -2,22 +2,22 @@
 
 1. load (verification) time of the filter program per shape: the general
    program against the shapes configurations need (ms, median);
-2. a config change on a state attached to a veth (native XDP): one that
-   keeps the shape (a port rule added and deleted, a set element added)
-   against the same change under a baseline tree (the commit before the
-   shapes, `--baseline DIR`), and changes that change the shape (connection
-   state off/on, the first set rule deleted/added: a program loaded and
-   replaced), in the same run, interleaved;
+2. config changes on a state attached to a veth (native XDP), each against
+   the same change under a baseline tree (the commit before the shapes,
+   767ecaa unless told): ones that keep the shape (a port rule added and
+   deleted, a set element added) and ones that change it (connection state
+   off/on, the set rule deleted/inserted: here a program is loaded and
+   replaced), in the same run, processes interleaved;
 3. `pyxdp-load attach` (fresh state, native) against `xdp-filter load`,
    this tree and the baseline, interleaved, and where attach's time goes
    (each stage timed in one process: imports, state with its maps and
    programs, the netlink attach; each program's verification alone).
 
 A veth pair pxshape0/pxshape1 in the host's namespace (made and removed
-here). Run as root, with a baseline tree made by
+here). Run as root from a git checkout (the baseline is extracted with git
+archive), or give a baseline tree:
 
-    git worktree add /tmp/pyxdp-base 767ecaa   # or: git archive 767ecaa | tar -x -C /tmp/pyxdp-base
-    sudo .venv/bin/python benchmarks/reshape.py --baseline /tmp/pyxdp-base [--runs 7]
+    sudo .venv/bin/python benchmarks/reshape.py [--runs 7] [--baseline DIR | --baseline-commit REV]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ EDITS = r"""
 import json, sys, time
 from pyxdp import Filter
 from pyxdp.model.prefix import parse_prefix
-pin, dev, runs, shaped = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+pin, dev, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 out = {}
 def timed(name, fn):
     t = time.perf_counter()
@@ -55,12 +55,11 @@ with Filter.open(pin, create=True, with_program=True) as flt:
         timed("keep: allow 80/tcp", lambda: flt.allow("80/tcp"))
         timed("keep: delete it", lambda: flt.delete_rules([flt.rules()[-1].rule]))
         timed("keep: set add one element", lambda: flt.set_add("banned", [parse_prefix(f"198.51.100.{i}")]))
-        if shaped:
-            timed("shape: state off", lambda: flt.set_established(False))
-            timed("shape: state on", lambda: flt.set_established(True))
-            rule = [r.rule for r in flt.rules() if "@" in str(r.rule)][0]
-            timed("shape: delete the set rule", lambda: flt.delete_rules([rule]))
-            timed("shape: insert it again", lambda: flt.add_rule(rule, 1))
+        timed("shape: state off", lambda: flt.set_established(False))
+        timed("shape: state on", lambda: flt.set_established(True))
+        rule = [r.rule for r in flt.rules() if "@" in str(r.rule)][0]
+        timed("shape: delete the set rule", lambda: flt.delete_rules([rule]))
+        timed("shape: insert it again", lambda: flt.add_rule(rule, 1))
     flt.detach(dev)
 print(json.dumps(out))
 """
@@ -75,6 +74,8 @@ t1 = time.perf_counter()
 pin, dev = sys.argv[1], sys.argv[2]
 flt = Filter.open(pin, create=True, with_program=True)
 t2 = time.perf_counter()
+import pyroute2
+t2b = time.perf_counter()
 flt.attach(dev)
 t3 = time.perf_counter()
 from pyxdp.store.objects import open_object
@@ -91,7 +92,8 @@ for prog, shape in (("xdp_filter", need), ("xdp_filter", 0), ("egress", need), (
 flt.detach(dev)
 flt.close()
 print(json.dumps({"imports": (t1 - t0) * 1e3, "state: maps, programs verified, pinned": (t2 - t1) * 1e3,
-                  "attach: netlink (pyroute2), egress + XDP": (t3 - t2) * 1e3, "verify": verify}))
+                  "import pyroute2": (t2b - t2) * 1e3, "attach: netlink, egress (tc) + XDP": (t3 - t2b) * 1e3,
+                  "verify": verify}))
 """
 
 LOADS = r"""
@@ -140,10 +142,20 @@ def med(xs: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--baseline", required=True, help="a tree of the commit before the shapes")
+    ap.add_argument("--baseline", help="a tree of the commit before the shapes (default: --baseline-commit of "
+                    "this repository, extracted to a temporary directory)")
+    ap.add_argument("--baseline-commit", default="767ecaa")
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
-    base = os.path.abspath(args.baseline)
+    made = None
+    if args.baseline:
+        base = os.path.abspath(args.baseline)
+    else:
+        import tempfile
+
+        base = made = tempfile.mkdtemp(prefix="pyxdp-base-")
+        arc = subprocess.run(["git", "-C", TOP, "archive", args.baseline_commit], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", base], input=arc.stdout, check=True)
     if os.path.exists("/sys/fs/bpf/xdp-filter"):
         sys.exit("/sys/fs/bpf/xdp-filter exists: xdp-filter is in use on this host; not benchmarking against it")
     pin = f"/sys/fs/bpf/pyxdp-bench-{os.getpid()}-reshape"
@@ -160,7 +172,7 @@ def main() -> None:
         edits: dict[str, dict[str, list[float]]] = {"this tree": {}, "baseline": {}}
         for _ in range(3):  # interleaved: a process per tree each round
             for label, tree in (("this tree", TOP), ("baseline", base)):
-                got = child(tree, EDITS, pin, DEV, str(args.runs), "1" if tree == TOP else "0")
+                got = child(tree, EDITS, pin, DEV, str(args.runs))
                 shutil.rmtree(pin, ignore_errors=True)
                 for k, v in got.items():
                     edits[label].setdefault(k, []).extend(v)
@@ -183,6 +195,8 @@ def main() -> None:
         shutil.rmtree(pin, ignore_errors=True)
         if not libxdp_existed:
             shutil.rmtree("/sys/fs/bpf/xdp", ignore_errors=True)
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
     print(f"Filter program load (open on the pinned maps + verification), ms, median of {args.runs}:\n")
     print("| shape | ms |")
@@ -191,7 +205,7 @@ def main() -> None:
         print(f"| {k} | {med(v):.1f} |")
     print(f"\nConfig changes on a state attached to a veth (native), ms in process, median of {3 * args.runs} "
           "(3 interleaved processes per tree):\n")
-    print("| change | this tree | baseline |")
+    print("| change | this tree | baseline (no shapes) |")
     print("|---|---:|---:|")
     for k, v in edits["this tree"].items():
         b = edits["baseline"].get(k)
@@ -207,7 +221,8 @@ def main() -> None:
           "`python -c pass` row above):\n")
     print("| stage | ms |")
     print("|---|---:|")
-    for k in ("imports", "state: maps, programs verified, pinned", "attach: netlink (pyroute2), egress + XDP"):
+    for k in ("imports", "state: maps, programs verified, pinned", "import pyroute2",
+              "attach: netlink, egress (tc) + XDP"):
         print(f"| {k} | {med([s[k] for s in stages]):.0f} |")
     for k in stages[0]["verify"]:
         print(f"| verification alone: {k} | {med([s['verify'][k] for s in stages]):.0f} |")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack,guard,shapes}.md.
+# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack,guard,shapes,reshape}.md.
 # As root; ~18 minutes.
 # The scripts import pyxdp from this tree (PYTHONPATH), whatever .venv holds.
 set -euo pipefail
@@ -30,3 +30,4 @@ run exporter
 run conntrack
 run guard
 run shapes "$@"
+run reshape
