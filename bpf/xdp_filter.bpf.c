@@ -214,7 +214,7 @@ int egress(struct __sk_buff *skb)
 		return TC_NEXT;
 	__u32 ci = sel->live & 1;
 	struct config *c = bpf_map_lookup_elem(&cfg, &ci);
-	if (!HAS(SH_NO_STATE) || !c || !c->established)
+	if (!c || !c->established) /* not shaped: one egress program serves every shape */
 		return TC_NEXT;
 	if (parse_eth(data, end, &p, &off) >= 0 || off > MAX_L3_OFF)
 		return TC_NEXT;

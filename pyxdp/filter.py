@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .store.flows import Flow
     from .store.ruleset import RuleCount, RuleState
     from .store.sets import ChangeResult, ElementState, KeySet, SetState
+    from .store.shapes import ShapeState
     from .up import ConfigChange
 
 Progress = Callable[[int, int], None]  # (done, total): a bulk call's progress, after each batch
@@ -601,6 +602,14 @@ class Filter:
             lk.release()
 
     # ---- program and interfaces ---------------------------------------------------------
+
+    def shape(self) -> ShapeState:
+        """The shape of the program that runs (what it leaves out), the shape
+        the live configuration needs, and whether every interface runs the
+        pinned program (see :mod:`pyxdp.model.shapes`)."""
+        from .store.shapes import shape_state
+
+        return shape_state(self._st)
 
     def program(self, reload: bool = False) -> Program:
         """The filter program pinned in this state, loaded and pinned first

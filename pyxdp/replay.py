@@ -46,13 +46,15 @@ class Tester:
     attached. Close it (or use ``with``): it holds loaded programs and a 1 MiB
     ring."""
 
-    def __init__(self, pin_dir: str) -> None:
+    def __init__(self, pin_dir: str, shape: int = 0) -> None:
+        """``shape``: the filter program of that shape (:class:`pyxdp.layout.Shape`;
+        0: the general program)."""
         self._obj: Any = None
         self.program: Any = None
         self.egress: Any = None
         self._ring: Any = None
         self._rb: RingBuffer | None = None
-        obj = self._obj = open_object(pin_dir, trace_all=True, count_hits=False)
+        obj = self._obj = open_object(pin_dir, trace_all=True, count_hits=False, shape=shape)
         try:
             obj.private_map("stats")
             obj.private_map("events")

@@ -164,7 +164,7 @@ def _preflight(st: State, todo: list[InterfaceSpec], have: dict[tuple[str | None
     import errno
 
     from .kernel.xdp import Netlink
-    from .store.attach import uses_state
+    from .store.shapes import uses_state
 
     stale = set()
     for i in todo:
@@ -383,7 +383,8 @@ def _restore_iface(flt: Filter, netns: str | None, name: str, mode: str | None) 
 
     from .kernel.xdp import Netlink
     from .model.modes import XdpMode
-    from .store.attach import recorded, uses_state
+    from .store.attach import recorded
+    from .store.shapes import uses_state
 
     try:
         with Netlink(netns) as nl:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks as BENCHMARKS.md describes and writes their tables to
-# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack,guard,shapes,fail2ban}.md
+# benchmarks/results-{core,matrix,variants,bulk,sweeper,tracing,wire,attach,rules,exporter,conntrack,guard,shapes,reshape,fail2ban}.md
 # (fail2ban: when fail2ban is installed, as scripts/setup.sh --test does; ~8 minutes more).
 # As root; ~18 minutes.
 # The scripts import pyxdp from this tree (PYTHONPATH), whatever .venv holds.
@@ -31,4 +31,5 @@ run exporter
 run conntrack
 run guard
 run shapes "$@"
+run reshape
 if command -v fail2ban-server >/dev/null; then run fail2ban; else echo "bench.sh: no fail2ban (scripts/setup.sh --test installs it): fail2ban skipped" >&2; fi

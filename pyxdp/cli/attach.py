@@ -64,12 +64,13 @@ def cmd_status(args: Args) -> int:
 
             print(ufw_status(any(a.attached for a in ifaces), cfg.policy, [r.rule for r in flt.rules()], args.form))
             return 0
+        shape = flt.shape()
         if args.json:
             emit({"pin_dir": flt.pin_dir, "loaded": True, "policy": cfg.policy.label,
                    "rules": cfg.nrules, "rule_capacity": flt.rule_capacity, "set_capacity": flt.capacity,
                    "sets": [s.to_dict() for s in sets], "trace_every": cfg.trace_every,
                    "established": cfg.established, "flow_capacity": flt.state.flow_capacity,
-                   "interfaces": [a.to_dict() for a in ifaces]})
+                   "shape": shape.to_dict(), "interfaces": [a.to_dict() for a in ifaces]})
             return 0
         elements = sum(s.n4 + s.n6 for s in sets)
         print(f"state: {flt.pin_dir}  policy: {cfg.policy.label}  rules: {cfg.nrules}/{flt.rule_capacity}  "
@@ -78,6 +79,12 @@ def cmd_status(args: Args) -> int:
         if cfg.trace_every:
             print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
                   "(the next 'pyxdp-load trace' turns it off when it ends)")
+        if shape.running is not None:
+            from ..model.shapes import describe
+
+            left = describe(shape.running) if shape.running else "nothing"
+            print(f"program shape: leaves out {left}"
+                  + ("" if shape.settled else "; a replacement was cut short: the next change finishes it"))
         if not ifaces:
             print("no interface attached")
         for a in ifaces:

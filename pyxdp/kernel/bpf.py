@@ -170,6 +170,16 @@ class Map(_Fd):
             raise
 
     @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        """Open the map with kernel id ``map_id`` (e.g. one a program uses)."""
+        fd = check(lib.bpf_map_get_fd_by_id(map_id), f"open map id {map_id}")
+        try:
+            return cls.from_fd(fd)
+        except BaseException:
+            _close(fd)
+            raise
+
+    @classmethod
     def from_pin(cls, path: str | os.PathLike[str]) -> Map:
         """Open a pinned map."""
         fd = check(lib.bpf_obj_get(os.fsencode(os.fspath(path))), f"open pinned map {path}")

@@ -16,6 +16,7 @@ from ..kernel.bpf import Program
 from ..kernel.tc import attach_egress, detach_egress, has_egress
 from .mapio import write_all
 from .objects import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper
+from .shapes import needed, uses_state
 
 if TYPE_CHECKING:
     from .state import State
@@ -59,8 +60,9 @@ def _prog_name(prog_id: int) -> str:
 
 def load_programs(st: State) -> tuple[Program, Program]:
     """Fresh instances of the filter and egress programs on this state's maps
-    (unpinned); the expiry sweeper is re-armed with the new object's code."""
-    with open_object(st.pin_dir) as obj:
+    (unpinned); the filter of the shape the live configuration needs; the
+    expiry sweeper is re-armed with the new object's code."""
+    with open_object(st.pin_dir, shape=needed(st, st.config())) as obj:
         obj.load()
         start_sweeper(obj)
         prog = obj.program("xdp_filter")
@@ -271,17 +273,6 @@ def _pinned_id(st: State) -> int:
             return int(p.id)
     except (BpfError, OSError):
         return 0
-
-
-def uses_state(st: State, prog_id: int) -> bool:
-    """Whether program ``prog_id`` is a filter program of this state (it
-    uses this state's config map): one a writer attached but died before
-    pinning or recording it is still ours."""
-    try:
-        with Program.from_id(prog_id) as p:
-            return st.map("cfg").id in p.map_ids()
-    except BpfError:
-        return False
 
 
 def _replace_on(st: State, netns: str | None, ifindex: int, r: _Record, prog: Program, eprog: Program) -> None:

@@ -19,6 +19,7 @@ from ..errors import AttachError, BpfError, IncompatibleMap, NotLoaded, Unreadab
 from ..kernel.bpf import Map, Program
 from ..kernel.bpffs import BPFFS, ensure_bpffs, is_bpffs, require_privileges
 from ..layout import Verdict
+from ..model.shapes import shape_for
 from ..model.timeouts import default_timeouts
 from .clock import RECENT_SWITCH_NS, grace_period, monotonic_ns
 from .guard import GUARD_MAP, arm_guard
@@ -319,7 +320,9 @@ class State:
     def _create(self, capacity: int, rules: int | None, with_program: bool, flows: int | None = None) -> None:
         """Make and pin every map (the meta record last: it marks the state
         complete), and the program with ``with_program``."""
-        with open_object(self.pin_dir, capacity, rules, flows=flows) as obj:
+        # the program of the shape the first config (below) needs
+        shape = shape_for(Config().established, Config().trace_every, 0, 0)
+        with open_object(self.pin_dir, capacity, rules, flows=flows, shape=shape) as obj:
             if not with_program:
                 obj.only_program("sweep_start")
             obj.load()
@@ -427,7 +430,14 @@ class State:
 
     def write_config(self, cfg: Config) -> None:
         """Write the idle slot, then switch: a packet sees all of the old
-        config or all of the new one."""
+        config or all of the new one. The programs of the state are replaced
+        around the switch when ``cfg`` needs another shape (see
+        :mod:`pyxdp.store.shapes`): each covers the config a packet can read."""
+        from .shapes import switch
+
+        switch(self, cfg, lambda: self._switch_config(cfg))
+
+    def _switch_config(self, cfg: Config) -> None:
         live, switched = self.selector()
         if monotonic_ns() - switched < RECENT_SWITCH_NS:
             grace_period(self)  # the idle slot was live moments ago: a packet may still be reading it

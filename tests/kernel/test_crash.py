@@ -1232,6 +1232,33 @@ def _xdp_progs(pair: NetPair) -> tuple[tuple[str, int], ...]:
     return tuple(_xdp_of(ns, dev) for ns, dev in ((pair.b, pair.vb), (pair.a, pair.va), (pair.b, "lo")))
 
 
+def _shape_problems(pin: str, progs: Sequence[tuple[str, int]], tag: str) -> list[str]:
+    """Each program of this state an interface runs covers the live
+    configuration. (Its id may differ from before: an undone change of the
+    program's shape, or one a killed writer left part-way, runs another
+    program of a covering shape; see pyxdp.store.shapes.)"""
+    from pyxdp import Filter
+    from pyxdp.errors import BpfError
+    from pyxdp.kernel.bpf import Program
+    from pyxdp.model.shapes import covers
+    from pyxdp.store.shapes import needed, program_shape, uses_state
+
+    out = []
+    with Filter.open(pin, lock=False) as f:
+        need = needed(f.state, f.config())
+        for _mode, pid in progs:
+            if not pid or not uses_state(f.state, pid):
+                continue
+            try:
+                with Program.from_id(pid) as p:
+                    shape = program_shape(p)
+            except BpfError:
+                continue  # gone meanwhile
+            if not covers(shape, need):
+                out.append(f"{tag}: program {pid} ({shape!r}) leaves out a part the live config uses ({need!r})")
+    return out
+
+
 def _saves(pin: str) -> tuple[str, str]:
     """What 'save --all' and 'save' print, made in this process by the code
     they run (cmd_save: a reader's Filter.ruleset(), format_ruleset): a
@@ -1322,8 +1349,9 @@ def up_crash_loop(pin: str, pair: NetPair, path: str, how: str, done_rc: int, fi
             return UpLoop(problems, n, killed)
         all_text, save_text = _saves(pin)
         now = (_no_ttl(all_text), _xdp_progs(pair))
-        if now[1] != before[1]:
+        if [(m, bool(p)) for m, p in now[1]] != [(m, bool(p)) for m, p in before[1]]:
             problems.append(f"{tag}: the interfaces run {now[1]}, before it they ran {before[1]}")
+        problems += _shape_problems(pin, now[1], tag)
         if now[0] != before[0]:
             problems.append(f"{tag}: save --all is not what it was before:\n{now[0]}\n--- before:\n{before[0]}")
         problems += _iface_problems(pin, pair, tag, _status_here)

@@ -63,11 +63,19 @@ def expires(pin_dir: str, name: str, prefix: str) -> float | None:
     return next(r["expires_in"] for r in rows if r["prefix"] == prefix)
 
 
-def snapshot(pin_dir: str, pair: NetPair) -> tuple[str, tuple[str, int], tuple[str, int], tuple[str, int]]:
+def code(ns: str, dev: str) -> tuple[str, str]:
+    """What ``ip`` says ``dev`` runs: ('native'|'generic'|'', the program's tag: the hash of its code)."""
+    link = json.loads(sh("ip", "-n", ns, "-j", "-d", "link", "show", "dev", dev).stdout)[0]
+    x = link.get("xdp")
+    return ({1: "native", 2: "generic"}.get(x["mode"], str(x["mode"])), x["prog"]["tag"]) if x else ("", "")
+
+
+def snapshot(pin_dir: str, pair: NetPair) -> tuple[str, tuple[str, str], tuple[str, str], tuple[str, str]]:
     """Everything 'up' may change: the whole saved firewall with its interfaces (set timeouts cut out: they
-    count down), and what each interface runs."""
+    count down), and what each interface runs (by its code: a change of the program's shape that is undone
+    puts a program of the same code back, see pyxdp.store.shapes)."""
     saved = re.sub(r" ttl \d+", " ttl N", ok("save", "--all", pin_dir=pin_dir))
-    return saved, xdp(pair.b, pair.vb), xdp(pair.a, pair.va), xdp(pair.b, "lo")
+    return saved, code(pair.b, pair.vb), code(pair.a, pair.va), code(pair.b, "lo")
 
 
 @needs_root
