@@ -240,13 +240,15 @@ def install(st: State, rules: Sequence[Rule], policy: Verdict | None = None, set
         by_text.setdefault(str(r), []).append(rid)
     in_use = {rid for rid, _r in live}
     defs, hits = st.map("rdefs"), st.map("rhits")
-    free = _free_ids(defs, in_use, 2 * cap) if any(str(r) not in by_text for r in rules) else iter(())
+    free: Iterator[int] | None = None  # read when a rule needs a new id (a text given twice may need one too)
     ids, fresh = [], []
     for r in rules:
         same = by_text.get(str(r))
         if same:
             rid = same.pop(0)
         else:
+            if free is None:
+                free = _free_ids(defs, in_use, 2 * cap)
             rid = next(free)
             fresh.append((rid, r))
         ids.append(rid)

@@ -326,3 +326,17 @@ def test_reapplying_a_set_unchanged_keeps_it_in_place(pin_dir: str) -> None:
         with pytest.raises(Exception, match="room for both"):  # a changed set is written beside the old one
             flt.apply(changed)
         assert flt.sets()[0].id == sid and len(flt.set_members("big")) == 40  # nothing changed
+
+
+def test_a_rule_list_with_a_text_twice_gets_an_id_for_each_copy(flt: Filter) -> None:
+    """Two rules of one canonical text ('deny 0' and 'deny in to any port 0:0'; the model tests make
+    such lists) where the live list has one: the second copy takes a new id (it once found no id left)."""
+    from pyxdp import RuleSetSpec, parse_rule
+
+    r = parse_rule("deny 0")
+    flt.apply(RuleSetSpec((r,), {}))
+    [first] = flt.rules()
+    flt.apply(RuleSetSpec((r, parse_rule("deny in to any port 0:0")), {}))
+    rules = flt.rules()
+    assert [str(x.rule) for x in rules] == ["deny to any port 0"] * 2
+    assert rules[0].id == first.id and rules[1].id != first.id
