@@ -34,7 +34,9 @@ def _iproute_class() -> Any:
     """pyroute2's IPRoute, imported as the ordinary package."""
     try:
         from pyroute2 import IPRoute
-    except ImportError:
+    except ImportError as exc:
+        if not isinstance(exc, ModuleNotFoundError) or exc.name not in ("pyroute2", None):  # there, but failing
+            raise AttachError(errno.ENOPKG, f"pyroute2 cannot be imported: {exc}") from None
         raise AttachError(errno.ENOPKG, "pyroute2 is not installed (pip install 'pyroute2>=0.9.1')") from None
     return IPRoute
 

@@ -58,26 +58,32 @@ _FIND = ("import os, sys, pyxdp; print('%d.%d' % sys.version_info[:2]); "
 
 
 def _import_pyxdp(pythonpath, exe):
-    """The pyxdp module: from ``pythonpath`` when given, else as fail2ban's
-    Python finds it, else from the Python that runs ``exe`` (pyxdp-load)."""
+    """The pyxdp module: from ``pythonpath`` when given, else from the
+    Python that runs ``exe`` (pyxdp-load, where pyxdp is installed with what
+    it needs), else as fail2ban's Python finds it."""
     for d in reversed([d for d in pythonpath.split(":") if d]):
         if d not in sys.path:
             sys.path.insert(0, d)
-    try:
-        import pyxdp
-        return pyxdp
-    except ImportError:
-        if pythonpath:
+    if pythonpath:
+        try:
+            import pyxdp
+        except ImportError:
             raise ImportError(f"pyxdp action: no pyxdp in pythonpath={pythonpath}") from None
+        return pyxdp
     path = shutil.which(exe)
     if path is None:
-        raise ImportError(f"pyxdp action: pyxdp is not importable by fail2ban's Python ({sys.executable}) and "
-                          f"'{exe}' is not in its PATH: give the action pythonpath=... or pyxdp=PATH")
+        try:
+            import pyxdp
+        except ImportError:
+            raise ImportError(f"pyxdp action: pyxdp is not importable by fail2ban's Python ({sys.executable}) and "
+                              f"'{exe}' is not in its PATH: give the action pythonpath=... or pyxdp=PATH") from None
+        return pyxdp
     with open(os.path.realpath(path), "rb") as f:
         first = f.readline().decode("utf-8", "replace").strip()
     if not first.startswith("#!"):
         raise ImportError(f"pyxdp action: {path} is not a Python script: give the action pythonpath=...")
-    r = subprocess.run([*first[2:].split(), "-c", _FIND], capture_output=True, text=True, timeout=60)
+    # -I: not the working directory (a source tree there is not an installed pyxdp), nor $PYTHONPATH
+    r = subprocess.run([*first[2:].split(), "-I", "-c", _FIND], capture_output=True, text=True, timeout=60)
     lines = r.stdout.split("\n")
     if r.returncode != 0 or len(lines) < 2:
         raise ImportError(f"pyxdp action: the Python of {path} cannot import pyxdp: {r.stderr.strip()[-200:]}")
@@ -86,7 +92,7 @@ def _import_pyxdp(pythonpath, exe):
     if version != ours:
         raise ImportError(f"pyxdp action: {path} runs Python {version}, fail2ban runs {ours}: install "
                           "pyxdp for fail2ban's Python and give pythonpath=...")
-    sys.path.insert(0, where)
+    sys.path.insert(0, where)  # first: before any other pyxdp fail2ban's Python might find (a source tree)
     import pyxdp
     return pyxdp
 
