@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want=(libbpf1 iproute2)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables strace)  # systemd: systemd-analyze; nftables: the conntrack differential; strace: crash tests
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables strace ufw)  # systemd: systemd-analyze; nftables: the conntrack differential; strace: crash tests; ufw: the ufw differential (run only in a test's own namespaces)
 fi
 if [[ $mode == --bench ]]; then
   want+=(xdp-tools nftables iptables netsniff-ng python3-bpfcc linux-headers-amd64)
@@ -34,10 +34,12 @@ if ((${#missing[@]})); then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
-  if [[ " ${missing[*]} " == *" fail2ban "* ]]; then
-    update-rc.d fail2ban disable >/dev/null 2>&1 || true
-    deb-systemd-helper disable fail2ban.service >/dev/null 2>&1 || true
-  fi
+  for svc in fail2ban ufw; do  # test tools: never started on this host, nor at boot
+    if [[ " ${missing[*]} " == *" $svc "* ]]; then
+      update-rc.d "$svc" disable >/dev/null 2>&1 || true
+      deb-systemd-helper disable "$svc.service" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv

@@ -178,6 +178,15 @@ def _up(sp: Any) -> None:
                     "every attached one (refused otherwise: an empty file would leave the host unfiltered)")
 
 
+def _import(sp: Any) -> None:
+    sp.add_argument("source", metavar="ufw", help="what to import: ufw (its user.rules, user6.rules and "
+                    "/etc/default/ufw)")
+    sp.add_argument("--ufw-dir", default="/", metavar="ROOT",
+                    help="read ufw's files under ROOT (ROOT/etc/ufw/user.rules, ...; default /)")
+    sp.add_argument("--apply", action="store_true", help="make the running rules and policy these (sets stay); "
+                    "without it, print them as a rule-set file")
+
+
 def _policy(sp: Any) -> None:
     sp.add_argument("policy", nargs="?")
 
@@ -274,6 +283,9 @@ TABLE: dict[str, Command] = {c.name: c for c in (
     Command("up", "files:cmd_up", "make the firewall and the interfaces it runs on what the config file says: "
             "apply rules and sets, attach, detach what the file no longer names (a second run changes nothing)",
             _up, True),
+    Command("import", "ufwimport:cmd_import", "an existing ufw's rules and policy as pyxdp's: print them as a "
+            "rule-set file, or '--apply' them; one note per rule not carried over exactly", _import,
+            lambda args: bool(getattr(args, "apply", False))),
     Command("policy", "rules:cmd_policy", "show or set the default policy for unmatched packets: pass or drop",
             _policy, lambda args: getattr(args, "policy", None) is not None),
     Command("state", "rules:cmd_state", "connection state: show it, or turn it on/off ('state off'), or set "
