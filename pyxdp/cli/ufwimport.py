@@ -64,6 +64,7 @@ def cmd_import(args: Args) -> int:
     with open_filter(args) as flt:
         spec = flt.ruleset()._replace(rules=got.rules, policy=got.policy)  # the sets stay as they are
         flt.apply(spec)
-    print(f"imported {plural(len(got.rules), 'rule')} from ufw, policy {got.policy.label if got.policy else 'kept'}"
+    policy = got.policy.label if got.policy is not None else "kept"
+    print(f"imported {plural(len(got.rules), 'rule')} from ufw, policy {policy}"
           + (f"; {plural(len(got.notes), 'note')} above" if got.notes else ""))
     return 0

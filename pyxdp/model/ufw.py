@@ -174,7 +174,7 @@ def to_rule(u: UfwRule, notes: list[str]) -> Rule | None:
     except UsageError as exc:
         notes.append(f"{where}: not carried over ({exc})")
         return None
-    notes.append(f"{where}: carried over as '{rule}', " + ", ".join(lost) + f" ({first})")
+    notes.append(f"{where}: carried over as '{rule}', " + ", ".join(lost))
     return rule
 
 
@@ -224,6 +224,7 @@ def convert(user4: str, user6: str | None, defaults: str, conf: str | None = Non
     d = parse_defaults(defaults)
     lists: list[list[Rule]] = [[], []]
     ipv6 = d.get("IPV6", "yes").lower() == "yes"
+    v4_notes: set[str] = set()
     for k, (text, v6) in enumerate(((user4, False), (user6, True))):
         if text is None:
             continue
@@ -231,7 +232,14 @@ def convert(user4: str, user6: str | None, defaults: str, conf: str | None = Non
             if v6 and not ipv6:
                 notes.append(f"ufw rule '{u}': not carried over (IPV6=no: ufw does not apply its IPv6 rules)")
                 continue
-            rule = to_rule(u, notes)
+            mine: list[str] = []
+            rule = to_rule(u, mine)
+            for note in mine:  # the IPv6 copy of a rule for both families: its IPv4 copy's note says it
+                if not v6:
+                    v4_notes.add(note)
+                elif note.replace(" (v6)'", "'", 1) in v4_notes:
+                    continue
+                notes.append(note)
             if rule is not None:
                 lists[k].append(rule)
     if not ipv6:

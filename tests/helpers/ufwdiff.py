@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyxdp.model.rules import Rule, format_ports, parse_rule, parse_rule_words
+from pyxdp.model.rules import ANY, Rule, format_ports, parse_rule, parse_rule_words
 from pyxdp.model.ufw import parse_user_rules, to_rule
 
 from .cli import run as pyxdp_run
@@ -290,8 +290,14 @@ def pyxdp_rules(pin_dir: str) -> list[Rule]:
 
 
 def per_family(rules: list[Rule]) -> tuple[list[Rule], list[Rule]]:
-    return ([r for r in rules if r.src.family in (0, 4) and r.dst.family in (0, 4) and r.proto != "icmpv6"],
-            [r for r in rules if r.src.family in (0, 6) and r.dst.family in (0, 6) and r.proto != "icmp"])
+    """The rules each family sees, as ufw lists them: a side 'from 0.0.0.0/0'
+    (or ::/0: how 'import ufw' keeps a rule to one family) is ufw's 'any'."""
+    def norm(r: Rule) -> Rule:
+        whole = [a.prefix is not None and a.prefix.plen == 0 for a in (r.src, r.dst)]
+        return r._replace(src=ANY if whole[0] else r.src, dst=ANY if whole[1] else r.dst)
+
+    return ([norm(r) for r in rules if r.src.family in (0, 4) and r.dst.family in (0, 4) and r.proto != "icmpv6"],
+            [norm(r) for r in rules if r.src.family in (0, 6) and r.dst.family in (0, 6) and r.proto != "icmp"])
 
 
 # ---- probes ----------------------------------------------------------------------------------
