@@ -103,15 +103,15 @@ def test_import_says_what_it_cannot_carry_over(ufw: U.Ufw, pin_dir: str) -> None
 
 
 def test_differential_against_ufw(host_unchanged: None) -> None:
-    """Two fixed scenarios (a few minutes of them: scripts/ufw_diff.py)."""
+    """One fixed scenario (200 of them: scripts/ufw_diff.py)."""
     d = Differ()
     try:
-        for seed in (3, 11):
+        for seed in (3,):
             d.scenario(seed)
     finally:
         d.close()
     res: Any = d.result
-    assert res.probes >= 40 and res.commands >= 8
+    assert res.probes >= 20 and res.commands >= 4
     assert res.unexplained == [], res.report()
     known = set(BEFORE.values())
     for cls in res.diffs:
