@@ -46,6 +46,10 @@ def main() -> int:
     if why:
         print(f"ufw_diff: {why}", file=sys.stderr)
         return 1
+    # names that no test run's sweep takes for a dead run's leftovers (those are pxt<pid>-, pyxdp-t<pid>-)
+    from helpers import env
+
+    env.RUN = f"ufw{os.getpid()}"
     before = U.host_fingerprint()
     start = time.monotonic()
     result = Result()
@@ -56,17 +60,20 @@ def main() -> int:
                                    "--first", str(k), "--stride", str(args.jobs), "--json", *verbose],
                                   stdout=subprocess.PIPE, text=True) for k, r in enumerate(share)]
         try:
+            outs = [p.communicate()[0] for p in procs]
+        except SystemExit:  # stopped: each job ends with what it has done so far
             for p in procs:
-                out, _ = p.communicate()
-                lines = out.splitlines()
-                if args.verbose:
-                    print("\n".join(lines[:-1]))
+                p.terminate()
+            outs = [p.communicate()[0] for p in procs]
+        for out in outs:
+            lines = out.splitlines()
+            if args.verbose:
+                print("\n".join(lines[:-1]))
+            if lines and lines[-1].startswith("{"):
                 result.add(json.loads(lines[-1]))
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-                    p.wait()
+            else:
+                print("a job ended without its result")
+                result.unexplained.append("a job ended without its result")
     else:
         d = Differ(log=print if args.verbose else lambda _: None)
         try:
@@ -76,12 +83,16 @@ def main() -> int:
                 if args.verbose:
                     print(f"scenario seed {seed}: {d.result.probes} probes so far, "
                           f"{sum(d.result.diffs.values())} differences", flush=True)
+        except SystemExit:
+            if not args.json:
+                raise
         finally:
             d.close()
-        result = d.result
+            if args.json:
+                print(json.dumps(d.result.to_json()), flush=True)
         if args.json:
-            print(json.dumps(result.to_json()))
             return 0
+        result = d.result
     after = U.host_fingerprint()
     print(result.report())
     print(f"took {time.monotonic() - start:.0f} s")

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pyxdp.model.rules import ANY, Rule, format_ports, parse_rule, parse_rule_words
 from pyxdp.model.ufw import parse_user_rules, to_rule
 
+from . import env
 from .cli import run as pyxdp_run
-from .env import RUN, NetPair, sh
+from .env import NetPair, sh
 from .netio import netns
 from .ufw import Ufw
 
@@ -422,7 +423,7 @@ class Differ:
 
     def __init__(self, log: Callable[[str], None] = lambda _: None) -> None:
         self.log = log
-        self.pin_dir = f"/sys/fs/bpf/pyxdp-t{RUN}-ufwdiff"
+        self.pin_dir = f"/sys/fs/bpf/pyxdp-t{env.RUN}-ufwdiff"
         self.px = Host("uxp")
         r = pyxdp_run("attach", self.px.pair.vb, "--netns", self.px.pair.b, pin_dir=self.pin_dir)
         if r.returncode:
