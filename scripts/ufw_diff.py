@@ -98,7 +98,7 @@ def main() -> int:
     print(f"took {time.monotonic() - start:.0f} s")
     changed = [k for k in before if before[k] != after.get(k)]
     print(f"HOST CHANGED: {changed}" if changed else "host firewall and ufw files: unchanged")
-    return 1 if result.unexplained or changed else 0
+    return 1 if result.outside() or changed else 0
 
 
 if __name__ == "__main__":

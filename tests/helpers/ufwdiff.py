@@ -396,6 +396,11 @@ class Result:
             else:
                 setattr(self, k, mine + v)
 
+    def outside(self) -> list[str]:
+        """Differences outside the documented classes: probes, refusals, rule lists."""
+        return (list(self.unexplained) + [k for k in self.refused if k.startswith("unclassified")]
+                + [k for k in self.divergences if k.startswith("unexplained")])
+
     def report(self) -> str:
         lines = [f"scenarios {self.scenarios}, commands {self.commands} (ufw refused {self.ufw_refused}, "
                  f"of which pyxdp would take {sum(self.ufw_refused_pyxdp_takes.values())}), probes compared "

@@ -112,7 +112,7 @@ def test_differential_against_ufw(host_unchanged: None) -> None:
         d.close()
     res: Any = d.result
     assert res.probes >= 20 and res.commands >= 4
-    assert res.unexplained == [], res.report()
+    assert res.outside() == [], res.report()
     known = set(BEFORE.values())
     for cls in res.diffs:
         assert cls in known or cls.startswith("knock-on of: "), res.report()
