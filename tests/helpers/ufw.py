@@ -48,17 +48,20 @@ def _digest_tree(path: str) -> str:
 
 
 def host_fingerprint() -> dict[str, str]:
-    """The host's firewall (nftables, and the legacy iptables tables when the
-    tools are there) and ufw's files on the host: equal before and after a
-    test that ran ufw means the test touched neither."""
+    """What ufw would change on the host, were it let out of its namespaces:
+    every line of the host's rule sets (nftables, and iptables' legacy and
+    nft tables when the tools are there) that names ufw (its tables' chains
+    are all ufw-*, ufw6-*), and ufw's files on the host. Equal before and
+    after a test that ran ufw means the test touched neither. (The rest of
+    the host's rule set is not compared: other tools on a shared machine,
+    a container runtime's NAT say, change it and count packets in it.)"""
     out: dict[str, str] = {}
     for cmd in (["nft", "list", "ruleset"], ["iptables-legacy-save"], ["ip6tables-legacy-save"],
                 ["iptables-nft-save"], ["ip6tables-nft-save"]):
         if shutil.which(cmd[0]) is None:
             continue
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        # the *-save tools print a time stamp in their comment lines
-        out[" ".join(cmd)] = "\n".join(x for x in r.stdout.splitlines() if not x.startswith("#")) + r.stderr
+        out[" ".join(cmd)] = "\n".join(x for x in (r.stdout + r.stderr).splitlines() if "ufw" in x.lower())
     for host, _ in MOUNTS:
         out[host] = _digest_tree(host) if os.path.exists(host) else "missing"
     return out
