@@ -312,9 +312,9 @@ EOF
 # Debian 12 arm64 (mmdebstrap, maintainer scripts under qemu-user), python3, libbpf1, iproute2, tcpdump;
 # a venv at /opt/pyxdp with the project's wheel (py3-none-any) and its dependencies' aarch64 wheels,
 # downloaded by the host's pip. Rebuilt when ROOT_STAMP changes; the guest mounts it read-only.
-ROOT_PKGS=python3,python3-venv,python-is-python3,libbpf1,iproute2,tcpdump,procps
+ROOT_PKGS=python3,python3-venv,python-is-python3,libbpf1,iproute2,tcpdump,procps,mount
 ROOT_REQS="cffi==2.1.1 pyroute2>=0.9.1 prometheus_client>=0.16 rich>=13 pytest>=7 hypothesis>=6"
-ROOT_STAMP="root1 bookworm $ROOT_PKGS $ROOT_REQS"
+ROOT_STAMP="root2 bookworm $ROOT_PKGS $ROOT_REQS"
 build_root() {
     local new=$AROOT.new w=$RUN/wheels
     echo "== arm64 root: building $AROOT (mmdebstrap bookworm + qemu-user; a few minutes)" >&2
@@ -332,7 +332,7 @@ build_root() {
     mkdir -p "$new/tmp/wheels" && cp "$w"/*.whl "$new/tmp/wheels/"
     chroot "$new" /usr/bin/python3 -m venv /opt/pyxdp || return 1
     chroot "$new" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp /opt/pyxdp/bin/pip install -q --disable-pip-version-check \
-        --no-index --find-links /tmp/wheels /tmp/wheels/pyxdp-*.whl $ROOT_REQS >&2 || return 1
+        --no-index --find-links /tmp/wheels "/tmp/wheels/$(cd "$new/tmp/wheels" && ls pyxdp-*.whl)" $ROOT_REQS >&2 || return 1
     rm -rf "$new/tmp/wheels" "$w"
     echo "$ROOT_STAMP" >"$new/.pyxdp-root"
     rm -rf "$AROOT"; mv "$new" "$AROOT"
