@@ -132,7 +132,7 @@ if [ "$ARCH" = arm64 ]; then
 fi
 pyver() {
     if [ "$ARCH" = arm64 ]; then
-        basename "$(readlink -f "$AROOT/opt/pyxdp/bin/python" 2>/dev/null || echo '?')"
+        dpkg-query --admindir="$AROOT/var/lib/dpkg" -W -f='${Version} (arm64 root)' python3.11 2>/dev/null || echo '?'
     else "$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])'; fi
 }
 if [ "$REPORT" = 1 ]; then report; exit 0; fi   # print the last results, boot nothing
