@@ -20,6 +20,11 @@
 #                                                # oldest and newest kernel expected to pass (also QUICK=1)
 #   sudo bash scripts/kernels.sh --head ...      # test the last commit (git archive HEAD), not the work tree
 #   bash scripts/kernels.sh --report [--quick]   # the table of the last results, nothing booted
+#   sudo bash scripts/kernels.sh --arch arm64    # Debian's arm64 kernels (KERNELS_ARM64) in qemu-system-aarch64
+#                                                # (-M virt -cpu max, TCG) on an arm64 Debian 12 root built once
+#                                                # with mmdebstrap + qemu-user (python3, libbpf1, a venv at
+#                                                # /opt/pyxdp with the project's wheel and its deps); own
+#                                                # rows/results (results-arm64.md); --quick etc. as above
 #
 # The guest runs a copy of the tree's pyxdp/ and tests/ made at start (the
 # work tree's, or HEAD's with --head), so edits during a run do not mix in.
@@ -38,16 +43,24 @@ VENV=${PYXDP_VENV:-$ROOT/.venv}
 MEM=${PYXDP_VM_MEM:-3G}
 TIMEOUT=${PYXDP_VM_TIMEOUT:-2400}    # seconds for one whole boot + run
 QUICK=${QUICK:-0}
-HEAD=0 REPORT=0 LABELS=()
-for a in "$@"; do
+HEAD=0 REPORT=0 LABELS=() ARCH=amd64
+while [ $# -gt 0 ]; do
+    a=$1; shift
     case $a in
         --quick) QUICK=1 ;;
         --head) HEAD=1 ;;
         --report) REPORT=1 ;;
+        --arch=*) ARCH=${a#--arch=} ;;
+        --arch) ARCH=${1:-}; shift || true ;;
         -*) echo "kernels.sh: unknown option $a" >&2; exit 2 ;;
         *) LABELS+=("$a") ;;
     esac
 done
+case $ARCH in
+    amd64|x86_64) ARCH=amd64 ;;
+    arm64|aarch64) ARCH=arm64 ;;
+    *) echo "kernels.sh: --arch: amd64 or arm64, not '$ARCH'" >&2; exit 2 ;;
+esac
 [ "$QUICK" = 1 ] || QUICK=0
 if [ "$QUICK" = 1 ]; then
     STEPS="programs load-default load-8192 replay pytest"
@@ -59,6 +72,9 @@ else
     PYTEST_FILES="tests/kernel/test_verdicts.py tests/kernel/test_model.py tests/kernel/test_conntrack.py"
     ROWS=$CACHE/rows RESULTS=$CACHE/results.md
 fi
+# arm64: its own rows and results, apt lists, debs and kernels (package names and busybox differ)
+SUB=
+if [ "$ARCH" = arm64 ]; then SUB=-arm64 ROWS=$ROWS$SUB RESULTS=${RESULTS%.md}$SUB.md; fi
 PYTEST_ARGS=${PYXDP_PYTEST_ARGS:-"-q --color=no -p no:cacheprovider $PYTEST_FILES"}
 # the model tests' Hypothesis examples in the guest (the host's suite runs 150 and 100; TCG is ~7x slower)
 RULE_EXAMPLES=${PYXDP_RULE_EXAMPLES:-60}
@@ -74,10 +90,16 @@ newest  trixie-backports   pass  host
 newest  trixie-backports   pass  trixie
 newest  trixie-backports   pass  bookworm-backports
 "
-rowid() { if [ "$2" = host ]; then echo "$1"; else echo "$1+libbpf-$2"; fi; }  # LABEL LIBBPF-SOURCE
+# --arch arm64: linux-image-arm64; libbpf "root": the arm64 root's libbpf1 (Debian 12's)
+KERNELS_ARM64="
+6.1     bookworm-security  pass  root
+"
+LIBHOST=host
+if [ "$ARCH" = arm64 ]; then KERNELS=$KERNELS_ARM64 LIBHOST=root; fi
+rowid() { if [ "$2" = host ] || [ "$2" = root ]; then echo "$1"; else echo "$1+libbpf-$2"; fi; }  # LABEL LIBBPF-SOURCE
 # --quick without labels: the oldest and the newest row expected to pass with the host's libbpf
 if [ "$QUICK" = 1 ] && [ ${#LABELS[@]} = 0 ]; then
-    LABELS=($(awk '$3 == "pass" && $4 == "host" {print $1}' <<<"$KERNELS" | sed -n '1p;$p'))
+    LABELS=($(awk -v h="$LIBHOST" '$3 == "pass" && $4 == h {print $1}' <<<"$KERNELS" | sed -n '1p;$p' | sort -u))
 fi
 
 tree_line() {  # what was tested: the commit (or the work tree), and the object's hash
@@ -93,7 +115,7 @@ report() {
     {
         cat "$ROWS/.tree" 2>/dev/null || tree_line
         echo
-        echo "Table written $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')$([ "$QUICK" = 1 ] && echo ', --quick' || true)"
+        echo "Table written $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -r) host, $ARCH guests, qemu $($QEMU --version | head -1 | awk '{print $4}'), ${ACCEL%% -cpu*}, python $(pyver)$([ "$QUICK" = 1 ] && echo ', --quick' || true)"
         echo
         echo "| label | date | kernel (Debian version, suite) | libbpf | result | steps (seconds) | boot+run | first error line |"
         echo "|---|---|---|---|---|---|---|---|"
@@ -102,8 +124,19 @@ report() {
         done <<<"$KERNELS"
     } | tee "$RESULTS"
 }
-ACCEL="-accel tcg -cpu max"
+ACCEL="-accel tcg -cpu max" QEMU=qemu-system-x86_64
 if [ "${PYXDP_KVM:-0}" = 1 ] && [ -w /dev/kvm ]; then ACCEL="-accel kvm -cpu host"; fi
+# arm64: the root the guest boots (built below), its venv as the guest sees it
+AROOT=$CACHE/arm64/root
+if [ "$ARCH" = arm64 ]; then
+    # pauth-impdef: the same pointer authentication with a cheaper algorithm under TCG
+    ACCEL="-accel tcg -cpu max,pauth-impdef=on" QEMU=qemu-system-aarch64
+fi
+pyver() {
+    if [ "$ARCH" = arm64 ]; then
+        dpkg-query --admindir="$AROOT/var/lib/dpkg" -W -f='${Version} (arm64 root)' python3.11 2>/dev/null || echo '?'
+    else "$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])'; fi
+}
 if [ "$REPORT" = 1 ]; then report; exit 0; fi   # print the last results, boot nothing
 
 [ "$(id -u)" = 0 ] || { echo "run as root (apt-get download into $CACHE, guest runs as root)" >&2; exit 2; }
@@ -123,6 +156,13 @@ done
 case $KEEP in *[!A-Za-z0-9._/-]*) echo "kernels.sh: $KEEP: a path the kernel command line cannot carry" >&2; exit 2 ;; esac
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+if [ "$ARCH" = arm64 ]; then
+    KEEP=   # the guest's venv is in its own root
+    command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+    for t in mmdebstrap:mmdebstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support arch-test:arch-test; do
+        command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+    done
+fi
 for t in dpkg-deb:dpkg xz:xz-utils zstd:zstd gzip:gzip; do command -v "${t%%:*}" >/dev/null || need+=("${t#*:}"); done
 # as setup.sh installs: no recommends (qemu-system-x86's are a GUI, qemu-utils, ovmf and block drivers:
 # ~300 packages, none used by a -kernel boot without display), quiet
@@ -132,7 +172,8 @@ if [ ${#need[@]} != 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-mkdir -p "$CACHE"/{debs,apt/lists/partial,apt/cache/archives/partial,k,logs,libbpf} "$ROWS"
+DEBS=$CACHE/debs$SUB APTD=$CACHE/apt$SUB KB=$CACHE/k$SUB
+mkdir -p "$CACHE"/{logs,libbpf} "$DEBS" "$APTD"/{lists/partial,cache/archives/partial} "$KB" "$ROWS"
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 SRC=$RUN/pyxdp.sources
 QEMU_PID=
@@ -143,50 +184,64 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$SRC" <<'EOF'
+# The kernels come from this machine's own Debian mirrors (its apt sources name them), with the
+# suites below: the archive and its security updates.
+mirror() {  # mirror security|archive: the first URI of the host's apt sources of that kind
+    local want=$1
+    { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | cut -d: -f2- | tr ' ' '\n'
+      grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | sed 's/\[[^]]*\]//' | awk '{print $2}'
+    } | grep -E '^[a-z]+://' | { if [ "$want" = security ]; then grep security; else grep -v security; fi; } | head -1
+}
+ARCHIVE=$(mirror archive) SECURITY=$(mirror security)
+if [ -z "$ARCHIVE" ] || [ -z "$SECURITY" ]; then
+    echo "kernels.sh: this machine's apt sources name no Debian archive and security mirror to fetch kernels from" >&2
+    exit 1
+fi
+cat >"$SRC" <<EOF
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $ARCHIVE
 Suites: bullseye bookworm bookworm-updates bookworm-backports trixie trixie-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: $SECURITY
 Suites: bullseye-security bookworm-security trixie-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 APT=(-o "Dir::Etc::SourceList=$SRC" -o "Dir::Etc::SourceParts=$RUN/none"
-     -o "Dir::State::Lists=$CACHE/apt/lists" -o "Dir::Cache=$CACHE/apt/cache"
+     -o "Dir::State::Lists=$APTD/lists" -o "Dir::Cache=$APTD/cache"
      -o "APT::Sandbox::User=root")
+[ "$ARCH" = amd64 ] || APT+=(-o "APT::Architecture=$ARCH" -o "APT::Architectures=$ARCH")
 mkdir -p "$RUN/none"
 # Refresh the private lists at most once a day, or when the suites above change.
-if ! cmp -s "$SRC" "$CACHE/apt/sources.used" ||
-   [ -z "$(find "$CACHE/apt/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
+if ! cmp -s "$SRC" "$APTD/sources.used" ||
+   [ -z "$(find "$APTD/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -1)" ]; then
     apt-get "${APT[@]}" -q update >/dev/null
-    cp "$SRC" "$CACHE/apt/sources.used"
+    cp "$SRC" "$APTD/sources.used"
 fi
 
 fetch() {  # fetch PKG...: into $CACHE/debs unless present
     local p f
     for p in "$@"; do
-        f=$(ls "$CACHE"/debs/"${p%%=*}"_*.deb 2>/dev/null | head -1 || true)
-        [ -n "$f" ] || (cd "$CACHE/debs" && apt-get "${APT[@]}" -q download "$p" >/dev/null)
+        f=$(ls "$DEBS"/"${p%%=*}"_*.deb 2>/dev/null | head -1 || true)
+        [ -n "$f" ] || (cd "$DEBS" && apt-get "${APT[@]}" -q download "$p" >/dev/null)
     done
 }
 
 # busybox (static) for the initramfs
 fetch busybox-static
-BB=$CACHE/k/busybox
-[ -x "$BB" ] || { d=$(mktemp -d "$RUN/bb.XXXX"); dpkg-deb -x "$(ls "$CACHE"/debs/busybox-static_*.deb | head -1)" "$d"; cp "$(ls "$d"/bin/busybox "$d"/usr/bin/busybox 2>/dev/null | head -1)" "$BB"; }
+BB=$KB/busybox
+[ -x "$BB" ] || { d=$(mktemp -d "$RUN/bb.XXXX"); dpkg-deb -x "$(ls "$DEBS"/busybox-static_*.deb | head -1)" "$d"; cp "$(ls "$d"/bin/busybox "$d"/usr/bin/busybox 2>/dev/null | head -1)" "$BB"; }
 
 # resolve LABEL SUITE -> kernel image package (and split binary/modules packages)
 resolve() {
     local suite=$1 ver deps
-    ver=$(apt-cache "${APT[@]}" madison linux-image-amd64 | awk -F'[|]' -v s="$suite" '$3 ~ (" "s"/") {gsub(/ /, "", $2); print $2; exit}')
+    ver=$(apt-cache "${APT[@]}" madison linux-image-$ARCH | awk -F'[|]' -v s="$suite" '$3 ~ (" "s"/") {gsub(/ /, "", $2); print $2; exit}')
     [ -n "$ver" ] || return 1
     local img extra deps
-    deps=$(apt-cache "${APT[@]}" show "linux-image-amd64=$ver" | sed -n 's/^Depends: //p' | head -1)
+    deps=$(apt-cache "${APT[@]}" show "linux-image-$ARCH=$ver" | sed -n 's/^Depends: //p' | head -1)
     img=$(echo "$deps" | tr ',' '\n' | sed -n 's/^ *\(linux-image-[^ ]*\).*/\1/p' | head -1)
     # newer packaging splits the image: linux-image-X depends on linux-binary-X and linux-modules-X
     extra=$(apt-cache "${APT[@]}" show "$img" | sed -n 's/^Depends: //p' | head -1 | tr ',' '\n' |
@@ -200,12 +255,13 @@ resolve() {
 libbpf_for() {
     local suite=$1 ver dir deb d
     if [ "$suite" = host ]; then echo "$(dpkg-query -W -f='${Version}' libbpf1 2>/dev/null || echo unknown) "; return 0; fi
+    if [ "$suite" = root ]; then echo "$(dpkg-query --admindir="$AROOT/var/lib/dpkg" -W -f='${Version}' libbpf1 2>/dev/null || echo unknown) "; return 0; fi
     ver=$(apt-cache "${APT[@]}" madison libbpf1 | awk -F'[|]' -v s="$suite" '$3 ~ (" "s"/") {gsub(/ /, "", $2); print $2; exit}')
     [ -n "$ver" ] || return 1
     dir=$CACHE/libbpf/${ver#*:}
     if [ ! -f "$dir/libbpf.so.1" ]; then
-        deb=$CACHE/debs/libbpf1_${ver/:/%3a}_amd64.deb
-        [ -f "$deb" ] || (cd "$CACHE/debs" && apt-get "${APT[@]}" -q download "libbpf1=$ver" >/dev/null) || return 1
+        deb=$DEBS/libbpf1_${ver/:/%3a}_amd64.deb
+        [ -f "$deb" ] || (cd "$DEBS" && apt-get "${APT[@]}" -q download "libbpf1=$ver" >/dev/null) || return 1
         d=$(mktemp -d "$RUN/libbpf.XXXX")
         dpkg-deb -x "$deb" "$d" && mkdir -p "$dir" &&
             cp -L "$d/usr/lib/x86_64-linux-gnu/libbpf.so.1" "$dir/libbpf.so.1.tmp" || return 1
@@ -215,7 +271,7 @@ libbpf_for() {
     echo "$ver $dir/libbpf.so.1"
 }
 
-INIT_VERSION=init2   # bump when /init below changes: a cached initrd.gz is rebuilt
+INIT_VERSION=init3   # bump when /init below changes: a cached initrd.gz is rebuilt
 # build $KDIR/initrd.gz: busybox, the modules below (decompressed), /init
 MODULES="virtio_pci 9pnet_virtio 9p veth sch_ingress cls_bpf"   # the root over 9p; the veth pair; tc clsact + bpf
 mkinitrd() {
@@ -247,6 +303,10 @@ for m in $(cat /mods/order); do insmod /mods/$m 2>/dev/null || echo "initrd: ins
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 root /newroot; then
     echo "@@FATAL 9p root mount failed"; echo o >/proc/sysrq-trigger; sleep 10
 fi
+if [ -n "$pyxdp_cache" ] &&   # arm64: the root is its own; the host's cache (the run's tree) at the same path
+   ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 cache "/newroot$pyxdp_cache"; then
+    echo "@@FATAL 9p cache mount failed"; echo o >/proc/sysrq-trigger; sleep 10
+fi
 [ -n "$pyxdp_keep" ] && mkdir -p /hosttmp && mount --bind /newroot/tmp /hosttmp
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 if [ -n "$pyxdp_keep" ]; then   # the venv under the host's /tmp, visible again over the tmpfs
@@ -262,6 +322,42 @@ EOF
     echo "$MODULES $INIT_VERSION" >"$kdir/initrd.modules"
     rm -rf "$ird"
 }
+
+# ---- arm64: the root the guest boots, built once ----------------------------------------------
+# Debian 12 arm64 (mmdebstrap, maintainer scripts under qemu-user), python3, libbpf1, iproute2, tcpdump;
+# a venv at /opt/pyxdp with the project's wheel (py3-none-any) and its dependencies' aarch64 wheels,
+# downloaded by the host's pip. Rebuilt when ROOT_STAMP changes; the guest mounts it read-only.
+ROOT_PKGS=python3,python3-venv,python-is-python3,libbpf1,iproute2,tcpdump,procps,mount
+ROOT_REQS="cffi==2.1.1 pyroute2>=0.9.1 prometheus_client>=0.16 rich>=13 pytest>=7 hypothesis>=6"
+ROOT_STAMP="root2 bookworm $ROOT_PKGS $ROOT_REQS"
+build_root() {
+    local new=$AROOT.new w=$RUN/wheels
+    echo "== arm64 root: building $AROOT (mmdebstrap bookworm + qemu-user; a few minutes)" >&2
+    [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+    arch-test arm64 >/dev/null || { echo "kernels.sh: this host cannot run arm64 binaries (qemu-user/binfmt): $(arch-test arm64 2>&1 | tail -1)" >&2; return 1; }
+    # the bookworm suites of the sources above
+    sed 's/^Suites: .*-security$/Suites: bookworm-security/; s/^Suites: bullseye .*/Suites: bookworm bookworm-updates/' "$SRC" >"$RUN/root.sources"
+    rm -rf "$new" "$w"; mkdir -p "$w"
+    mmdebstrap --quiet --arch=arm64 --variant=apt --include="$ROOT_PKGS" bookworm "$new" "$RUN/root.sources" >&2 || return 1
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" download -q --disable-pip-version-check --only-binary=:all: --platform manylinux_2_17_aarch64 \
+        --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp -d "$w" $ROOT_REQS >&2 || return 1
+    "$VENV/bin/pip" wheel -q --disable-pip-version-check --no-deps -w "$w" "$ROOT" >&2 || return 1
+    mkdir -p "$new/tmp/wheels" && cp "$w"/*.whl "$new/tmp/wheels/"
+    chroot "$new" /usr/bin/python3 -m venv /opt/pyxdp || return 1
+    chroot "$new" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp /opt/pyxdp/bin/pip install -q --disable-pip-version-check \
+        --no-index --find-links /tmp/wheels "/tmp/wheels/$(cd "$new/tmp/wheels" && ls pyxdp-*.whl)" $ROOT_REQS >&2 || return 1
+    rm -rf "$new/tmp/wheels" "$w"
+    echo "$ROOT_STAMP" >"$new/.pyxdp-root"
+    rm -rf "$AROOT"; mv "$new" "$AROOT"
+}
+if [ "$ARCH" = arm64 ]; then
+    mkdir -p "$(dirname "$AROOT")"
+    [ "$(cat "$AROOT/.pyxdp-root" 2>/dev/null)" = "$ROOT_STAMP" ] || build_root || { echo "kernels.sh: the arm64 root could not be built" >&2; exit 1; }
+    mkdir -p "$AROOT$CACHE"    # the mount point of the host's cache in the guest
+    VENV=/opt/pyxdp            # as the guest sees it
+fi
 
 # ---- what the guest runs: a copy of the tree under test, the checks --------------------------
 TREE=$RUN/tree
@@ -346,15 +442,15 @@ while read -r label suite expect libsrc; do
     else
         : >"$RUN/row.env"
     fi
-    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-amd64 in $suite" >&2; row "$id" "$(date -u +%F)" "(not found in $suite)" "$libcol" "not run" "" "" ""; FAILED=1; continue; }
+    pkgs=$(resolve "$suite") || { echo "$label: no linux-image-$ARCH in $suite" >&2; row "$id" "$(date -u +%F)" "(not found in $suite)" "$libcol" "not run" "" "" ""; FAILED=1; continue; }
     img=${pkgs%% *}
     [[ $img == linux-image-?* ]] || { echo "$label: cannot resolve the image package in $suite" >&2; FAILED=1; continue; }
     fetch $pkgs
     kver=${img#linux-image-}
-    kdir=$CACHE/k/$kver
+    kdir=$KB/$kver
     if [ ! -f "$kdir/.extracted" ]; then
         rm -rf "$kdir"; mkdir -p "$kdir"
-        for p in $pkgs; do dpkg-deb -x "$(ls "$CACHE"/debs/"$p"_*.deb | head -1)" "$kdir"; done
+        for p in $pkgs; do dpkg-deb -x "$(ls "$DEBS"/"$p"_*.deb | head -1)" "$kdir"; done
         [ -d "$kdir/lib/modules/$kver" ] || { [ -d "$kdir/usr/lib/modules/$kver" ] && mkdir -p "$kdir/lib" && ln -s ../usr/lib/modules "$kdir/lib/modules"; }
         touch "$kdir/.extracted"
     fi
@@ -362,17 +458,26 @@ while read -r label suite expect libsrc; do
     # boot/vmlinuz-KVER (<= 6.x packaging) or usr/lib/modules/KVER/vmlinuz (linux-binary-*, 7.x)
     vmlinuz=$(ls "$kdir"/boot/vmlinuz-* "$kdir"/usr/lib/modules/"$kver"/vmlinuz 2>/dev/null | head -1 || true)
     [ -n "$vmlinuz" ] || { echo "$label: no vmlinuz in $pkgs" >&2; FAILED=1; continue; }
-    debver=$(dpkg-deb -f "$(ls "$CACHE"/debs/"$img"_*.deb | head -1)" Version)
+    debver=$(dpkg-deb -f "$(ls "$DEBS"/"$img"_*.deb | head -1)" Version)
     log=$CACHE/logs/$kver${libpath:+.libbpf-$libsrc}.log
     [ "$QUICK" = 0 ] || log=${log%.log}.quick.log
     echo "== $id: $img $debver ($suite), libbpf $libcol, steps: $STEPS; log $log" >&2
     start=$(date +%s)
     rm -f "$log"  # the follower reads it from its first line
+    if [ "$ARCH" = arm64 ]; then
+        $QEMU $ACCEL -machine virt -m "$MEM" -smp 2 -nodefaults -no-reboot -display none \
+            -serial "file:$log" -monitor none \
+            -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
+            -append "console=ttyAMA0 quiet loglevel=3 panic=-1 pyxdp_guest=$RUN/guest.sh pyxdp_cache=$CACHE" \
+            -virtfs local,path="$AROOT",mount_tag=root,security_model=none,readonly=on,multidevs=remap \
+            -virtfs local,path="$CACHE",mount_tag=cache,security_model=none,readonly=on,multidevs=remap &
+    else
     qemu-system-x86_64 $ACCEL -machine q35 -m "$MEM" -smp 2 -nodefaults -no-reboot -display none \
         -serial "file:$log" -monitor none \
         -kernel "$vmlinuz" -initrd "$kdir/initrd.gz" \
         -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off pyxdp_guest=$RUN/guest.sh${KEEP:+ pyxdp_keep=$KEEP}" \
         -virtfs local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap &
+    fi
     QEMU_PID=$!
     ( sleep "$TIMEOUT"; kill "$QEMU_PID" 2>/dev/null ) & watchdog=$!
     follow "$id" "$log" "$QEMU_PID" & follower=$!

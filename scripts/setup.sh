@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want=(libbpf1 iproute2)
 mode=${1:-}
 if [[ $mode == --test || $mode == --bench ]]; then
-  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables strace)  # systemd: systemd-analyze; nftables: the conntrack differential; strace: crash tests
+  want+=(clang-19 llvm-19 bpftool libbpf-dev make util-linux fail2ban tcpdump systemd nftables strace ufw)  # systemd: systemd-analyze; nftables: the conntrack differential; strace: crash tests; ufw: the ufw differential (run only in a test's own namespaces)
   want+=(prometheus)  # promtool: the exporter's answer checked by Prometheus' own linter
 fi
 if [[ $mode == --bench ]]; then
@@ -35,7 +35,7 @@ if ((${#missing[@]})); then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
-  for svc in fail2ban prometheus; do  # installed for their tools (fail2ban-server, promtool): never started
+  for svc in fail2ban prometheus ufw; do  # installed for their tools (fail2ban-server, promtool, ufw): never started
     if [[ " ${missing[*]} " == *" $svc "* ]]; then
       update-rc.d "$svc" disable >/dev/null 2>&1 || true
       deb-systemd-helper disable "$svc.service" >/dev/null 2>&1 || true

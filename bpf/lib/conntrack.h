@@ -285,6 +285,22 @@ static __always_inline int ct_guard(struct pkt *p)
 }
 
 /*
+ * A DHCP (DHCPv6) server's answer to the host's request: UDP from port 67 to
+ * 68 (547 to 546). It comes from the server's own address, to a broadcast
+ * or to the offered address, while the request went to a broadcast
+ * (multicast) address: no flow has the server as its remote end. It counts
+ * as a reply when the host's own port 68 (546) is guarded, i.e. the host
+ * sent from it within the UDP stream timeout (ct_guard set no_flow
+ * otherwise, and the caller returned before the lookup).
+ */
+static __always_inline int dhcp_reply(struct pkt *p)
+{
+	if (p->proto != IPPROTO_UDP)
+		return 0;
+	return p->family == 4 ? p->sport == 67 && p->dport == 68 : p->sport == 547 && p->dport == 546;
+}
+
+/*
  * Whether an inbound packet belongs to a flow the host opened: R_ESTABLISHED,
  * R_RELATED (an ICMP error about one) or -1. A TCP SYN without ACK never
  * does (a new connection from outside is for the rules), nor, before the host
@@ -319,7 +335,7 @@ static __always_inline int ct_inbound(struct xdp_md *ctx, struct config *c, stru
 		return -1; /* no flow on this port can be live (ct_guard): no lookup */
 	f = arriving_flow(p, rport, lport);
 	if (!f)
-		return -1; /* the common case for what is not a reply: no clock read */
+		return dhcp_reply(p) ? R_ESTABLISHED : -1; /* the common case for what is not a reply: no clock read */
 	now = bpf_ktime_get_coarse_ns();
 	if (now >= f->expires)
 		return -1;

@@ -223,6 +223,13 @@ def _save_runtime(sp: Any) -> None:
 
 def _no_arguments(sp: Any) -> None:
     """A command with no arguments of its own (the global --pin-dir only)."""
+def _import(sp: Any) -> None:
+    sp.add_argument("source", metavar="ufw", help="what to import: ufw (its user.rules, user6.rules and "
+                    "/etc/default/ufw)")
+    sp.add_argument("--ufw-dir", default="/", metavar="ROOT",
+                    help="read ufw's files under ROOT (ROOT/etc/ufw/user.rules, ...; default /)")
+    sp.add_argument("--apply", action="store_true", help="make the running rules and policy these (sets stay); "
+                    "without it, print them as a rule-set file")
 
 
 def _policy(sp: Any) -> None:
@@ -363,6 +370,9 @@ TABLE: dict[str, Command] = {c.name: c for c in (
     Command("save-runtime", "runtime:cmd_save_runtime", "save what changed at run time (bans, set elements with "
             "their time left; rules with [runtime] keep_rules) to /var/lib/pyxdp for the next boot's 'up'; the "
             "config file is never written", _save_runtime, False),
+    Command("import", "ufwimport:cmd_import", "an existing ufw's rules and policy as pyxdp's: print them as a "
+            "rule-set file, or '--apply' them; one note per rule not carried over exactly", _import,
+            lambda args: bool(getattr(args, "apply", False))),
     Command("policy", "rules:cmd_policy", "show or set the default policy for unmatched packets: pass or drop",
             _policy, lambda args: getattr(args, "policy", None) is not None, dry_run=True),
     Command("state", "rules:cmd_state", "connection state: show it, or turn it on/off ('state off'), or set "

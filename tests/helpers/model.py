@@ -79,6 +79,8 @@ class Firewall:
     timeouts: tuple[int, ...] = default_timeouts()
     # (family, proto, remote addr, remote port, local addr, local port) -> [state, expiry ns, syn_ack]
     flows: dict[tuple[int, int, bytes, int, bytes, int], list[int]] = field(default_factory=dict)
+    # (proto, local port) -> the latest expiry of a flow written on it (UDP: plus the stream timeout)
+    guard: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 class Decision(NamedTuple):
@@ -325,6 +327,15 @@ def outbound(pkt: bytes, fw: Firewall, now: int) -> None:
     if f is not None and f[0] == st and f[2] == syn_ack and f[1] + STALE_NS >= expires:
         return
     fw.flows[key] = [int(st), expires, syn_ack]
+    more = fw.timeouts[FlowState.UDP_STREAM] * 10**9 if p.proto == 17 else 0
+    fw.guard[(p.proto, key[5])] = max(fw.guard.get((p.proto, key[5]), 0), expires + more)
+
+
+def _dhcp_reply(p: Parsed, fw: Firewall, now: int) -> bool:
+    """A DHCP (DHCPv6) server's answer, UDP 67 -> 68 (547 -> 546), while the
+    host's port 68 (546) is guarded: it sent from it within the UDP timeouts."""
+    ports = (67, 68) if p.family == 4 else (547, 546)
+    return p.proto == 17 and (p.sport, p.dport) == ports and fw.guard.get((17, ports[1]), 0) > now
 
 
 def _related(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> bool:
@@ -374,7 +385,7 @@ def _conn(pkt: bytes, p: Parsed, fw: Firewall, now: int) -> Reason | None:
         return None
     f = _live_flow(fw, key, now)
     if f is None:
-        return None
+        return Reason.ESTABLISHED if _dhcp_reply(p, fw, now) else None
     if p.proto == 6:
         # in syn-sent only the answer to the host's SYN: a SYN-ACK or RST with ACK acknowledging it
         if f[0] == FlowState.SYN_SENT and not (p.tcp_flags & ACK and p.tcp_flags & (SYN | RST)
