@@ -138,6 +138,8 @@ class Shape(IntFlag):
     NO_LIT4 = 64
     NO_PROTO = 128
     NO_TRACE = 256
+    BAN_FIRST = 512  # fast path: one inlined probe of a leading `deny from @SET` (see model/fastpath.py)
+    PORT_RULES = 1024  # fast path: the other rules by protocol and destination port, inlined
 
 
 class RuleField(IntEnum):
@@ -153,6 +155,8 @@ class RuleField(IntEnum):
     LIT6_SRC = 512
     LIT4_DST = 1024
     LIT6_DST = 2048
+    BAN_FIRST = 4096  # the rule set's forms the fast paths need (model/fastpath.py)
+    PORT_RULES = 8192
 
 
 N_REASONS = 10
