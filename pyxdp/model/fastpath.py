@@ -12,7 +12,11 @@ replace it before or after the switch to the rules it was chosen for.
 - ``PORT_RULES``: every rule (after that one, when the list starts with it)
   constrains at most the protocol and the destination port: the port's
   class (one array lookup by port) and the protocol's give the two vectors
-  to AND, inlined.
+  to AND, inlined. An empty list has this form too.
+
+A program with either bit is ``xdp_filter_fast``: the whole decision inlined
+in the entry point (no call into ``finish``), verified once per parser path
+(longer to load: see BENCHMARKS.md).
 
 Pure Python: no root, no libbpf."""
 
@@ -43,7 +47,7 @@ def rule_forms(rules: Sequence[Rule]) -> int:
     if rules and is_ban(rules[0]):
         forms |= RuleField.BAN_FIRST
         rest = rules[1:]
-    if rules and all(is_port_only(r) for r in rest):
+    if all(is_port_only(r) for r in rest):  # an empty list too: the program without the call into finish
         forms |= RuleField.PORT_RULES
     return forms
 

@@ -570,7 +570,7 @@ def _rules(*texts: str) -> list[Rule]:
 
 
 @pytest.mark.parametrize(("texts", "want"), [
-    ((), L.Shape(0)),
+    ((), L.Shape.PORT_RULES),
     (("deny from @banned",), L.Shape.BAN_FIRST | L.Shape.PORT_RULES),
     (("deny from @banned", "allow 22/tcp", "deny 53/udp", "allow proto icmp"), L.Shape.BAN_FIRST | L.Shape.PORT_RULES),
     (("deny from @banned", "allow from 10.0.0.0/8 port 22"), L.Shape.BAN_FIRST),
