@@ -75,8 +75,8 @@ def main() -> None:
     closers: list = []
     rows: dict[str, str] = {}  # row -> its group
 
-    def variant(pin: str, shape: Shape, *extra: str) -> Program:
-        obj = S.open_object(pin, shape=int(shape))
+    def variant(pin: str, shape: Shape, *extra: str, count_hits: bool = True) -> Program:
+        obj = S.open_object(pin, shape=int(shape), count_hits=count_hits)
         name = S.filter_program(int(shape))
         obj.only_program(name, *extra)
         obj.load()
@@ -95,6 +95,7 @@ def main() -> None:
         return pin
 
     progs: list[Program] = []
+    none_off = ""
     try:
         floor = BpfObject(FLOOR)
         floor.load()
@@ -110,7 +111,7 @@ def main() -> None:
         for on in (True, False):
             tag = "state on" if on else "state off"
             off = Shape(0) if on else Shape.NO_STATE
-            pin = state(f"none-{int(on)}")
+            pin = none_off = state(f"none-{int(on)}")
             flt = Filter.open(pin, create=True)
             closers.insert(0, flt.close)
             if not on:
@@ -142,6 +143,19 @@ def main() -> None:
             add("set", f"set + 4 ports, {tag}: general", gen, set_pkts)
             add("set", f"set + 4 ports, {tag}: shaped", variant(pin, shaped), set_pkts)
             add("set", f"set + 4 ports, {tag}: fast", variant(pin, shaped | fast_paths(rules)), set_pkts)
+            if not on:  # where the fast path's time goes, step by step (state off)
+                add("stages", "fast, no rules", variant(none_off, off | UNUSED |
+                                                        Shape.NO_RULES | fast_paths([])), set_pkts)
+                ban_pin = state("ban-0")
+                ban, _ = banned_filter(ban_pin, table_prefixes(), port_rules=False)
+                closers.insert(0, ban.close)
+                ban.set_established(False)
+                add("stages", "fast, `deny from @banned` alone (the probe)",
+                    variant(ban_pin, shaped | fast_paths(rules[:1])), set_pkts)
+                add("stages", "fast, + the 4 port rules (the port walk)", variant(pin, shaped | fast_paths(rules)),
+                    set_pkts)
+                add("stages", "the same, no hit counters (count_hits 0)",
+                    variant(pin, shaped | fast_paths(rules), count_hits=False), set_pkts)
 
         pin = state("rules")
         flt = Filter.open(pin, create=True)
@@ -175,7 +189,8 @@ def main() -> None:
           f"packet in the same rounds. Port rules: {', '.join(f'`{r}`' for r in PORT_RULES)}. shaped: "
           "knobs.shape leaves out interface, IPv6-prefix and trace code and what the state does not use; "
           "fast: the same in xdp_filter_fast with its fast paths.\n")
-    for group, cols in (("set", list(set_pkts)), ("none", [*set_pkts, *V6]), ("rules", ["1,024 rules probe"])):
+    for group, cols in (("set", list(set_pkts)), ("none", [*set_pkts, *V6]), ("rules", ["1,024 rules probe"]),
+                        ("stages", list(set_pkts))):
         print("| program | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * len(cols))
         for row in [r for r, g in rows.items() if g in ("base", group)]:

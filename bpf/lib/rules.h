@@ -267,6 +267,10 @@ static __always_inline int match_ports(struct xdp_md *ctx, struct pkt *p, struct
 	if (!a || !h)
 		return -1;
 	__u32 words = rs->n_words, nw = knobs.rule_words;
+	if (words == 1) { /* up to 64 rules: one word, no walk */
+		__u64 w = a[0] & h[0] & ~skip0;
+		return w ? rule_decides(ctx, p, gen, lowest_bit(w)) : -1;
+	}
 	if (nw > MAX_RULE_WORDS)
 		return -1;
 	__u64 start = a[nw] > h[nw] ? a[nw] : h[nw];
