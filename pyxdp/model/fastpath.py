@@ -12,7 +12,7 @@ replace it before or after the switch to the rules it was chosen for.
 - ``PORT_RULES``: every rule (after that one, when the list starts with it)
   constrains at most the protocol and the destination port: the port's
   class (one array lookup by port) and the protocol's give the two vectors
-  to AND, inlined. An empty list has this form too.
+  to AND, inlined. An empty list gets this bit too (see :func:`fast_paths`).
 
 A program with either bit is ``xdp_filter_fast``: the whole decision inlined
 in the entry point (no call into ``finish``), verified once per parser path
@@ -47,7 +47,7 @@ def rule_forms(rules: Sequence[Rule]) -> int:
     if rules and is_ban(rules[0]):
         forms |= RuleField.BAN_FIRST
         rest = rules[1:]
-    if all(is_port_only(r) for r in rest):  # an empty list too: the program without the call into finish
+    if rules and all(is_port_only(r) for r in rest):
         forms |= RuleField.PORT_RULES
     return forms
 
@@ -55,9 +55,11 @@ def rule_forms(rules: Sequence[Rule]) -> int:
 def fast_paths(rules: Sequence[Rule]) -> Shape:
     """The fast-path bits of ``knobs.shape`` worth loading for ``rules``: those
     whose form the list has (a program without them decides the same, through
-    the general rule walk). ``PORT_RULES`` after a ban needs ``BAN_FIRST`` too."""
+    the general rule walk). ``PORT_RULES`` after a ban needs ``BAN_FIRST`` too.
+    An empty list gets ``PORT_RULES`` as well (no rule step is made at all;
+    the bit gives it the program without the call into ``finish``)."""
     forms = rule_forms(rules)
-    shape = Shape(0)
+    shape = Shape(0) if rules else Shape.PORT_RULES
     if forms & RuleField.BAN_FIRST:
         shape |= Shape.BAN_FIRST
     if forms & RuleField.PORT_RULES:
