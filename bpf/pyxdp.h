@@ -232,7 +232,7 @@ enum rule_field {
 	RS_LIT4_SRC = 256, RS_LIT6_SRC = 512, RS_LIT4_DST = 1024, RS_LIT6_DST = 2048,
 	/* the forms fast paths need (SH_BAN_FIRST, SH_PORT_RULES): rule 1 is `deny from @SET` alone; every rule
 	 * (after that one, when RS_BAN_FIRST) constrains at most the protocol and the destination port */
-	RS_BAN_FIRST = 4096, RS_PORT_RULES = 8192,
+	RS_BAN_FIRST = 8192, RS_PORT_RULES = 16384,
 };
 
 struct ruleset {

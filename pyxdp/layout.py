@@ -155,8 +155,8 @@ class RuleField(IntEnum):
     LIT6_SRC = 512
     LIT4_DST = 1024
     LIT6_DST = 2048
-    BAN_FIRST = 4096  # the rule set's forms the fast paths need (model/fastpath.py)
-    PORT_RULES = 8192
+    BAN_FIRST = 8192  # the rule set's forms the fast paths need (model/fastpath.py)
+    PORT_RULES = 16384
 
 
 N_REASONS = 10

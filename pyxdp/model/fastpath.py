@@ -34,9 +34,15 @@ def is_ban(rule: Rule) -> bool:
             rule.sport is None and rule.dst == ANY and rule.dport is None and rule.iface is None)
 
 
+# the protocols the fast path's protocol step reads (the datapath's five protocol classes)
+BASE_PROTOS = ("any", "tcp", "udp", "icmp", "icmpv6")
+
+
 def is_port_only(rule: Rule) -> bool:
-    """A rule that constrains at most the protocol and the destination port."""
-    return rule.src == ANY and rule.sport is None and rule.dst == ANY and rule.iface is None
+    """A rule that constrains at most the protocol (one of :data:`BASE_PROTOS`)
+    and the destination port."""
+    return (rule.proto in BASE_PROTOS and rule.src == ANY and rule.sport is None and rule.dst == ANY and
+            rule.iface is None)
 
 
 def rule_forms(rules: Sequence[Rule]) -> int:
