@@ -218,6 +218,12 @@ enum shape {
 	SH_NO_LIT4 = 64,           /* no rule names an IPv4 prefix */
 	SH_NO_PROTO = 128,         /* no rule names a protocol */
 	SH_NO_TRACE = 256,         /* no sampled tracing (config.trace_every is 0) */
+	/* Fast paths (not parts left out: code added): taken only while the live
+	 * rule set has the form (RS_BAN_FIRST, RS_PORT_RULES in ruleset.fields),
+	 * so a program with them is right on any rule set. A program with one
+	 * runs the decision inlined in its entry point (no call into finish). */
+	SH_BAN_FIRST = 512,        /* rule 1 `deny from @SET`: one inlined probe of the set, before the rule walk */
+	SH_PORT_RULES = 1024,      /* the other rules by the port's and the protocol's vectors, inlined */
 };
 
 /* ruleset.fields: the fields some rule constrains; the others are not looked up */
@@ -225,6 +231,9 @@ enum rule_field {
 	F_PROTO = 1, F_SRC = 2, F_SSET = 4, F_DST = 8, F_DSET = 16, F_SPORT = 32, F_DPORT = 64, F_IFACE = 128,
 	RS_LIT4_SRC = 256, RS_LIT6_SRC = 512, RS_LIT4_DST = 1024, RS_LIT6_DST = 2048,
 	RS_PROTO_NUM = 4096,       /* a rule names another IP protocol: its class is proto_cls[5] + the protocol */
+	/* the forms fast paths need (SH_BAN_FIRST, SH_PORT_RULES): rule 1 is `deny from @SET` alone; every rule
+	 * (after that one, when RS_BAN_FIRST) constrains at most the protocol and the destination port */
+	RS_BAN_FIRST = 8192, RS_PORT_RULES = 16384,
 };
 
 struct ruleset {

@@ -47,7 +47,6 @@ const volatile struct knobs knobs = { .trace_all = 0, .count_hits = 1, .rule_wor
 
 /* Whether the loaded program keeps part `sh` (enum shape) of the datapath. */
 #define HAS(sh) (!(knobs.shape & (sh)))
-
 /* Never called: keeps the shared structs and enums in BTF for the Python
  * layout check (tests/test_build.py). */
 struct shared_types {
@@ -93,7 +92,7 @@ __noinline int btf_anchor(struct shared_types *t)
 
 /* ---- the decision ---------------------------------------------------------- */
 
-static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct pkt *p, __u32 *verdict)
+static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct pkt *p, __u32 *verdict, int fast)
 {
 	if (p->ethertype == ETH_P_ARP) {
 		*verdict = V_PASS;
@@ -111,7 +110,7 @@ static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct p
 		}
 	}
 	if (HAS(SH_NO_RULES) && c->nrules && p->family) {
-		int m = match_rules(ctx, p, c->rgen);
+		int m = fast ? match_fast(ctx, p, c->rgen, c->nrules) : match_rules(ctx, p, c->rgen);
 		if (m == ACT_ALLOW || m == ACT_DENY) {
 			*verdict = m == ACT_ALLOW ? V_PASS : V_DROP;
 			return m == ACT_ALLOW ? R_RULE_ALLOW : R_RULE_DENY;
@@ -121,24 +120,19 @@ static __always_inline int decide(struct xdp_md *ctx, struct config *c, struct p
 	return p->fragment == 2 ? R_FRAGMENT : R_POLICY;
 }
 
-/*
- * Everything after parsing, in a global function: the verifier checks it once
- * instead of once per parser path (VLAN depth x family x extension headers).
- * Returns the XDP action.
- */
-__noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_idx)
+/* Everything after parsing: the decision, the counters, tracing. Returns the
+ * XDP action. fast: the rule step through the fast paths (match_fast). */
+static __always_inline int finish_body(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_idx, int fast)
 {
 	__u32 verdict = V_DROP, idx;
 	__u32 len;
 
-	if (!ctx || !p)
-		return XDP_PASS;
 	struct config *c = bpf_map_lookup_elem(&cfg, &cfg_idx);
 	if (!c)
 		return XDP_PASS;
 	len = ctx->data_end - ctx->data;
 	if (reason < 0 || reason >= R_MAX)
-		reason = decide(ctx, c, p, &verdict);
+		reason = decide(ctx, c, p, &verdict, fast);
 
 	__u32 ifi = ctx->ingress_ifindex, h = ifi % IF_HASH, slot = 0;
 	struct ifslot *is = bpf_map_lookup_elem(&ifslots, &h);
@@ -157,8 +151,19 @@ __noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_i
 	return verdict == V_DROP ? XDP_DROP : XDP_PASS;
 }
 
-SEC("xdp")
-int xdp_filter(struct xdp_md *ctx)
+/*
+ * The same in a global function: the verifier checks it once instead of
+ * once per parser path (VLAN depth x family x extension headers). The
+ * general program (xdp_filter) calls it; xdp_filter_fast inlines it.
+ */
+__noinline int finish(struct xdp_md *ctx, struct pkt *p, int reason, __u32 cfg_idx)
+{
+	if (!ctx || !p)
+		return XDP_PASS;
+	return finish_body(ctx, p, reason, cfg_idx, 0);
+}
+
+static __always_inline int filter(struct xdp_md *ctx, int fast)
 {
 	struct pkt p = {};
 	__u32 zero = 0;
@@ -169,7 +174,30 @@ int xdp_filter(struct xdp_md *ctx)
 	int reason = parse(ctx, &p);
 	if (HAS(SH_NO_STATE) && reason < 0 && p.family && p.fragment != 2)
 		p.no_flow = ct_guard(&p);
+	if (fast)
+		return finish_body(ctx, &p, reason, sel->live & 1, 1);
 	return finish(ctx, &p, reason, sel->live & 1);
+}
+
+/* The filter: what every arriving packet runs. */
+SEC("xdp")
+int xdp_filter(struct xdp_md *ctx)
+{
+	return filter(ctx, 0);
+}
+
+/*
+ * The same decisions with the fast paths (knobs.shape SH_BAN_FIRST,
+ * SH_PORT_RULES; see match_fast) and without the call into finish: its
+ * verification takes longer (once per parser path), so it is its own
+ * program, loaded instead of xdp_filter for rule sets of those forms. Its
+ * deepest chain (xdp_filter_fast -> match_rules -> set_has -> trie_step) has
+ * one frame fewer than xdp_filter's, a bigger first one.
+ */
+SEC("xdp")
+int xdp_filter_fast(struct xdp_md *ctx)
+{
+	return filter(ctx, 1);
 }
 
 

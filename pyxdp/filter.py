@@ -680,7 +680,7 @@ class Filter:
             for i, pkt in enumerate(packets, 1):
                 yield t.run(pkt, i)
 
-    def tester(self) -> Tester:
+    def tester(self, shape: int = 0) -> Tester:
         from .replay import Tester
 
-        return Tester(self.pin_dir)
+        return Tester(self.pin_dir, shape)

@@ -138,6 +138,8 @@ class Shape(IntFlag):
     NO_LIT4 = 64
     NO_PROTO = 128
     NO_TRACE = 256
+    BAN_FIRST = 512  # fast path: one inlined probe of a leading `deny from @SET` (see model/fastpath.py)
+    PORT_RULES = 1024  # fast path: the other rules by protocol and destination port, inlined
 
 
 class RuleField(IntEnum):
@@ -154,6 +156,8 @@ class RuleField(IntEnum):
     LIT4_DST = 1024
     LIT6_DST = 2048
     PROTO_NUM = 4096  # a rule names another IP protocol: proto_cls[5] + protocol is its class
+    BAN_FIRST = 8192  # the rule set's forms the fast paths need (model/fastpath.py)
+    PORT_RULES = 16384
 
 
 N_REASONS = 10

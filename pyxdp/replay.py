@@ -12,7 +12,7 @@ from .layout import Reason, Verdict
 from .observe import Event
 from .store.flows import Flow, live_flows
 from .store.guard import GUARD_MAP
-from .store.objects import FLOW_MAPS, open_object
+from .store.objects import FLOW_MAPS, filter_program, open_object
 
 XDP_SHORT = -1  # replay: frame shorter than Ethernet, the kernel refuses to run it
 
@@ -44,11 +44,10 @@ class Tester:
     arriving; :meth:`send` a packet the host sends (the egress program
     records the flows it opens in the tester's table). Needs no interface
     attached. Close it (or use ``with``): it holds loaded programs and a 1 MiB
-    ring."""
+    ring. ``shape``: the program's ``knobs.shape`` (:class:`layout.Shape`;
+    0: the general program)."""
 
     def __init__(self, pin_dir: str, shape: int = 0) -> None:
-        """``shape``: the filter program of that shape (:class:`pyxdp.layout.Shape`;
-        0: the general program)."""
         self._obj: Any = None
         self.program: Any = None
         self.egress: Any = None
@@ -60,9 +59,9 @@ class Tester:
             obj.private_map("events")
             for name in (*FLOW_MAPS, GUARD_MAP):  # its own guard: never armed, every reply looked up
                 obj.private_map(name)
-            obj.only_program("xdp_filter", "egress")
+            obj.only_program(filter_program(shape), "egress")
             obj.load()
-            self.program = obj.program("xdp_filter")
+            self.program = obj.program(filter_program(shape))
             self.egress = obj.program("egress")
             self._got: list[bytes] = []
             self._ring = obj.map("events")

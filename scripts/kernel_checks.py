@@ -2,8 +2,9 @@
 tree under test first on PYTHONPATH (one step per call; exit 1 and a line
 "FAILED: ..." when a check fails):
 
-    kernel_checks.py programs        every program of the object (xdp_filter, sweep_start, egress)
-                                     verified on its own; which libbpf.so.1 the process loaded
+    kernel_checks.py programs        every program of the object (xdp_filter, xdp_filter_fast with its
+                                     fast paths on, sweep_start, egress) verified on its own; which
+                                     libbpf.so.1 the process loaded
     kernel_checks.py load [RULES]    Filter.open(create=True, with_program=True), then close()
     kernel_checks.py replay          a pcap with known verdicts replayed (BPF_PROG_TEST_RUN)
     kernel_checks.py native          two namespaces joined by a veth; `pyxdp-load attach --mode native`
@@ -46,7 +47,7 @@ VA, VB = "va", "vb"
 A4, A4_BANNED, B4, A6, B6 = "10.88.0.1", "10.88.0.3", "10.88.0.2", "fd88::1", "fd88::2"
 PIN = f"/sys/fs/bpf/{TAG}-net"
 CLI = os.path.join(os.path.dirname(sys.executable), "pyxdp-load")
-PROGRAMS = ("xdp_filter", "sweep_start", "egress")
+PROGRAMS = ("xdp_filter", "xdp_filter_fast", "sweep_start", "egress")
 COUNT = 20  # datagrams per case
 PAYLOAD = b"pyxdp-kernels "
 
@@ -123,8 +124,9 @@ def libbpf_loaded() -> str:
 
 
 def programs() -> None:
+    from pyxdp import layout as L
     from pyxdp.kernel.bpf import BpfObject
-    from pyxdp.store.objects import OBJECT_PATH
+    from pyxdp.store.objects import FAST_PROG, OBJECT_PATH
 
     where = libbpf_loaded()
     print(f"@@LIBBPF {where}", flush=True)
@@ -144,6 +146,9 @@ def programs() -> None:
                 for m in obj.map_names:  # private: never pinned at the bpffs root (run on a host too)
                     obj.private_map(m)
                 obj.only_program(name)
+                if name == FAST_PROG:  # with its fast paths on (the verifier prunes what knobs turn off)
+                    shape = L.Shape.BAN_FIRST | L.Shape.PORT_RULES
+                    obj.set_rodata(L.KNOBS.pack(0, 1, L.DEFAULT_RULE_WORDS, int(shape)))
                 obj.load()
             print(f"program {name}: loaded")
         except pyxdp.VerifierError as e:

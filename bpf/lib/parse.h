@@ -18,7 +18,8 @@ struct pkt {
 	__u16 l4_off;    /* where the L4 header starts */
 	__u16 icmp_id;
 	__u16 rule_pos;  /* deciding rule's position + 1 */
-	__u16 pad2;
+	__u8 ban_missed; /* SH_BAN_FIRST: the leading ban set does not hold the source */
+	__u8 pad2;
 	__u32 rule_id;   /* its id + 1 */
 	__u16 sport;
 	__u16 dport;

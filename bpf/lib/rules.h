@@ -131,6 +131,8 @@ static __always_inline __u32 set_class(struct ruleset *rs, __u32 dir, struct pkt
 	for (__u32 i = 0; i < RULE_SETS; i++) {
 		if (i >= rs->n_sets[dir & 1])
 			break;
+		if ((knobs.shape & SH_BAN_FIRST) && !i && !dir && p->ban_missed)
+			continue; /* the ban set: probed already (match_fast), it does not hold the source */
 		if (set_has(p, dir, rs->sets[dir & 1][i]))
 			mask |= 1 << i;
 	}
@@ -146,11 +148,35 @@ static __always_inline __u32 port_class(struct ruleset *rs, __u32 gen, __u32 dir
 	return v ? *v : rs->noport[dir];
 }
 
+/* Rule pos of generation gen decides the packet: its hit counted, noted in
+ * p. Returns its action, or -1. */
+static __always_inline int rule_decides(struct xdp_md *ctx, struct pkt *p, __u32 gen, __u32 pos)
+{
+	__u32 slot = gen * knobs.rule_words * 64 + pos;
+	struct rref *r = bpf_map_lookup_elem(&rorder, &slot);
+
+	if (!r)
+		return -1;
+	if (knobs.count_hits) {
+		__u32 id = r->id;
+		struct counter *cnt = bpf_map_lookup_elem(&rhits, &id);
+		if (cnt) {
+			cnt->packets++;
+			cnt->bytes += ctx->data_end - ctx->data;
+		}
+	}
+	p->rule_pos = pos + 1;
+	p->rule_id = r->id + 1;
+	return r->action;
+}
+
 /*
  * The first rule of generation gen that the packet (IPv4 or IPv6) matches.
  * Returns its action (and notes it in p), or -1. A field no rule constrains
- * is not looked up: its class is the all-ones vector. A global function: the
- * walk is verified once, and a packet pays the call only when rules exist.
+ * is not looked up: its class is the all-ones vector. A global function:
+ * the walk is verified once, and a packet pays the call only when rules
+ * exist. With p->ban_missed (SH_BAN_FIRST: the leading ban set was probed and
+ * does not hold the source), the first source set is not probed again.
  */
 __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 {
@@ -215,24 +241,92 @@ __noinline int match_rules(struct xdp_md *ctx, struct pkt *p, __u32 gen)
 		__u64 w = a[i] & b[i] & c[i] & d[i] & e[i] & g[i] & h[i] & j[i];
 		if (!w)
 			continue;
-		__u32 pos = i * 64 + lowest_bit(w);
-		__u32 slot = gen * knobs.rule_words * 64 + pos;
-		struct rref *r = bpf_map_lookup_elem(&rorder, &slot);
-		if (!r)
-			return -1;
-		if (knobs.count_hits) {
-			__u32 id = r->id;
-			struct counter *cnt = bpf_map_lookup_elem(&rhits, &id);
-			if (cnt) {
-				cnt->packets++;
-				cnt->bytes += ctx->data_end - ctx->data;
-			}
-		}
-		p->rule_pos = pos + 1;
-		p->rule_id = r->id + 1;
-		return r->action;
+		return rule_decides(ctx, p, gen, i * 64 + lowest_bit(w));
 	}
 	return -1;
+}
+
+/*
+ * SH_PORT_RULES: the rules (after a leading ban, SH_BAN_FIRST) constrain at
+ * most the protocol and the destination port. The class of the packet's
+ * port (one array lookup by port) and of its protocol give the two vectors
+ * to AND; no call. skip0: rule 1 is the ban rule, already found not to
+ * match.
+ */
+static __always_inline int match_ports(struct xdp_md *ctx, struct pkt *p, struct ruleset *rs, __u32 gen,
+				       __u64 skip0)
+{
+	__u32 f = rs->fields, c_proto = rs->all_cls, c_dport = rs->all_cls;
+
+	if (f & F_PROTO) {
+		__u32 pc = p->proto == IPPROTO_TCP ? 0 : p->proto == IPPROTO_UDP ? 1 : p->proto == IPPROTO_ICMP ? 2 :
+			   p->proto == IPPROTO_ICMPV6 ? 3 : 4;
+		c_proto = rs->proto_cls[pc & 7];
+	}
+	if (f & F_DPORT)
+		c_dport = port_class(rs, gen, 1, p);
+	__u64 *a = bpf_map_lookup_elem(&rvec, &c_proto);
+	__u64 *h = bpf_map_lookup_elem(&rvec, &c_dport);
+	if (!a || !h)
+		return -1;
+	__u32 words = rs->n_words, nw = knobs.rule_words;
+	if (words == 1) { /* up to 64 rules: one word, no walk */
+		__u64 w = a[0] & h[0] & ~skip0;
+		return w ? rule_decides(ctx, p, gen, lowest_bit(w)) : -1;
+	}
+	if (nw > MAX_RULE_WORDS)
+		return -1;
+	__u64 start = a[nw] > h[nw] ? a[nw] : h[nw];
+	if (start > nw)
+		start = nw;
+	for (__u32 n = 0; n < MAX_RULE_WORDS; n++) {
+		__u64 i = start + n;
+		if (i >= words || i >= nw)
+			break;
+		barrier_var(i);
+		__u64 w = a[i] & h[i];
+		if (i == 0)
+			w &= ~skip0;
+		if (!w)
+			continue;
+		return rule_decides(ctx, p, gen, i * 64 + lowest_bit(w));
+	}
+	return -1;
+}
+
+/*
+ * The rule step of a program with a fast path (SH_BAN_FIRST, SH_PORT_RULES),
+ * inlined in the entry point. The compiler marks a generation's rule set
+ * with the forms it has (RS_BAN_FIRST, RS_PORT_RULES in ruleset.fields): a
+ * fast path is taken only when the program has it and the live rule set has
+ * that form, so any program is right on any rule set (a program is replaced
+ * before or after the switch to the rules it was chosen for). Ban first:
+ * rule 1 is `deny from @SET` alone (its set the first source set): one
+ * probe of that set, no call; a hit is rule 1. What the ban does not decide
+ * goes to the port walk (every other rule constrains at most the protocol
+ * and the destination port) or to match_rules, which then does not probe
+ * that set again.
+ */
+static __always_inline int match_fast(struct xdp_md *ctx, struct pkt *p, __u32 gen, __u32 nrules)
+{
+	__u64 skip0 = 0;
+
+	gen &= 1;
+	struct ruleset *rs = bpf_map_lookup_elem(&rsets, &gen);
+	if (!rs)
+		return -1;
+	__u32 f = rs->fields;
+	if ((knobs.shape & SH_BAN_FIRST) && (f & RS_BAN_FIRST)) {
+		if (set_probe(p, 0, rs->sets[0][0]))
+			return rule_decides(ctx, p, gen, 0);
+		if (nrules <= 1)
+			return -1;
+		skip0 = 1;
+		p->ban_missed = 1;
+	}
+	if ((knobs.shape & SH_PORT_RULES) && (f & RS_PORT_RULES) && (skip0 || !(f & RS_BAN_FIRST)))
+		return match_ports(ctx, p, rs, gen, skip0);
+	return match_rules(ctx, p, gen);
 }
 
 #endif /* PYXDP_RULES_H */

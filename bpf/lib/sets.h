@@ -128,6 +128,10 @@ static __always_inline void mask6(struct rkey6 *k, const __u32 *a, __u32 n)
  */
 __noinline int trie_step(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 {
+	/* one key buffer for both families (an rkey4 is an rkey6's first 12
+	 * bytes): this frame is the last of the deepest call chain (see
+	 * tests/unit/test_build.py) */
+	struct rkey6 k = { .plen = plen, .tag = sid };
 	struct set_info *si;
 	struct elem *e;
 	__u32 *v, l;
@@ -139,8 +143,8 @@ __noinline int trie_step(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 		return 0;
 	if (p->family == 4) {
 		__u32 addr = dir ? p->daddr4 : p->saddr4;
-		struct rkey4 k = { .plen = plen, .tag = sid, .addr = addr };
 
+		__builtin_memcpy(k.addr, &addr, 4);
 		v = bpf_map_lookup_elem(&trie4, &k);
 		if (!v)
 			return 0;
@@ -148,11 +152,11 @@ __noinline int trie_step(struct pkt *p, __u32 dir, __u32 sid, __u32 plen)
 		if (l < 32 || l > 64)
 			return 0;
 		k.plen = l;
-		k.addr = addr & mask_word(l - 32);
+		addr &= mask_word(l - 32);
+		__builtin_memcpy(k.addr, &addr, 4);
 		e = bpf_map_lookup_elem(&elem4, &k);
 	} else {
 		const __u32 *a = dir ? p->daddr6.in6_u.u6_addr32 : p->saddr6.in6_u.u6_addr32;
-		struct rkey6 k = { .plen = plen, .tag = sid };
 
 		__builtin_memcpy(k.addr, a, 16);
 		v = bpf_map_lookup_elem(&trie6, &k);
@@ -196,14 +200,9 @@ static __always_inline int trie_walk(struct pkt *p, __u32 dir, __u32 sid, __u32 
 	return 0;
 }
 
-/*
- * Whether set sid holds addr: some visible element of the set is a prefix of
- * it. The hashed lengths are probed (one hash lookup each);
- * then, when the set has elements of other lengths, one trie lookup finds
- * the longest of those, and an invisible one (expired, or not committed)
- * sends the lookup on to shorter prefixes. The element found counts a hit.
- */
-static __always_inline int set_has4(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, __u32 addr)
+/* The hashed lengths of a set (one hash probe each): 1 when a visible
+ * element holds the address (its hit counted), else 0. */
+static __always_inline int hashed4(struct set_info *si, __u32 sid, __u32 addr)
 {
 	struct rkey4 k = { .tag = sid };
 	__u32 epoch = si->epoch;
@@ -221,14 +220,10 @@ static __always_inline int set_has4(struct set_info *si, struct pkt *p, __u32 di
 		if (e && visible(e, epoch, &now))
 			return member(e);
 	}
-	if (!si->trie4)
-		return 0;
-	if (!guarded(sid * 2, bpf_ntohl(addr) >> 16))
-		return 0;
-	return trie_walk(p, dir, sid, 64);
+	return 0;
 }
 
-static __always_inline int set_has6(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, const __u32 *a)
+static __always_inline int hashed6(struct set_info *si, __u32 sid, const __u32 *a)
 {
 	struct rkey6 k = { .tag = sid };
 	__u32 epoch = si->epoch;
@@ -246,6 +241,31 @@ static __always_inline int set_has6(struct set_info *si, struct pkt *p, __u32 di
 		if (e && visible(e, epoch, &now))
 			return member(e);
 	}
+	return 0;
+}
+
+/*
+ * Whether set sid holds addr: some visible element of the set is a prefix of
+ * it. The hashed lengths are probed (one hash lookup each);
+ * then, when the set has elements of other lengths, one trie lookup finds
+ * the longest of those, and an invisible one (expired, or not committed)
+ * sends the lookup on to shorter prefixes. The element found counts a hit.
+ */
+static __always_inline int set_has4(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, __u32 addr)
+{
+	if (hashed4(si, sid, addr))
+		return 1;
+	if (!si->trie4)
+		return 0;
+	if (!guarded(sid * 2, bpf_ntohl(addr) >> 16))
+		return 0;
+	return trie_walk(p, dir, sid, 64);
+}
+
+static __always_inline int set_has6(struct set_info *si, struct pkt *p, __u32 dir, __u32 sid, const __u32 *a)
+{
+	if (hashed6(si, sid, a))
+		return 1;
 	if (!si->trie6)
 		return 0;
 	if (!guarded(sid * 2 + 1, bpf_ntohl(a[0]) >> 16))
@@ -265,6 +285,28 @@ __noinline int set_has(struct pkt *p, __u32 dir, __u32 sid)
 	if (p->family == 4)
 		return set_has4(si, p, dir, sid, dir ? p->daddr4 : p->saddr4);
 	return set_has6(si, p, dir, sid, dir ? p->daddr6.in6_u.u6_addr32 : p->saddr6.in6_u.u6_addr32);
+}
+
+/*
+ * The same test inlined, for SH_BAN_FIRST's one probe before the rules: the
+ * hashed lengths without a call; only a set whose trie may hold an element
+ * covering the address (the trie guard's bit) goes on to set_has (which
+ * probes the hashed lengths again, then walks the trie).
+ */
+static __always_inline int set_probe(struct pkt *p, __u32 dir, __u32 sid)
+{
+	if (p->family == 4) {
+		struct set_info *si = bpf_map_lookup_elem(&sets, &sid);
+		__u32 addr = dir ? p->daddr4 : p->saddr4;
+
+		if (!si)
+			return 0;
+		if (hashed4(si, sid, addr))
+			return 1;
+		if (!si->trie4 || !guarded(sid * 2, bpf_ntohl(addr) >> 16))
+			return 0;
+	}
+	return set_has(p, dir, sid);
 }
 
 #endif /* PYXDP_SETS_H */

@@ -80,9 +80,9 @@ def cmd_status(args: Args) -> int:
             print(f"tracing is on (1 in {cfg.trace_every} packets): a 'trace' is running, or one was killed "
                   "(the next 'pyxdp-load trace' turns it off when it ends)")
         if shape.running is not None:
-            from ..model.shapes import describe
+            from ..model.shapes import FAST, describe
 
-            left = describe(shape.running) if shape.running else "nothing"
+            left = describe(shape.running) if shape.running & ~FAST else "nothing" + describe(shape.running)[7:]
             print(f"program shape: leaves out {left}"
                   + ("" if shape.settled else "; a replacement was cut short: the next change finishes it"))
         if not ifaces:

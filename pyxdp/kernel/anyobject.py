@@ -17,7 +17,7 @@ from .xdp import Netlink
 
 BPF_PROG_TYPE_XDP = 6
 TRACEFS = "/sys/kernel/tracing"
-FILTER_PROG_NAME = "xdp_filter"
+FILTER_PROG_NAMES = ("xdp_filter", "xdp_filter_fast")  # the general program and the one with fast paths
 
 
 def load_object(path: str, ifname: str, program: str | None = None, mode: XdpMode = XdpMode.AUTO,
@@ -50,7 +50,7 @@ def unload(ifname: str, netns: str | None = None) -> int:
         if not st.prog_id or st.mode is None:
             raise UsageError(f"{ifname} runs no XDP program")
         with Program.from_id(st.prog_id) as prog:
-            if prog.name == FILTER_PROG_NAME:
+            if prog.name in FILTER_PROG_NAMES:
                 raise UsageError(f"{ifname} runs the pyxdp filter: use 'pyxdp-load detach {ifname}'")
             nl.detach(ifname, st.mode, expected_fd=prog.fd)
         return st.prog_id

@@ -553,6 +553,11 @@ class BpfObject:
         for pname, p in self._progs.items():
             lib.bpf_program__set_autoload(p, pname in names)
 
+    def skip_program(self, name: str) -> None:
+        """Do not load program ``name`` (the others stay as they are)."""
+        if name in self._progs:
+            lib.bpf_program__set_autoload(self._progs[name], False)
+
     def load(self) -> None:
         ret = lib.bpf_object__load(self._obj)
         if ret < 0:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from ..errors import UsageError
 from ..layout import CLASS_EXTRA, CLASS_PER_RULE, RULE_SETS, RuleField
+from .fastpath import rule_forms
 from .prefix import Prefix
 from .rules import Rule, proto_number
 
@@ -35,7 +36,7 @@ class Tables(NamedTuple):
     n_words: int
     vectors: dict[int, int]  # class id -> bit vector (bit i: rule i)
     all_cls: int  # the all-ones vector
-    fields: int  # RuleField bits: fields some rule constrains, lit lookups worth making
+    fields: int  # RuleField bits: fields some rule constrains, lit lookups worth making, fast-path forms
     proto_cls: tuple[int, ...]  # per PROTO_CLASS
     lit: dict[tuple[int, int], dict[Prefix, int]]  # (dir, family) -> prefix -> class
     lit_dflt: tuple[int, ...]  # [dir * 2 + (family == 6)]
@@ -200,6 +201,7 @@ def compile_rules(rules: Sequence[Rule], capacity: int, gen: int, set_ids: dict[
     if any(r.iface for r in rules):
         fields |= RuleField.IFACE
     iface_dflt = cls(iface_none)
+    fields |= rule_forms(rules)
     return Tables(
         n_words=(n + 63) // 64,
         vectors=cls.vectors,

@@ -28,6 +28,11 @@ RULE_BITS = Shape.NO_RULES
 for _bit, _fields in RULE_PARTS:
     RULE_BITS |= _bit
 NARROWEST = RULE_BITS | Shape.NO_STATE | Shape.NO_TRACE  # no rules, no state, no tracing
+# The fast paths (pyxdp.model.fastpath): bits a program has, not parts it leaves out. A program with
+# them takes a fast path only while the live rule set has its form (RuleField.BAN_FIRST, PORT_RULES),
+# so it is right on any rule set: they never decide whether a program covers a configuration.
+FAST = Shape.BAN_FIRST | Shape.PORT_RULES
+FORMS: tuple[tuple[Shape, int], ...] = ((Shape.BAN_FIRST, F.BAN_FIRST), (Shape.PORT_RULES, F.PORT_RULES))
 
 
 def shape_for(established: bool, trace_every: int, nrules: int, fields: int) -> Shape:
@@ -43,26 +48,34 @@ def shape_for(established: bool, trace_every: int, nrules: int, fields: int) -> 
         for bit, need in RULE_PARTS:
             if fields & need:
                 out &= ~bit
+        for bit, form in FORMS:
+            if fields & form:
+                out |= bit
+    else:  # no rules: the program with the decision inlined (no call into the rule step)
+        out |= Shape.PORT_RULES
     return Shape(out)
 
 
 def covers(program: int, need: int) -> bool:
     """Whether a program of shape ``program`` keeps every part a
     configuration of shape ``need`` uses."""
-    return not program & ~need
+    return not program & ~FAST & ~need
 
 
 def joint(*shapes: int) -> Shape:
     """The narrowest shape that covers each of ``shapes`` (a program that
     runs while one configuration is switched to another)."""
-    out = NARROWEST
+    out = NARROWEST | FAST  # fast paths: those every configuration has the form of
     for s in shapes:
         out &= s
     return Shape(out)
 
 
 def describe(shape: int) -> str:
-    """What a program of ``shape`` leaves out, for people: ``general``, or
-    e.g. ``no state, no trace``."""
-    parts = [b.name.lower().replace("_", " ") for b in Shape if shape & b and b.name]
-    return ", ".join(parts) if parts else "general"
+    """A program of ``shape`` for people: what it leaves out and its fast
+    paths, e.g. ``no state, no trace; fast paths: ban first``, or
+    ``general``."""
+    out = [b.name.lower().replace("_", " ") for b in Shape if shape & b & ~FAST and b.name]
+    fast = [b.name.lower().replace("_", " ") for b in Shape if shape & b & FAST and b.name]
+    text = ", ".join(out) if out else "general"
+    return text + (f"; fast paths: {', '.join(fast)}" if fast else "")

@@ -15,7 +15,7 @@ from ..errors import AttachError, BpfError, UsageError
 from ..kernel.bpf import Program
 from ..kernel.tc import attach_egress, detach_egress, has_egress
 from .mapio import write_all
-from .objects import EGRESS_PIN, PROG_PIN, open_object, pin_program, start_sweeper
+from .objects import EGRESS_PIN, PROG_PIN, filter_program, open_object, pin_program, start_sweeper
 from .shapes import needed, uses_state
 
 if TYPE_CHECKING:
@@ -62,10 +62,11 @@ def load_programs(st: State) -> tuple[Program, Program]:
     """Fresh instances of the filter and egress programs on this state's maps
     (unpinned); the filter of the shape the live configuration needs; the
     expiry sweeper is re-armed with the new object's code."""
-    with open_object(st.pin_dir, shape=needed(st, st.config())) as obj:
+    shape = needed(st, st.config())
+    with open_object(st.pin_dir, shape=shape) as obj:
         obj.load()
         start_sweeper(obj)
-        prog = obj.program("xdp_filter")
+        prog = obj.program(filter_program(shape))
         try:
             return prog, obj.program("egress")
         except BaseException:

@@ -21,6 +21,8 @@ PINNED_MAPS = ("meta", "cfg", "cfg_sel", "journal", "stats", "events", "ifaces",
 FLOW_MAPS = ("flows4", "flows6")  # the flow tables, by family
 ELEMENT_MAPS = ("elem4", "elem6", "trie4", "trie6")
 PROG_PIN = "prog"
+FILTER_PROG = "xdp_filter"  # the general filter program
+FAST_PROG = "xdp_filter_fast"  # the same with the fast paths (model/fastpath.py): its own program
 EGRESS_PIN = "egress"  # the egress (tc) program that records the flows the host opens
 
 
@@ -45,6 +47,12 @@ def rule_sizes(rules: int) -> dict[str, tuple[int, int | None]]:
     }
 
 
+def filter_program(shape: int) -> str:
+    """The object's filter program for ``knobs.shape`` ``shape``: the one with
+    the fast paths when the shape has a fast-path bit."""
+    return FAST_PROG if shape & (L.Shape.BAN_FIRST | L.Shape.PORT_RULES) else FILTER_PROG
+
+
 def temp_pin(name: str) -> str:
     """Where a migration pins the new map ``name`` while the old one is still
     there (see pyxdp.store.migrate)."""
@@ -59,9 +67,12 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
     (set elements per family), ``rules`` (rule capacity) and ``flows``
     (tracked connections). ``pin_as``: maps pinned (made, or reused) under
     another name in ``pin_dir`` (a migration's temporary pins). ``shape``:
-    the parts of the datapath the program leaves out (:class:`layout.Shape`)."""
+    the parts of the datapath the program leaves out and the fast paths it
+    has (:class:`layout.Shape`); only the filter program of that shape is
+    loaded (:func:`filter_program`), not the other."""
     obj = BpfObject(OBJECT_PATH, pin_root=pin_dir)
     try:
+        obj.skip_program(FILTER_PROG if filter_program(shape) == FAST_PROG else FAST_PROG)
         for name, other in (pin_as or {}).items():
             obj.set_pin_path(name, os.path.join(pin_dir, other))
         rvec = os.path.join(pin_dir, "rvec")

@@ -29,7 +29,7 @@ from ..layout import Shape
 from ..model.shapes import covers, describe, joint, shape_for
 from .clock import grace_period
 from .lock import signals_deferred
-from .objects import PROG_PIN, open_object, pin_program
+from .objects import PROG_PIN, filter_program, open_object, pin_program
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -144,10 +144,11 @@ def _kernel_view(st: _State, recs: list[tuple[bytes, bytes]]) -> list[tuple[byte
 def load(st: _State, shape: int) -> Program:
     """A new filter program of ``shape`` on the state's maps (unpinned; the
     egress program and the sweeper are not touched)."""
+    name = filter_program(shape)
     with open_object(st.pin_dir, shape=shape) as obj:
-        obj.only_program("xdp_filter")
+        obj.only_program(name)
         obj.load()
-        return obj.program("xdp_filter")
+        return obj.program(name)
 
 
 def replace(st: _State, shape: int) -> int:

@@ -30,6 +30,7 @@ from .objects import (
     PINNED_MAPS,
     PROGRAM_PINS,
     STATE_NAMES,
+    filter_program,
     object_build_id,
     open_object,
     pin_program,
@@ -330,7 +331,7 @@ class State:
             if with_program:
                 with obj.program("egress") as eprog:
                     pin_program(eprog, self.pin_dir, EGRESS_PIN)
-                with obj.program("xdp_filter") as prog:
+                with obj.program(filter_program(shape)) as prog:
                     pin_program(prog, self.pin_dir)
             words = obj.map("rvec")
             rule_words = (words.spec.value_size - 8) // 8

@@ -344,8 +344,8 @@ def documented() -> set[str]:
     """The classes the README lists as decided otherwise by conntrack."""
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("Against netfilter conntrack"):]
-    section = section[: section.index("\n## ")]
+    section = text[text.index("#### Against netfilter conntrack"):]
+    section = section[: re.search(r"\n#{1,4} ", section[1:]).start() + 1]  # up to the next heading
     return set(re.findall(r"^\| `([^`]+)` \|", section, re.M))
 
 

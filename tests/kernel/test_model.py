@@ -18,7 +18,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from socket import AF_INET, AF_INET6, inet_ntop
+from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
 import pytest
@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from pyxdp import Action, Element, RuleSetSpec, Verdict
 from pyxdp import layout as L
+from pyxdp.model import fastpath
 from pyxdp.model.prefix import Prefix
 from pyxdp.model.rules import parse_rule_words
 from pyxdp.store import sets as S
@@ -51,14 +52,19 @@ V6_LENS = [0, 1, 16, 32, 33, 48, 56, 63, 64, 80, 96, 120, 127, 128]
 MAXLEN = {4: 32, 6: 128}
 
 
+FAST = L.Shape.BAN_FIRST | L.Shape.PORT_RULES  # the fast program: right on any rule set (model/fastpath.py)
+
+
 @pytest.fixture(scope="module")
-def bench() -> Iterator[tuple[Any, Any]]:
+def bench() -> Iterator[tuple[Any, Any, Any]]:
+    """The state, a tester of the general program and one of the program
+    with the fast paths: every packet runs through both."""
     from pyxdp import Filter
 
     path = f"/sys/fs/bpf/pyxdp-t{RUN}-model"
     try:
-        with Filter.open(path, create=True) as flt, flt.tester() as tester:
-            yield flt, tester
+        with Filter.open(path, create=True) as flt, flt.tester() as tester, flt.tester(FAST) as fast:
+            yield flt, tester, fast
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -329,6 +335,13 @@ def rule_scenarios(draw: Any) -> Scenario:
         text, rule = draw_rule(draw, names)
         sc.texts.append(text)
         sc.rules.append(rule)
+    if names and draw(st.integers(0, 2)) == 0:  # the fast paths' forms: a ban list first, port-only rules
+        if draw(st.booleans()):
+            keep = [(t, r) for t, r in zip(sc.texts, sc.rules)
+                    if r.src == Side() and r.dst == Side() and not r.sport and not r.iface]
+            sc.texts, sc.rules = [t for t, _r in keep], [r for _t, r in keep]
+        sc.texts.insert(0, f"deny from @{names[0]}")
+        sc.rules.insert(0, MRule(Action.DENY, None, Side(set=names[0])))
     anchors = sc.anchors()
     if draw(st.integers(0, 3)) == 0:  # enough rules to fill one or two 64-bit words of the vectors
         at = draw(st.sampled_from([0, 0, len(sc.rules) // 2, len(sc.rules)]))
@@ -420,8 +433,9 @@ def install(flt: Any, sc: Scenario) -> Firewall:
     return fw
 
 
-def run_scenario(flt: Any, tester: Any, sc: Scenario) -> None:
+def run_scenario(flt: Any, tester: Any, fast: Any, sc: Scenario) -> None:
     tester.forget_flows()
+    fast.forget_flows()
     fw = install(flt, sc)
     now = monotonic_ns()
     for name in fw.sets:
@@ -431,11 +445,18 @@ def run_scenario(flt: Any, tester: Any, sc: Scenario) -> None:
         si = S.info(flt.state, sid)
         if si.trie4 or si.trie6:
             event("a set uses the trie")
+    forms = fastpath.rule_forms([parse_rule_words(t.split()) for t in sc.texts])
+    if forms & L.RuleField.BAN_FIRST:
+        event("the rules start with a ban list (fast path)")
+    if forms & L.RuleField.PORT_RULES and sc.rules:
+        event("port-only rules (fast path)")
     for pkt in sc.packets:
-        r = tester.run(pkt)
+        r, rf = tester.run(pkt), fast.run(pkt)
         got = (r.verdict, r.reason, r.event.rule if r.event else 0)
         want = decide(pkt, fw, monotonic_ns())
         assert got == tuple(want), f"packet {pkt.hex()}\n{sc.describe()}"
+        assert (rf.verdict, rf.reason, rf.event.rule if rf.event else 0) == got, \
+            f"fast program, packet {pkt.hex()}\n{sc.describe()}"
         event(f"some packet: {want.reason.label}")
         if want.rule > 64:
             event(f"some packet decided by a rule past 64 (via {sc.via})")
@@ -451,7 +472,7 @@ SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 @pytest.mark.long(45)
 @settings(max_examples=RULE_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=rule_scenarios())
-def test_rules_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
+def test_rules_match_model(bench: tuple[Any, Any, Any], sc: Scenario) -> None:
     """Ordered rules over prefixes, sets and ports: the kernel's bit-vector
     classification gives the verdict, the reason and the rule number that a
     first-match linear scan gives."""
@@ -461,7 +482,7 @@ def test_rules_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
 @pytest.mark.long(20)
 @settings(max_examples=PACKET_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=packet_scenarios())
-def test_packets_match_model(bench: tuple[Any, Any], sc: Scenario) -> None:
+def test_packets_match_model(bench: tuple[Any, Any, Any], sc: Scenario) -> None:
     """Random, truncated and mutated frames: the parser's verdicts."""
     run_scenario(*bench, sc)
 
@@ -511,7 +532,8 @@ def conn_scenarios(draw: Any) -> tuple[Verdict, bool, list[str], list[tuple[str,
     sent (or with the quote or its source off), echo replies, and noise."""
     policy = draw(st.sampled_from([Verdict.DROP, Verdict.DROP, Verdict.PASS]))
     on = draw(st.integers(0, 5)) > 0
-    rules = draw(st.sampled_from([[], [], ["allow 22/tcp"], ["deny from 10.0.0.1", "allow 53/udp"]]))
+    rules = draw(st.sampled_from([[], [], ["allow 22/tcp"], ["deny from 10.0.0.1", "allow 53/udp"],
+                                  ["deny from @ban", "allow 53/udp"], ["deny from @ban"]]))
     specs: list[FlowSpec] = []
     for _ in range(draw(st.integers(1, 4))):
         fam = draw(st.sampled_from([4, 6]))
@@ -588,29 +610,37 @@ def model_flows(fw: Firewall) -> list[Any]:
 @pytest.mark.long(12)
 @settings(max_examples=PACKET_EXAMPLES, deadline=None, suppress_health_check=SLOW_OK)
 @given(sc=conn_scenarios())
-def test_connection_state_matches_model(bench: tuple[Any, Any], sc: Any) -> None:
+def test_connection_state_matches_model(bench: tuple[Any, Any, Any], sc: Any) -> None:
     """What the host sends (through the egress program) and what arrives:
     replies pass as established, ICMP errors about the host's flows as
     related, forged replies (a port, an address or the quote off) and
-    unsolicited packets go through the rules, as the model says."""
-    flt, tester = bench
+    unsolicited packets go through the rules, as the model says (a ban
+    list of remote hosts first: a reply of a flow the host opened to one
+    still passes, in the fast program too)."""
+    flt, tester, fast = bench
     policy, on, texts, events = sc
     tester.forget_flows()
+    fast.forget_flows()
     rules = tuple(parse_rule_words(t.split()) for t in texts)
-    flt.apply(RuleSetSpec(rules, {}, policy))
+    ban = [Prefix(4, inet_pton(AF_INET, REMOTES[4][0]), 32), Prefix(6, inet_pton(AF_INET6, REMOTES[6][0]), 128)]
+    sets = {"ban": ban} if any("@ban" in t for t in texts) else {}
+    flt.apply(RuleSetSpec(rules, {n: [Element(p) for p in ps] for n, ps in sets.items()}, policy))
     flt.set_established(on)
-    fw = Firewall([MRule.from_rule(r) for r in rules], {}, policy, established=on)
+    fw = Firewall([MRule.from_rule(r) for r in rules], {n: {p: None for p in ps} for n, ps in sets.items()}, policy,
+                  established=on)
     try:
         for i, (kind, pkt) in enumerate(events):
             if kind == "out":
                 tester.send(pkt)
+                fast.send(pkt)
                 outbound(pkt, fw, monotonic_ns())
                 continue
-            r = tester.run(pkt)
+            r, rf = tester.run(pkt), fast.run(pkt)
             want = decide(pkt, fw, monotonic_ns())
             got = (r.verdict, r.reason, r.event.rule if r.event else 0)
             story = "\n".join(f"{'>' if k == 'out' else '<'} {p.hex()}" for k, p in events[: i + 1])
             assert got == tuple(want), f"policy {policy.label}, state {'on' if on else 'off'}, rules {texts}\n{story}"
+            assert (rf.verdict, rf.reason, rf.event.rule if rf.event else 0) == got, f"fast program\n{story}"
             event(f"conn: {want.reason.label}")
             assert [f._replace(expires_in=0.0) for f in tester.flows()] == model_flows(fw), story
     finally:

@@ -294,7 +294,9 @@ def test_once_prints_one_plain_snapshot(pin_dir: str, netpair: NetPair) -> None:
     sources = rows("top dropped sources (sampled: 1 in 1 packets; ~pps over the last")
     [(addr, events, packets, pps, err)] = sources  # the allowed packets are not dropped sources
     assert addr == "10.77.0.1" and int(events) > 10 and int(packets) == int(events)
-    assert err == "±0" and abs(num(pps) - num(deny[3])) <= 0.25 * num(deny[3]), (pps, deny)
+    # (within half: the window and the last interval are not the same time, and the sender's rate varies with
+    # the machine's load; 196 against 272 pps was seen with the suite in four workers)
+    assert err == "±0" and abs(num(pps) - num(deny[3])) <= 0.5 * num(deny[3]), (pps, deny)
     assert re.search(r"^trace events: \d+ sampled; lost: 0 in all", out, re.M)
     ok("detach", netpair.vb, "--netns", netpair.b, pin_dir=pin_dir)
 

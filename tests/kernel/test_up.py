@@ -121,7 +121,10 @@ def test_up_attaches_applies_drops_and_a_second_run_changes_nothing(pin_dir: str
     assert ok("up", str(cfg), pin_dir=pin_dir) == "applied 3 rules, 1 set (2 elements), policy pass\n"
     kept = expires(pin_dir, "blocked", "198.51.100.7/32")
     assert kept is not None and kept <= left + 1  # (the time left is carried in whole seconds, rounded up)
-    assert xdp(netpair.b, netpair.vb) == ("native", prog)
+    # a leading ban list: the program with that fast path replaced the other on both interfaces at once
+    mode, prog = xdp(netpair.b, netpair.vb)
+    assert mode == "native" and xdp(netpair.a, netpair.va) == ("generic", prog)
+    assert "ban first" in status(pin_dir)["shape"]["running"]
 
     # an interface the file no longer names is detached (last); the other keeps running the same program
     cfg.write_text(config(netpair, rules=("deny from @blocked", "deny proto udp to any port 5002", "allow 22/tcp"),

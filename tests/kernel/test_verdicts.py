@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +23,18 @@ from pyxdp.store import sets as S
 from pyxdp.store.clock import monotonic_ns
 
 pytestmark = needs_root
+
+
+
+@pytest.fixture(params=["general", "fast"])
+def tester(flt: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Every verdict here from the general program and from the one with the
+    fast paths (xdp_filter_fast: a leading ban list probed inline, port-only
+    rules by the port's vectors, taken when the rule set has that form)."""
+    shape = 0 if request.param == "general" else L.Shape.BAN_FIRST | L.Shape.PORT_RULES
+    with flt.tester(shape) as t:
+        yield t
+
 
 PASS_POLICY = (Verdict.PASS, Reason.POLICY, 0)
 DROP_POLICY = (Verdict.DROP, Reason.POLICY, 0)

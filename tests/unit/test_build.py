@@ -182,8 +182,10 @@ def test_call_chains_fit_older_verifiers_stack() -> None:
     an object whose frames summed to 448 (544 rounded). Checked here in
     milliseconds instead of in a VM."""
     funcs = _frames(OBJ)
-    for entry in ("xdp_filter", "egress", "sweep_start"):
+    for entry in ("xdp_filter", "xdp_filter_fast", "egress", "sweep_start"):
         total, chain = _deepest_chain(funcs, entry, 32)
         assert total <= 512, f"{' -> '.join(chain)}: {total} bytes with frames rounded to 32 (6.1 allows 512)"
     total, chain = _deepest_chain(funcs, "xdp_filter", 32)
     assert chain[:2] == ["xdp_filter", "finish"] and total > 256  # the walk sees the chain it must
+    total, chain = _deepest_chain(funcs, "xdp_filter_fast", 32)  # the decision inlined: no finish
+    assert chain[:2] == ["xdp_filter_fast", "match_rules"] and "finish" not in funcs["xdp_filter_fast"][1]

@@ -19,8 +19,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from pyxdp import layout as L
 from pyxdp.errors import UsageError
 from pyxdp.layout import RULE_SETS, RULE_TEXT, Action, RuleField
+from pyxdp.model import fastpath
 from pyxdp.model.compiler import PROTO_CLASS, Tables, classes_per_gen, compile_rules
 from pyxdp.model.prefix import Prefix, parse_prefix
 from pyxdp.model.rules import (
@@ -579,3 +581,36 @@ def test_port_lists_beyond_the_class_budget_are_refused_clearly() -> None:
     with pytest.raises(UsageError, match="port ranges.*--rules"):
         compile_rules(rule_list, 128, 0, {}, {})
     compile_rules(rule_list[:20], 128, 0, {}, {})  # a few such rules fit
+
+
+# ---- the datapath's fast paths (pyxdp/model/fastpath.py) ----------------------------------
+
+
+def _rules(*texts: str) -> list[Rule]:
+    return [parse_rule_words(t.split()) for t in texts]
+
+
+@pytest.mark.parametrize(("texts", "want"), [
+    ((), L.Shape.PORT_RULES),
+    (("deny from @banned",), L.Shape.BAN_FIRST | L.Shape.PORT_RULES),
+    (("deny from @banned", "allow 22/tcp", "deny 53/udp", "allow proto icmp"), L.Shape.BAN_FIRST | L.Shape.PORT_RULES),
+    (("deny from @banned", "allow from 10.0.0.0/8 port 22"), L.Shape.BAN_FIRST),
+    (("deny from @banned", "deny from @other"), L.Shape.BAN_FIRST),
+    (("allow 22/tcp", "deny from @banned"), L.Shape(0)),
+    (("allow from @banned",), L.Shape(0)),
+    (("deny proto tcp from @banned",), L.Shape(0)),
+    (("deny from @banned port 53",), L.Shape(0)),
+    (("deny from @banned on eth0",), L.Shape(0)),
+    (("deny from @banned to 10.0.0.1",), L.Shape(0)),
+    (("allow 22/tcp", "allow 80,443/tcp", "deny 1000:2000/udp", "deny 53"), L.Shape.PORT_RULES),
+    (("allow 22/tcp", "allow to @lan port 80"), L.Shape(0)),
+    (("allow 22/tcp", "allow in on eth0 to any port 80"), L.Shape(0)),
+])
+def test_fast_paths_follow_the_rule_list_form(texts: tuple[str, ...], want: L.Shape) -> None:
+    """A leading ban list and port-only rules are the forms the fast paths
+    take; the compiler marks a generation's rule set with the same forms."""
+    rules = _rules(*texts)
+    assert fastpath.fast_paths(rules) == want
+    fields = compile_rules(rules, 1024, 0, {"banned": 1, "other": 2, "lan": 3}, {"eth0": [2]}).fields
+    assert bool(fields & L.RuleField.BAN_FIRST) == bool(want & L.Shape.BAN_FIRST)
+    assert bool(fields & L.RuleField.PORT_RULES) == bool(want & L.Shape.PORT_RULES and rules)  # none: no rule step
