@@ -277,6 +277,24 @@ class Filter:
     def rule_capacity(self) -> int:
         return self._st.rule_capacity
 
+    def resize(self, rules: int | None = None, capacity: int | None = None, flows: int | None = None) -> bool:
+        """Change the rule capacity, the set elements per family and the
+        tracked flows per family (None: as they are) in place while the filter
+        runs: every rule, set, element, flow and counter stays, every attached
+        interface runs the new program from one atomic switch on; all or
+        nothing, under SIGKILL too (see :mod:`pyxdp.store.resize`). UsageError
+        for a number that is not a multiple of 64, too large, or smaller than
+        what is there. False when nothing changes."""
+        from .store.resize import resize
+
+        before = (self._st.rule_capacity, self._st.capacity, self._st.flow_capacity)
+        with self._change() as ch:
+            done = resize(self._st, rules, capacity, flows)
+            if done:
+                ch.text = (f"resized: rules {before[0]} -> {self._st.rule_capacity}, set elements {before[1]} -> "
+                           f"{self._st.capacity}, flows {before[2]} -> {self._st.flow_capacity}")
+        return done
+
     def config(self) -> Config:
         return self._st.config()
 

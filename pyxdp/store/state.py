@@ -29,6 +29,7 @@ from .objects import (
     MADE_MARK,
     PINNED_MAPS,
     PROGRAM_PINS,
+    RESIZE_JOURNAL,
     STATE_NAMES,
     object_build_id,
     open_object,
@@ -294,6 +295,10 @@ class State:
                 created = True
             elif migrate is not None and lk is not None:
                 st.migrated_from = migrate(st, flows)
+            if lk is not None and os.path.lexists(os.path.join(pin_dir, RESIZE_JOURNAL)):
+                from .resize import recover  # a resize a killed process left: undone or finished
+
+                recover(st)
             st.check_meta(refusal)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
@@ -305,8 +310,7 @@ class State:
                                          ("flow capacity", flows, st.flow_capacity)):
                     if want is not None and have != want:
                         raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}; "
-                                              "it is fixed when the state is made: 'pyxdp-load remove' (the filter "
-                                              "goes off), then make it again with the capacity")
+                                              "run 'pyxdp-load resize' to change it in place")
             if not lock and lk is not None:
                 lk.release()
                 st._lock = None
