@@ -59,6 +59,12 @@ def _rule(r: str | Rule) -> Rule:
     return parse_rule(r) if isinstance(r, str) else r
 
 
+def _recover_resize(st: State) -> None:
+    from .store.resize import recover  # only when a killed resize left its journal
+
+    recover(st)
+
+
 def _migrate(st: State, flows: int | None) -> int:
     from .store.migrate import migrate  # only 'attach --reload' and 'up' migrate
 
@@ -164,6 +170,7 @@ class Filter:
         them); ``create`` with ``force`` makes new state in its place."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
                                  with_program=with_program, flows=flows, migrate=_migrate if migrate else None,
+                                 recover=_recover_resize,
                                  refusal=_refusal, force=force)
         flt = cls(st, created)
         if created and audit.active():

@@ -339,6 +339,9 @@ def resize(st: State, rules: int | None = None, capacity: int | None = None, flo
 def recover(st: State) -> None:
     """Undo, redo or finish a resize a killed process left (its journal is
     pinned); the caller holds the writers' lock."""
+    stray = _jpath(st.pin_dir) + "_new"
+    if os.path.lexists(stray):
+        os.unlink(stray)  # killed while pinning the journal: nothing was done yet
     rec = _read_journal(st.pin_dir)
     if rec is None:
         return
