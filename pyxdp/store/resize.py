@@ -296,14 +296,17 @@ def _commit(st: State, rules: int) -> None:
 # ---- the entry points -----------------------------------------------------------------------------
 
 
-def check(st: State, rules: int, capacity: int, flows: int) -> None:
-    """Refuse (UsageError) what cannot be: bad numbers, or less room than what is there."""
+def check(st: State, rules: int | None, capacity: int | None, flows: int | None) -> None:
+    """Refuse (UsageError) what cannot be: bad numbers (of those given), or
+    less room than what is there."""
     from ..model.rules import check_capacity
 
-    check_capacity(rules)
+    if rules is not None:
+        check_capacity(rules)
     for what, n in (("set capacity", capacity), ("flow capacity", flows)):
-        if n % 64 or not 64 <= n <= 1 << 26:
+        if n is not None and (n % 64 or not 64 <= n <= 1 << 26):
             raise UsageError(f"{what} {n}: a multiple of 64 from 64 to {1 << 26}")
+    rules, capacity, flows = (rules or st.rule_capacity, capacity or st.capacity, flows or st.flow_capacity)
     nrules = st.config().nrules
     if nrules > rules:
         raise UsageError(f"rule capacity {rules}: the state has {nrules} rules")
@@ -321,8 +324,8 @@ def resize(st: State, rules: int | None = None, capacity: int | None = None, flo
     """Change the state's capacities (None: as it is); False when nothing changes.
     The caller holds the writers' lock."""
     st.require_lock()
+    check(st, rules, capacity, flows)
     target = (rules or st.rule_capacity, capacity or st.capacity, flows or st.flow_capacity)
-    check(st, *target)
     if target == (st.rule_capacity, st.capacity, st.flow_capacity):
         return False
     if target[0] != st.rule_capacity and st.config().rgen != 0:

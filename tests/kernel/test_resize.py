@@ -121,9 +121,14 @@ def test_resize_under_traffic(pin_dir: str, netpair: NetPair) -> None:
     for rule, n in rules0.items():
         assert rules1[rule] >= n, (rule, n, rules1)
     drops = _drops(ok(pin_dir, "stats", "--json")) - drops0
-    assert rules1["deny from @banned"] - rules0["deny from @banned"] == drops <= banned_sent, (rules1, drops)
+    assert drops <= banned_sent
+    # what the old program counted after the copy is added after the switch, by a read and a write of the
+    # counter the new program counts in meanwhile: increments between the two (microseconds) are lost
+    hits = rules1["deny from @banned"] - rules0["deny from @banned"]
+    assert drops - drops // 1000 <= hits <= drops, (hits, drops)
     members1 = _element_hits(ok(pin_dir, "set", "list", "banned", "--json"))
-    assert members1[f"{BANNED}/32"] - members0[f"{BANNED}/32"] == drops
+    element = members1[f"{BANNED}/32"] - members0[f"{BANNED}/32"]
+    assert drops - drops // 1000 <= element <= drops, (element, drops)
     assert flows0 <= flows_of(pin_dir)
     # the new program, on the new maps, everywhere; nothing left of the resize
     prog1 = xdp_prog(netpair.b, netpair.vb)
