@@ -59,6 +59,12 @@ def _rule(r: str | Rule) -> Rule:
     return parse_rule(r) if isinstance(r, str) else r
 
 
+def _recover_resize(st: State) -> None:
+    from .store.resize import recover  # only when a killed resize left its journal
+
+    recover(st)
+
+
 def _migrate(st: State, flows: int | None) -> int:
     from .store.migrate import migrate  # only 'attach --reload' and 'up' migrate
 
@@ -164,6 +170,7 @@ class Filter:
         them); ``create`` with ``force`` makes new state in its place."""
         st, created = State.open(pin_dir, create=create, lock=lock, capacity=capacity, rules=rules,
                                  with_program=with_program, flows=flows, migrate=_migrate if migrate else None,
+                                 recover=_recover_resize,
                                  refusal=_refusal, force=force)
         flt = cls(st, created)
         if created and audit.active():
@@ -276,6 +283,24 @@ class Filter:
     @property
     def rule_capacity(self) -> int:
         return self._st.rule_capacity
+
+    def resize(self, rules: int | None = None, capacity: int | None = None, flows: int | None = None) -> bool:
+        """Change the rule capacity, the set elements per family and the
+        tracked flows per family (None: as they are) in place while the filter
+        runs: every rule, set, element, flow and counter stays, every attached
+        interface runs the new program from one atomic switch on; all or
+        nothing, under SIGKILL too (see :mod:`pyxdp.store.resize`). UsageError
+        for a number that is not a multiple of 64, too large, or smaller than
+        what is there. False when nothing changes."""
+        from .store.resize import resize
+
+        before = (self._st.rule_capacity, self._st.capacity, self._st.flow_capacity)
+        with self._change() as ch:
+            done = resize(self._st, rules, capacity, flows)
+            if done:
+                ch.text = (f"resized: rules {before[0]} -> {self._st.rule_capacity}, set elements {before[1]} -> "
+                           f"{self._st.capacity}, flows {before[2]} -> {self._st.flow_capacity}")
+        return done
 
     def config(self) -> Config:
         return self._st.config()

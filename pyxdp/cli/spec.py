@@ -324,6 +324,12 @@ def _agent(sp: Any) -> None:
                     "stays attached and enforcing)")
 
 
+def _resize(sp: Any) -> None:
+    sp.add_argument("--rules", type=positive, help="rule capacity: a multiple of 64, at most 8192")
+    sp.add_argument("--capacity", type=positive, help="set elements per family: a multiple of 64")
+    sp.add_argument("--flows", type=positive, help="tracked connections per family: a multiple of 64")
+
+
 def _rule_help(name: str) -> str:
     return (f"append a rule (or update the rule with the same match), in ufw's grammar: '{name} 22/tcp', "
             f"'{name} OpenSSH', '{name} from PREFIX', '{name} [proto P] [from A [port P] [app APP]] "
@@ -341,6 +347,8 @@ TABLE: dict[str, Command] = {c.name: c for c in (
             "'status numbered|verbose': ufw's forms", _status, False),
     Command("remove", "remove:cmd_remove", "detach the filter from every interface it runs on and remove its state",
             _no_arguments, True),
+    Command("resize", "resize:cmd_resize", "change the rule, set element or flow capacity in place while the "
+            "filter runs (everything in it stays)", _resize, True),
     Command("allow", "rules:cmd_add", _rule_help("allow"), _rule, True, dry_run=True),
     Command("deny", "rules:cmd_add", _rule_help("deny"), _rule, True, dry_run=True),
     Command("insert", "rules:cmd_insert", "insert a rule before rule number N: 'insert N allow|deny ...'", _insert,

@@ -92,7 +92,7 @@ def compile_rules(rules: Sequence[Rule], capacity: int, gen: int, set_ids: dict[
     """The tables of generation ``gen`` for ``rules`` (first match wins)."""
     n = len(rules)
     if n > capacity:
-        raise UsageError(f"{n} rules: the state holds at most {capacity} (--rules when it is created)")
+        raise UsageError(f"{n} rules: the state holds at most {capacity} ('pyxdp-load resize --rules N' makes room)")
     per_gen = classes_per_gen(capacity)
     cls = _Classes(gen * per_gen, per_gen)
     bits = [1 << i for i in range(n)]

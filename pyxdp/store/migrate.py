@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from ..kernel.bpf import BpfObject
     from .state import State
 
-__all__ = ["CONVERTERS", "Converter", "MapChange", "OldIface", "migrate", "refusal"]
+__all__ = ["CONVERTERS", "Converter", "MapChange", "OldIface", "RunMaps", "iface_records", "migrate", "refusal"]
 
 # ---- layout 2 (pyxdp 0.2.0): the structs whose shape changed, as they were ------------------
 
@@ -187,6 +187,10 @@ def _v2_stats(old: Map, new: Map, run: _Run) -> None:
     keys = [_u32(i) for i in range(V2_LOST)] + [_u32(L.LOST_SLOT)]
     vals = [old.lookup(_u32(i)) or bytes(old.value_bytes) for i in range(V2_STATS_ENTRIES)]
     write_all(new, keys, vals)
+
+
+RunMaps = _Run  # for converters outside this module (pyxdp.store.resize)
+iface_records = _v2_ifaces  # the interface records of a layout 3 or 4 state too
 
 
 def _value_size(size: int) -> Callable[[MapSpec], bool]:

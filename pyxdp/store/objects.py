@@ -75,7 +75,7 @@ def open_object(pin_dir: str, capacity: int | None = None, rules: int | None = N
         obj.skip_program(FILTER_PROG if filter_program(shape) == FAST_PROG else FAST_PROG)
         for name, other in (pin_as or {}).items():
             obj.set_pin_path(name, os.path.join(pin_dir, other))
-        rvec = os.path.join(pin_dir, "rvec")
+        rvec = os.path.join(pin_dir, (pin_as or {}).get("rvec", "rvec"))  # a resize's new rule maps: their size
         if os.path.exists(rvec):
             with Map.from_pin(rvec) as pinned:
                 rules = (pinned.spec.value_size - 8) * 8
@@ -128,5 +128,6 @@ PROGRAM_PINS = (PROG_PIN, PROG_PIN + "_new", EGRESS_PIN, EGRESS_PIN + "_new")
 # pyxdp 0.2 or older) is left where it is when the state goes.
 MADE_MARK = "made_by_pyxdp"
 UP_JOURNAL_PINS = ("up_journal", "up_journal_new")  # an 'up' under way (pyxdp.store.upjournal)
+RESIZE_JOURNAL = "resize_journal"  # a resize under way (pyxdp.store.resize)
 STATE_NAMES = (*PINNED_MAPS, *PROGRAM_PINS, *(temp_pin(n) for n in PINNED_MAPS), MADE_MARK,
-               *UP_JOURNAL_PINS)  # what pyxdp makes
+               *UP_JOURNAL_PINS, RESIZE_JOURNAL, RESIZE_JOURNAL + "_new")  # what pyxdp makes

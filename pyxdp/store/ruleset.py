@@ -339,6 +339,10 @@ def _write_tables(st: State, t: object, gen: int, cap: int, ids: list[int], rule
     st.map("rsets").update(L.U32.pack(gen), rs)
 
 
+first_word = _first_word  # for pyxdp.store.resize
+ifindexes_of = _ifindexes
+
+
 # ---- rule edits ----------------------------------------------------------------------
 
 

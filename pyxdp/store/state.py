@@ -29,6 +29,7 @@ from .objects import (
     MADE_MARK,
     PINNED_MAPS,
     PROGRAM_PINS,
+    RESIZE_JOURNAL,
     STATE_NAMES,
     filter_program,
     object_build_id,
@@ -260,14 +261,17 @@ class State:
     def open(cls, pin_dir: str, *, create: bool = False, lock: bool = True, capacity: int | None = None,
              rules: int | None = None, with_program: bool = False, flows: int | None = None,
              migrate: Migration | None = None, refusal: Refusal | None = None,
-             force: bool = False) -> tuple[State, bool]:
+             force: bool = False, recover: Callable[[State], None] | None = None) -> tuple[State, bool]:
         """Open (with ``create``: make) the state; returns it and whether it
         was made now. ``migrate``: state of an older layout is migrated to
         this one by it (the caller decides: :class:`pyxdp.Filter` passes
         :func:`pyxdp.store.migrate.migrate`) instead of refused; ``refusal``
         words the refusal (see :meth:`check_meta`). State that cannot be read
         while interfaces still run its programs is refused (UnreadableState);
-        with ``create`` and ``force``, made anew instead."""
+        with ``create`` and ``force``, made anew instead. ``recover``: what
+        undoes or finishes a resize a killed process left (its journal
+        pinned; :func:`pyxdp.store.resize.recover`), before anything else
+        reads the state."""
         require_privileges()
         if not pin_dir:
             raise UsageError("the pin directory is empty: give a path (default /sys/fs/bpf/pyxdp)")
@@ -295,19 +299,22 @@ class State:
                 created = True
             elif migrate is not None and lk is not None:
                 st.migrated_from = migrate(st, flows)
+            journal = os.path.join(pin_dir, RESIZE_JOURNAL)
+            if recover is not None and lk is not None and (os.path.lexists(journal) or
+                                                           os.path.lexists(journal + "_new")):
+                recover(st)  # a resize a killed process left: undone or finished
             st.check_meta(refusal)
             missing = [n for n in PINNED_MAPS if not os.path.exists(os.path.join(pin_dir, n))]
             if missing:
                 refuse_unreadable(pin_dir, f"no map {', '.join(missing)}")
                 raise NotLoaded(f"incomplete pyxdp state in {pin_dir}: no {', '.join(missing)}")
             if create:
-                for what, want, have in (("set capacity", capacity, st.capacity),
-                                         ("rule capacity", rules, st.rule_capacity),
-                                         ("flow capacity", flows, st.flow_capacity)):
+                for what, flag, want, have in (("set capacity", "capacity", capacity, st.capacity),
+                                               ("rule capacity", "rules", rules, st.rule_capacity),
+                                               ("flow capacity", "flows", flows, st.flow_capacity)):
                     if want is not None and have != want:
-                        raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}; "
-                                              "it is fixed when the state is made: 'pyxdp-load remove' (the filter "
-                                              "goes off), then make it again with the capacity")
+                        raise IncompatibleMap(f"state in {pin_dir} has {what} {have}, not {want}: 'pyxdp-load "
+                                              f"resize --{flag} {want}' changes it in place while the filter runs")
             if not lock and lk is not None:
                 lk.release()
                 st._lock = None

@@ -60,7 +60,7 @@ def test_every_command_has_a_handler_and_its_arguments() -> None:
         assert callable(getattr(importlib.import_module(f"pyxdp.cli.{module}"), func)), cmd.name
         parser = build_parser(cmd.name)
         assert parser.format_usage()
-    assert list(TABLE)[:3] == ["attach", "detach", "status"] and len(TABLE) == 32
+    assert list(TABLE)[:3] == ["attach", "detach", "status"] and len(TABLE) == 33
 
 
 def test_importing_the_ban_path_imports_no_argparse() -> None:
