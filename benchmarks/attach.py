@@ -17,7 +17,7 @@ there is a choice; detaching is done outside the timed run. Wall time with
 perf_counter around the process, peak RSS from wait4(). Run as root after
 scripts/setup.sh --bench:
 
-    sudo .venv/bin/python benchmarks/attach.py [--runs 10]
+    sudo .venv/bin/python benchmarks/attach.py [--runs 10] [--baseline OTHER/.venv/bin/pyxdp-load]
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def headers_for_bcc(made: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--no-bcc", action="store_true", help="leave bcc out (no kernel headers needed)")
+    ap.add_argument("--baseline", metavar="PYXDP_LOAD", help="also time this pyxdp-load (another tree's), interleaved")
     args = ap.parse_args()
     if os.path.exists("/sys/fs/bpf/xdp-filter"):
         sys.exit("/sys/fs/bpf/xdp-filter exists: xdp-filter is in use on this host; not benchmarking against it")
@@ -107,13 +109,20 @@ def main() -> None:
         "pyxdp-load attach (the filter, fresh state)": [BIN, "--pin-dir", PIN, "attach", DEV, "--mode", "native"],
         "xdp-filter load": ["xdp-filter", "load", DEV, "--mode", "native"],
     }
+    if args.no_bcc:
+        del cmds["bcc"]
+    if args.baseline:
+        name = "pyxdp-load attach (baseline tree)"
+        cmds[name] = [args.baseline, "--pin-dir", PIN + "-base", "attach", DEV, "--mode", "native"]
+        undo[name] = [args.baseline, "--pin-dir", PIN + "-base", "detach", DEV]
     res: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
     try:
         subprocess.run(["ip", "link", "del", DEV], capture_output=True)
         subprocess.run(["ip", "link", "add", DEV, "type", "veth", "peer", "name", "pxbcc1"], check=True)
         for d in (DEV, "pxbcc1"):
             subprocess.run(["ip", "link", "set", d, "up"], check=True)
-        headers_for_bcc(links)
+        if not args.no_bcc:
+            headers_for_bcc(links)
         for _ in range(args.runs):
             for name, cmd in cmds.items():
                 res[name].append(measure(cmd))
@@ -122,6 +131,7 @@ def main() -> None:
         subprocess.run(["xdp-filter", "unload", DEV], capture_output=True)
         subprocess.run(["ip", "link", "del", DEV], capture_output=True)
         shutil.rmtree(PIN, ignore_errors=True)
+        shutil.rmtree(PIN + "-base", ignore_errors=True)
         for link in reversed(links):  # the links, then the directory if it was made for them
             if os.path.islink(link):
                 os.unlink(link)
@@ -129,7 +139,7 @@ def main() -> None:
                 os.rmdir(link)
         if not libxdp_existed:
             shutil.rmtree("/sys/fs/bpf/xdp", ignore_errors=True)
-    ref = statistics.median(w for w, _ in res["bcc"])
+    ref = statistics.median(w for w, _ in res["bcc" if "bcc" in res else "xdp-filter load"])
     ref_xf = statistics.median(w for w, _ in res["xdp-filter load"])
     print(f"Process start to attached (veth, native mode where asked), median of {args.runs} interleaved runs; "
           "peak RSS from wait4().\n")

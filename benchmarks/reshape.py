@@ -74,8 +74,6 @@ t1 = time.perf_counter()
 pin, dev = sys.argv[1], sys.argv[2]
 flt = Filter.open(pin, create=True, with_program=True)
 t2 = time.perf_counter()
-import pyroute2
-t2b = time.perf_counter()
 flt.attach(dev)
 t3 = time.perf_counter()
 from pyxdp.store.objects import open_object
@@ -92,7 +90,7 @@ for prog, shape in (("xdp_filter", need), ("xdp_filter", 0), ("egress", need), (
 flt.detach(dev)
 flt.close()
 print(json.dumps({"imports": (t1 - t0) * 1e3, "state: maps, programs verified, pinned": (t2 - t1) * 1e3,
-                  "import pyroute2": (t2b - t2) * 1e3, "attach: netlink, egress (tc) + XDP": (t3 - t2b) * 1e3,
+                  "attach: netlink, egress (tc) + XDP": (t3 - t2) * 1e3,
                   "verify": verify}))
 """
 
@@ -221,7 +219,7 @@ def main() -> None:
           "`python -c pass` row above):\n")
     print("| stage | ms |")
     print("|---|---:|")
-    for k in ("imports", "state: maps, programs verified, pinned", "import pyroute2",
+    for k in ("imports", "state: maps, programs verified, pinned",
               "attach: netlink, egress (tc) + XDP"):
         print(f"| {k} | {med([s[k] for s in stages]):.0f} |")
     for k in stages[0]["verify"]:

@@ -328,7 +328,7 @@ EOF
 # a venv at /opt/pyxdp with the project's wheel (py3-none-any) and its dependencies' aarch64 wheels,
 # downloaded by the host's pip. Rebuilt when ROOT_STAMP changes; the guest mounts it read-only.
 ROOT_PKGS=python3,python3-venv,python-is-python3,libbpf1,iproute2,tcpdump,procps,mount
-ROOT_REQS="cffi==2.1.1 pyroute2>=0.9.1 prometheus_client>=0.16 rich>=13 pytest>=7 hypothesis>=6"
+ROOT_REQS="cffi==2.1.1 prometheus_client>=0.16 rich>=13 pytest>=7 hypothesis>=6"
 ROOT_STAMP="root2 bookworm $ROOT_PKGS $ROOT_REQS"
 build_root() {
     local new=$AROOT.new w=$RUN/wheels

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what pyxdp needs on a fresh Debian 12 machine and builds .venv.
-#   scripts/setup.sh          runtime only: the package and its Python deps (cffi, pyroute2, prometheus_client, rich)
+#   scripts/setup.sh          runtime only: the package and its Python deps (cffi, prometheus_client, rich)
 #   scripts/setup.sh --test   also clang-19, bpftool, libbpf-dev and the test tools
 #   scripts/setup.sh --bench  --test, plus the peers measured against (xdp-tools, nftables, iptables, trafgen, bcc + kernel headers)
 # Run as root (apt-get). Idempotent: installs only what is missing (no pip at all when .venv is complete).

@@ -14,13 +14,10 @@ if TYPE_CHECKING:
 
 
 def cmd_attach(args: Args) -> int:
-    from ..kernel.xdp import preload
     from ..model.modes import XdpMode
 
     mode = XdpMode.parse(args.mode)
-    loading = preload()  # pyroute2's import overlaps the verifier
     with open_filter(args, create=True, with_program=True, migrate=args.reload, force=args.force) as flt:
-        loading.join()
         a = flt.attach(args.iface, mode=mode, netns=args.netns, force=args.force, reload=args.reload)
     where = f" (netns {a.netns})" if a.netns else ""
     print(f"attached to {a.ifname}{where}: {a.mode} mode, program id {a.prog_id}")

@@ -40,7 +40,6 @@ def cmd_apply(args: Args) -> int:
 
 
 def cmd_up(args: Args) -> int:
-    from ..kernel.xdp import preload
     from ..model.rulefile import parse_ruleset
     from ..runtime import applied_base, merged_config, record_applied
     from ..up import config_path, wait_for_interfaces
@@ -56,9 +55,7 @@ def cmd_up(args: Args) -> int:
     wait_for_interfaces([i for i in spec.interfaces if args.only in (None, i.name)])  # before taking the lock
     if args.dry_run:
         return _up_dry_run(args, spec, name)
-    loading = preload()  # pyroute2's import overlaps a program load
     with open_filter(args, create=True, with_program=bool(spec.interfaces), migrate=True) as flt:
-        loading.join()
         created = flt.created
         previous = None if created else applied_base(flt.state, flt.ruleset)
         merged, rt, where, notes = (spec, None, None, []) if args.no_runtime else \

@@ -1,9 +1,6 @@
 """What XDP program an interface runs, read over a plain rtnetlink socket
 (``RTM_GETLINK``, the ``socket`` module only). ``status`` and the other
-readers use it: pyroute2, which attach and detach use to change things,
-costs 100 ms or more to import. In another network namespace the socket is
-opened by a short-lived thread that enters the namespace (``setns`` changes
-only the calling thread's namespace); the socket stays in it."""
+readers use it (the socket itself: :mod:`pyxdp.kernel.nlmsg`)."""
 
 from __future__ import annotations
 
@@ -16,11 +13,13 @@ from typing import TYPE_CHECKING
 from ..errors import AttachError, UsageError
 from ..model.modes import XdpMode
 from ..names import check_ifname, netns_exists
+from .nlmsg import attr as _attr
+from .nlmsg import attrs as _attrs
+from .nlmsg import socket_in as _socket_in
 from .xdp import XdpState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from typing import Any
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -37,70 +36,12 @@ IFLA_XDP_PROG_ID = 4
 IFLA_XDP_DRV_PROG_ID = 5
 IFLA_XDP_SKB_PROG_ID = 6
 RTEXT_FILTER_SKIP_STATS = 1 << 3
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
-CLONE_NEWNET = 0x40000000
 
 _NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
 _RTA = struct.Struct("=HH")  # struct rtattr
 _U32 = struct.Struct("=I")
 _MODES = {1: XdpMode.NATIVE, 2: XdpMode.GENERIC, 3: XdpMode.OFFLOAD}
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = _RTA.pack(_RTA.size + len(payload), kind) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    out = {}
-    while off + _RTA.size <= end:
-        length, kind = _RTA.unpack_from(data, off)
-        if length < _RTA.size or off + length > end:
-            break
-        out[kind & NLA_TYPE_MASK] = data[off + _RTA.size:off + length]
-        off += (length + 3) & ~3
-    return out
-
-
-def _setns(fd: int) -> None:
-    setns = getattr(os, "setns", None)  # Python 3.12 and newer
-    if setns is not None:
-        setns(fd, CLONE_NEWNET)
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _socket_in(netns: str) -> socket.socket:
-    """A netlink socket in network namespace ``netns``."""
-    import threading
-
-    fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    made: list[Any] = []
-
-    def enter_and_open() -> None:
-        try:
-            _setns(fd)
-            made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
-        except OSError as exc:
-            made.append(exc)
-
-    try:
-        t = threading.Thread(target=enter_and_open, name="pyxdp-netns")
-        t.start()
-        t.join()
-    finally:
-        os.close(fd)
-    if not made or isinstance(made[0], OSError):
-        exc = made[0] if made else OSError(errno.EIO, "no socket")
-        raise AttachError(exc.errno or errno.EIO, f"cannot enter netns {netns}: {exc.strerror or exc}")
-    sock: socket.socket = made[0]
-    return sock
 
 
 class Links:

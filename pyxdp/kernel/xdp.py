@@ -1,23 +1,46 @@
-"""XDP attach: put a program's fd on an interface through rtnetlink (pyroute2),
+"""XDP attach: put a program's fd on an interface through rtnetlink (RTM_SETLINK),
 take it off, and say what an interface runs. Works in other network
 namespaces: netlink enters the namespace, the program's fd stays ours."""
 
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, NamedTuple
+import socket
+import struct
+from typing import NamedTuple
 
 from ..errors import AttachError, UsageError
 from ..model.modes import XDP_FLAGS_REPLACE, XDP_FLAGS_UPDATE_IF_NOEXIST, XdpMode
-from ..names import check_ifname, netns_exists
+from ..names import check_ifname
+from .nlmsg import (
+    I32,
+    NLA_F_NESTED,
+    NLMSG_ERROR,
+    U32,
+    NetlinkError,
+    Socket,
+    attr,
+    attrs,
+    check_error,
+    cstr,
+    u32,
+)
 
-if TYPE_CHECKING:
-    from typing import Any
-
-# IFLA_XDP_ATTACHED values, as numbers and as pyroute2's names for them
-_ATTACHED: dict[object, int] = {
-    None: 0, 0: 0, 1: 1, 2: 2, 3: 3, 4: 4, "xdp": 1, "xdpgeneric": 2, "xdpoffload": 3, "xdpmulti": 4,
-}
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+RTM_SETLINK = 19
+IFLA_IFNAME = 3
+IFLA_EXT_MASK = 29
+IFLA_XDP = 43
+IFLA_XDP_FD = 1
+IFLA_XDP_ATTACHED = 2
+IFLA_XDP_FLAGS = 3
+IFLA_XDP_PROG_ID = 4
+IFLA_XDP_DRV_PROG_ID = 5
+IFLA_XDP_SKB_PROG_ID = 6
+IFLA_XDP_EXPECTED_FD = 8
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+_IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
 _MODE_OF = {1: "native", 2: "generic", 3: "offload"}
 
 
@@ -30,55 +53,16 @@ class XdpState(NamedTuple):
     mode: XdpMode | None
 
 
-def _iproute_class() -> Any:
-    """pyroute2's IPRoute, imported as the ordinary package."""
-    try:
-        from pyroute2 import IPRoute
-    except ImportError as exc:
-        if not isinstance(exc, ModuleNotFoundError) or exc.name not in ("pyroute2", None):  # there, but failing
-            raise AttachError(errno.ENOPKG, f"pyroute2 cannot be imported: {exc}") from None
-        raise AttachError(errno.ENOPKG, "pyroute2 is not installed (pip install 'pyroute2>=0.9.1')") from None
-    return IPRoute
-
-
-def preload() -> Any:
-    """Import pyroute2 in a background thread and return the thread: the
-    import (tens of ms) then overlaps a program load, which spends its time
-    in the kernel's verifier with the GIL released. Join it before use."""
-    import threading
-
-    def _load() -> None:
-        try:
-            _iproute_class()
-        except Exception:  # noqa: BLE001 - Netlink() raises it again, in the caller's thread
-            pass
-
-    t = threading.Thread(target=_load, name="pyxdp-preload", daemon=True)
-    t.start()
-    return t
-
-
 class Netlink:
     """An rtnetlink socket, in the host's namespace or in ``netns`` (a name
     from ``ip netns``). Use as a context manager."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        if netns is not None and not netns_exists(netns):
-            raise UsageError(f"no network namespace {netns!r} (see 'ip netns list')")
-        cls = _iproute_class()
-        kwargs: dict[str, Any] = {"ext_ack": True}
-        if netns is not None:
-            kwargs["netns"] = netns
-        self._ipr = cls(**kwargs)
-
-    @property
-    def ipr(self) -> Any:
-        """The pyroute2 IPRoute (for tc, see pyxdp.tc)."""
-        return self._ipr
+        self.sock = Socket(netns)
 
     def close(self) -> None:
-        self._ipr.close()
+        self.sock.close()
 
     def __enter__(self) -> Netlink:
         return self
@@ -86,57 +70,53 @@ class Netlink:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _link(self, ifindex: int, ifname: str | None) -> XdpState | None:
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0)
+        body += attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+        if ifname is not None:
+            body += attr(IFLA_IFNAME, ifname.encode() + b"\0")
+        for kind, data, start, end in self.sock.replies(RTM_GETLINK, 0, body):
+            if kind == NLMSG_ERROR:
+                try:
+                    check_error(data, start, end)
+                except NetlinkError as exc:
+                    if exc.code in (errno.ENODEV, errno.EINVAL):
+                        return None
+                    raise AttachError(exc.code, f"reading interface {ifname or ifindex}: {exc.detail()}") from None
+                return None
+            if kind == RTM_NEWLINK:
+                return _xdp_state(data, start, end)
+        return None
+
     def ifindex(self, ifname: str) -> int:
         check_ifname(ifname)
-        idx = self._ipr.link_lookup(ifname=ifname)
-        if not idx:
+        st = self._link(0, ifname)
+        if st is None:
             where = f" in netns {self.netns}" if self.netns else ""
             see = f"'ip -n {self.netns} link'" if self.netns else "'ip link'; in a namespace: --netns NAME"
             raise UsageError(f"no interface {ifname!r}{where} (see {see})")
-        return int(idx[0])
+        return st.ifindex
 
     def state_by_index(self, ifindex: int) -> XdpState | None:
         """What interface ``ifindex`` runs, or None when there is no such interface."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            link = self._ipr.get_links(ifindex)[0]
-        except (NetlinkError, IndexError):
-            return None
-        return self._xdp_state(link.get_attr("IFLA_IFNAME") or "", ifindex, link)
+        return self._link(ifindex, None) if ifindex > 0 else None
 
     def state(self, ifname: str) -> XdpState:
         idx = self.ifindex(ifname)
-        return self._xdp_state(ifname, idx, self._ipr.get_links(idx)[0])
+        st = self._link(idx, None)
+        return XdpState(ifname, idx, 0, None) if st is None else st._replace(ifname=ifname)
 
-    def _xdp_state(self, ifname: str, idx: int, link: Any) -> XdpState:
-        xdp = link.get_attr("IFLA_XDP")
-        prog_id, mode = 0, None
-        if xdp is not None:
-            attached = _ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED"), 0)
-            prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or 0
-            if attached == 4:  # multi: one in each of driver and skb
-                prog_id = xdp.get_attr("IFLA_XDP_DRV_PROG_ID") or xdp.get_attr("IFLA_XDP_SKB_PROG_ID") or 0
-                attached = 1 if xdp.get_attr("IFLA_XDP_DRV_PROG_ID") else 2
-            if attached:
-                mode = XdpMode(_MODE_OF[attached])
-        return XdpState(ifname, idx, int(prog_id), mode)
-
-    def _set(self, ifindex: int, attrs: list[tuple[str, int]], what: str) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
+    def _set(self, ifindex: int, xdp: bytes, what: str) -> None:
         from .bpf import kill_point
 
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + attr(IFLA_XDP | NLA_F_NESTED, xdp)
         try:
             try:
-                self._ipr.link("set", index=ifindex, xdp={"attrs": attrs})
+                self.sock.call(RTM_SETLINK, 0, body)
             finally:
                 kill_point()
         except NetlinkError as exc:
-            msg = exc.args[1] if len(exc.args) > 1 and exc.args[1] else ""
-            detail = str(msg) if msg else errno.errorcode.get(exc.code, str(exc.code))
-            err = AttachError(exc.code, f"{what}: {detail}")
-            raise err from None
+            raise AttachError(exc.code, f"{what}: {exc.detail()}") from None
 
     def attach(
         self,
@@ -153,16 +133,16 @@ class Netlink:
         modes = [XdpMode.NATIVE, XdpMode.GENERIC] if mode is XdpMode.AUTO else [mode]
         last: AttachError | None = None
         for m in modes:
-            attrs = [("IFLA_XDP_FD", prog_fd)]
+            xdp = attr(IFLA_XDP_FD, I32.pack(prog_fd))
             flags = m.flags
             if replace_fd is not None:
                 flags |= XDP_FLAGS_REPLACE
-                attrs.append(("IFLA_XDP_EXPECTED_FD", replace_fd))
+                xdp += attr(IFLA_XDP_EXPECTED_FD, I32.pack(replace_fd))
             elif not force:
                 flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
-            attrs.append(("IFLA_XDP_FLAGS", flags))
+            xdp += attr(IFLA_XDP_FLAGS, U32.pack(flags))
             try:
-                self._set(idx, attrs, f"attach to {ifname} ({m.value})")
+                self._set(idx, xdp, f"attach to {ifname} ({m.value})")
                 return m
             except AttachError as exc:
                 last = exc
@@ -177,10 +157,23 @@ class Netlink:
         """Take the program off ``ifname``; with ``expected_fd``, only if that
         program is the one attached."""
         idx = self.ifindex(ifname)
-        attrs = [("IFLA_XDP_FD", -1)]
+        xdp = attr(IFLA_XDP_FD, I32.pack(-1))
         flags = mode.flags
         if expected_fd is not None:
             flags |= XDP_FLAGS_REPLACE
-            attrs.append(("IFLA_XDP_EXPECTED_FD", expected_fd))
-        attrs.append(("IFLA_XDP_FLAGS", flags))
-        self._set(idx, attrs, f"detach from {ifname}")
+            xdp += attr(IFLA_XDP_EXPECTED_FD, I32.pack(expected_fd))
+        xdp += attr(IFLA_XDP_FLAGS, U32.pack(flags))
+        self._set(idx, xdp, f"detach from {ifname}")
+
+
+def _xdp_state(data: bytes, off: int, end: int) -> XdpState:
+    _family, _type, index, _flags, _change = _IFINFO.unpack_from(data, off)
+    top = attrs(data, off + _IFINFO.size, end)
+    xdp = attrs(top[IFLA_XDP], 0, len(top[IFLA_XDP])) if IFLA_XDP in top else {}
+    attached = xdp.get(IFLA_XDP_ATTACHED, b"\0")[0]
+    prog_id = u32(xdp.get(IFLA_XDP_PROG_ID))
+    if attached == 4:  # multi: one in each of driver and skb
+        drv = u32(xdp.get(IFLA_XDP_DRV_PROG_ID))
+        prog_id, attached = (drv, 1) if drv else (u32(xdp.get(IFLA_XDP_SKB_PROG_ID)), 2)
+    mode = XdpMode(_MODE_OF[attached]) if attached in _MODE_OF else None
+    return XdpState(cstr(top.get(IFLA_IFNAME)), index, prog_id, mode)

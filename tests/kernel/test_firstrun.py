@@ -97,9 +97,12 @@ def test_status_list_and_ban_do_not_import_what_they_do_not_need(pin_dir: str, n
 
 
 @needs_root
-def test_plain_netlink_reads_what_pyroute2_reads(pin_dir: str, netpair: NetPair) -> None:
-    """pyxdp.kernel.rtnl (status) against pyxdp.kernel.xdp (pyroute2: attach, detach): the same answer for interfaces
-    in the host's namespace and in others, with and without a program, native and generic."""
+def test_plain_netlink_reads_what_iproute2_reads(pin_dir: str, netpair: NetPair) -> None:
+    """pyxdp.kernel.rtnl (status) and pyxdp.kernel.xdp (attach, detach) against iproute2's 'ip -d link': the same
+    interface index, program and mode for interfaces in the host's namespace and in others, with and without a
+    program, native and generic."""
+    import json
+
     from pyxdp.kernel.rtnl import Links
     from pyxdp.kernel.xdp import Netlink
 
@@ -107,12 +110,17 @@ def test_plain_netlink_reads_what_pyroute2_reads(pin_dir: str, netpair: NetPair)
     ok("attach", "lo", "--netns", netpair.a, "--mode", "generic", pin_dir=pin_dir)
     seen = 0
     for ns, names in ((None, ["lo"]), (netpair.a, ["lo", netpair.va]), (netpair.b, ["lo", netpair.vb])):
-        with Links(ns) as mine, Netlink(ns) as theirs:
+        with Links(ns) as mine, Netlink(ns) as other:
             for name in names:
-                want = theirs.state(name)
-                assert mine.state(name) == want
-                assert mine.state_by_index(want.ifindex) == want
-                seen += bool(want.prog_id)
+                link = json.loads(sh("ip", *(["-n", ns] if ns else []), "-j", "-d", "link", "show", "dev", name)
+                                  .stdout)[0]
+                x = link.get("xdp") or {}
+                want = (link["ifindex"], x.get("prog", {}).get("id", 0),
+                        {1: "native", 2: "generic"}.get(x.get("mode", 0)))
+                got = mine.state(name)
+                assert (got.ifindex, got.prog_id, got.mode.value if got.mode else None) == want, (ns, name)
+                assert other.state(name) == got and mine.state_by_index(got.ifindex) == got
+                seen += bool(got.prog_id)
             with pytest.raises(UsageError):
                 mine.state("nosuch0")
             assert mine.state_by_index(1 << 30) is None
