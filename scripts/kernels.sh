@@ -190,7 +190,8 @@ mirror() {  # mirror security|archive: the first URI of the host's apt sources o
     local want=$1
     { grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | cut -d: -f2- | tr ' ' '\n'
       grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | sed 's/\[[^]]*\]//' | awk '{print $2}'
-    } | grep -E '^[a-z]+://' | { if [ "$want" = security ]; then grep security; else grep -v security; fi; } | head -1
+    } | grep -E '^[a-z]+://' | { if [ "$want" = security ]; then grep security; else grep -v security; fi; } | head -1 \
+        || true  # (pipefail: a missing sources.list is no error here; an empty answer is, below)
 }
 ARCHIVE=$(mirror archive) SECURITY=$(mirror security)
 if [ -z "$ARCHIVE" ] || [ -z "$SECURITY" ]; then
