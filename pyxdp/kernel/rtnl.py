@@ -12,21 +12,19 @@ from typing import TYPE_CHECKING
 
 from ..errors import AttachError, UsageError
 from ..model.modes import XdpMode
-from ..names import check_ifname, netns_exists
+from ..names import check_ifname
+from .nlmsg import Socket
 from .nlmsg import attr as _attr
 from .nlmsg import attrs as _attrs
-from .nlmsg import socket_in as _socket_in
 from .xdp import XdpState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
-NLM_F_REQUEST = 1
 NLM_F_DUMP = 0x300
 IFLA_IFNAME = 3
 IFLA_EXT_MASK = 29
@@ -37,9 +35,7 @@ IFLA_XDP_DRV_PROG_ID = 5
 IFLA_XDP_SKB_PROG_ID = 6
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
-_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # struct ifinfomsg
-_RTA = struct.Struct("=HH")  # struct rtattr
 _U32 = struct.Struct("=I")
 _MODES = {1: XdpMode.NATIVE, 2: XdpMode.GENERIC, 3: XdpMode.OFFLOAD}
 
@@ -50,17 +46,10 @@ class Links:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        if netns is None:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
-        elif not netns_exists(netns):
-            raise UsageError(f"no network namespace {netns!r} (see 'ip netns list')")
-        else:
-            self._sock = _socket_in(netns)
-        self._sock.settimeout(5)
-        self._seq = 0
+        self._nl = Socket(netns)
 
     def close(self) -> None:
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> Links:
         return self
@@ -111,22 +100,8 @@ class Links:
         return None
 
     def _replies(self, flags: int, body: bytes) -> Iterator[tuple[int, bytes, int, int]]:
-        """Send one RTM_GETLINK request (NLM_F_REQUEST | ``flags``) and yield
-        each message answering it: (type, buffer, payload start, end)."""
-        self._seq += 1
-        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST | flags, self._seq, 0) + body)
-        while True:
-            head = bytearray(_NLMSG.size)
-            size = self._sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)  # the whole length
-            data = self._sock.recv(max(size, _NLMSG.size))
-            off = 0
-            while off + _NLMSG.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, off)
-                if length < _NLMSG.size or off + length > len(data):
-                    break
-                if seq == self._seq:
-                    yield kind, data, off + _NLMSG.size, off + length
-                off += (length + 3) & ~3
+        """One RTM_GETLINK request's answers (see :meth:`Socket.replies`)."""
+        return self._nl.replies(RTM_GETLINK, flags, body)
 
 
 def _xdp_state(data: bytes, off: int, end: int) -> XdpState:
