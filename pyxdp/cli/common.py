@@ -126,6 +126,24 @@ def chain(first: list[Any], path: str | None, on_read: Callable[[int, int], None
         yield from read_file_prefixes(path, on_read, size)
 
 
+def dry_run_report(lines: list[str], none: str) -> int:
+    """--dry-run's answer: a line per change (``none`` when there is none),
+    then that nothing changed; exit 0."""
+    for line in lines or [none]:
+        print(f"dry run: {line}")
+    print("dry run: nothing changed")
+    return 0
+
+
+def dry_run_spec(args: Args, spec: Any, none: str) -> int:
+    """--dry-run of a command that makes the firewall ``spec`` (a RuleSetSpec): what would change."""
+    from ..model.rulefile import diff_rulesets
+
+    with open_filter(args, lock=False) as flt:
+        changes = diff_rulesets(flt.ruleset(), spec)
+    return dry_run_report(changes, none)
+
+
 def needs(module: str, extra: str, exc: ImportError) -> int:
     """A command whose optional dependency is missing: one line, exit 1."""
     if (exc.name or "").split(".")[0] != module:

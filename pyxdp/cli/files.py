@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import open_filter, pin_dir, read_text
+from .common import dry_run_spec, open_filter, pin_dir, read_text
 from .output import PROG, plural
 
 TYPE_CHECKING = False
@@ -20,14 +20,7 @@ def cmd_apply(args: Args) -> int:
 
     spec = parse_ruleset(read_text(args.file), "stdin" if args.file == "-" else args.file)
     if args.dry_run:
-        from ..model.rulefile import diff_rulesets
-
-        with open_filter(args, lock=False) as flt:
-            changes = diff_rulesets(flt.ruleset(), spec)
-        for line in changes or ["the running firewall is what the file says"]:
-            print(f"dry run: {line}")
-        print("dry run: nothing changed")
-        return 0
+        return dry_run_spec(args, spec, "the running firewall is what the file says")
     n = sum(len(v) for v in spec.sets.values())
     with open_filter(args) as flt, Display(on_terminal()) as disp:
         flt.apply(spec, progress=disp.task(f"apply: {plural(n, 'set element')}", n))

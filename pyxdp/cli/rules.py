@@ -3,7 +3,7 @@ and state (connection state and its timeouts)."""
 
 from __future__ import annotations
 
-from .common import open_filter
+from .common import dry_run_spec, open_filter
 from .output import emit, plural
 
 TYPE_CHECKING = False
@@ -139,12 +139,7 @@ def cmd_reset(args: Args) -> int:
 
     spec = RuleSetSpec((), {}, Verdict.PASS, established=True, timeouts=timeouts_by_name(default_timeouts()))
     if args.dry_run:
-        with open_filter(args, lock=False) as flt:
-            changes = diff_rulesets(flt.ruleset(), spec)
-        for line in changes or ["nothing to reset"]:
-            print(f"dry run: {line}")
-        print("dry run: nothing changed")
-        return 0
+        return dry_run_spec(args, spec, "nothing to reset")
     if not args.force:
         if not sys.stdin.isatty():
             raise UsageError("reset asks first and stdin is not a terminal: use 'reset --force'")

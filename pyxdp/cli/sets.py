@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import chain, open_filter, read_file_prefixes
+from .common import chain, dry_run_report, open_filter, read_file_prefixes
 from .output import emit, plural
 
 TYPE_CHECKING = False
@@ -51,10 +51,7 @@ def _dry_run(args: Args, name: str, add: list[Any] | None = None, remove: list[A
         there = {e.prefix for e in before.sets[name]}
         if any(p in there for p in add):
             changes.append(f"set @{name}: {sum(p in there for p in add)} elements there already (timeout set anew)")
-    for line in changes or ["nothing would change"]:
-        print(f"dry run: {line}")
-    print("dry run: nothing changed")
-    return 0
+    return dry_run_report(changes, "nothing would change")
 
 
 def cmd_set(args: Args) -> int:
